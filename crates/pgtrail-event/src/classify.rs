@@ -1,0 +1,487 @@
+//! Statement classification with the real PostgreSQL grammar (pg_query), cached by text.
+//!
+//! A simple Query may hold several statements; [`Classifier::classify`] returns one
+//! [`Statement`] per statement, in order, each with its own text, command tag, class,
+//! referenced objects and fingerprint. Text that does not parse is still one statement:
+//! its text is kept (with passwords redacted where the tokens allow), and its class is
+//! filled in later from the server's command tag.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use pg_query::protobuf::Token;
+use pg_query::{NodeEnum, NodeRef};
+
+use crate::command::{describe, object_type_name};
+use crate::event::{EventClass, ObjectKind, ObjectRef};
+
+/// What one statement is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// The statement's own text, with passwords replaced by `<REDACTED>`.
+    pub text: String,
+    /// The command tag, e.g. `SELECT`, `CREATE TABLE`; `None` when the text did not parse.
+    pub command: Option<String>,
+    /// The pgAudit class; `None` when the text did not parse.
+    pub class: Option<EventClass>,
+    /// DAS `objectType` / `objectName`: the first object the statement names.
+    pub object_type: Option<String>,
+    pub object_name: Option<String>,
+    /// Every relation and function referenced, in order of appearance.
+    pub objects: Vec<ObjectRef>,
+    /// pg_query's fingerprint: equal for statements that differ only in constants.
+    pub fingerprint: Option<String>,
+}
+
+/// The statements of one Query or Parse text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    pub statements: Vec<Statement>,
+}
+
+/// A shared cache in front of the parser. Cloning shares the cache.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    cache: Arc<Mutex<HashMap<String, Arc<Classified>>>>,
+    capacity: usize,
+}
+
+impl Default for Classifier {
+    fn default() -> Self {
+        Self::new(10_000)
+    }
+}
+
+/// Longer texts are classified but not cached: they are rarely repeated and would pin memory.
+const MAX_CACHED_TEXT: usize = 16 * 1024;
+
+impl Classifier {
+    /// A classifier that keeps at most `capacity` distinct texts.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            cache: Arc::new(Mutex::new(HashMap::new())),
+            capacity,
+        }
+    }
+
+    /// Classifies `sql`; a repeated text costs one hash lookup.
+    pub fn classify(&self, sql: &str) -> Arc<Classified> {
+        if let Some(hit) = self.lock().get(sql) {
+            return Arc::clone(hit);
+        }
+        let classified = Arc::new(classify_uncached(sql));
+        if sql.len() <= MAX_CACHED_TEXT {
+            let mut cache = self.lock();
+            if cache.len() >= self.capacity {
+                // Crude but bounded: workloads with more distinct texts than the capacity
+                // (literals inlined) get no benefit from a cache anyway.
+                cache.clear();
+            }
+            cache.insert(sql.to_owned(), Arc::clone(&classified));
+        }
+        classified
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Classified>>> {
+        // A panic while holding the lock leaves a consistent map (insert or clear).
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn classify_uncached(sql: &str) -> Classified {
+    let Ok(parsed) = pg_query::parse(sql, 0) else {
+        return Classified {
+            statements: vec![unparsed(sql)],
+        };
+    };
+    let raw = &parsed.protobuf.stmts;
+    if raw.is_empty() {
+        // Only whitespace or comments: the server answers EmptyQueryResponse.
+        return Classified {
+            statements: Vec::new(),
+        };
+    }
+    let mut statements = Vec::with_capacity(raw.len());
+    for stmt in raw {
+        let text = statement_text(sql, stmt.stmt_location, stmt.stmt_len);
+        let Some(node) = stmt.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+            continue;
+        };
+        statements.push(classify_statement(text, node));
+    }
+    Classified { statements }
+}
+
+/// The byte range of one statement inside a multi-statement text; `len == 0` means "to the
+/// end". Offsets come from the parser and are on character boundaries.
+fn statement_text(sql: &str, location: i32, len: i32) -> &str {
+    let start = usize::try_from(location).unwrap_or(0).min(sql.len());
+    let end = match usize::try_from(len) {
+        Ok(0) | Err(_) => sql.len(),
+        Ok(n) => (start + n).min(sql.len()),
+    };
+    sql.get(start..end).unwrap_or(sql).trim()
+}
+
+fn unparsed(sql: &str) -> Statement {
+    Statement {
+        text: redact_passwords(sql),
+        command: None,
+        class: None,
+        object_type: None,
+        object_name: None,
+        objects: Vec::new(),
+        fingerprint: None,
+    }
+}
+
+fn classify_statement(text: &str, node: &NodeEnum) -> Statement {
+    let (command, class) = describe(node);
+    let objects = referenced_objects(node);
+    let object_type = objects.first().map(|o| match o.kind {
+        ObjectKind::Function => "FUNCTION".to_owned(),
+        ObjectKind::Relation => ddl_object_type(node).unwrap_or("TABLE").to_owned(),
+    });
+    let object_name = objects.first().map(|o| o.name.clone());
+    let fingerprint = pg_query::fingerprint(text, 0, 0).ok().map(|f| f.hex);
+    Statement {
+        text: redact_passwords(text),
+        command: Some(command),
+        class: Some(class),
+        object_type,
+        object_name,
+        objects,
+        fingerprint,
+    }
+}
+
+/// For DDL that creates or drops a relation-like object, its kind (VIEW, INDEX, ...).
+fn ddl_object_type(node: &NodeEnum) -> Option<&'static str> {
+    match node {
+        NodeEnum::ViewStmt(_) => Some("VIEW"),
+        NodeEnum::CreateSeqStmt(_) | NodeEnum::AlterSeqStmt(_) => Some("SEQUENCE"),
+        NodeEnum::DropStmt(d) => Some(object_type_name(d.remove_type)),
+        NodeEnum::AlterTableStmt(a) => Some(object_type_name(a.objtype)),
+        _ => None,
+    }
+}
+
+/// Relations (RangeVar) and function calls in text order, then names the parser knows only
+/// from DDL (DROP TABLE x, CREATE FUNCTION f), without duplicates.
+fn referenced_objects(node: &NodeEnum) -> Vec<ObjectRef> {
+    let mut located: Vec<(i32, ObjectRef)> = Vec::new();
+    let mut cte_names: Vec<&str> = Vec::new();
+    let mut extra: Vec<ObjectRef> = Vec::new();
+    for (child, _depth, _context, _filter) in node.nodes() {
+        match child {
+            NodeRef::CommonTableExpr(cte) => cte_names.push(&cte.ctename),
+            NodeRef::RangeVar(v) => {
+                let name = if v.schemaname.is_empty() {
+                    v.relname.clone()
+                } else {
+                    format!("{}.{}", v.schemaname, v.relname)
+                };
+                located.push((
+                    v.location,
+                    ObjectRef {
+                        kind: ObjectKind::Relation,
+                        name,
+                    },
+                ));
+            }
+            NodeRef::FuncCall(f) => {
+                let name = qualified_name(&f.funcname);
+                located.push((
+                    f.location,
+                    ObjectRef {
+                        kind: ObjectKind::Function,
+                        name,
+                    },
+                ));
+            }
+            NodeRef::DropStmt(d) => {
+                let kind = match object_type_name(d.remove_type) {
+                    "FUNCTION" | "PROCEDURE" | "ROUTINE" | "AGGREGATE" => ObjectKind::Function,
+                    "TABLE" | "VIEW" | "INDEX" | "SEQUENCE" | "MATERIALIZED VIEW"
+                    | "FOREIGN TABLE" => ObjectKind::Relation,
+                    _ => continue,
+                };
+                for object in &d.objects {
+                    let name = match object.node.as_ref() {
+                        Some(NodeEnum::List(list)) => qualified_name(&list.items),
+                        Some(NodeEnum::ObjectWithArgs(o)) => qualified_name(&o.objname),
+                        _ => continue,
+                    };
+                    extra.push(ObjectRef { kind, name });
+                }
+            }
+            NodeRef::CreateFunctionStmt(f) => {
+                extra.push(ObjectRef {
+                    kind: ObjectKind::Function,
+                    name: qualified_name(&f.funcname),
+                });
+            }
+            _ => {}
+        }
+    }
+    located.sort_by_key(|(location, _)| *location);
+    let mut objects: Vec<ObjectRef> = Vec::new();
+    let candidates = located.into_iter().map(|(_, o)| o).chain(extra);
+    for object in candidates {
+        let is_cte =
+            object.kind == ObjectKind::Relation && cte_names.contains(&object.name.as_str());
+        if !is_cte && !objects.contains(&object) {
+            objects.push(object);
+        }
+    }
+    objects
+}
+
+fn qualified_name(parts: &[pg_query::Node]) -> String {
+    let names: Vec<&str> = parts
+        .iter()
+        .filter_map(|p| match p.node.as_ref() {
+            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect();
+    names.join(".")
+}
+
+/// Replaces the string literal after `PASSWORD` in `CREATE`/`ALTER` statements (CREATE ROLE,
+/// ALTER USER ... PASSWORD, psql's \password) with `<REDACTED>`. Works on scanner tokens,
+/// so it also covers statements the grammar rejects.
+pub fn redact_passwords(sql: &str) -> String {
+    let Ok(tokens) = pg_query::scan_tokens(sql) else {
+        return sql.to_owned();
+    };
+    let starts_with_create_or_alter = tokens
+        .first()
+        .is_some_and(|t| t.token == Token::Create as i32 || t.token == Token::Alter as i32);
+    if !starts_with_create_or_alter {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut copied = 0usize;
+    for pair in tokens.windows(2) {
+        let (keyword, literal) = (&pair[0], &pair[1]);
+        if keyword.token == Token::Password as i32 && literal.token == Token::Sconst as i32 {
+            let (Ok(start), Ok(end)) =
+                (usize::try_from(literal.start), usize::try_from(literal.end))
+            else {
+                continue;
+            };
+            if start < copied
+                || end > sql.len()
+                || !sql.is_char_boundary(start)
+                || !sql.is_char_boundary(end)
+            {
+                continue;
+            }
+            out.push_str(&sql[copied..start]);
+            out.push_str("<REDACTED>");
+            copied = end;
+        }
+    }
+    out.push_str(&sql[copied..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sql: &str) -> Statement {
+        let mut c = classify_uncached(sql);
+        assert_eq!(c.statements.len(), 1, "{sql}");
+        c.statements.remove(0)
+    }
+
+    #[test]
+    fn classes_follow_pgaudit() {
+        let cases = [
+            (
+                "SELECT * FROM phonebook ORDER BY name",
+                "SELECT",
+                EventClass::Read,
+            ),
+            (
+                "INSERT INTO phonebook VALUES (1, 'a')",
+                "INSERT",
+                EventClass::Write,
+            ),
+            (
+                "UPDATE phonebook SET name = 'b'",
+                "UPDATE",
+                EventClass::Write,
+            ),
+            ("DELETE FROM phonebook", "DELETE", EventClass::Write),
+            ("TRUNCATE phonebook", "TRUNCATE TABLE", EventClass::Write),
+            ("COPY phonebook FROM STDIN", "COPY", EventClass::Write),
+            ("COPY phonebook TO STDOUT", "COPY", EventClass::Read),
+            (
+                "CREATE TABLE phonebook (id int)",
+                "CREATE TABLE",
+                EventClass::Ddl,
+            ),
+            ("DROP TABLE phonebook", "DROP TABLE", EventClass::Ddl),
+            (
+                "CREATE INDEX ON phonebook (id)",
+                "CREATE INDEX",
+                EventClass::Ddl,
+            ),
+            (
+                "ALTER TABLE phonebook ADD COLUMN x int",
+                "ALTER TABLE",
+                EventClass::Ddl,
+            ),
+            ("CREATE DATABASE x", "CREATE DATABASE", EventClass::Ddl),
+            (
+                "GRANT SELECT ON phonebook TO app",
+                "GRANT",
+                EventClass::Role,
+            ),
+            (
+                "REVOKE SELECT ON phonebook FROM app",
+                "REVOKE",
+                EventClass::Role,
+            ),
+            ("CREATE USER app", "CREATE ROLE", EventClass::Role),
+            ("ALTER ROLE app NOLOGIN", "ALTER ROLE", EventClass::Role),
+            ("DROP ROLE app", "DROP ROLE", EventClass::Role),
+            ("DO $$ BEGIN PERFORM 1; END $$", "DO", EventClass::Function),
+            ("SET search_path = public", "SET", EventClass::Misc),
+            ("RESET ALL", "RESET", EventClass::Misc),
+            ("SHOW search_path", "SHOW", EventClass::Misc),
+            ("BEGIN", "BEGIN", EventClass::Misc),
+            ("COMMIT", "COMMIT", EventClass::Misc),
+            ("VACUUM phonebook", "VACUUM", EventClass::Misc),
+            ("PREPARE q AS SELECT 1", "PREPARE", EventClass::Read),
+            ("EXECUTE q", "EXECUTE", EventClass::Misc),
+        ];
+        for (sql, command, class) in cases {
+            let s = one(sql);
+            assert_eq!(s.command.as_deref(), Some(command), "{sql}");
+            assert_eq!(s.class, Some(class), "{sql}");
+        }
+    }
+
+    #[test]
+    fn objects_in_text_order_schema_qualified_as_written() {
+        let s = one(
+            "INSERT INTO audit.log SELECT now(), p.name FROM phonebook p JOIN public.people x ON true",
+        );
+        let names: Vec<_> = s
+            .objects
+            .iter()
+            .map(|o| (o.kind, o.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (ObjectKind::Relation, "audit.log"),
+                (ObjectKind::Function, "now"),
+                (ObjectKind::Relation, "phonebook"),
+                (ObjectKind::Relation, "public.people"),
+            ]
+        );
+        assert_eq!(s.object_type.as_deref(), Some("TABLE"));
+        assert_eq!(s.object_name.as_deref(), Some("audit.log"));
+        let cte = one("WITH recent AS (SELECT * FROM orders) SELECT * FROM recent");
+        assert_eq!(
+            cte.objects,
+            vec![ObjectRef {
+                kind: ObjectKind::Relation,
+                name: "orders".into()
+            }]
+        );
+        let drop = one("DROP TABLE IF EXISTS s.phonebook");
+        assert_eq!(drop.object_name.as_deref(), Some("s.phonebook"));
+        assert_eq!(drop.object_type.as_deref(), Some("TABLE"));
+        let sleep = one("SELECT pg_sleep(10)");
+        assert_eq!(sleep.object_type.as_deref(), Some("FUNCTION"));
+    }
+
+    #[test]
+    fn multi_statement_text_is_split() {
+        let c =
+            classify_uncached("CREATE TABLE t (id int); INSERT INTO t VALUES (1);SELECT * FROM t");
+        let texts: Vec<_> = c.statements.iter().map(|s| s.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            vec![
+                "CREATE TABLE t (id int)",
+                "INSERT INTO t VALUES (1)",
+                "SELECT * FROM t"
+            ]
+        );
+        assert!(classify_uncached("  -- nothing\n").statements.is_empty());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        for (sql, expected) in [
+            (
+                "CREATE ROLE app LOGIN PASSWORD 'hunter2'",
+                "CREATE ROLE app LOGIN PASSWORD <REDACTED>",
+            ),
+            (
+                "ALTER USER app WITH ENCRYPTED PASSWORD 'SCRAM-SHA-256$4096:abc'",
+                "ALTER USER app WITH ENCRYPTED PASSWORD <REDACTED>",
+            ),
+            (
+                "create user x password 'a''b' valid until 'infinity'",
+                "create user x password <REDACTED> valid until 'infinity'",
+            ),
+            (
+                "ALTER ROLE app PASSWORD NULL",
+                "ALTER ROLE app PASSWORD NULL",
+            ),
+            (
+                "SELECT 'password' AS password",
+                "SELECT 'password' AS password",
+            ),
+        ] {
+            assert_eq!(one(sql).text, expected);
+        }
+        // Even when the grammar refuses the statement.
+        let bad = one("CREATE ROLE app PASSWORD 'secret' NOSUCHOPTION");
+        assert_eq!(bad.command, None);
+        assert!(!bad.text.contains("secret"), "{}", bad.text);
+    }
+
+    #[test]
+    fn unparsable_text_is_kept() {
+        let s = one("selec 1");
+        assert_eq!(s.text, "selec 1");
+        assert_eq!(s.class, None);
+    }
+
+    #[test]
+    fn fingerprint_ignores_constants() {
+        assert_eq!(
+            one("SELECT * FROM t WHERE id = 1").fingerprint,
+            one("SELECT * FROM t WHERE id = 2").fingerprint
+        );
+        assert_ne!(
+            one("SELECT * FROM t").fingerprint,
+            one("SELECT * FROM u").fingerprint
+        );
+    }
+
+    #[test]
+    fn cache_returns_the_same_result() {
+        let c = Classifier::new(2);
+        let a = c.classify("SELECT 1");
+        let b = c.classify("SELECT 1");
+        assert!(Arc::ptr_eq(&a, &b));
+        c.classify("SELECT 2");
+        c.classify("SELECT 3");
+        assert_eq!(
+            c.classify("SELECT 1").statements[0].command.as_deref(),
+            Some("SELECT")
+        );
+    }
+}

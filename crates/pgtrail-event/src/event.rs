@@ -1,0 +1,287 @@
+//! The ActivityEvent: one connection attempt, statement or disconnect, with the Aurora
+//! Database Activity Streams field names (version 1.1) plus pgtrail's extensions.
+//!
+//! Field names and value formats match what Aurora writes (see
+//! shared/testdata/das/*.plaintext.json): camelCase names, times as
+//! `YYYY-MM-DD HH:MM:SS.ffffff+00`, `remotePort` as a string, `paramList` an array.
+//! Extensions (`endTime`, `sqlState`, `objects`, `queryFingerprint`, `source`) are extra
+//! fields that DAS consumers ignore.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// pgAudit's statement classes, plus CONNECT and DISCONNECT for session events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventClass {
+    Read,
+    Write,
+    Function,
+    Role,
+    Ddl,
+    Misc,
+    MiscSet,
+    Connect,
+    Disconnect,
+}
+
+impl EventClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "READ",
+            Self::Write => "WRITE",
+            Self::Function => "FUNCTION",
+            Self::Role => "ROLE",
+            Self::Ddl => "DDL",
+            Self::Misc => "MISC",
+            Self::MiscSet => "MISC_SET",
+            Self::Connect => "CONNECT",
+            Self::Disconnect => "DISCONNECT",
+        }
+    }
+}
+
+impl std::str::FromStr for EventClass {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(serde_json::Value::String(s.to_ascii_uppercase()))
+            .map_err(|_| format!("unknown class {s:?}; expected one of READ, WRITE, FUNCTION, ROLE, DDL, MISC, MISC_SET, CONNECT, DISCONNECT"))
+    }
+}
+
+/// Where an event was observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSource {
+    Proxy,
+    Pgaudit,
+}
+
+/// How a session or statement ended: `0` for a clean Terminate, otherwise the SQLSTATE
+/// (a string, as Aurora writes it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ExitCode {
+    Clean(u8),
+    SqlState(String),
+}
+
+/// A relation or function the statement references, schema-qualified where the text is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub kind: ObjectKind,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectKind {
+    Relation,
+    Function,
+}
+
+/// One audited action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivityEvent {
+    /// Always `record` for activity (DAS also has `heartbeat`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub class: EventClass,
+    pub client_application: Option<String>,
+    pub command: String,
+    pub command_text: Option<String>,
+    pub database_name: Option<String>,
+    pub db_protocol: String,
+    pub db_user_name: Option<String>,
+    pub error_message: Option<String>,
+    pub exit_code: Option<ExitCode>,
+    #[serde(with = "das_time")]
+    pub log_time: DateTime<Utc>,
+    pub net_protocol: String,
+    pub object_name: Option<String>,
+    pub object_type: Option<String>,
+    /// Bind parameters: text as text, binary as `\x` hex, NULL as null.
+    pub param_list: Vec<Option<String>>,
+    pub pid: Option<i32>,
+    pub remote_host: Option<String>,
+    pub remote_port: Option<String>,
+    pub row_count: Option<u64>,
+    pub server_host: Option<String>,
+    pub server_type: String,
+    pub server_version: Option<String>,
+    pub service_name: String,
+    pub session_id: Option<String>,
+    #[serde(with = "das_time")]
+    pub start_time: DateTime<Utc>,
+    pub statement_id: u64,
+    pub substatement_id: u64,
+    // Extensions.
+    #[serde(with = "das_time_opt", default)]
+    pub end_time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub sql_state: Option<String>,
+    #[serde(default)]
+    pub objects: Vec<ObjectRef>,
+    #[serde(default)]
+    pub query_fingerprint: Option<String>,
+    /// Who observed the event; absent in records that pgtrail did not write (Aurora's).
+    #[serde(default)]
+    pub source: Option<EventSource>,
+}
+
+impl ActivityEvent {
+    /// An event with the constant fields filled and everything else empty.
+    pub fn new(class: EventClass, command: impl Into<String>, start_time: DateTime<Utc>) -> Self {
+        Self {
+            kind: "record".into(),
+            class,
+            client_application: None,
+            command: command.into(),
+            command_text: None,
+            database_name: None,
+            db_protocol: "Postgres 3.0".into(),
+            db_user_name: None,
+            error_message: None,
+            exit_code: None,
+            log_time: start_time,
+            net_protocol: "TCP".into(),
+            object_name: None,
+            object_type: None,
+            param_list: Vec::new(),
+            pid: None,
+            remote_host: None,
+            remote_port: None,
+            row_count: None,
+            server_host: None,
+            server_type: "PostgreSQL".into(),
+            server_version: None,
+            service_name: "pgtrail".into(),
+            session_id: None,
+            start_time,
+            statement_id: 0,
+            substatement_id: 1,
+            end_time: None,
+            sql_state: None,
+            objects: Vec::new(),
+            query_fingerprint: None,
+            source: Some(EventSource::Proxy),
+        }
+    }
+}
+
+/// PostgreSQL's `%c` session id: hex seconds of the session start, a dot, hex pid.
+pub fn session_id(start: DateTime<Utc>, pid: i32) -> String {
+    format!("{:x}.{:x}", start.timestamp(), pid)
+}
+
+const DAS_TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.6f+00";
+
+/// Formats a time the way DAS does: `2019-10-30 00:39:49.940668+00`.
+pub fn format_das_time(t: &DateTime<Utc>) -> String {
+    t.format(DAS_TIME_FORMAT).to_string()
+}
+
+/// Parses a DAS time string.
+pub fn parse_das_time(s: &str) -> Option<DateTime<Utc>> {
+    NaiveDateTime::parse_from_str(s, DAS_TIME_FORMAT)
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+mod das_time {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_das_time(t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_das_time(&s).ok_or_else(|| serde::de::Error::custom(format!("bad DAS time {s:?}")))
+    }
+}
+
+mod das_time_opt {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&format_das_time(t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => parse_das_time(&s)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom(format!("bad DAS time {s:?}"))),
+        }
+    }
+}
+
+/// The DAS inner record: a batch of events from one instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivityRecord {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub cluster_id: String,
+    pub instance_id: String,
+    pub database_activity_event_list: Vec<ActivityEvent>,
+}
+
+impl ActivityRecord {
+    pub fn new(
+        cluster_id: impl Into<String>,
+        instance_id: impl Into<String>,
+        events: Vec<ActivityEvent>,
+    ) -> Self {
+        Self {
+            kind: "DatabaseActivityMonitoringRecord".into(),
+            cluster_id: cluster_id.into(),
+            instance_id: instance_id.into(),
+            database_activity_event_list: events,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_aurora_events() {
+        // The det_* plaintexts are Aurora-shaped records made outside pgtrail.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/testdata/das/det_0178_mixed3.plaintext.json"
+        );
+        let text = std::fs::read_to_string(path).expect("shared testdata is beside the repository");
+        let record: ActivityRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(record.database_activity_event_list.len(), 3);
+        let select = &record.database_activity_event_list[1];
+        assert_eq!(select.class, EventClass::Read);
+        assert_eq!(select.param_list, vec![Some("42".to_string())]);
+        assert_eq!(select.remote_port.as_deref(), Some("49804"));
+        let failed = &record.database_activity_event_list[2];
+        assert_eq!(failed.exit_code, Some(ExitCode::SqlState("42601".into())));
+        // And writes them back with the same field names and time format.
+        let again = serde_json::to_value(select).unwrap();
+        let original: serde_json::Value = serde_json::from_str::<serde_json::Value>(&text).unwrap()
+            ["databaseActivityEventList"][1]
+            .clone();
+        for (key, value) in original.as_object().unwrap() {
+            assert_eq!(&again[key], value, "field {key}");
+        }
+    }
+
+    #[test]
+    fn session_id_is_postgres_percent_c() {
+        let start = DateTime::from_timestamp(0x5ce5_f7f0, 0).unwrap();
+        assert_eq!(session_id(start, 0x474b), "5ce5f7f0.474b");
+    }
+}

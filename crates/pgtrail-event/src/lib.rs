@@ -1,0 +1,17 @@
+//! The activity event model and statement classification.
+//!
+//! [`ActivityEvent`] is the unit everything downstream consumes: it carries the Aurora DAS
+//! v1.1 field set so DAS consumers read it unchanged, plus pgtrail's extensions.
+//! [`Classifier`] turns statement text into command, class and objects with the real
+//! PostgreSQL parser. This crate knows nothing about sockets or files.
+
+mod classify;
+mod command;
+mod event;
+
+pub use classify::{Classified, Classifier, Statement, redact_passwords};
+pub use command::{class_from_tag, rows_from_completion, tag_from_completion};
+pub use event::{
+    ActivityEvent, ActivityRecord, EventClass, EventSource, ExitCode, ObjectKind, ObjectRef,
+    format_das_time, parse_das_time, session_id,
+};

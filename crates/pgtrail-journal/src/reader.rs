@@ -1,0 +1,190 @@
+//! Reading a journal from a cursor (a sequence number), optionally following new records.
+//!
+//! Readers never modify the journal and may run while the writer appends: an incomplete
+//! record at the end of the last segment means "not written yet", not corruption.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use crate::format::{
+    Decoded, SEGMENT_HEADER_LEN, check_segment_header, decode_record, list_segments,
+};
+use crate::{JournalError, Record, io_err};
+
+/// Iterates records with `seq >= from`, in order.
+#[derive(Debug)]
+pub struct JournalReader {
+    dir: PathBuf,
+    /// The sequence number of the next record to return.
+    next_seq: u64,
+    current: Option<OpenSegment>,
+    /// Set after the iterator returned an error, so that it ends instead of repeating it.
+    failed: bool,
+}
+
+#[derive(Debug)]
+struct OpenSegment {
+    path: PathBuf,
+    file: File,
+    /// Bytes read from the file but not yet consumed.
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    offset: u64,
+}
+
+impl JournalReader {
+    /// A reader positioned at the first record with `seq >= from` (1 for the beginning).
+    pub fn open(dir: impl AsRef<Path>, from: u64) -> Result<Self, JournalError> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.is_dir() {
+            return Err(JournalError::Io {
+                path: dir,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "journal directory does not exist",
+                ),
+            });
+        }
+        Ok(Self {
+            dir,
+            next_seq: from.max(1),
+            current: None,
+            failed: false,
+        })
+    }
+
+    /// The cursor: the sequence number of the next record this reader will return.
+    pub fn position(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The next record, or `Ok(None)` when the reader has caught up with the writer.
+    /// Calling again later returns records appended since.
+    pub fn next_record(&mut self) -> Result<Option<Record>, JournalError> {
+        loop {
+            if self.current.is_none() && !self.open_segment_for(self.next_seq)? {
+                return Ok(None);
+            }
+            let segment = self.current.as_mut().expect("segment opened above");
+            match segment.next()? {
+                Some(record) if record.seq < self.next_seq => continue,
+                Some(record) if record.seq == self.next_seq => {
+                    self.next_seq += 1;
+                    return Ok(Some(record));
+                }
+                Some(record) => {
+                    return Err(JournalError::Corrupt {
+                        path: segment.path.clone(),
+                        offset: segment.offset,
+                        what: format!(
+                            "sequence jumps from {} to {}",
+                            self.next_seq - 1,
+                            record.seq
+                        ),
+                    });
+                }
+                None => {
+                    // End of this segment's bytes. If a later segment starts where we are,
+                    // the writer has rotated: move on. Otherwise we are at the live tail.
+                    let next_path = crate::format::segment_path(&self.dir, self.next_seq);
+                    if next_path != segment.path && next_path.exists() {
+                        if !segment.buf.is_empty() {
+                            return Err(JournalError::Corrupt {
+                                path: segment.path.clone(),
+                                offset: segment.offset,
+                                what: "incomplete record before the next segment".into(),
+                            });
+                        }
+                        self.current = None;
+                        continue;
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Opens the segment that holds `seq`; false if there is none yet.
+    fn open_segment_for(&mut self, seq: u64) -> Result<bool, JournalError> {
+        let segments = list_segments(&self.dir).map_err(io_err(&self.dir))?;
+        let Some((_, path)) = segments.iter().rev().find(|(first, _)| *first <= seq) else {
+            return Ok(false);
+        };
+        let mut file = File::open(path).map_err(io_err(path))?;
+        let mut header = [0u8; SEGMENT_HEADER_LEN];
+        match file.read_exact(&mut header) {
+            Ok(()) => {}
+            // The writer is creating this segment right now.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => {
+                return Err(JournalError::Io {
+                    path: path.clone(),
+                    source: e,
+                });
+            }
+        }
+        if !check_segment_header(&header) {
+            return Err(JournalError::NotASegment { path: path.clone() });
+        }
+        self.current = Some(OpenSegment {
+            path: path.clone(),
+            file,
+            buf: Vec::new(),
+            offset: SEGMENT_HEADER_LEN as u64,
+        });
+        Ok(true)
+    }
+}
+
+impl Iterator for JournalReader {
+    type Item = Result<Record, JournalError>;
+
+    /// Ends at the live tail, or after the first error (which is returned once).
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let item = self.next_record().transpose();
+        self.failed = matches!(item, Some(Err(_)));
+        item
+    }
+}
+
+impl OpenSegment {
+    fn next(&mut self) -> Result<Option<Record>, JournalError> {
+        loop {
+            match decode_record(&self.buf) {
+                Decoded::Record(record, n) => {
+                    self.buf.drain(..n);
+                    self.offset += n as u64;
+                    return Ok(Some(record));
+                }
+                Decoded::Corrupt(what) => {
+                    return Err(JournalError::Corrupt {
+                        path: self.path.clone(),
+                        offset: self.offset,
+                        what,
+                    });
+                }
+                Decoded::Incomplete => {
+                    if !self.fill()? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads more bytes; false when the file has nothing more right now.
+    fn fill(&mut self) -> Result<bool, JournalError> {
+        let read_at = self.offset + self.buf.len() as u64;
+        self.file
+            .seek(SeekFrom::Start(read_at))
+            .map_err(io_err(&self.path))?;
+        let mut chunk = vec![0u8; 256 * 1024];
+        let n = self.file.read(&mut chunk).map_err(io_err(&self.path))?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+}

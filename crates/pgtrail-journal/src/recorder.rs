@@ -1,0 +1,217 @@
+//! The recorder: batches items (events) by count and time into journal records.
+//!
+//! Producers call [`Recorder::record`], which never waits: the queue is bounded and an
+//! item that does not fit is dropped and counted. Dropped items are never silent: the
+//! recorder puts a loss item (made by the caller's `loss` function, with the count and the
+//! time window) into the next batch, logs a warning, and the count shows in
+//! [`RecorderStats`]. The writer task owns the journal; appends and fsync run on the
+//! blocking pool so they never stall the async workers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{error, warn};
+
+use crate::{Journal, JournalError};
+
+/// Batching and queueing limits.
+#[derive(Debug, Clone)]
+pub struct RecorderConfig {
+    /// A batch is written once it holds this many items...
+    pub max_batch_items: usize,
+    /// ...or this long after its first item arrived, whichever comes first.
+    pub max_batch_delay: Duration,
+    /// Items waiting to be written; beyond this, items are dropped and counted.
+    pub queue_capacity: usize,
+}
+
+impl Default for RecorderConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_items: 1000,
+            max_batch_delay: Duration::from_millis(200),
+            queue_capacity: 65_536,
+        }
+    }
+}
+
+/// Counters shared between producers and the writer.
+#[derive(Debug, Default)]
+pub struct RecorderStats {
+    pub recorded: AtomicU64,
+    pub dropped: AtomicU64,
+    pub records_written: AtomicU64,
+    pub loss_records: AtomicU64,
+}
+
+/// Builds the loss item for `count` items dropped between two times (µs since epoch).
+pub type LossFn<T> = Box<dyn Fn(u64, i64, i64) -> T + Send>;
+/// Turns a batch into one record payload.
+pub type EncodeFn<T> = Box<dyn Fn(Vec<T>) -> Vec<u8> + Send>;
+
+/// The producer side. Cloning is cheap; the writer finishes when every clone is dropped.
+#[derive(Debug)]
+pub struct Recorder<T> {
+    tx: mpsc::Sender<T>,
+    stats: Arc<RecorderStats>,
+    first_drop_micros: Arc<AtomicU64>,
+}
+
+impl<T> Clone for Recorder<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            stats: Arc::clone(&self.stats),
+            first_drop_micros: Arc::clone(&self.first_drop_micros),
+        }
+    }
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+impl<T: Send + 'static> Recorder<T> {
+    /// Starts the writer task. The returned handle resolves when all producers are gone and
+    /// everything queued has been written and synced.
+    pub fn spawn(
+        journal: Journal,
+        config: RecorderConfig,
+        encode: EncodeFn<T>,
+        loss: LossFn<T>,
+    ) -> (Self, JoinHandle<Result<(), JournalError>>) {
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let stats = Arc::new(RecorderStats::default());
+        let first_drop_micros = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            journal: Some(journal),
+            rx,
+            config,
+            encode,
+            loss,
+            stats: Arc::clone(&stats),
+            first_drop_micros: Arc::clone(&first_drop_micros),
+            reported_drops: 0,
+        };
+        let handle = tokio::spawn(writer.run());
+        (
+            Self {
+                tx,
+                stats,
+                first_drop_micros,
+            },
+            handle,
+        )
+    }
+
+    /// Queues an item without waiting. Returns false if it was dropped (queue full or the
+    /// writer gone); the drop is counted and will be reported in the journal.
+    pub fn record(&self, item: T) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => {
+                self.stats.recorded.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => {
+                let _ = self.first_drop_micros.compare_exchange(
+                    0,
+                    now_micros().max(1) as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<RecorderStats> {
+        &self.stats
+    }
+}
+
+struct Writer<T> {
+    journal: Option<Journal>,
+    rx: mpsc::Receiver<T>,
+    config: RecorderConfig,
+    encode: EncodeFn<T>,
+    loss: LossFn<T>,
+    stats: Arc<RecorderStats>,
+    first_drop_micros: Arc<AtomicU64>,
+    reported_drops: u64,
+}
+
+impl<T: Send + 'static> Writer<T> {
+    async fn run(mut self) -> Result<(), JournalError> {
+        // `recv` is cancel-safe, so the timeout below never loses an item.
+        while let Some(first) = self.rx.recv().await {
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + self.config.max_batch_delay;
+            while batch.len() < self.config.max_batch_items {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(item)) => batch.push(item),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.add_loss_item(&mut batch);
+            self.write(batch).await?;
+        }
+        // Producers are gone; report drops that happened after the last batch.
+        let mut batch = Vec::new();
+        self.add_loss_item(&mut batch);
+        if !batch.is_empty() {
+            self.write(batch).await?;
+        }
+        Ok(())
+    }
+
+    fn add_loss_item(&mut self, batch: &mut Vec<T>) {
+        let dropped = self.stats.dropped.load(Ordering::Relaxed);
+        let new = dropped - self.reported_drops;
+        if new == 0 {
+            return;
+        }
+        let from = self.first_drop_micros.swap(0, Ordering::Relaxed) as i64;
+        let to = now_micros();
+        warn!(
+            dropped = new,
+            "recorder queue full: events dropped; a loss record is written"
+        );
+        batch.push((self.loss)(new, from, to));
+        self.reported_drops = dropped;
+        self.stats.loss_records.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn write(&mut self, batch: Vec<T>) -> Result<(), JournalError> {
+        let payload = (self.encode)(batch);
+        let mut journal = self
+            .journal
+            .take()
+            .expect("journal is returned after every write");
+        let (journal, result) = tokio::task::spawn_blocking(move || {
+            let result = journal
+                .append(now_micros(), &payload)
+                .and_then(|_| journal.sync());
+            (journal, result)
+        })
+        .await
+        .expect("journal write task panicked");
+        self.journal = Some(journal);
+        match result {
+            Ok(()) => {
+                self.stats.records_written.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                error!(error = %e, "journal write failed; the recorder stops");
+                Err(e)
+            }
+        }
+    }
+}
