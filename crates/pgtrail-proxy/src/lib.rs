@@ -1,1 +1,52 @@
-//! placeholder
+//! The pgtrail proxy: a PostgreSQL wire-protocol proxy that records what happens.
+//!
+//! It accepts clients on TCP (TLS when a certificate is configured), connects each one to
+//! PostgreSQL (TLS per `upstream.tls`), relays the client's own authentication (trust,
+//! password, md5, SCRAM-SHA-256 without channel binding), and then forwards bytes in both
+//! directions unchanged while a [`tracker::Tracker`] derives one
+//! [`pgtrail_event::ActivityEvent`] per connection attempt, statement and disconnect.
+//! Events go to an [`EventSink`]; this crate neither formats nor stores them.
+
+mod cancel;
+mod config;
+mod relay;
+mod server;
+mod session;
+mod stream;
+mod tls;
+pub mod tracker;
+
+use std::path::{Path, PathBuf};
+
+pub use config::{ClientTlsConfig, ProxyConfig, UpstreamConfig, UpstreamTlsMode};
+use pgtrail_event::ActivityEvent;
+pub use server::{Proxy, ProxyStats};
+
+/// Where the proxy hands its events. Must not block: the capture path calls it inline.
+pub trait EventSink: Send + Sync + 'static {
+    fn emit(&self, event: ActivityEvent);
+}
+
+/// Errors of the proxy as a whole (session errors end only that session).
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS material in {path}: {message}")]
+    Tls { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl ProxyError {
+    pub(crate) fn tls(path: &Path, message: impl Into<String>) -> Self {
+        Self::Tls {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}

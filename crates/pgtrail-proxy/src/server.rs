@@ -1,0 +1,178 @@
+//! The listener: accepts clients, runs a session task for each, and shuts down cleanly.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pgtrail_event::Classifier;
+use pgtrail_wire::Limits;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{error, info, warn};
+
+use crate::cancel::CancelRegistry;
+use crate::config::ProxyConfig;
+use crate::{EventSink, ProxyError, session, tls};
+
+/// Counters of the proxy, for logs and (later) metrics.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub sessions_accepted: AtomicU64,
+    pub sessions_active: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+impl ProxyStats {
+    pub(crate) fn count_protocol_error(&self) {
+        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// State shared by all sessions, resolved once at start.
+pub(crate) struct Shared {
+    pub(crate) config: ProxyConfig,
+    /// Limits for what PostgreSQL sends: only bodies the tracker reads are buffered, and
+    /// the server is trusted up to its own 1 GiB message ceiling.
+    pub(crate) backend_limits: Limits,
+    pub(crate) sink: Arc<dyn EventSink>,
+    pub(crate) classifier: Classifier,
+    pub(crate) cancel: CancelRegistry,
+    pub(crate) client_tls: Option<TlsAcceptor>,
+    pub(crate) upstream_tls: Option<Arc<ClientConfig>>,
+    pub(crate) upstream_server_name: ServerName<'static>,
+    pub(crate) stats: Arc<ProxyStats>,
+}
+
+/// A bound proxy, ready to run.
+pub struct Proxy {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("listen", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// Validates the configuration, loads TLS material and binds the listener.
+    pub async fn bind(config: ProxyConfig, sink: Arc<dyn EventSink>) -> Result<Self, ProxyError> {
+        let client_tls = config
+            .client_tls
+            .as_ref()
+            .map(tls::server_config)
+            .transpose()?
+            .map(TlsAcceptor::from);
+        let upstream_tls = tls::upstream_config(&config.upstream)?;
+        let upstream_server_name = tls::server_name(&config.upstream.host)?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ProxyError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let backend_limits = Limits {
+            small: config.limits.large,
+            ..config.limits
+        };
+        let shared = Arc::new(Shared {
+            config,
+            backend_limits,
+            sink,
+            classifier: Classifier::default(),
+            cancel: CancelRegistry::default(),
+            client_tls,
+            upstream_tls,
+            upstream_server_name,
+            stats: Arc::new(ProxyStats::default()),
+        });
+        Ok(Self { listener, shared })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn stats(&self) -> Arc<ProxyStats> {
+        Arc::clone(&self.shared.stats)
+    }
+
+    /// Accepts clients until `shutdown` resolves; then stops accepting, lets sessions finish
+    /// for the grace period, terminates the rest with SQLSTATE 57P01, and returns once every
+    /// session has written its DISCONNECT event.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (terminate_tx, terminate_rx) = watch::channel(false);
+        let mut sessions = JoinSet::new();
+        tokio::pin!(shutdown);
+        info!(listen = %self.local_addr(), upstream = %format!("{}:{}", self.shared.config.upstream.host, self.shared.config.upstream.port), "proxy listening");
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let shared = Arc::clone(&self.shared);
+                        let terminate = terminate_rx.clone();
+                        shared.stats.sessions_accepted.fetch_add(1, Ordering::Relaxed);
+                        shared.stats.sessions_active.fetch_add(1, Ordering::Relaxed);
+                        sessions.spawn(async move {
+                            session::run(Arc::clone(&shared), tcp, peer, terminate).await;
+                            shared.stats.sessions_active.fetch_sub(1, Ordering::Relaxed);
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        error!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                },
+                Some(result) = sessions.join_next(), if !sessions.is_empty() => {
+                    if let Err(e) = result {
+                        error!(error = %e, "session task panicked");
+                    }
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        drop(self.listener);
+        let active = sessions.len();
+        info!(
+            active_sessions = active,
+            grace_ms = self.shared.config.shutdown_grace.as_millis() as u64,
+            "shutting down: no new connections"
+        );
+        let drained = tokio::time::timeout(self.shared.config.shutdown_grace, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                remaining = sessions.len(),
+                "grace period over; terminating remaining sessions"
+            );
+            let _ = terminate_tx.send(true);
+            let finished = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while sessions.join_next().await.is_some() {}
+            })
+            .await;
+            if finished.is_err() {
+                error!(
+                    remaining = sessions.len(),
+                    "sessions did not end after termination; aborting them"
+                );
+                sessions.abort_all();
+            }
+        }
+        info!("proxy stopped");
+    }
+}

@@ -1,0 +1,555 @@
+//! One client connection, from the first byte to the DISCONNECT event: startup and TLS
+//! negotiation, the upstream connection, relayed authentication, then the relay.
+//!
+//! Errors end only this session. The client gets a PostgreSQL ErrorResponse with a
+//! SQLSTATE (when it can still be reached), the operator one structured log line without
+//! SQL or secrets, and the tracker an event.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use chrono::Utc;
+use pgtrail_wire::{
+    Authentication, BackendMessage, ErrorFields, FrontendMessage, StartupMessage, WireError,
+    decode_backend, decode_frontend, decode_startup,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::cancel::{ClientKey, UpstreamKey};
+use crate::config::UpstreamTlsMode;
+use crate::relay::{Ending, relay};
+use crate::server::Shared;
+use crate::stream::MaybeTls;
+use crate::tracker::{SessionFacts, Tracker};
+
+/// Why a session could not go on.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error("client protocol violation")]
+    ClientProtocol(#[source] WireError),
+    #[error("client sent {0} at the wrong time")]
+    UnexpectedClientMessage(&'static str),
+    #[error("upstream protocol violation")]
+    UpstreamProtocol(#[source] WireError),
+    #[error("client connection")]
+    ClientIo(#[source] std::io::Error),
+    #[error("client closed the connection")]
+    ClientClosed,
+    #[error("upstream connection")]
+    UpstreamIo(#[source] std::io::Error),
+    #[error("upstream closed the connection")]
+    UpstreamClosed,
+    #[error("could not connect to upstream PostgreSQL")]
+    UpstreamConnect(#[source] std::io::Error),
+    #[error("upstream PostgreSQL refused TLS, which upstream.tls requires")]
+    UpstreamRefusedTls,
+    #[error("client TLS handshake failed")]
+    ClientTls(#[source] std::io::Error),
+    #[error("startup packet not received in time")]
+    StartupTimeout,
+    #[error("the authentication method requested by the server is not supported by pgtrail")]
+    UnsupportedAuth,
+}
+
+impl SessionError {
+    /// The ErrorResponse a client gets for this error, if one should be sent.
+    pub(crate) fn client_error(&self) -> Option<ErrorFields> {
+        let (code, message) = match self {
+            Self::ClientProtocol(e) => ("08P01", format!("pgtrail: protocol violation: {e}")),
+            Self::UnexpectedClientMessage(what) => ("08P01", format!("pgtrail: unexpected {what}")),
+            Self::UpstreamProtocol(_) | Self::UpstreamIo(_) | Self::UpstreamClosed => (
+                "08006",
+                "pgtrail: lost the connection to the upstream PostgreSQL server".to_owned(),
+            ),
+            Self::UpstreamConnect(_) | Self::UpstreamRefusedTls => {
+                ("08006", format!("pgtrail: {self}"))
+            }
+            Self::StartupTimeout => (
+                "08P01",
+                "pgtrail: startup packet not received in time".to_owned(),
+            ),
+            Self::UnsupportedAuth => ("28000", format!("pgtrail: {self}")),
+            Self::ClientIo(_) | Self::ClientClosed | Self::ClientTls(_) => return None,
+        };
+        Some(ErrorFields::new("FATAL", code, &message))
+    }
+}
+
+/// Runs one session to its end.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    terminate: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let facts = SessionFacts {
+        remote_host: Some(peer.ip().to_string()),
+        remote_port: Some(peer.port().to_string()),
+        server_host: Some(shared.config.upstream.host.clone()),
+        started: Utc::now(),
+        ..Default::default()
+    };
+    let mut client_buf = BytesMut::with_capacity(8192);
+    let startup = tokio::time::timeout(
+        shared.config.startup_timeout,
+        read_startup(&shared, MaybeTls::Plain(tcp), &mut client_buf),
+    )
+    .await
+    .unwrap_or(Err(SessionError::StartupTimeout));
+    let (mut client, startup) = match startup {
+        Ok(Startup::Session(client, msg)) => (client, msg),
+        Ok(Startup::Cancel { pid, secret }) => {
+            forward_cancel(&shared, pid, &secret).await;
+            return;
+        }
+        Ok(Startup::Closed) => return,
+        Err(e) => {
+            // Not a PostgreSQL client, or a hostile one: no session, no event.
+            shared.stats.count_protocol_error();
+            warn!(%peer, error = %e, source = ?std::error::Error::source(&e).map(ToString::to_string), "startup failed");
+            return;
+        }
+    };
+    let mut tracker = Tracker::new(facts, shared.classifier.clone());
+    tracker.facts.user = startup.param("user").map(str::to_owned);
+    tracker.facts.database = startup
+        .param("database")
+        .map(str::to_owned)
+        .or_else(|| tracker.facts.user.clone());
+    tracker.facts.application = startup.param("application_name").map(str::to_owned);
+
+    let mut upstream = match connect_upstream(&shared).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            warn!(%peer, error = %e, cause = ?std::error::Error::source(&e).map(ToString::to_string), "upstream connection failed");
+            fail_connect(&shared, &mut client, &mut tracker, &e).await;
+            return;
+        }
+    };
+    let mut upstream_buf = BytesMut::with_capacity(8192);
+    let key = match authenticate(
+        &shared,
+        &mut client,
+        &mut client_buf,
+        &mut upstream,
+        &mut upstream_buf,
+        &mut tracker,
+        &startup,
+    )
+    .await
+    {
+        Ok(key) => key,
+        Err(AuthEnd::Rejected(fields)) => {
+            info!(%peer, user = ?tracker.facts.user, sqlstate = ?fields.code(), "login rejected by PostgreSQL");
+            tracker.connect_event(Some(&fields));
+            emit(&shared, &mut tracker);
+            return;
+        }
+        Err(AuthEnd::Failed(e)) => {
+            warn!(%peer, error = %e, "authentication relay failed");
+            fail_connect(&shared, &mut client, &mut tracker, &e).await;
+            return;
+        }
+    };
+    tracker.connect_event(None);
+    emit(&shared, &mut tracker);
+    info!(%peer, session = ?tracker.facts.session_id, user = ?tracker.facts.user, database = ?tracker.facts.database, "session started");
+
+    let (ending, mut tracker) = relay(
+        &shared,
+        client,
+        client_buf,
+        upstream,
+        upstream_buf,
+        tracker,
+        terminate,
+    )
+    .await;
+    shared.cancel.remove(&key);
+    let reason = match &ending {
+        Ending::Error(e) => {
+            warn!(session = ?tracker.facts.session_id, error = %e, "session ended by an error");
+            e.client_error()
+        }
+        Ending::Terminated => Some(ErrorFields::new(
+            "FATAL",
+            "57P01",
+            "terminating connection due to administrator command",
+        )),
+        Ending::ClientClosed | Ending::UpstreamClosed => None,
+    };
+    tracker.disconnect_event(reason.as_ref());
+    emit(&shared, &mut tracker);
+    debug!(session = ?tracker.facts.session_id, "session ended");
+}
+
+fn emit(shared: &Shared, tracker: &mut Tracker) {
+    for event in tracker.take_events() {
+        shared.sink.emit(event);
+    }
+}
+
+async fn fail_connect(
+    shared: &Shared,
+    client: &mut MaybeTls,
+    tracker: &mut Tracker,
+    e: &SessionError,
+) {
+    let fields = e
+        .client_error()
+        .unwrap_or_else(|| ErrorFields::new("FATAL", "08006", &format!("pgtrail: {e}")));
+    send_error(client, &fields).await;
+    tracker.connect_event(Some(&fields));
+    emit(shared, tracker);
+}
+
+/// Writes an ErrorResponse and flushes; the connection may already be gone.
+pub(crate) async fn send_error(stream: &mut MaybeTls, fields: &ErrorFields) {
+    let mut out = BytesMut::new();
+    BackendMessage::ErrorResponse(fields.clone()).encode(&mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
+}
+
+enum Startup {
+    Session(MaybeTls, StartupMessage),
+    Cancel {
+        pid: i32,
+        secret: bytes::Bytes,
+    },
+    /// The client went away before sending a startup packet (port probes, health checks).
+    Closed,
+}
+
+async fn read_startup(
+    shared: &Shared,
+    mut client: MaybeTls,
+    buf: &mut BytesMut,
+) -> Result<Startup, SessionError> {
+    let limits = shared.config.limits;
+    let mut negotiated_ssl = false;
+    let mut negotiated_gss = false;
+    loop {
+        let msg = loop {
+            match decode_startup(buf, &limits) {
+                Ok(Some(msg)) => break msg,
+                Ok(None) => {}
+                Err(e) => {
+                    let fields = ErrorFields::new(
+                        "FATAL",
+                        "08P01",
+                        &format!("pgtrail: invalid startup packet: {e}"),
+                    );
+                    send_error(&mut client, &fields).await;
+                    return Err(SessionError::ClientProtocol(e));
+                }
+            }
+            if client.read_buf(buf).await.map_err(SessionError::ClientIo)? == 0 {
+                return if buf.is_empty() {
+                    Ok(Startup::Closed)
+                } else {
+                    Err(SessionError::ClientClosed)
+                };
+            }
+        };
+        match msg {
+            StartupMessage::SslRequest if !negotiated_ssl && !negotiated_gss => {
+                negotiated_ssl = true;
+                if !buf.is_empty() {
+                    // Bytes sent before the TLS handshake must not be trusted (CVE-2021-23214).
+                    return Err(SessionError::UnexpectedClientMessage(
+                        "data after SSLRequest",
+                    ));
+                }
+                client = match (client, shared.client_tls.as_ref()) {
+                    (MaybeTls::Plain(mut tcp), Some(acceptor)) => {
+                        tcp.write_all(b"S").await.map_err(SessionError::ClientIo)?;
+                        let tls = acceptor
+                            .accept(tcp)
+                            .await
+                            .map_err(SessionError::ClientTls)?;
+                        MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)))
+                    }
+                    // No certificate configured: refuse TLS; the client may go on in plain.
+                    (mut other, _) => {
+                        other
+                            .write_all(b"N")
+                            .await
+                            .map_err(SessionError::ClientIo)?;
+                        other
+                    }
+                };
+            }
+            StartupMessage::GssEncRequest if !negotiated_gss && !client.is_tls() => {
+                negotiated_gss = true;
+                client
+                    .write_all(b"N")
+                    .await
+                    .map_err(SessionError::ClientIo)?;
+            }
+            StartupMessage::SslRequest | StartupMessage::GssEncRequest => {
+                return Err(SessionError::UnexpectedClientMessage(
+                    "a second encryption request",
+                ));
+            }
+            StartupMessage::CancelRequest { pid, secret } => {
+                return Ok(Startup::Cancel { pid, secret });
+            }
+            startup @ StartupMessage::Startup { .. } => {
+                return Ok(Startup::Session(client, startup));
+            }
+        }
+    }
+}
+
+async fn read_client_message(
+    client: &mut MaybeTls,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<FrontendMessage, SessionError> {
+    loop {
+        if let Some(msg) =
+            decode_frontend(buf, &shared.config.limits).map_err(SessionError::ClientProtocol)?
+        {
+            return Ok(msg);
+        }
+        if client.read_buf(buf).await.map_err(SessionError::ClientIo)? == 0 {
+            return Err(SessionError::ClientClosed);
+        }
+    }
+}
+
+async fn read_upstream_message(
+    upstream: &mut MaybeTls,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<BackendMessage, SessionError> {
+    loop {
+        if let Some(msg) =
+            decode_backend(buf, &shared.backend_limits).map_err(SessionError::UpstreamProtocol)?
+        {
+            return Ok(msg);
+        }
+        if upstream
+            .read_buf(buf)
+            .await
+            .map_err(SessionError::UpstreamIo)?
+            == 0
+        {
+            return Err(SessionError::UpstreamClosed);
+        }
+    }
+}
+
+async fn write_message(stream: &mut MaybeTls, msg: &BackendMessage) -> Result<(), SessionError> {
+    let mut out = BytesMut::new();
+    msg.encode(&mut out);
+    stream
+        .write_all(&out)
+        .await
+        .map_err(SessionError::ClientIo)?;
+    stream.flush().await.map_err(SessionError::ClientIo)
+}
+
+enum AuthEnd {
+    /// PostgreSQL refused the login; its ErrorResponse was forwarded to the client.
+    Rejected(ErrorFields),
+    Failed(SessionError),
+}
+
+impl From<SessionError> for AuthEnd {
+    fn from(e: SessionError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// Relays the startup packet and the authentication exchange until ReadyForQuery.
+async fn authenticate(
+    shared: &Shared,
+    client: &mut MaybeTls,
+    client_buf: &mut BytesMut,
+    upstream: &mut MaybeTls,
+    upstream_buf: &mut BytesMut,
+    tracker: &mut Tracker,
+    startup: &StartupMessage,
+) -> Result<ClientKey, AuthEnd> {
+    let mut out = BytesMut::new();
+    startup.encode(&mut out);
+    upstream
+        .write_all(&out)
+        .await
+        .map_err(SessionError::UpstreamIo)?;
+    upstream.flush().await.map_err(SessionError::UpstreamIo)?;
+    let mut key = None;
+    loop {
+        let msg = read_upstream_message(upstream, upstream_buf, shared).await?;
+        let needs_reply = match &msg {
+            BackendMessage::Authentication(auth) => match auth {
+                Authentication::CleartextPassword
+                | Authentication::Md5Password { .. }
+                | Authentication::SaslContinue(_) => true,
+                Authentication::Sasl { mechanisms } => {
+                    // TLS ends at the proxy, so channel binding (-PLUS) cannot succeed
+                    // end to end: offer only the plain mechanisms.
+                    let plain: Vec<String> = mechanisms
+                        .iter()
+                        .filter(|m| !m.ends_with("-PLUS"))
+                        .cloned()
+                        .collect();
+                    let rewritten =
+                        BackendMessage::Authentication(Authentication::Sasl { mechanisms: plain });
+                    write_message(client, &rewritten).await?;
+                    relay_auth_response(shared, client, client_buf, upstream).await?;
+                    continue;
+                }
+                Authentication::Ok | Authentication::SaslFinal(_) => false,
+                Authentication::KerberosV5
+                | Authentication::Gss
+                | Authentication::GssContinue(_)
+                | Authentication::Sspi => {
+                    return Err(SessionError::UnsupportedAuth.into());
+                }
+            },
+            BackendMessage::ParameterStatus { name, value } => {
+                if name == "server_version" {
+                    tracker.facts.server_version = Some(value.clone());
+                }
+                false
+            }
+            BackendMessage::BackendKeyData { pid, secret } => {
+                tracker.facts.set_pid(*pid);
+                let client_key = shared.cancel.register(UpstreamKey {
+                    pid: *pid,
+                    secret: secret.clone(),
+                });
+                key = Some(client_key);
+                let ours = BackendMessage::BackendKeyData {
+                    pid: client_key.pid,
+                    secret: bytes::Bytes::copy_from_slice(&client_key.secret),
+                };
+                write_message(client, &ours).await?;
+                continue;
+            }
+            BackendMessage::ErrorResponse(fields) => {
+                write_message(client, &msg).await?;
+                return Err(AuthEnd::Rejected(fields.clone()));
+            }
+            BackendMessage::ReadyForQuery { .. } => {
+                write_message(client, &msg).await?;
+                return key.ok_or(AuthEnd::Failed(SessionError::UpstreamProtocol(
+                    WireError::Invalid {
+                        tag: 'Z',
+                        field: "ReadyForQuery before BackendKeyData",
+                    },
+                )));
+            }
+            _ => false,
+        };
+        write_message(client, &msg).await?;
+        if needs_reply {
+            relay_auth_response(shared, client, client_buf, upstream).await?;
+        }
+    }
+}
+
+async fn relay_auth_response(
+    shared: &Shared,
+    client: &mut MaybeTls,
+    client_buf: &mut BytesMut,
+    upstream: &mut MaybeTls,
+) -> Result<(), SessionError> {
+    let reply = read_client_message(client, client_buf, shared).await?;
+    if !matches!(reply, FrontendMessage::AuthResponse(_)) {
+        // psql closes and reconnects to ask for a password; anything else is a violation.
+        return Err(match reply {
+            FrontendMessage::Terminate => SessionError::ClientClosed,
+            _ => SessionError::UnexpectedClientMessage(
+                "a non-password message during authentication",
+            ),
+        });
+    }
+    let mut out = BytesMut::new();
+    reply.encode(&mut out);
+    upstream
+        .write_all(&out)
+        .await
+        .map_err(SessionError::UpstreamIo)?;
+    upstream.flush().await.map_err(SessionError::UpstreamIo)
+}
+
+/// Opens the upstream connection and negotiates TLS as configured.
+pub(crate) async fn connect_upstream(shared: &Shared) -> Result<MaybeTls, SessionError> {
+    let upstream = &shared.config.upstream;
+    let timeout = std::time::Duration::from_millis(upstream.connect_timeout_ms);
+    let connect = TcpStream::connect((upstream.host.as_str(), upstream.port));
+    let mut tcp = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| SessionError::UpstreamConnect(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(SessionError::UpstreamConnect)?;
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = &shared.upstream_tls else {
+        return Ok(MaybeTls::Plain(tcp));
+    };
+    let mut out = BytesMut::new();
+    StartupMessage::SslRequest.encode(&mut out);
+    tcp.write_all(&out)
+        .await
+        .map_err(SessionError::UpstreamConnect)?;
+    let answer = tcp.read_u8().await.map_err(SessionError::UpstreamConnect)?;
+    match answer {
+        b'S' => {
+            let connector = tokio_rustls::TlsConnector::from(Arc::clone(tls));
+            let stream = connector
+                .connect(shared.upstream_server_name.clone(), tcp)
+                .await
+                .map_err(SessionError::UpstreamConnect)?;
+            Ok(MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Client(
+                stream,
+            ))))
+        }
+        b'N' if upstream.tls == UpstreamTlsMode::Prefer => Ok(MaybeTls::Plain(tcp)),
+        b'N' => Err(SessionError::UpstreamRefusedTls),
+        _ => Err(SessionError::UpstreamProtocol(WireError::Invalid {
+            tag: '?',
+            field: "answer to SSLRequest",
+        })),
+    }
+}
+
+/// Forwards a client's CancelRequest to the upstream session it names, if it names one.
+async fn forward_cancel(shared: &Shared, pid: i32, secret: &[u8]) {
+    let Some(key) = shared.cancel.lookup(pid, secret) else {
+        // Like PostgreSQL: an unknown key is ignored without telling the sender anything.
+        info!("cancel request with an unknown key ignored");
+        return;
+    };
+    let result = async {
+        let mut upstream = connect_upstream(shared).await?;
+        let mut out = BytesMut::new();
+        StartupMessage::CancelRequest {
+            pid: key.pid,
+            secret: key.secret.clone(),
+        }
+        .encode(&mut out);
+        upstream
+            .write_all(&out)
+            .await
+            .map_err(SessionError::UpstreamIo)?;
+        upstream.flush().await.map_err(SessionError::UpstreamIo)?;
+        // PostgreSQL closes the connection once it has processed the request.
+        let mut sink = [0u8; 1];
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), upstream.read(&mut sink)).await;
+        Ok::<(), SessionError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => info!(upstream_pid = key.pid, "cancel request forwarded"),
+        Err(e) => warn!(error = %e, "cancel request could not be forwarded"),
+    }
+}

@@ -1,0 +1,141 @@
+//! rustls configurations for both sides of the proxy.
+
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+use crate::ProxyError;
+use crate::config::{ClientTlsConfig, UpstreamConfig, UpstreamTlsMode};
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ProxyError> {
+    let file = std::fs::File::open(path).map_err(|e| ProxyError::tls(path, e.to_string()))?;
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut BufReader::new(file)).collect();
+    let certs = certs.map_err(|e| ProxyError::tls(path, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(ProxyError::tls(path, "no PEM certificate found"));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ProxyError> {
+    let file = std::fs::File::open(path).map_err(|e| ProxyError::tls(path, e.to_string()))?;
+    rustls_pemfile::private_key(&mut BufReader::new(file))
+        .map_err(|e| ProxyError::tls(path, e.to_string()))?
+        .ok_or_else(|| ProxyError::tls(path, "no PEM private key found"))
+}
+
+/// The server configuration presented to clients.
+pub(crate) fn server_config(cfg: &ClientTlsConfig) -> Result<Arc<ServerConfig>, ProxyError> {
+    let certs = read_certs(&cfg.cert_file)?;
+    let key = read_key(&cfg.key_file)?;
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ProxyError::tls(&cfg.key_file, e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+/// The client configuration used toward PostgreSQL, or `None` for plain TCP.
+pub(crate) fn upstream_config(
+    cfg: &UpstreamConfig,
+) -> Result<Option<Arc<ClientConfig>>, ProxyError> {
+    let config = match cfg.tls {
+        UpstreamTlsMode::Disable => return Ok(None),
+        UpstreamTlsMode::Prefer | UpstreamTlsMode::Require => ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly::new()))
+            .with_no_client_auth(),
+        UpstreamTlsMode::VerifyFull => {
+            let ca = cfg.ca_file.as_deref().ok_or_else(|| {
+                ProxyError::Config("upstream.tls = \"verify-full\" needs upstream.ca_file".into())
+            })?;
+            let mut roots = RootCertStore::empty();
+            for cert in read_certs(ca)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| ProxyError::tls(ca, e.to_string()))?;
+            }
+            ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+        }
+    };
+    Ok(Some(Arc::new(config)))
+}
+
+/// The server name for SNI and verification.
+pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, ProxyError> {
+    ServerName::try_from(host.to_owned()).map_err(|_| {
+        ProxyError::Config(format!(
+            "upstream host {host:?} is not a valid TLS server name"
+        ))
+    })
+}
+
+/// `require` semantics, as libpq: the channel is encrypted, the peer is not authenticated.
+/// Handshake signatures are still checked so the session keys are bound to the certificate
+/// the server sent.
+#[derive(Debug)]
+struct EncryptOnly {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl EncryptOnly {
+    fn new() -> Self {
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+        Self { provider }
+    }
+}
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -1,0 +1,866 @@
+//! The statement tracker: turns the messages of one session into ActivityEvents.
+//!
+//! It sees every frontend message before it is forwarded and every backend message before
+//! it reaches the client, and keeps a FIFO of what the server still owes ([`Owed`]). Each
+//! reply is matched to the request at the head of the queue, which gives exactly one
+//! event per executed statement, also when a client pipelines many requests:
+//!
+//! - simple Query: one event per statement, closed by its CommandComplete, ErrorResponse
+//!   or EmptyQueryResponse; ReadyForQuery closes the Query (statements after an error did
+//!   not run and get no event);
+//! - extended protocol: one event per Execute, with the parameters of the Bind that made
+//!   its portal; an ErrorResponse fails the request at the head and the server skips
+//!   everything up to Sync, so those requests are dropped from the queue;
+//! - FunctionCall: one event when its result arrives.
+//!
+//! The tracker does no I/O and no formatting: the session passes messages in, takes
+//! events out.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use pgtrail_event::{
+    ActivityEvent, Classified, Classifier, EventClass, ExitCode, Statement, class_from_tag,
+    rows_from_completion, session_id, tag_from_completion,
+};
+use pgtrail_wire::{ErrorFields, FrontendMessage, TargetKind};
+
+/// Facts about the session that every event repeats.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFacts {
+    pub remote_host: Option<String>,
+    pub remote_port: Option<String>,
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub application: Option<String>,
+    pub server_host: Option<String>,
+    pub server_version: Option<String>,
+    pub pid: Option<i32>,
+    pub session_id: Option<String>,
+    pub started: DateTime<Utc>,
+}
+
+impl SessionFacts {
+    fn event(
+        &self,
+        class: EventClass,
+        command: impl Into<String>,
+        start: DateTime<Utc>,
+    ) -> ActivityEvent {
+        let mut e = ActivityEvent::new(class, command, start);
+        e.remote_host.clone_from(&self.remote_host);
+        e.remote_port.clone_from(&self.remote_port);
+        e.db_user_name.clone_from(&self.user);
+        e.database_name.clone_from(&self.database);
+        e.client_application.clone_from(&self.application);
+        e.server_host.clone_from(&self.server_host);
+        e.server_version.clone_from(&self.server_version);
+        e.pid = self.pid;
+        e.session_id.clone_from(&self.session_id);
+        e
+    }
+
+    /// Sets the upstream pid and derives the `%c` session id from it.
+    pub fn set_pid(&mut self, pid: i32) {
+        self.pid = Some(pid);
+        self.session_id = Some(session_id(self.started, pid));
+    }
+}
+
+/// A statement known to the session: its text and what the parser made of it.
+#[derive(Debug, Clone)]
+struct Prepared {
+    text: Arc<str>,
+    classified: Arc<Classified>,
+}
+
+#[derive(Debug, Clone)]
+struct Portal {
+    statement: Prepared,
+    params: Arc<Vec<Option<String>>>,
+}
+
+/// A request whose reply the server still owes, in the order they were sent.
+#[derive(Debug)]
+enum Owed {
+    Query {
+        statement: Prepared,
+        next: usize,
+        started: DateTime<Utc>,
+        rows: u64,
+        failed: bool,
+    },
+    Parse {
+        statement: Prepared,
+        started: DateTime<Utc>,
+    },
+    Bind {
+        portal: Portal,
+        started: DateTime<Utc>,
+    },
+    Describe,
+    Execute {
+        portal: Portal,
+        started: DateTime<Utc>,
+        rows: u64,
+    },
+    Close,
+    FunctionCall {
+        oid: u32,
+        started: DateTime<Utc>,
+    },
+    Sync,
+}
+
+/// One session's tracker.
+#[derive(Debug)]
+pub struct Tracker {
+    pub facts: SessionFacts,
+    classifier: Classifier,
+    statement_id: u64,
+    prepared: HashMap<String, Prepared>,
+    portals: HashMap<String, Portal>,
+    owed: VecDeque<Owed>,
+    /// After an ErrorResponse in extended protocol the server skips to the next Sync.
+    skipping_to_sync: bool,
+    terminated: bool,
+    fatal: Option<String>,
+    events: Vec<ActivityEvent>,
+}
+
+impl Tracker {
+    pub fn new(facts: SessionFacts, classifier: Classifier) -> Self {
+        Self {
+            facts,
+            classifier,
+            statement_id: 0,
+            prepared: HashMap::new(),
+            portals: HashMap::new(),
+            owed: VecDeque::new(),
+            skipping_to_sync: false,
+            terminated: false,
+            fatal: None,
+            events: Vec::new(),
+        }
+    }
+
+    /// Events produced since the last call.
+    pub fn take_events(&mut self) -> Vec<ActivityEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn prepare(&self, text: &str) -> Prepared {
+        Prepared {
+            text: Arc::from(text),
+            classified: self.classifier.classify(text),
+        }
+    }
+
+    /// A message from the client, before it is forwarded.
+    pub fn on_frontend(&mut self, msg: &FrontendMessage, now: DateTime<Utc>) {
+        match msg {
+            FrontendMessage::Query { query } => {
+                let statement = self.prepare(query);
+                self.owed.push_back(Owed::Query {
+                    statement,
+                    next: 0,
+                    started: now,
+                    rows: 0,
+                    failed: false,
+                });
+            }
+            FrontendMessage::Parse { name, query, .. } => {
+                let statement = self.prepare(query);
+                self.prepared.insert(name.clone(), statement.clone());
+                self.owed.push_back(Owed::Parse {
+                    statement,
+                    started: now,
+                });
+            }
+            FrontendMessage::Bind {
+                portal,
+                statement,
+                param_formats,
+                params,
+                ..
+            } => {
+                let prepared = self
+                    .prepared
+                    .get(statement)
+                    .cloned()
+                    .unwrap_or_else(|| Prepared {
+                        // Prepared with SQL PREPARE, or before pgtrail saw the session.
+                        text: Arc::from(format!("<prepared statement {statement:?}>")),
+                        classified: Arc::new(Classified {
+                            statements: Vec::new(),
+                        }),
+                    });
+                let params = params
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        p.as_ref()
+                            .map(|v| render_param(v, format_of(param_formats, i)))
+                    })
+                    .collect();
+                let portal_state = Portal {
+                    statement: prepared,
+                    params: Arc::new(params),
+                };
+                self.portals.insert(portal.clone(), portal_state.clone());
+                self.owed.push_back(Owed::Bind {
+                    portal: portal_state,
+                    started: now,
+                });
+            }
+            FrontendMessage::Execute { portal, .. } => {
+                let portal = self.portals.get(portal).cloned().unwrap_or_else(|| Portal {
+                    statement: Prepared {
+                        text: Arc::from(format!("<portal {portal:?}>")),
+                        classified: Arc::new(Classified {
+                            statements: Vec::new(),
+                        }),
+                    },
+                    params: Arc::new(Vec::new()),
+                });
+                self.owed.push_back(Owed::Execute {
+                    portal,
+                    started: now,
+                    rows: 0,
+                });
+            }
+            FrontendMessage::Describe { .. } => self.owed.push_back(Owed::Describe),
+            FrontendMessage::Close { kind, name } => {
+                match kind {
+                    TargetKind::Statement => self.prepared.remove(name),
+                    TargetKind::Portal => self.portals.remove(name).map(|p| p.statement),
+                };
+                self.owed.push_back(Owed::Close);
+            }
+            FrontendMessage::Sync => self.owed.push_back(Owed::Sync),
+            FrontendMessage::FunctionCall { oid, .. } => {
+                self.owed.push_back(Owed::FunctionCall {
+                    oid: *oid,
+                    started: now,
+                });
+            }
+            FrontendMessage::Terminate => self.terminated = true,
+            FrontendMessage::Flush
+            | FrontendMessage::CopyData(_)
+            | FrontendMessage::CopyDone
+            | FrontendMessage::CopyFail { .. }
+            | FrontendMessage::AuthResponse(_) => {}
+        }
+    }
+
+    /// A backend message that needs no body to be understood (DataRow, ParseComplete, ...).
+    pub fn on_backend_tag(&mut self, tag: u8) {
+        match tag {
+            b'D' => match self.owed.front_mut() {
+                Some(Owed::Query { rows, .. } | Owed::Execute { rows, .. }) => *rows += 1,
+                _ => {}
+            },
+            b'1' => self.pop_if(|o| matches!(o, Owed::Parse { .. })),
+            b'2' => self.pop_if(|o| matches!(o, Owed::Bind { .. })),
+            b'3' => self.pop_if(|o| matches!(o, Owed::Close)),
+            // RowDescription or NoData end a Describe (ParameterDescription comes first for
+            // a statement); inside a Query or Execute a RowDescription is just result metadata.
+            b'T' | b'n' => self.pop_if(|o| matches!(o, Owed::Describe)),
+            b's' => {
+                if let Some(Owed::Execute { .. }) = self.owed.front() {
+                    let Some(Owed::Execute {
+                        portal,
+                        started,
+                        rows,
+                    }) = self.owed.pop_front()
+                    else {
+                        unreachable!()
+                    };
+                    // A suspended portal has produced `rows` rows so far; Execute may resume it.
+                    self.emit_execute(&portal, started, None, Some(rows), None);
+                }
+            }
+            b'I' => match self.owed.front_mut() {
+                Some(Owed::Query { next, .. }) => *next += 1,
+                Some(Owed::Execute { .. }) => {
+                    self.owed.pop_front();
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn pop_if(&mut self, expected: impl Fn(&Owed) -> bool) {
+        if self.owed.front().is_some_and(expected) {
+            self.owed.pop_front();
+        }
+    }
+
+    /// CommandComplete.
+    pub fn on_command_complete(&mut self, tag: &str) {
+        let now = Utc::now();
+        match self.owed.front_mut() {
+            Some(Owed::Query {
+                statement,
+                next,
+                started,
+                rows,
+                ..
+            }) => {
+                let index = *next;
+                *next += 1;
+                let (statement, started) = (statement.clone(), *started);
+                *rows = 0;
+                self.emit_statement(&statement, index, started, now, Some(tag), None, Vec::new());
+                if let Some(Owed::Query { started, .. }) = self.owed.front_mut() {
+                    // The next statement of the same Query starts when this one ends.
+                    *started = now;
+                }
+            }
+            Some(Owed::Execute { .. }) => {
+                let Some(Owed::Execute {
+                    portal, started, ..
+                }) = self.owed.pop_front()
+                else {
+                    unreachable!()
+                };
+                self.emit_execute(&portal, started, Some(tag), None, None);
+            }
+            _ => {}
+        }
+    }
+
+    /// ErrorResponse (and FATAL errors that end the session).
+    pub fn on_error(&mut self, fields: &ErrorFields) {
+        if fields.is_fatal() {
+            self.fatal = fields.code().map(str::to_owned);
+        }
+        let now = Utc::now();
+        match self.owed.front_mut() {
+            Some(Owed::Query {
+                statement,
+                next,
+                started,
+                failed,
+                ..
+            }) => {
+                if !*failed {
+                    *failed = true;
+                    let (statement, index, started) = (statement.clone(), *next, *started);
+                    self.emit_statement(
+                        &statement,
+                        index,
+                        started,
+                        now,
+                        None,
+                        Some(fields),
+                        Vec::new(),
+                    );
+                }
+            }
+            Some(Owed::Sync) | None => {}
+            Some(_) => {
+                let failed = self.owed.pop_front().expect("front checked");
+                match failed {
+                    Owed::Parse { statement, started } => {
+                        self.emit_statement(
+                            &statement,
+                            0,
+                            started,
+                            now,
+                            None,
+                            Some(fields),
+                            Vec::new(),
+                        );
+                    }
+                    Owed::Bind { portal, started }
+                    | Owed::Execute {
+                        portal, started, ..
+                    } => {
+                        self.emit_execute(&portal, started, None, None, Some(fields));
+                    }
+                    Owed::FunctionCall { oid, started } => {
+                        self.emit_function_call(oid, started, Some(fields))
+                    }
+                    _ => {}
+                }
+                // The server ignores everything until Sync: those requests get no reply.
+                while self.owed.front().is_some_and(|o| !matches!(o, Owed::Sync)) {
+                    self.owed.pop_front();
+                }
+                self.skipping_to_sync = true;
+            }
+        }
+    }
+
+    /// FunctionCallResponse.
+    pub fn on_function_result(&mut self) {
+        if let Some(Owed::FunctionCall { .. }) = self.owed.front() {
+            let Some(Owed::FunctionCall { oid, started }) = self.owed.pop_front() else {
+                unreachable!()
+            };
+            self.emit_function_call(oid, started, None);
+        }
+    }
+
+    /// ReadyForQuery: the end of a Query, a Sync or a FunctionCall.
+    pub fn on_ready(&mut self) {
+        self.skipping_to_sync = false;
+        // Pop up to and including the request ReadyForQuery answers. Anything before it
+        // that is still owed did not run (after an error) and has no event.
+        while let Some(owed) = self.owed.pop_front() {
+            if matches!(
+                owed,
+                Owed::Query { .. } | Owed::Sync | Owed::FunctionCall { .. }
+            ) {
+                break;
+            }
+        }
+    }
+
+    /// The CONNECT event, successful (`error == None`) or failed.
+    pub fn connect_event(&mut self, error: Option<&ErrorFields>) {
+        let mut e = self
+            .facts
+            .event(EventClass::Connect, "CONNECT", self.facts.started);
+        e.statement_id = 0;
+        let now = Utc::now();
+        e.log_time = now;
+        e.end_time = Some(now);
+        if let Some(fields) = error {
+            apply_error(&mut e, fields);
+        }
+        self.events.push(e);
+    }
+
+    /// The DISCONNECT event: exit code 0 after Terminate, the SQLSTATE of a FATAL error,
+    /// or null when the peer vanished. `reason` overrides with the proxy's own SQLSTATE.
+    pub fn disconnect_event(&mut self, reason: Option<&ErrorFields>) {
+        let mut e = self
+            .facts
+            .event(EventClass::Disconnect, "DISCONNECT", self.facts.started);
+        let now = Utc::now();
+        e.log_time = now;
+        e.end_time = Some(now);
+        e.statement_id = self.statement_id;
+        if let Some(fields) = reason {
+            apply_error(&mut e, fields);
+        } else if self.terminated {
+            e.exit_code = Some(ExitCode::Clean(0));
+        } else if let Some(code) = &self.fatal {
+            e.exit_code = Some(ExitCode::SqlState(code.clone()));
+            e.sql_state = Some(code.clone());
+        }
+        self.events.push(e);
+    }
+
+    fn next_statement_id(&mut self) -> u64 {
+        self.statement_id += 1;
+        self.statement_id
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "internal helper that fills one event"
+    )]
+    fn emit_statement(
+        &mut self,
+        prepared: &Prepared,
+        index: usize,
+        started: DateTime<Utc>,
+        now: DateTime<Utc>,
+        completion: Option<&str>,
+        error: Option<&ErrorFields>,
+        params: Vec<Option<String>>,
+    ) {
+        let statement = prepared.classified.statements.get(index);
+        let command = match (completion, statement) {
+            (Some(tag), _) => tag_from_completion(tag).to_owned(),
+            (None, Some(s)) => s.command.clone().unwrap_or_else(|| "UNKNOWN".into()),
+            (None, None) => "UNKNOWN".into(),
+        };
+        let class = statement
+            .and_then(|s| s.class)
+            .unwrap_or_else(|| class_from_tag(&command));
+        let mut e = self.facts.event(class, command, started);
+        e.statement_id = self.next_statement_id();
+        e.log_time = now;
+        e.end_time = Some(now);
+        e.param_list = params;
+        match statement {
+            Some(s) => fill_statement(&mut e, s),
+            // Text the parser did not split (or an unknown statement): record it as sent.
+            None => e.command_text = Some(pgtrail_event::redact_passwords(&prepared.text)),
+        }
+        e.row_count = completion.and_then(rows_from_completion);
+        if let Some(fields) = error {
+            apply_error(&mut e, fields);
+        }
+        self.events.push(e);
+    }
+
+    fn emit_execute(
+        &mut self,
+        portal: &Portal,
+        started: DateTime<Utc>,
+        completion: Option<&str>,
+        rows: Option<u64>,
+        error: Option<&ErrorFields>,
+    ) {
+        let params = portal.params.as_ref().clone();
+        self.emit_statement(
+            &portal.statement,
+            0,
+            started,
+            Utc::now(),
+            completion,
+            error,
+            params,
+        );
+        if let (Some(rows), Some(e)) = (rows, self.events.last_mut()) {
+            e.row_count = Some(rows);
+        }
+    }
+
+    fn emit_function_call(
+        &mut self,
+        oid: u32,
+        started: DateTime<Utc>,
+        error: Option<&ErrorFields>,
+    ) {
+        let mut e = self
+            .facts
+            .event(EventClass::Function, "FUNCTION CALL", started);
+        e.statement_id = self.next_statement_id();
+        let now = Utc::now();
+        e.log_time = now;
+        e.end_time = Some(now);
+        e.command_text = Some(format!("<function call oid={oid}>"));
+        e.object_type = Some("FUNCTION".into());
+        e.object_name = Some(oid.to_string());
+        if let Some(fields) = error {
+            apply_error(&mut e, fields);
+        }
+        self.events.push(e);
+    }
+}
+
+fn fill_statement(e: &mut ActivityEvent, s: &Statement) {
+    e.command_text = Some(s.text.clone());
+    e.object_type.clone_from(&s.object_type);
+    e.object_name.clone_from(&s.object_name);
+    e.objects.clone_from(&s.objects);
+    e.query_fingerprint.clone_from(&s.fingerprint);
+}
+
+fn apply_error(e: &mut ActivityEvent, fields: &ErrorFields) {
+    e.error_message = fields.message().map(str::to_owned);
+    e.sql_state = fields.code().map(str::to_owned);
+    e.exit_code = e.sql_state.clone().map(ExitCode::SqlState);
+}
+
+/// The format code of parameter `i`: none given means text, one applies to all.
+fn format_of(formats: &[i16], i: usize) -> i16 {
+    match formats {
+        [] => 0,
+        [one] => *one,
+        many => many.get(i).copied().unwrap_or(0),
+    }
+}
+
+/// Text parameters as text; binary ones as `\x` hex, like bytea output.
+fn render_param(value: &Bytes, format: i16) -> String {
+    if format == 0 {
+        String::from_utf8_lossy(value).into_owned()
+    } else {
+        let mut s = String::with_capacity(2 + value.len() * 2);
+        s.push_str("\\x");
+        for b in value.iter() {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker() -> Tracker {
+        let mut facts = SessionFacts {
+            started: Utc::now(),
+            ..Default::default()
+        };
+        facts.set_pid(4242);
+        Tracker::new(facts, Classifier::default())
+    }
+
+    fn q(text: &str) -> FrontendMessage {
+        FrontendMessage::Query { query: text.into() }
+    }
+
+    #[test]
+    fn multi_statement_query_gives_one_event_each() {
+        let mut t = tracker();
+        t.on_frontend(
+            &q("CREATE TABLE p (id int); INSERT INTO p VALUES (1), (2); SELECT * FROM p"),
+            Utc::now(),
+        );
+        t.on_command_complete("CREATE TABLE");
+        t.on_command_complete("INSERT 0 2");
+        t.on_backend_tag(b'T');
+        t.on_backend_tag(b'D');
+        t.on_backend_tag(b'D');
+        t.on_command_complete("SELECT 2");
+        t.on_ready();
+        let events = t.take_events();
+        let summary: Vec<_> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.statement_id,
+                    e.command.as_str(),
+                    e.class,
+                    e.row_count,
+                    e.command_text.as_deref().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (
+                    1,
+                    "CREATE TABLE",
+                    EventClass::Ddl,
+                    None,
+                    "CREATE TABLE p (id int)"
+                ),
+                (
+                    2,
+                    "INSERT",
+                    EventClass::Write,
+                    Some(2),
+                    "INSERT INTO p VALUES (1), (2)"
+                ),
+                (3, "SELECT", EventClass::Read, Some(2), "SELECT * FROM p"),
+            ]
+        );
+        assert_eq!(
+            events[0].session_id.as_deref(),
+            t.facts.session_id.as_deref()
+        );
+    }
+
+    #[test]
+    fn error_in_simple_query_stops_the_rest() {
+        let mut t = tracker();
+        t.on_frontend(&q("SELECT 1; SELECT * FROM missing; SELECT 3"), Utc::now());
+        t.on_command_complete("SELECT 1");
+        t.on_error(&ErrorFields::new(
+            "ERROR",
+            "42P01",
+            "relation \"missing\" does not exist",
+        ));
+        t.on_ready();
+        let events = t.take_events();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].sql_state.as_deref(), Some("42P01"));
+        assert_eq!(events[1].command, "SELECT");
+        assert_eq!(
+            events[1].command_text.as_deref(),
+            Some("SELECT * FROM missing")
+        );
+        assert_eq!(
+            events[1].exit_code,
+            Some(ExitCode::SqlState("42P01".into()))
+        );
+    }
+
+    #[test]
+    fn pipelined_extended_protocol() {
+        let mut t = tracker();
+        let now = Utc::now();
+        let parse = FrontendMessage::Parse {
+            name: "s".into(),
+            query: "SELECT * FROM t WHERE id = $1".into(),
+            param_types: vec![],
+        };
+        t.on_frontend(&parse, now);
+        for (i, value) in [&b"1"[..], &b"2"[..]].into_iter().enumerate() {
+            t.on_frontend(
+                &FrontendMessage::Bind {
+                    portal: format!("p{i}"),
+                    statement: "s".into(),
+                    param_formats: vec![],
+                    params: vec![Some(Bytes::copy_from_slice(value))],
+                    result_formats: vec![],
+                },
+                now,
+            );
+            t.on_frontend(
+                &FrontendMessage::Execute {
+                    portal: format!("p{i}"),
+                    max_rows: 0,
+                },
+                now,
+            );
+        }
+        // Binary and NULL parameters.
+        t.on_frontend(
+            &FrontendMessage::Bind {
+                portal: "".into(),
+                statement: "s".into(),
+                param_formats: vec![1],
+                params: vec![Some(Bytes::from_static(&[0, 0, 0, 7])), None],
+                result_formats: vec![],
+            },
+            now,
+        );
+        t.on_frontend(
+            &FrontendMessage::Execute {
+                portal: "".into(),
+                max_rows: 0,
+            },
+            now,
+        );
+        t.on_frontend(&FrontendMessage::Sync, now);
+        for tag in [b'1', b'2'] {
+            t.on_backend_tag(tag);
+        }
+        t.on_command_complete("SELECT 1");
+        t.on_backend_tag(b'2');
+        t.on_command_complete("SELECT 0");
+        t.on_backend_tag(b'2');
+        t.on_command_complete("SELECT 3");
+        t.on_ready();
+        let events = t.take_events();
+        let params: Vec<_> = events.iter().map(|e| e.param_list.clone()).collect();
+        assert_eq!(
+            params,
+            vec![
+                vec![Some("1".to_string())],
+                vec![Some("2".to_string())],
+                vec![Some("\\x00000007".to_string()), None]
+            ]
+        );
+        assert_eq!(
+            events.iter().map(|e| e.statement_id).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert!(t.owed.is_empty());
+    }
+
+    #[test]
+    fn extended_error_skips_to_sync() {
+        let mut t = tracker();
+        let now = Utc::now();
+        t.on_frontend(
+            &FrontendMessage::Parse {
+                name: "".into(),
+                query: "SELEC 1".into(),
+                param_types: vec![],
+            },
+            now,
+        );
+        t.on_frontend(
+            &FrontendMessage::Bind {
+                portal: "".into(),
+                statement: "".into(),
+                param_formats: vec![],
+                params: vec![],
+                result_formats: vec![],
+            },
+            now,
+        );
+        t.on_frontend(
+            &FrontendMessage::Execute {
+                portal: "".into(),
+                max_rows: 0,
+            },
+            now,
+        );
+        t.on_frontend(&FrontendMessage::Sync, now);
+        t.on_error(&ErrorFields::new(
+            "ERROR",
+            "42601",
+            "syntax error at or near \"SELEC\"",
+        ));
+        t.on_ready();
+        let events = t.take_events();
+        assert_eq!(
+            events.len(),
+            1,
+            "only the failed Parse is an event: {events:?}"
+        );
+        assert_eq!(events[0].command_text.as_deref(), Some("SELEC 1"));
+        assert_eq!(events[0].sql_state.as_deref(), Some("42601"));
+        assert!(t.owed.is_empty());
+    }
+
+    #[test]
+    fn disconnect_exit_codes() {
+        let mut t = tracker();
+        t.on_frontend(&FrontendMessage::Terminate, Utc::now());
+        t.disconnect_event(None);
+        assert_eq!(t.take_events()[0].exit_code, Some(ExitCode::Clean(0)));
+        let mut t = tracker();
+        t.on_error(&ErrorFields::new(
+            "FATAL",
+            "57P01",
+            "terminating connection due to administrator command",
+        ));
+        t.disconnect_event(None);
+        assert_eq!(
+            t.take_events()[0].exit_code,
+            Some(ExitCode::SqlState("57P01".into()))
+        );
+        let mut t = tracker();
+        t.disconnect_event(None);
+        assert_eq!(t.take_events()[0].exit_code, None);
+    }
+
+    #[test]
+    fn portal_suspended_reports_rows_so_far() {
+        let mut t = tracker();
+        let now = Utc::now();
+        t.on_frontend(
+            &FrontendMessage::Parse {
+                name: "".into(),
+                query: "SELECT * FROM t".into(),
+                param_types: vec![],
+            },
+            now,
+        );
+        t.on_frontend(
+            &FrontendMessage::Bind {
+                portal: "c".into(),
+                statement: "".into(),
+                param_formats: vec![],
+                params: vec![],
+                result_formats: vec![],
+            },
+            now,
+        );
+        t.on_frontend(
+            &FrontendMessage::Execute {
+                portal: "c".into(),
+                max_rows: 2,
+            },
+            now,
+        );
+        t.on_frontend(&FrontendMessage::Sync, now);
+        t.on_backend_tag(b'1');
+        t.on_backend_tag(b'2');
+        t.on_backend_tag(b'D');
+        t.on_backend_tag(b'D');
+        t.on_backend_tag(b's');
+        t.on_ready();
+        let events = t.take_events();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].row_count, Some(2));
+    }
+}
