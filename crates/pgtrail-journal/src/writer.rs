@@ -110,7 +110,8 @@ impl Journal {
                 max: MAX_PAYLOAD,
             });
         }
-        if self.len >= self.options.segment_max_bytes {
+        // A segment always holds at least one record, however small the limit.
+        if self.len >= self.options.segment_max_bytes && self.len > SEGMENT_HEADER_LEN as u64 {
             self.rotate()?;
         }
         let seq = self.next_seq;

@@ -1,1 +1,7 @@
-//! placeholder
+//! The pgtrail command-line tool's library: configuration, composition of the layers, and
+//! the local PostgreSQL launcher behind `quickstart` (and the test harness).
+
+pub mod capture;
+pub mod config;
+pub mod localpg;
+pub mod tail;

@@ -1,0 +1,124 @@
+//! Composes the capture side: the proxy emits events into the recorder, which batches them
+//! into DAS inner records and appends them to the journal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::DateTime;
+use pgtrail_event::{ActivityEvent, ActivityRecord, EventClass};
+use pgtrail_journal::{Journal, JournalError, Recorder};
+use pgtrail_proxy::{EventSink, Proxy, ProxyStats};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::CaptureConfig;
+
+/// Hands proxy events to the recorder without ever waiting.
+#[derive(Debug)]
+pub struct RecorderSink(pub Recorder<ActivityEvent>);
+
+impl EventSink for RecorderSink {
+    fn emit(&self, event: ActivityEvent) {
+        // A full queue is counted by the recorder and reported as a loss record.
+        self.0.record(event);
+    }
+}
+
+/// The event written in place of events the recorder had to drop.
+pub fn loss_event(count: u64, from_micros: i64, to_micros: i64) -> ActivityEvent {
+    let from = DateTime::from_timestamp_micros(from_micros).unwrap_or_default();
+    let to = DateTime::from_timestamp_micros(to_micros).unwrap_or_default();
+    let mut e = ActivityEvent::new(EventClass::Misc, "EVENTS LOST", from);
+    e.kind = "loss".into();
+    e.log_time = to;
+    e.end_time = Some(to);
+    e.row_count = Some(count);
+    e.error_message = Some(format!(
+        "pgtrail dropped {count} events: the recorder queue was full"
+    ));
+    e
+}
+
+/// A running proxy with its recorder.
+#[derive(Debug)]
+pub struct Capture {
+    pub addr: SocketAddr,
+    pub stats: Arc<ProxyStats>,
+    shutdown: Option<oneshot::Sender<()>>,
+    proxy: JoinHandle<()>,
+    recorder: JoinHandle<Result<(), JournalError>>,
+}
+
+impl Capture {
+    /// Opens the journal (recovering a torn tail), starts the recorder and binds the proxy.
+    pub async fn start(config: CaptureConfig) -> anyhow::Result<Self> {
+        let dir = config.journal_dir.clone();
+        let options = config.journal.clone();
+        let journal = tokio::task::spawn_blocking(move || Journal::open(&dir, options))
+            .await?
+            .with_context(|| {
+                format!(
+                    "cannot open the journal in {}",
+                    config.journal_dir.display()
+                )
+            })?;
+        let (cluster, instance) = (config.cluster_id.clone(), config.instance_id.clone());
+        let encode = Box::new(move |events: Vec<ActivityEvent>| {
+            serde_json::to_vec(&ActivityRecord::new(
+                cluster.clone(),
+                instance.clone(),
+                events,
+            ))
+            .expect("events always serialize")
+        });
+        let (recorder, recorder_task) = Recorder::spawn(
+            journal,
+            config.recorder.clone(),
+            encode,
+            Box::new(loss_event),
+        );
+        let proxy = Proxy::bind(config.proxy.clone(), Arc::new(RecorderSink(recorder))).await?;
+        let addr = proxy.local_addr();
+        let stats = proxy.stats();
+        let (tx, rx) = oneshot::channel();
+        let proxy_task = tokio::spawn(proxy.run(async {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            addr,
+            stats,
+            shutdown: Some(tx),
+            proxy: proxy_task,
+            recorder: recorder_task,
+        })
+    }
+
+    /// Stops accepting, ends the sessions (after the grace period), and waits until every
+    /// event is in the journal.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits for the proxy to stop (after [`Capture::stop`] or a fatal error) and the
+    /// recorder to flush.
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.proxy).await.context("proxy task failed")?;
+        // The proxy held the only recorder handle: the recorder now drains and finishes.
+        (&mut self.recorder)
+            .await
+            .context("recorder task failed")?
+            .context("journal write failed")?;
+        Ok(())
+    }
+
+    /// Sends the shutdown signal without waiting.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

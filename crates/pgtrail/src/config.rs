@@ -1,0 +1,324 @@
+//! `pgtrail.toml`: parsed strictly (unknown keys are errors), then resolved once into the
+//! configuration the layers take. See `pgtrail.example.toml` for every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use pgtrail_journal::{JournalOptions, RecorderConfig};
+use pgtrail_proxy::{ClientTlsConfig, ProxyConfig, UpstreamConfig, UpstreamTlsMode};
+use pgtrail_wire::Limits;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub proxy: ProxySection,
+    pub upstream: Option<UpstreamConfig>,
+    #[serde(default)]
+    pub journal: JournalSection,
+    #[serde(default)]
+    pub recorder: RecorderSection,
+    #[serde(default)]
+    pub instance: InstanceSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    pub tls: Option<ClientTlsConfig>,
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: u32,
+    #[serde(default = "default_max_data_message")]
+    pub max_data_message_bytes: u32,
+    #[serde(default = "default_startup_timeout")]
+    pub startup_timeout_ms: u64,
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            tls: None,
+            max_message_bytes: default_max_message(),
+            max_data_message_bytes: default_max_data_message(),
+            startup_timeout_ms: default_startup_timeout(),
+            shutdown_grace_ms: default_shutdown_grace(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 6432))
+}
+fn default_max_message() -> u32 {
+    Limits::default().small
+}
+fn default_max_data_message() -> u32 {
+    Limits::default().large
+}
+fn default_startup_timeout() -> u64 {
+    60_000
+}
+fn default_shutdown_grace() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalSection {
+    pub dir: Option<PathBuf>,
+    #[serde(default = "default_segment_bytes")]
+    pub segment_max_bytes: u64,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            segment_max_bytes: default_segment_bytes(),
+        }
+    }
+}
+
+fn default_segment_bytes() -> u64 {
+    JournalOptions::default().segment_max_bytes
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecorderSection {
+    #[serde(default = "default_batch_events")]
+    pub max_batch_events: usize,
+    #[serde(default = "default_batch_delay")]
+    pub max_batch_delay_ms: u64,
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+}
+
+impl Default for RecorderSection {
+    fn default() -> Self {
+        Self {
+            max_batch_events: default_batch_events(),
+            max_batch_delay_ms: default_batch_delay(),
+            queue_capacity: default_queue(),
+        }
+    }
+}
+
+fn default_batch_events() -> usize {
+    RecorderConfig::default().max_batch_items
+}
+fn default_batch_delay() -> u64 {
+    RecorderConfig::default().max_batch_delay.as_millis() as u64
+}
+fn default_queue() -> usize {
+    RecorderConfig::default().queue_capacity
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSection {
+    #[serde(default = "default_cluster_id")]
+    pub cluster_id: String,
+    pub instance_id: Option<String>,
+}
+
+impl Default for InstanceSection {
+    fn default() -> Self {
+        Self {
+            cluster_id: default_cluster_id(),
+            instance_id: None,
+        }
+    }
+}
+
+fn default_cluster_id() -> String {
+    "pgtrail".into()
+}
+
+/// Everything `pgtrail proxy` runs with, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    pub proxy: ProxyConfig,
+    pub journal_dir: PathBuf,
+    pub journal: JournalOptions,
+    pub recorder: RecorderConfig,
+    pub cluster_id: String,
+    pub instance_id: String,
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub upstream: Option<String>,
+    pub journal: Option<PathBuf>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("invalid configuration in {}", path.display()))
+    }
+
+    /// Applies the overrides and checks that everything needed is there.
+    pub fn resolve(self, overrides: &Overrides) -> anyhow::Result<CaptureConfig> {
+        let mut upstream = self.upstream;
+        if let Some(url) = &overrides.upstream {
+            let (host, port) = parse_upstream_url(url)?;
+            let base = upstream.take().unwrap_or(UpstreamConfig {
+                host: String::new(),
+                port,
+                tls: UpstreamTlsMode::default(),
+                ca_file: None,
+                connect_timeout_ms: 10_000,
+            });
+            upstream = Some(UpstreamConfig { host, port, ..base });
+        }
+        let Some(upstream) = upstream else {
+            bail!(
+                "no upstream PostgreSQL: set [upstream] host in the configuration file or pass --upstream postgres://HOST:PORT"
+            );
+        };
+        if upstream.tls == UpstreamTlsMode::VerifyFull && upstream.ca_file.is_none() {
+            bail!("upstream.tls = \"verify-full\" needs upstream.ca_file");
+        }
+        let Some(journal_dir) = overrides.journal.clone().or(self.journal.dir) else {
+            bail!(
+                "no journal directory: set [journal] dir in the configuration file or pass --journal DIR"
+            );
+        };
+        let p = self.proxy;
+        if p.max_message_bytes < 1024 || p.max_data_message_bytes < p.max_message_bytes {
+            bail!(
+                "proxy.max_message_bytes must be at least 1024 and at most proxy.max_data_message_bytes"
+            );
+        }
+        let proxy = ProxyConfig {
+            listen: overrides.listen.unwrap_or(p.listen),
+            upstream,
+            client_tls: p.tls,
+            limits: Limits {
+                small: p.max_message_bytes,
+                large: p.max_data_message_bytes,
+                startup: 10_000,
+            },
+            startup_timeout: Duration::from_millis(p.startup_timeout_ms),
+            shutdown_grace: Duration::from_millis(p.shutdown_grace_ms),
+        };
+        if self.journal.segment_max_bytes < 4096 {
+            bail!("journal.segment_max_bytes must be at least 4096");
+        }
+        if self.recorder.max_batch_events == 0 || self.recorder.queue_capacity == 0 {
+            bail!("recorder.max_batch_events and recorder.queue_capacity must be positive");
+        }
+        let instance_id = self.instance.instance_id.unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "pgtrail".into())
+        });
+        Ok(CaptureConfig {
+            proxy,
+            journal_dir,
+            journal: JournalOptions {
+                segment_max_bytes: self.journal.segment_max_bytes,
+            },
+            recorder: RecorderConfig {
+                max_batch_items: self.recorder.max_batch_events,
+                max_batch_delay: Duration::from_millis(self.recorder.max_batch_delay_ms),
+                queue_capacity: self.recorder.queue_capacity,
+            },
+            cluster_id: self.instance.cluster_id,
+            instance_id,
+        })
+    }
+}
+
+/// `postgres://HOST:PORT` (user, password and database are not used: clients bring their own).
+pub fn parse_upstream_url(url: &str) -> anyhow::Result<(String, u16)> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .with_context(|| format!("upstream {url:?} must look like postgres://HOST:PORT"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
+            host,
+            port.parse::<u16>()
+                .with_context(|| format!("invalid port in {url:?}"))?,
+        ),
+        _ => (host_port, 5432),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("upstream {url:?} has no host");
+    }
+    Ok((host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        assert_eq!(
+            parse_upstream_url("postgres://db.example:5433").unwrap(),
+            ("db.example".into(), 5433)
+        );
+        assert_eq!(
+            parse_upstream_url("postgresql://u:p@10.0.0.1/app").unwrap(),
+            ("10.0.0.1".into(), 5432)
+        );
+        assert_eq!(
+            parse_upstream_url("postgres://[::1]:6000").unwrap(),
+            ("::1".into(), 6000)
+        );
+        assert!(parse_upstream_url("mysql://x").is_err());
+        assert!(parse_upstream_url("postgres://:5432").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = toml::from_str::<FileConfig>("[proxy]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pgtrail.example.toml");
+        let config = FileConfig::load(Path::new(path))
+            .unwrap()
+            .resolve(&Overrides::default())
+            .unwrap();
+        assert_eq!(config.proxy.upstream.port, 5432);
+    }
+
+    #[test]
+    fn flags_replace_the_file() {
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:7000".parse().unwrap()),
+            upstream: Some("postgres://127.0.0.1:5555".into()),
+            journal: Some("/tmp/j".into()),
+        };
+        let config = FileConfig::default().resolve(&overrides).unwrap();
+        assert_eq!(config.proxy.listen.port(), 7000);
+        assert_eq!(config.proxy.upstream.port, 5555);
+        assert!(
+            FileConfig::default()
+                .resolve(&Overrides::default())
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! `pgtrail quickstart`: a throwaway PostgreSQL behind the proxy, with live events.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use pgtrail::capture::Capture;
+use pgtrail::config::{FileConfig, Overrides};
+use pgtrail::localpg::{HostAuth, LocalPg, LocalPgOptions};
+use pgtrail::tail;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Port for the proxy on 127.0.0.1 (a free one is chosen if it is taken).
+    #[arg(long, default_value_t = 6432)]
+    port: u16,
+    /// Keep the journal here instead of in the temporary directory.
+    #[arg(long, value_name = "DIR")]
+    journal: Option<PathBuf>,
+    /// Password of the `postgres` user of the throwaway cluster.
+    #[arg(long, default_value = "pgtrail")]
+    password: String,
+    /// Start, print the connection details, and exit right away after one event check
+    /// (for scripts and smoke tests).
+    #[arg(long, hide = true)]
+    smoke: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    eprintln!("Starting a throwaway PostgreSQL cluster...");
+    let options = LocalPgOptions {
+        auth: HostAuth::ScramSha256,
+        superuser_password: args.password.clone(),
+        ..Default::default()
+    };
+    let pg = tokio::task::spawn_blocking(move || LocalPg::start(&options)).await??;
+    let workdir = tempfile::Builder::new()
+        .prefix("pgtrail-quickstart-")
+        .tempdir()?;
+    let journal = args
+        .journal
+        .clone()
+        .unwrap_or_else(|| workdir.path().join("journal"));
+    let listen = pick_listen(args.port);
+    let config = FileConfig::default().resolve(&Overrides {
+        listen: Some(listen),
+        upstream: Some(format!("postgres://{}:{}", pg.host(), pg.port())),
+        journal: Some(journal.clone()),
+    })?;
+    let capture = Capture::start(config).await?;
+    let addr = capture.addr;
+    println!();
+    println!(
+        "PostgreSQL {} is running behind pgtrail.",
+        pg.binaries().bindir.display()
+    );
+    println!();
+    println!(
+        "  Connect through the proxy:   psql \"postgres://postgres:{}@{addr}/postgres\"",
+        args.password
+    );
+    println!(
+        "  Read the journal elsewhere:  pgtrail tail --journal {} --follow",
+        journal.display()
+    );
+    println!();
+    println!(
+        "Every connection, statement and disconnect appears below. Ctrl-C stops and cleans up."
+    );
+    println!();
+    if args.smoke {
+        return smoke(capture, pg, &journal, addr, &args.password).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let journal_dir = journal.clone();
+    let printer = tokio::task::spawn_blocking(move || {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        tail::run(
+            &journal_dir,
+            &tail::Filter::default(),
+            tail::Format::Table,
+            true,
+            &mut out,
+            &|| flag.load(Ordering::Relaxed),
+        )
+    });
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    eprintln!("\nStopping: closing sessions, flushing the journal, removing the cluster...");
+    capture.stop().await?;
+    // Let the printer show the DISCONNECT events, then stop it.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    printer.await??;
+    drop(pg);
+    if let Some(dir) = &args.journal {
+        eprintln!("The journal stays in {}.", dir.display());
+    }
+    eprintln!("Done.");
+    Ok(())
+}
+
+/// 127.0.0.1 on the requested port, or on a free port when it is taken.
+fn pick_listen(port: u16) -> SocketAddr {
+    let wanted = SocketAddr::from(([127, 0, 0, 1], port));
+    if std::net::TcpListener::bind(wanted).is_ok() {
+        wanted
+    } else {
+        eprintln!("Port {port} is taken; choosing a free one.");
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+}
+
+/// Connects once through the proxy with psql, stops, and checks the events arrived.
+async fn smoke(
+    capture: Capture,
+    pg: LocalPg,
+    journal: &std::path::Path,
+    addr: SocketAddr,
+    password: &str,
+) -> anyhow::Result<()> {
+    let psql = pg.binaries().bin("psql");
+    let url = format!("postgres://postgres:{password}@{addr}/postgres");
+    let status = tokio::process::Command::new(psql)
+        .args([url.as_str(), "-X", "-c", "SELECT 1"])
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "psql through the proxy failed");
+    capture.stop().await?;
+    let events = tail::read_all(journal)?;
+    let mut out = std::io::stdout();
+    for e in &events {
+        use std::io::Write;
+        writeln!(out, "{}", tail::table_row(e))?;
+    }
+    anyhow::ensure!(
+        events.iter().any(|e| e.command == "SELECT"),
+        "no SELECT event was recorded"
+    );
+    drop(pg);
+    Ok(())
+}

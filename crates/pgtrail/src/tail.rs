@@ -1,0 +1,131 @@
+//! Reading events back from a journal: filters and the two output formats of `pgtrail tail`.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use pgtrail_event::{ActivityEvent, ActivityRecord, EventClass, ExitCode, format_das_time};
+use pgtrail_journal::JournalReader;
+
+/// Which events to show.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub user: Option<String>,
+    pub class: Option<EventClass>,
+}
+
+impl Filter {
+    pub fn matches(&self, e: &ActivityEvent) -> bool {
+        self.user
+            .as_ref()
+            .is_none_or(|u| e.db_user_name.as_deref() == Some(u.as_str()))
+            && self.class.is_none_or(|c| e.class == c)
+    }
+}
+
+/// Decodes one journal record's payload into its events.
+pub fn decode_payload(payload: &[u8]) -> anyhow::Result<Vec<ActivityEvent>> {
+    let record: ActivityRecord =
+        serde_json::from_slice(payload).context("record payload is not a DAS activity record")?;
+    Ok(record.database_activity_event_list)
+}
+
+/// All events currently in a journal (tests and tools).
+pub fn read_all(dir: &Path) -> anyhow::Result<Vec<ActivityEvent>> {
+    let mut events = Vec::new();
+    for record in JournalReader::open(dir, 1)? {
+        events.extend(decode_payload(&record?.payload)?);
+    }
+    Ok(events)
+}
+
+/// Output format of `tail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// Prints matching events; with `follow`, keeps waiting for new ones until `stop` says so.
+pub fn run(
+    dir: &Path,
+    filter: &Filter,
+    format: Format,
+    follow: bool,
+    out: &mut dyn Write,
+    stop: &dyn Fn() -> bool,
+) -> anyhow::Result<()> {
+    let mut reader = JournalReader::open(dir, 1)
+        .with_context(|| format!("cannot read the journal in {}", dir.display()))?;
+    if format == Format::Table {
+        writeln!(out, "{}", table_header())?;
+    }
+    loop {
+        while let Some(record) = reader.next_record()? {
+            for event in
+                decode_payload(&record.payload).with_context(|| format!("record {}", record.seq))?
+            {
+                if filter.matches(&event) {
+                    match format {
+                        Format::Json => writeln!(out, "{}", serde_json::to_string(&event)?)?,
+                        Format::Table => writeln!(out, "{}", table_row(&event))?,
+                    }
+                }
+            }
+            out.flush()?;
+        }
+        if !follow || stop() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn table_header() -> String {
+    format!(
+        "{:<26} {:<16} {:<12} {:<10} {:<10} {:<14} {:>6} {:<7} {}",
+        "TIME", "SESSION", "USER", "DATABASE", "CLASS", "COMMAND", "ROWS", "STATUS", "STATEMENT"
+    )
+}
+
+fn clip(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+        out.push('…');
+        out
+    }
+}
+
+pub fn table_row(e: &ActivityEvent) -> String {
+    let status = match (&e.exit_code, &e.sql_state) {
+        (Some(ExitCode::SqlState(code)), _) | (None, Some(code)) => code.clone(),
+        (Some(ExitCode::Clean(c)), _) => c.to_string(),
+        (None, None) if e.error_message.is_some() => "error".into(),
+        (None, None) => "ok".into(),
+    };
+    let text = e
+        .command_text
+        .as_deref()
+        .or(e.error_message.as_deref())
+        .unwrap_or("")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "{:<26} {:<16} {:<12} {:<10} {:<10} {:<14} {:>6} {:<7} {}",
+        format_das_time(&e.log_time).trim_end_matches("+00"),
+        clip(e.session_id.as_deref().unwrap_or("-"), 16),
+        clip(e.db_user_name.as_deref().unwrap_or("-"), 12),
+        clip(e.database_name.as_deref().unwrap_or("-"), 10),
+        e.class.as_str(),
+        clip(&e.command, 14),
+        e.row_count
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "-".into()),
+        status,
+        clip(&text, 80),
+    )
+}
