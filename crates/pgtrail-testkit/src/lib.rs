@@ -1,1 +1,202 @@
-//! placeholder
+//! Dev-only test harness: real PostgreSQL clusters from the installed binaries, the real
+//! proxy and recorder in front of them, and helpers to drive real clients (psql, pgbench,
+//! tokio-postgres) and read the journal back.
+//!
+//! Nothing here is global: every test gets its own cluster on a random loopback port in
+//! its own temporary directory, so tests run in parallel.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub use pgtrail::localpg::{HostAuth, LocalPg, LocalPgOptions};
+use pgtrail::capture::Capture;
+use pgtrail::config::{CaptureConfig, FileConfig, Overrides};
+use pgtrail_event::{ActivityEvent, EventClass};
+
+/// The password every test role gets unless a test says otherwise.
+pub const PASSWORD: &str = "s3cret-pw";
+
+/// Starts a cluster whose 127.0.0.1 clients authenticate with `auth`; the `postgres`
+/// superuser's password is [`PASSWORD`].
+pub fn start_pg(auth: HostAuth) -> LocalPg {
+    start_pg_with(LocalPgOptions { auth, superuser_password: PASSWORD.into(), ..Default::default() })
+}
+
+pub fn start_pg_with(options: LocalPgOptions) -> LocalPg {
+    LocalPg::start(&options).unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}"))
+}
+
+/// The proxy and recorder in front of a cluster, writing to a journal in a temp dir.
+#[derive(Debug)]
+pub struct TestCapture {
+    pub addr: std::net::SocketAddr,
+    capture: Option<Capture>,
+    journal: tempfile::TempDir,
+}
+
+/// The capture configuration tests use: everything default but fast batching.
+pub fn capture_config(pg: &LocalPg, journal: &Path) -> CaptureConfig {
+    let mut config = FileConfig::default()
+        .resolve(&Overrides {
+            listen: Some("127.0.0.1:0".parse().expect("valid address")),
+            upstream: Some(format!("postgres://{}:{}", pg.host(), pg.port())),
+            journal: Some(journal.to_path_buf()),
+        })
+        .expect("test configuration resolves");
+    config.recorder.max_batch_delay = Duration::from_millis(20);
+    config.proxy.shutdown_grace = Duration::from_secs(2);
+    config
+}
+
+impl TestCapture {
+    pub async fn start(pg: &LocalPg) -> Self {
+        Self::start_with(pg, |_| {}).await
+    }
+
+    /// Starts with a configuration adjusted by `customize`.
+    pub async fn start_with(pg: &LocalPg, customize: impl FnOnce(&mut CaptureConfig)) -> Self {
+        let journal = tempfile::Builder::new().prefix("pgtrail-journal-").tempdir().expect("temp dir");
+        let mut config = capture_config(pg, journal.path());
+        customize(&mut config);
+        let capture = Capture::start(config).await.expect("capture starts");
+        Self { addr: capture.addr, capture: Some(capture), journal }
+    }
+
+    pub fn journal_dir(&self) -> &Path {
+        self.journal.path()
+    }
+
+    /// A libpq URL through the proxy.
+    pub fn url(&self, user: &str, password: &str, database: &str) -> String {
+        format!("postgres://{user}:{password}@{}/{database}", self.addr)
+    }
+
+    /// Events in the journal now.
+    pub fn events(&self) -> Vec<ActivityEvent> {
+        pgtrail::tail::read_all(self.journal.path()).expect("journal is readable")
+    }
+
+    /// Polls the journal until `done` holds (or panics after 15 s with what was there).
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&[ActivityEvent]) -> bool) -> Vec<ActivityEvent> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let events = self.events();
+            if done(&events) {
+                return events;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; events:\n{}", describe(&events));
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Stops the proxy (all sessions end) and returns every event.
+    pub async fn stop(mut self) -> Vec<ActivityEvent> {
+        if let Some(capture) = self.capture.take() {
+            capture.stop().await.expect("capture stops cleanly");
+        }
+        self.events()
+    }
+}
+
+/// One line per event, for assertion messages.
+pub fn describe(events: &[ActivityEvent]) -> String {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "  #{} {:?} {} rows={:?} sqlstate={:?} text={:?}",
+                e.statement_id, e.class, e.command, e.row_count, e.sql_state, e.command_text
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Statement events only (no CONNECT / DISCONNECT).
+pub fn statements(events: &[ActivityEvent]) -> Vec<&ActivityEvent> {
+    events.iter().filter(|e| !matches!(e.class, EventClass::Connect | EventClass::Disconnect)).collect()
+}
+
+/// Runs the real psql against `url` with extra arguments; stdin closed.
+pub fn psql(pg: &LocalPg, url: &str, args: &[&str]) -> Output {
+    Command::new(pg.binaries().bin("psql"))
+        .arg(url)
+        .args(["-X", "-v", "ON_ERROR_STOP=1"])
+        .args(args)
+        .env_remove("PGPASSWORD")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("psql runs")
+}
+
+/// Asserts a process succeeded, showing its output if not.
+pub fn assert_ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Connects with tokio-postgres (no TLS) and drives the connection in the background.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A CA and a server certificate for `localhost` / 127.0.0.1, as PEM, plus the CA file path.
+#[derive(Debug)]
+pub struct TlsFiles {
+    pub dir: tempfile::TempDir,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TlsFiles {
+    pub fn generate() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "pgtrail test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA");
+        let key = KeyPair::generate().expect("key");
+        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let cert = params.signed_by(&key, &issuer).expect("server cert");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = Self { dir, ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() };
+        std::fs::write(files.ca_path(), &files.ca_pem).expect("write");
+        std::fs::write(files.cert_path(), &files.cert_pem).expect("write");
+        std::fs::write(files.key_path(), &files.key_pem).expect("write");
+        files
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("server.crt")
+    }
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+}
+
+/// The `pgtrail` binary built for this workspace (tests of the CLI run the real thing).
+pub fn pgtrail_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/pgtrail
+    let profile_dir = exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("pgtrail");
+    assert!(bin.is_file(), "{} not built: run `cargo build --bin pgtrail` first", bin.display());
+    bin
+}
