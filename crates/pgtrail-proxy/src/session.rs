@@ -53,6 +53,10 @@ pub(crate) enum SessionError {
     StartupTimeout,
     #[error("the authentication method requested by the server is not supported by pgtrail")]
     UnsupportedAuth,
+    #[error(
+        "pgtrail relays SCRAM without channel binding, and this client would use it over TLS while PostgreSQL is reached over TLS too; connect with channel_binding=disable"
+    )]
+    ChannelBindingAcrossTls,
 }
 
 impl SessionError {
@@ -72,7 +76,9 @@ impl SessionError {
                 "08P01",
                 "pgtrail: startup packet not received in time".to_owned(),
             ),
-            Self::UnsupportedAuth => ("28000", format!("pgtrail: {self}")),
+            Self::UnsupportedAuth | Self::ChannelBindingAcrossTls => {
+                ("28000", format!("pgtrail: {self}"))
+            }
             Self::ClientIo(_) | Self::ClientClosed | Self::ClientTls(_) => return None,
         };
         Some(ErrorFields::new("FATAL", code, &message))
@@ -95,12 +101,15 @@ pub(crate) async fn run(
         ..Default::default()
     };
     let mut client_buf = BytesMut::with_capacity(8192);
-    let startup = tokio::time::timeout(
-        shared.config.startup_timeout,
-        read_startup(&shared, MaybeTls::Plain(tcp), &mut client_buf),
-    )
-    .await
-    .unwrap_or(Err(SessionError::StartupTimeout));
+    let mut shutting_down = terminate.clone();
+    let startup = tokio::select! {
+        startup = tokio::time::timeout(
+            shared.config.startup_timeout,
+            read_startup(&shared, MaybeTls::Plain(tcp), &mut client_buf),
+        ) => startup.unwrap_or(Err(SessionError::StartupTimeout)),
+        // A connection that has not even sent its startup packet is simply closed.
+        _ = shutting_down.wait_for(|t| *t) => return,
+    };
     let (mut client, startup) = match startup {
         Ok(Startup::Session(client, msg)) => (client, msg),
         Ok(Startup::Cancel { pid, secret }) => {
@@ -404,7 +413,9 @@ async fn authenticate(
                     let rewritten =
                         BackendMessage::Authentication(Authentication::Sasl { mechanisms: plain });
                     write_message(client, &rewritten).await?;
-                    relay_auth_response(shared, client, client_buf, upstream).await?;
+                    let initial = read_auth_response(shared, client, client_buf).await?;
+                    check_scram_initial(&initial, upstream.is_tls())?;
+                    forward_auth_response(upstream, &initial).await?;
                     continue;
                 }
                 Authentication::Ok | Authentication::SaslFinal(_) => false,
@@ -452,27 +463,32 @@ async fn authenticate(
         };
         write_message(client, &msg).await?;
         if needs_reply {
-            relay_auth_response(shared, client, client_buf, upstream).await?;
+            let reply = read_auth_response(shared, client, client_buf).await?;
+            forward_auth_response(upstream, &reply).await?;
         }
     }
 }
 
-async fn relay_auth_response(
+/// Reads the client's answer to an authentication request (a `p` message).
+async fn read_auth_response(
     shared: &Shared,
     client: &mut MaybeTls,
     client_buf: &mut BytesMut,
-    upstream: &mut MaybeTls,
-) -> Result<(), SessionError> {
-    let reply = read_client_message(client, client_buf, shared).await?;
-    if !matches!(reply, FrontendMessage::AuthResponse(_)) {
+) -> Result<FrontendMessage, SessionError> {
+    match read_client_message(client, client_buf, shared).await? {
+        reply @ FrontendMessage::AuthResponse(_) => Ok(reply),
         // psql closes and reconnects to ask for a password; anything else is a violation.
-        return Err(match reply {
-            FrontendMessage::Terminate => SessionError::ClientClosed,
-            _ => SessionError::UnexpectedClientMessage(
-                "a non-password message during authentication",
-            ),
-        });
+        FrontendMessage::Terminate => Err(SessionError::ClientClosed),
+        _ => Err(SessionError::UnexpectedClientMessage(
+            "a non-password message during authentication",
+        )),
     }
+}
+
+async fn forward_auth_response(
+    upstream: &mut MaybeTls,
+    reply: &FrontendMessage,
+) -> Result<(), SessionError> {
     let mut out = BytesMut::new();
     reply.encode(&mut out);
     upstream
@@ -480,6 +496,25 @@ async fn relay_auth_response(
         .await
         .map_err(SessionError::UpstreamIo)?;
     upstream.flush().await.map_err(SessionError::UpstreamIo)
+}
+
+/// A SCRAM client that supports channel binding but was offered none sends the GS2 flag
+/// `y`. PostgreSQL over TLS treats that as a downgrade attack and refuses with a cryptic
+/// message; the flag is signed, so the proxy cannot change it. Say what to do instead.
+fn check_scram_initial(reply: &FrontendMessage, upstream_tls: bool) -> Result<(), SessionError> {
+    let FrontendMessage::AuthResponse(body) = reply else {
+        return Ok(());
+    };
+    let Ok(initial) = pgtrail_wire::SaslInitialResponse::parse(body.clone()) else {
+        return Err(SessionError::UnexpectedClientMessage(
+            "a malformed SASLInitialResponse",
+        ));
+    };
+    let wants_binding = initial.data.as_ref().is_some_and(|d| d.starts_with(b"y,"));
+    if upstream_tls && wants_binding {
+        return Err(SessionError::ChannelBindingAcrossTls);
+    }
+    Ok(())
 }
 
 /// Opens the upstream connection and negotiates TLS as configured.
