@@ -258,10 +258,13 @@ impl Tracker {
     /// A backend message that needs no body to be understood (DataRow, ParseComplete, ...).
     pub fn on_backend_tag(&mut self, tag: u8) {
         match tag {
-            b'D' => match self.owed.front_mut() {
-                Some(Owed::Query { rows, .. } | Owed::Execute { rows, .. }) => *rows += 1,
-                _ => {}
-            },
+            b'D' => {
+                if let Some(Owed::Query { rows, .. } | Owed::Execute { rows, .. }) =
+                    self.owed.front_mut()
+                {
+                    *rows += 1;
+                }
+            }
             b'1' => self.pop_if(|o| matches!(o, Owed::Parse { .. })),
             b'2' => self.pop_if(|o| matches!(o, Owed::Bind { .. })),
             b'3' => self.pop_if(|o| matches!(o, Owed::Close)),

@@ -182,7 +182,7 @@ fn config_file_and_shutdown_grace() {
     wait_listening(port);
     // An idle session is still open at SIGTERM: after the grace period it is ended with
     // 57P01, and its DISCONNECT is in the journal before the process exits.
-    let mut idle = Command::new(pg.binaries().bin("psql"))
+    let idle = Command::new(pg.binaries().bin("psql"))
         .arg(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
         .args(["-X", "-c", "SELECT pg_sleep(30)"])
         .stdout(Stdio::null())

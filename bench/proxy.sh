@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Throughput of pgtrail against direct PostgreSQL and pgbouncer (session mode), all
+# measured in the same run on the same throwaway cluster.
+#
+#   bench/proxy.sh                 # 30 s per run, 3 repeats (the numbers in the notes)
+#   DURATION=5 REPEATS=1 bench/proxy.sh   # a quick look
+#
+# For each workload (pgbench -S, and the default TPC-B-like script), -c 8 -j 2, it runs
+# direct, pgbouncer and pgtrail in turn (interleaved, so drift hits all three alike),
+# and prints the median TPS of each and pgtrail's ratio to direct and to pgbouncer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${DURATION:-30}"
+REPEATS="${REPEATS:-3}"
+CLIENTS="${CLIENTS:-8}"
+THREADS="${THREADS:-2}"
+SCALE="${SCALE:-10}"
+BIN=/usr/lib/postgresql/15/bin
+
+command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed: run scripts/setup.sh" >&2; exit 1; }
+echo "building pgtrail (release)..." >&2
+cargo build --release --locked --bin pgtrail >&2
+PGTRAIL="$PWD/target/release/pgtrail"
+
+work=$(mktemp -d /tmp/pgtrail-bench.XXXXXX)
+chmod 755 "$work"
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+if [ "$(id -u)" -eq 0 ]; then chown postgres: "$work"; fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); TRAIL_PORT=$(free_port)
+
+cleanup() {
+  [ -n "${TRAIL_PID:-}" ] && kill "$TRAIL_PID" 2>/dev/null || true
+  [ -n "${BOUNCER_PID:-}" ] && kill "$BOUNCER_PID" 2>/dev/null || true
+  as_pg "$BIN/pg_ctl" stop -D "$work/data" -m fast >/dev/null 2>&1 || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "starting PostgreSQL 15 on $PG_PORT..." >&2
+as_pg "$BIN/initdb" -D "$work/data" -U postgres --auth=trust --no-sync >/dev/null
+cat >> "$work/data/postgresql.auto.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$work'
+max_connections = 100
+shared_buffers = 256MB
+CONF
+as_pg "$BIN/pg_ctl" start -D "$work/data" -l "$work/pg.log" -w >/dev/null
+"$BIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+
+cat > "$work/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+auth_type = trust
+auth_file = $work/userlist.txt
+pool_mode = session
+max_client_conn = 100
+default_pool_size = 20
+logfile = $work/pgbouncer.log
+pidfile = $work/pgbouncer.pid
+INI
+echo '"postgres" ""' > "$work/userlist.txt"
+if [ "$(id -u)" -eq 0 ]; then chown postgres: "$work/pgbouncer.ini" "$work/userlist.txt"; fi
+as_pg pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
+BOUNCER_PID=$!
+PGTRAIL_LOG=warn "$PGTRAIL" proxy --listen "127.0.0.1:$TRAIL_PORT" --upstream "postgres://127.0.0.1:$PG_PORT" \
+  --journal "$work/journal" 2>"$work/pgtrail.log" &
+TRAIL_PID=$!
+for port in "$BOUNCER_PORT" "$TRAIL_PORT"; do
+  for _ in $(seq 100); do "$BIN/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.1; done
+done
+
+run() { # port, extra args -> tps
+  local port=$1; shift
+  "$BIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" "$@" postgres 2>/dev/null \
+    | awk '/^tps = /{print $3; exit}'
+}
+median() { sort -n | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+
+printf '%-10s %10s %10s %10s %14s %16s\n' workload direct pgbouncer pgtrail "pgtrail/direct" "pgtrail/pgbouncer"
+for workload in select-only tpcb-like; do
+  args=(); [ "$workload" = select-only ] && args=(-S)
+  : > "$work/direct"; : > "$work/bouncer"; : > "$work/trail"
+  for r in $(seq "$REPEATS"); do
+    echo "  $workload repeat $r/$REPEATS..." >&2
+    run "$PG_PORT" "${args[@]}" >> "$work/direct"
+    run "$BOUNCER_PORT" "${args[@]}" >> "$work/bouncer"
+    run "$TRAIL_PORT" "${args[@]}" >> "$work/trail"
+  done
+  d=$(median < "$work/direct"); b=$(median < "$work/bouncer"); t=$(median < "$work/trail")
+  awk -v w="$workload" -v d="$d" -v b="$b" -v t="$t" \
+    'BEGIN { printf "%-10s %10.0f %10.0f %10.0f %14.3f %16.3f\n", w, d, b, t, t / d, t / b }'
+done
+events=$("$PGTRAIL" tail --journal "$work/journal" --json 2>/dev/null | wc -l)
+echo "pgtrail recorded $events events in this run (journal $(du -sh "$work/journal" | cut -f1))"

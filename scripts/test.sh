@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, every test (unit, integration against real
+# PostgreSQL 15, real clients), and a fixed-time fuzzing run of the wire decoder.
+# Builds once and reuses the build for every step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
+
+echo "== fmt"
+cargo fmt --all -- --check
+echo "== clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build"
+cargo build --workspace --all-targets --locked
+echo "== tests"
+cargo nextest run --workspace --locked --no-fail-fast
+echo "== fuzz wire decoder (${FUZZ_SECONDS}s)"
+scripts/fuzz.sh "$FUZZ_SECONDS"
