@@ -58,10 +58,7 @@ const MAX_CACHED_TEXT: usize = 16 * 1024;
 impl Classifier {
     /// A classifier that keeps at most `capacity` distinct texts.
     pub fn new(capacity: usize) -> Self {
-        Self {
-            cache: Arc::new(Mutex::new(HashMap::new())),
-            capacity,
-        }
+        Self { cache: Arc::new(Mutex::new(HashMap::new())), capacity }
     }
 
     /// Classifies `sql`; a repeated text costs one hash lookup.
@@ -84,24 +81,18 @@ impl Classifier {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Classified>>> {
         // A panic while holding the lock leaves a consistent map (insert or clear).
-        self.cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 fn classify_uncached(sql: &str) -> Classified {
     let Ok(parsed) = pg_query::parse(sql, 0) else {
-        return Classified {
-            statements: vec![unparsed(sql)],
-        };
+        return Classified { statements: vec![unparsed(sql)] };
     };
     let raw = &parsed.protobuf.stmts;
     if raw.is_empty() {
         // Only whitespace or comments: the server answers EmptyQueryResponse.
-        return Classified {
-            statements: Vec::new(),
-        };
+        return Classified { statements: Vec::new() };
     }
     let mut statements = Vec::with_capacity(raw.len());
     for stmt in raw {
@@ -178,34 +169,20 @@ fn referenced_objects(node: &NodeEnum) -> Vec<ObjectRef> {
         match child {
             NodeRef::CommonTableExpr(cte) => cte_names.push(&cte.ctename),
             NodeRef::RangeVar(v) => {
-                let name = if v.schemaname.is_empty() {
-                    v.relname.clone()
-                } else {
-                    format!("{}.{}", v.schemaname, v.relname)
-                };
-                located.push((
-                    v.location,
-                    ObjectRef {
-                        kind: ObjectKind::Relation,
-                        name,
-                    },
-                ));
+                let name =
+                    if v.schemaname.is_empty() { v.relname.clone() } else { format!("{}.{}", v.schemaname, v.relname) };
+                located.push((v.location, ObjectRef { kind: ObjectKind::Relation, name }));
             }
             NodeRef::FuncCall(f) => {
                 let name = qualified_name(&f.funcname);
-                located.push((
-                    f.location,
-                    ObjectRef {
-                        kind: ObjectKind::Function,
-                        name,
-                    },
-                ));
+                located.push((f.location, ObjectRef { kind: ObjectKind::Function, name }));
             }
             NodeRef::DropStmt(d) => {
                 let kind = match object_type_name(d.remove_type) {
                     "FUNCTION" | "PROCEDURE" | "ROUTINE" | "AGGREGATE" => ObjectKind::Function,
-                    "TABLE" | "VIEW" | "INDEX" | "SEQUENCE" | "MATERIALIZED VIEW"
-                    | "FOREIGN TABLE" => ObjectKind::Relation,
+                    "TABLE" | "VIEW" | "INDEX" | "SEQUENCE" | "MATERIALIZED VIEW" | "FOREIGN TABLE" => {
+                        ObjectKind::Relation
+                    }
                     _ => continue,
                 };
                 for object in &d.objects {
@@ -218,10 +195,7 @@ fn referenced_objects(node: &NodeEnum) -> Vec<ObjectRef> {
                 }
             }
             NodeRef::CreateFunctionStmt(f) => {
-                extra.push(ObjectRef {
-                    kind: ObjectKind::Function,
-                    name: qualified_name(&f.funcname),
-                });
+                extra.push(ObjectRef { kind: ObjectKind::Function, name: qualified_name(&f.funcname) });
             }
             _ => {}
         }
@@ -230,8 +204,7 @@ fn referenced_objects(node: &NodeEnum) -> Vec<ObjectRef> {
     let mut objects: Vec<ObjectRef> = Vec::new();
     let candidates = located.into_iter().map(|(_, o)| o).chain(extra);
     for object in candidates {
-        let is_cte =
-            object.kind == ObjectKind::Relation && cte_names.contains(&object.name.as_str());
+        let is_cte = object.kind == ObjectKind::Relation && cte_names.contains(&object.name.as_str());
         if !is_cte && !objects.contains(&object) {
             objects.push(object);
         }
@@ -257,9 +230,8 @@ pub fn redact_passwords(sql: &str) -> String {
     let Ok(tokens) = pg_query::scan_tokens(sql) else {
         return sql.to_owned();
     };
-    let starts_with_create_or_alter = tokens
-        .first()
-        .is_some_and(|t| t.token == Token::Create as i32 || t.token == Token::Alter as i32);
+    let starts_with_create_or_alter =
+        tokens.first().is_some_and(|t| t.token == Token::Create as i32 || t.token == Token::Alter as i32);
     if !starts_with_create_or_alter {
         return sql.to_owned();
     }
@@ -268,16 +240,10 @@ pub fn redact_passwords(sql: &str) -> String {
     for pair in tokens.windows(2) {
         let (keyword, literal) = (&pair[0], &pair[1]);
         if keyword.token == Token::Password as i32 && literal.token == Token::Sconst as i32 {
-            let (Ok(start), Ok(end)) =
-                (usize::try_from(literal.start), usize::try_from(literal.end))
-            else {
+            let (Ok(start), Ok(end)) = (usize::try_from(literal.start), usize::try_from(literal.end)) else {
                 continue;
             };
-            if start < copied
-                || end > sql.len()
-                || !sql.is_char_boundary(start)
-                || !sql.is_char_boundary(end)
-            {
+            if start < copied || end > sql.len() || !sql.is_char_boundary(start) || !sql.is_char_boundary(end) {
                 continue;
             }
             out.push_str(&sql[copied..start]);
@@ -302,52 +268,20 @@ mod tests {
     #[test]
     fn classes_follow_pgaudit() {
         let cases = [
-            (
-                "SELECT * FROM phonebook ORDER BY name",
-                "SELECT",
-                EventClass::Read,
-            ),
-            (
-                "INSERT INTO phonebook VALUES (1, 'a')",
-                "INSERT",
-                EventClass::Write,
-            ),
-            (
-                "UPDATE phonebook SET name = 'b'",
-                "UPDATE",
-                EventClass::Write,
-            ),
+            ("SELECT * FROM phonebook ORDER BY name", "SELECT", EventClass::Read),
+            ("INSERT INTO phonebook VALUES (1, 'a')", "INSERT", EventClass::Write),
+            ("UPDATE phonebook SET name = 'b'", "UPDATE", EventClass::Write),
             ("DELETE FROM phonebook", "DELETE", EventClass::Write),
             ("TRUNCATE phonebook", "TRUNCATE TABLE", EventClass::Write),
             ("COPY phonebook FROM STDIN", "COPY", EventClass::Write),
             ("COPY phonebook TO STDOUT", "COPY", EventClass::Read),
-            (
-                "CREATE TABLE phonebook (id int)",
-                "CREATE TABLE",
-                EventClass::Ddl,
-            ),
+            ("CREATE TABLE phonebook (id int)", "CREATE TABLE", EventClass::Ddl),
             ("DROP TABLE phonebook", "DROP TABLE", EventClass::Ddl),
-            (
-                "CREATE INDEX ON phonebook (id)",
-                "CREATE INDEX",
-                EventClass::Ddl,
-            ),
-            (
-                "ALTER TABLE phonebook ADD COLUMN x int",
-                "ALTER TABLE",
-                EventClass::Ddl,
-            ),
+            ("CREATE INDEX ON phonebook (id)", "CREATE INDEX", EventClass::Ddl),
+            ("ALTER TABLE phonebook ADD COLUMN x int", "ALTER TABLE", EventClass::Ddl),
             ("CREATE DATABASE x", "CREATE DATABASE", EventClass::Ddl),
-            (
-                "GRANT SELECT ON phonebook TO app",
-                "GRANT",
-                EventClass::Role,
-            ),
-            (
-                "REVOKE SELECT ON phonebook FROM app",
-                "REVOKE",
-                EventClass::Role,
-            ),
+            ("GRANT SELECT ON phonebook TO app", "GRANT", EventClass::Role),
+            ("REVOKE SELECT ON phonebook FROM app", "REVOKE", EventClass::Role),
             ("CREATE USER app", "CREATE ROLE", EventClass::Role),
             ("ALTER ROLE app NOLOGIN", "ALTER ROLE", EventClass::Role),
             ("DROP ROLE app", "DROP ROLE", EventClass::Role),
@@ -370,14 +304,8 @@ mod tests {
 
     #[test]
     fn objects_in_text_order_schema_qualified_as_written() {
-        let s = one(
-            "INSERT INTO audit.log SELECT now(), p.name FROM phonebook p JOIN public.people x ON true",
-        );
-        let names: Vec<_> = s
-            .objects
-            .iter()
-            .map(|o| (o.kind, o.name.as_str()))
-            .collect();
+        let s = one("INSERT INTO audit.log SELECT now(), p.name FROM phonebook p JOIN public.people x ON true");
+        let names: Vec<_> = s.objects.iter().map(|o| (o.kind, o.name.as_str())).collect();
         assert_eq!(
             names,
             vec![
@@ -390,13 +318,7 @@ mod tests {
         assert_eq!(s.object_type.as_deref(), Some("TABLE"));
         assert_eq!(s.object_name.as_deref(), Some("audit.log"));
         let cte = one("WITH recent AS (SELECT * FROM orders) SELECT * FROM recent");
-        assert_eq!(
-            cte.objects,
-            vec![ObjectRef {
-                kind: ObjectKind::Relation,
-                name: "orders".into()
-            }]
-        );
+        assert_eq!(cte.objects, vec![ObjectRef { kind: ObjectKind::Relation, name: "orders".into() }]);
         let drop = one("DROP TABLE IF EXISTS s.phonebook");
         assert_eq!(drop.object_name.as_deref(), Some("s.phonebook"));
         assert_eq!(drop.object_type.as_deref(), Some("TABLE"));
@@ -406,27 +328,16 @@ mod tests {
 
     #[test]
     fn multi_statement_text_is_split() {
-        let c =
-            classify_uncached("CREATE TABLE t (id int); INSERT INTO t VALUES (1);SELECT * FROM t");
+        let c = classify_uncached("CREATE TABLE t (id int); INSERT INTO t VALUES (1);SELECT * FROM t");
         let texts: Vec<_> = c.statements.iter().map(|s| s.text.as_str()).collect();
-        assert_eq!(
-            texts,
-            vec![
-                "CREATE TABLE t (id int)",
-                "INSERT INTO t VALUES (1)",
-                "SELECT * FROM t"
-            ]
-        );
+        assert_eq!(texts, vec!["CREATE TABLE t (id int)", "INSERT INTO t VALUES (1)", "SELECT * FROM t"]);
         assert!(classify_uncached("  -- nothing\n").statements.is_empty());
     }
 
     #[test]
     fn passwords_are_redacted() {
         for (sql, expected) in [
-            (
-                "CREATE ROLE app LOGIN PASSWORD 'hunter2'",
-                "CREATE ROLE app LOGIN PASSWORD <REDACTED>",
-            ),
+            ("CREATE ROLE app LOGIN PASSWORD 'hunter2'", "CREATE ROLE app LOGIN PASSWORD <REDACTED>"),
             (
                 "ALTER USER app WITH ENCRYPTED PASSWORD 'SCRAM-SHA-256$4096:abc'",
                 "ALTER USER app WITH ENCRYPTED PASSWORD <REDACTED>",
@@ -435,14 +346,8 @@ mod tests {
                 "create user x password 'a''b' valid until 'infinity'",
                 "create user x password <REDACTED> valid until 'infinity'",
             ),
-            (
-                "ALTER ROLE app PASSWORD NULL",
-                "ALTER ROLE app PASSWORD NULL",
-            ),
-            (
-                "SELECT 'password' AS password",
-                "SELECT 'password' AS password",
-            ),
+            ("ALTER ROLE app PASSWORD NULL", "ALTER ROLE app PASSWORD NULL"),
+            ("SELECT 'password' AS password", "SELECT 'password' AS password"),
         ] {
             assert_eq!(one(sql).text, expected);
         }
@@ -461,14 +366,8 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_constants() {
-        assert_eq!(
-            one("SELECT * FROM t WHERE id = 1").fingerprint,
-            one("SELECT * FROM t WHERE id = 2").fingerprint
-        );
-        assert_ne!(
-            one("SELECT * FROM t").fingerprint,
-            one("SELECT * FROM u").fingerprint
-        );
+        assert_eq!(one("SELECT * FROM t WHERE id = 1").fingerprint, one("SELECT * FROM t WHERE id = 2").fingerprint);
+        assert_ne!(one("SELECT * FROM t").fingerprint, one("SELECT * FROM u").fingerprint);
     }
 
     #[test]
@@ -479,9 +378,6 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         c.classify("SELECT 2");
         c.classify("SELECT 3");
-        assert_eq!(
-            c.classify("SELECT 1").statements[0].command.as_deref(),
-            Some("SELECT")
-        );
+        assert_eq!(c.classify("SELECT 1").statements[0].command.as_deref(), Some("SELECT"));
     }
 }

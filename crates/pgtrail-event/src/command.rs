@@ -26,14 +26,7 @@ pub(crate) fn describe(node: &NodeEnum) -> (String, EventClass) {
         NodeEnum::DoStmt(_) => (tag("DO"), Function),
         NodeEnum::CallStmt(_) => (tag("CALL"), Function),
         NodeEnum::GrantStmt(g) => (tag(if g.is_grant { "GRANT" } else { "REVOKE" }), Role),
-        NodeEnum::GrantRoleStmt(g) => (
-            tag(if g.is_grant {
-                "GRANT ROLE"
-            } else {
-                "REVOKE ROLE"
-            }),
-            Role,
-        ),
+        NodeEnum::GrantRoleStmt(g) => (tag(if g.is_grant { "GRANT ROLE" } else { "REVOKE ROLE" }), Role),
         NodeEnum::CreateRoleStmt(_) => (tag("CREATE ROLE"), Role),
         NodeEnum::AlterRoleStmt(_) | NodeEnum::AlterRoleSetStmt(_) => (tag("ALTER ROLE"), Role),
         NodeEnum::DropRoleStmt(_) => (tag("DROP ROLE"), Role),
@@ -49,11 +42,7 @@ pub(crate) fn describe(node: &NodeEnum) -> (String, EventClass) {
         NodeEnum::TransactionStmt(t) => (transaction_tag(t.kind).to_owned(), Misc),
         NodeEnum::ExplainStmt(_) => (tag("EXPLAIN"), Misc),
         NodeEnum::PrepareStmt(p) => {
-            let class = p
-                .query
-                .as_ref()
-                .and_then(|q| q.node.as_ref())
-                .map(|q| describe(q).1);
+            let class = p.query.as_ref().and_then(|q| q.node.as_ref()).map(|q| describe(q).1);
             (tag("PREPARE"), class.unwrap_or(Misc))
         }
         NodeEnum::ExecuteStmt(_) => (tag("EXECUTE"), Misc),
@@ -148,17 +137,11 @@ fn ddl_tag(node: &NodeEnum) -> String {
         NodeEnum::ViewStmt(_) => t("CREATE VIEW"),
         NodeEnum::CreateSeqStmt(_) => t("CREATE SEQUENCE"),
         NodeEnum::AlterSeqStmt(_) => t("ALTER SEQUENCE"),
-        NodeEnum::CreateFunctionStmt(f) => t(if f.is_procedure {
-            "CREATE PROCEDURE"
-        } else {
-            "CREATE FUNCTION"
-        }),
+        NodeEnum::CreateFunctionStmt(f) => t(if f.is_procedure { "CREATE PROCEDURE" } else { "CREATE FUNCTION" }),
         NodeEnum::AlterFunctionStmt(f) => format!("ALTER {}", object_type_name(f.objtype)),
         NodeEnum::CreateSchemaStmt(_) => t("CREATE SCHEMA"),
         NodeEnum::CreateExtensionStmt(_) => t("CREATE EXTENSION"),
-        NodeEnum::AlterExtensionStmt(_) | NodeEnum::AlterExtensionContentsStmt(_) => {
-            t("ALTER EXTENSION")
-        }
+        NodeEnum::AlterExtensionStmt(_) | NodeEnum::AlterExtensionContentsStmt(_) => t("ALTER EXTENSION"),
         NodeEnum::CreatedbStmt(_) => t("CREATE DATABASE"),
         NodeEnum::DropdbStmt(_) => t("DROP DATABASE"),
         NodeEnum::AlterDatabaseStmt(_) | NodeEnum::AlterDatabaseSetStmt(_) => t("ALTER DATABASE"),
@@ -167,9 +150,7 @@ fn ddl_tag(node: &NodeEnum) -> String {
         NodeEnum::CreatePolicyStmt(_) => t("CREATE POLICY"),
         NodeEnum::AlterPolicyStmt(_) => t("ALTER POLICY"),
         NodeEnum::CreateDomainStmt(_) => t("CREATE DOMAIN"),
-        NodeEnum::CompositeTypeStmt(_)
-        | NodeEnum::CreateEnumStmt(_)
-        | NodeEnum::CreateRangeStmt(_) => t("CREATE TYPE"),
+        NodeEnum::CompositeTypeStmt(_) | NodeEnum::CreateEnumStmt(_) | NodeEnum::CreateRangeStmt(_) => t("CREATE TYPE"),
         NodeEnum::AlterEnumStmt(_) => t("ALTER TYPE"),
         NodeEnum::CreateTableSpaceStmt(_) => t("CREATE TABLESPACE"),
         NodeEnum::RuleStmt(_) => t("CREATE RULE"),
@@ -220,8 +201,7 @@ pub fn class_from_tag(tag: &str) -> EventClass {
         "SELECT" | "FETCH" | "DECLARE CURSOR" => Read,
         "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "TRUNCATE TABLE" | "COPY" => Write,
         "DO" | "CALL" => Function,
-        "GRANT" | "REVOKE" | "GRANT ROLE" | "REVOKE ROLE" | "CREATE ROLE" | "ALTER ROLE"
-        | "DROP ROLE" => Role,
+        "GRANT" | "REVOKE" | "GRANT ROLE" | "REVOKE ROLE" | "CREATE ROLE" | "ALTER ROLE" | "DROP ROLE" => Role,
         t if t.starts_with("CREATE ") || t.starts_with("ALTER ") || t.starts_with("DROP ") => Ddl,
         "COMMENT" | "SELECT INTO" => Ddl,
         _ => Misc,

@@ -185,9 +185,7 @@ pub fn format_das_time(t: &DateTime<Utc>) -> String {
 
 /// Parses a DAS time string.
 pub fn parse_das_time(s: &str) -> Option<DateTime<Utc>> {
-    NaiveDateTime::parse_from_str(s, DAS_TIME_FORMAT)
-        .ok()
-        .map(|t| t.and_utc())
+    NaiveDateTime::parse_from_str(s, DAS_TIME_FORMAT).ok().map(|t| t.and_utc())
 }
 
 mod das_time {
@@ -216,9 +214,9 @@ mod das_time_opt {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
-            Some(s) => parse_das_time(&s)
-                .map(Some)
-                .ok_or_else(|| serde::de::Error::custom(format!("bad DAS time {s:?}"))),
+            Some(s) => {
+                parse_das_time(&s).map(Some).ok_or_else(|| serde::de::Error::custom(format!("bad DAS time {s:?}")))
+            }
         }
     }
 }
@@ -235,11 +233,7 @@ pub struct ActivityRecord {
 }
 
 impl ActivityRecord {
-    pub fn new(
-        cluster_id: impl Into<String>,
-        instance_id: impl Into<String>,
-        events: Vec<ActivityEvent>,
-    ) -> Self {
+    pub fn new(cluster_id: impl Into<String>, instance_id: impl Into<String>, events: Vec<ActivityEvent>) -> Self {
         Self {
             kind: "DatabaseActivityMonitoringRecord".into(),
             cluster_id: cluster_id.into(),
@@ -249,17 +243,41 @@ impl ActivityRecord {
     }
 }
 
+/// Serializes a DAS inner record from borrowed events (the recorder's hot path: no copy).
+pub fn activity_record_json(cluster_id: &str, instance_id: &str, events: &[ActivityEvent]) -> Vec<u8> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Borrowed<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        cluster_id: &'a str,
+        instance_id: &'a str,
+        database_activity_event_list: &'a [ActivityEvent],
+    }
+    let record = Borrowed {
+        kind: "DatabaseActivityMonitoringRecord",
+        cluster_id,
+        instance_id,
+        database_activity_event_list: events,
+    };
+    serde_json::to_vec(&record).expect("events always serialize")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn borrowed_and_owned_records_serialize_alike() {
+        let events = vec![ActivityEvent::new(EventClass::Read, "SELECT", Utc::now())];
+        let owned = serde_json::to_vec(&ActivityRecord::new("c", "i", events.clone())).unwrap();
+        assert_eq!(activity_record_json("c", "i", &events), owned);
+    }
+
+    #[test]
     fn reads_aurora_events() {
         // The det_* plaintexts are Aurora-shaped records made outside pgtrail.
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/testdata/das/det_0178_mixed3.plaintext.json"
-        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata/das/det_0178_mixed3.plaintext.json");
         let text = std::fs::read_to_string(path).expect("shared testdata is beside the repository");
         let record: ActivityRecord = serde_json::from_str(&text).unwrap();
         assert_eq!(record.database_activity_event_list.len(), 3);
@@ -271,9 +289,8 @@ mod tests {
         assert_eq!(failed.exit_code, Some(ExitCode::SqlState("42601".into())));
         // And writes them back with the same field names and time format.
         let again = serde_json::to_value(select).unwrap();
-        let original: serde_json::Value = serde_json::from_str::<serde_json::Value>(&text).unwrap()
-            ["databaseActivityEventList"][1]
-            .clone();
+        let original: serde_json::Value =
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["databaseActivityEventList"][1].clone();
         for (key, value) in original.as_object().unwrap() {
             assert_eq!(&again[key], value, "field {key}");
         }

@@ -12,6 +12,6 @@ mod event;
 pub use classify::{Classified, Classifier, Statement, redact_passwords};
 pub use command::{class_from_tag, rows_from_completion, tag_from_completion};
 pub use event::{
-    ActivityEvent, ActivityRecord, EventClass, EventSource, ExitCode, ObjectKind, ObjectRef,
+    ActivityEvent, ActivityRecord, EventClass, EventSource, ExitCode, ObjectKind, ObjectRef, activity_record_json,
     format_das_time, parse_das_time, session_id,
 };

@@ -26,9 +26,7 @@ pub(crate) fn segment_header() -> [u8; SEGMENT_HEADER_LEN] {
 }
 
 pub(crate) fn check_segment_header(bytes: &[u8]) -> bool {
-    bytes.len() >= SEGMENT_HEADER_LEN
-        && &bytes[..8] == MAGIC
-        && bytes[8..12] == FORMAT_VERSION.to_le_bytes()
+    bytes.len() >= SEGMENT_HEADER_LEN && &bytes[..8] == MAGIC && bytes[8..12] == FORMAT_VERSION.to_le_bytes()
 }
 
 pub(crate) fn encode_record(out: &mut Vec<u8>, seq: u64, timestamp_micros: i64, payload: &[u8]) {
@@ -65,9 +63,7 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Decoded {
     };
     let len = u64::from_le_bytes(field(0..4)) as usize;
     if len > MAX_PAYLOAD {
-        return Decoded::Corrupt(format!(
-            "declared payload length {len} exceeds {MAX_PAYLOAD}"
-        ));
+        return Decoded::Corrupt(format!("declared payload length {len} exceeds {MAX_PAYLOAD}"));
     }
     let crc = u64::from_le_bytes(field(4..8)) as u32;
     let total = RECORD_HEADER_LEN + len;
@@ -76,9 +72,7 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Decoded {
     };
     let actual = crc32c::crc32c(&whole[8..]);
     if actual != crc {
-        return Decoded::Corrupt(format!(
-            "CRC32C mismatch (stored {crc:08x}, computed {actual:08x})"
-        ));
+        return Decoded::Corrupt(format!("CRC32C mismatch (stored {crc:08x}, computed {actual:08x})"));
     }
     let record = Record {
         seq: u64::from_le_bytes(field(8..16)),
@@ -121,9 +115,7 @@ mod tests {
     fn record_roundtrip_and_every_cut_is_incomplete() {
         let mut buf = Vec::new();
         encode_record(&mut buf, 7, 1_700_000_000_000_000, b"hello");
-        let Decoded::Record(r, n) = decode_record(&buf) else {
-            panic!()
-        };
+        let Decoded::Record(r, n) = decode_record(&buf) else { panic!() };
         assert_eq!(
             (r.seq, r.timestamp_micros, r.payload.as_slice(), n),
             (7, 1_700_000_000_000_000, &b"hello"[..], buf.len())
@@ -141,10 +133,7 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = buf.clone();
                 bad[byte] ^= 1 << bit;
-                assert!(
-                    matches!(decode_record(&bad), Decoded::Corrupt(_)),
-                    "byte {byte} bit {bit}"
-                );
+                assert!(matches!(decode_record(&bad), Decoded::Corrupt(_)), "byte {byte} bit {bit}");
             }
         }
     }

@@ -54,11 +54,7 @@ pub enum JournalError {
     #[error("{path} is not a pgtrail journal segment (bad magic or version)")]
     NotASegment { path: PathBuf },
     #[error("record at {path} offset {offset} is corrupt: {what}")]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        what: String,
-    },
+    Corrupt { path: PathBuf, offset: u64, what: String },
     #[error("payload of {len} bytes exceeds the record limit of {max}")]
     PayloadTooLarge { len: usize, max: usize },
     #[error("the recorder has stopped")]

@@ -7,9 +7,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use crate::format::{
-    Decoded, SEGMENT_HEADER_LEN, check_segment_header, decode_record, list_segments,
-};
+use crate::format::{Decoded, SEGMENT_HEADER_LEN, check_segment_header, decode_record, list_segments};
 use crate::{JournalError, Record, io_err};
 
 /// Iterates records with `seq >= from`, in order.
@@ -40,18 +38,10 @@ impl JournalReader {
         if !dir.is_dir() {
             return Err(JournalError::Io {
                 path: dir,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "journal directory does not exist",
-                ),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "journal directory does not exist"),
             });
         }
-        Ok(Self {
-            dir,
-            next_seq: from.max(1),
-            current: None,
-            failed: false,
-        })
+        Ok(Self { dir, next_seq: from.max(1), current: None, failed: false })
     }
 
     /// The cursor: the sequence number of the next record this reader will return.
@@ -77,11 +67,7 @@ impl JournalReader {
                     return Err(JournalError::Corrupt {
                         path: segment.path.clone(),
                         offset: segment.offset,
-                        what: format!(
-                            "sequence jumps from {} to {}",
-                            self.next_seq - 1,
-                            record.seq
-                        ),
+                        what: format!("sequence jumps from {} to {}", self.next_seq - 1, record.seq),
                     });
                 }
                 None => {
@@ -118,21 +104,14 @@ impl JournalReader {
             // The writer is creating this segment right now.
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
             Err(e) => {
-                return Err(JournalError::Io {
-                    path: path.clone(),
-                    source: e,
-                });
+                return Err(JournalError::Io { path: path.clone(), source: e });
             }
         }
         if !check_segment_header(&header) {
             return Err(JournalError::NotASegment { path: path.clone() });
         }
-        self.current = Some(OpenSegment {
-            path: path.clone(),
-            file,
-            buf: Vec::new(),
-            offset: SEGMENT_HEADER_LEN as u64,
-        });
+        self.current =
+            Some(OpenSegment { path: path.clone(), file, buf: Vec::new(), offset: SEGMENT_HEADER_LEN as u64 });
         Ok(true)
     }
 }
@@ -161,11 +140,7 @@ impl OpenSegment {
                     return Ok(Some(record));
                 }
                 Decoded::Corrupt(what) => {
-                    return Err(JournalError::Corrupt {
-                        path: self.path.clone(),
-                        offset: self.offset,
-                        what,
-                    });
+                    return Err(JournalError::Corrupt { path: self.path.clone(), offset: self.offset, what });
                 }
                 Decoded::Incomplete => {
                     if !self.fill()? {
@@ -179,9 +154,7 @@ impl OpenSegment {
     /// Reads more bytes; false when the file has nothing more right now.
     fn fill(&mut self) -> Result<bool, JournalError> {
         let read_at = self.offset + self.buf.len() as u64;
-        self.file
-            .seek(SeekFrom::Start(read_at))
-            .map_err(io_err(&self.path))?;
+        self.file.seek(SeekFrom::Start(read_at)).map_err(io_err(&self.path))?;
         let mut chunk = vec![0u8; 256 * 1024];
         let n = self.file.read(&mut chunk).map_err(io_err(&self.path))?;
         self.buf.extend_from_slice(&chunk[..n]);

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, warn};
 
-use crate::{Journal, JournalError};
+use crate::{Journal, JournalError, MAX_PAYLOAD};
 
 /// Batching and queueing limits.
 #[derive(Debug, Clone)]
@@ -30,11 +30,7 @@ pub struct RecorderConfig {
 
 impl Default for RecorderConfig {
     fn default() -> Self {
-        Self {
-            max_batch_items: 1000,
-            max_batch_delay: Duration::from_millis(200),
-            queue_capacity: 65_536,
-        }
+        Self { max_batch_items: 1000, max_batch_delay: Duration::from_millis(200), queue_capacity: 65_536 }
     }
 }
 
@@ -50,7 +46,7 @@ pub struct RecorderStats {
 /// Builds the loss item for `count` items dropped between two times (µs since epoch).
 pub type LossFn<T> = Box<dyn Fn(u64, i64, i64) -> T + Send>;
 /// Turns a batch into one record payload.
-pub type EncodeFn<T> = Box<dyn Fn(Vec<T>) -> Vec<u8> + Send>;
+pub type EncodeFn<T> = Box<dyn Fn(&[T]) -> Vec<u8> + Send>;
 
 /// The producer side. Cloning is cheap; the writer finishes when every clone is dropped.
 #[derive(Debug)]
@@ -71,10 +67,7 @@ impl<T> Clone for Recorder<T> {
 }
 
 fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 impl<T: Send + 'static> Recorder<T> {
@@ -100,14 +93,7 @@ impl<T: Send + 'static> Recorder<T> {
             reported_drops: 0,
         };
         let handle = tokio::spawn(writer.run());
-        (
-            Self {
-                tx,
-                stats,
-                first_drop_micros,
-            },
-            handle,
-        )
+        (Self { tx, stats, first_drop_micros }, handle)
     }
 
     /// Queues an item without waiting. Returns false if it was dropped (queue full or the
@@ -179,25 +165,43 @@ impl<T: Send + 'static> Writer<T> {
         }
         let from = self.first_drop_micros.swap(0, Ordering::Relaxed) as i64;
         let to = now_micros();
-        warn!(
-            dropped = new,
-            "recorder queue full: events dropped; a loss record is written"
-        );
+        warn!(dropped = new, "recorder queue full: events dropped; a loss record is written");
         batch.push((self.loss)(new, from, to));
         self.reported_drops = dropped;
         self.stats.loss_records.fetch_add(1, Ordering::Relaxed);
     }
 
     async fn write(&mut self, batch: Vec<T>) -> Result<(), JournalError> {
+        for payload in self.encode_within_limit(&batch) {
+            self.append(payload).await?;
+        }
+        Ok(())
+    }
+
+    /// Encodes a batch into one payload, or into several when one would exceed the record
+    /// limit (halving until each fits). A single item too large for any record is replaced
+    /// by a loss item, so even that is visible in the journal.
+    fn encode_within_limit(&self, batch: &[T]) -> Vec<Vec<u8>> {
         let payload = (self.encode)(batch);
-        let mut journal = self
-            .journal
-            .take()
-            .expect("journal is returned after every write");
+        if payload.len() <= MAX_PAYLOAD {
+            return vec![payload];
+        }
+        if batch.len() == 1 {
+            error!(bytes = payload.len(), "an event exceeds the journal record limit; a loss record replaces it");
+            self.stats.loss_records.fetch_add(1, Ordering::Relaxed);
+            let now = now_micros();
+            return vec![(self.encode)(&[(self.loss)(1, now, now)])];
+        }
+        let (left, right) = batch.split_at(batch.len() / 2);
+        let mut out = self.encode_within_limit(left);
+        out.extend(self.encode_within_limit(right));
+        out
+    }
+
+    async fn append(&mut self, payload: Vec<u8>) -> Result<(), JournalError> {
+        let mut journal = self.journal.take().expect("journal is returned after every write");
         let (journal, result) = tokio::task::spawn_blocking(move || {
-            let result = journal
-                .append(now_micros(), &payload)
-                .and_then(|_| journal.sync());
+            let result = journal.append(now_micros(), &payload).and_then(|_| journal.sync());
             (journal, result)
         })
         .await

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use crate::format::{
-    Decoded, MAX_PAYLOAD, SEGMENT_HEADER_LEN, check_segment_header, decode_record, encode_record,
-    list_segments, segment_header, segment_path,
+    Decoded, MAX_PAYLOAD, SEGMENT_HEADER_LEN, check_segment_header, decode_record, encode_record, list_segments,
+    segment_header, segment_path,
 };
 use crate::{JournalError, io_err};
 
@@ -21,9 +21,7 @@ pub struct JournalOptions {
 
 impl Default for JournalOptions {
     fn default() -> Self {
-        Self {
-            segment_max_bytes: 64 << 20,
-        }
+        Self { segment_max_bytes: 64 << 20 }
     }
 }
 
@@ -50,47 +48,18 @@ impl Journal {
             return Self::create_segment(dir, options, 1);
         };
         let (len, next_seq) = recover_segment(&path, first_seq)?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        Ok(Self {
-            dir,
-            options,
-            file,
-            path,
-            len,
-            next_seq,
-            scratch: Vec::new(),
-        })
+        let file = OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
+        Ok(Self { dir, options, file, path, len, next_seq, scratch: Vec::new() })
     }
 
-    fn create_segment(
-        dir: PathBuf,
-        options: JournalOptions,
-        first_seq: u64,
-    ) -> Result<Self, JournalError> {
+    fn create_segment(dir: PathBuf, options: JournalOptions, first_seq: u64) -> Result<Self, JournalError> {
         let path = segment_path(&dir, first_seq);
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let mut file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_err(&path))?;
         file.write_all(&segment_header()).map_err(io_err(&path))?;
         file.sync_all().map_err(io_err(&path))?;
         // Make the new file name itself durable.
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&dir))?;
-        Ok(Self {
-            dir,
-            options,
-            file,
-            path,
-            len: SEGMENT_HEADER_LEN as u64,
-            next_seq: first_seq,
-            scratch: Vec::new(),
-        })
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
+        Ok(Self { dir, options, file, path, len: SEGMENT_HEADER_LEN as u64, next_seq: first_seq, scratch: Vec::new() })
     }
 
     /// The sequence number the next appended record will get.
@@ -105,10 +74,7 @@ impl Journal {
     /// Appends one record; it is durable only after [`Journal::sync`].
     pub fn append(&mut self, timestamp_micros: i64, payload: &[u8]) -> Result<u64, JournalError> {
         if payload.len() > MAX_PAYLOAD {
-            return Err(JournalError::PayloadTooLarge {
-                len: payload.len(),
-                max: MAX_PAYLOAD,
-            });
+            return Err(JournalError::PayloadTooLarge { len: payload.len(), max: MAX_PAYLOAD });
         }
         // A segment always holds at least one record, however small the limit.
         if self.len >= self.options.segment_max_bytes && self.len > SEGMENT_HEADER_LEN as u64 {
@@ -120,10 +86,7 @@ impl Journal {
         if let Err(source) = self.file.write_all(&self.scratch) {
             // A partial write leaves a torn tail; cut it now so the next append starts clean.
             let _ = self.file.set_len(self.len);
-            return Err(JournalError::Io {
-                path: self.path.clone(),
-                source,
-            });
+            return Err(JournalError::Io { path: self.path.clone(), source });
         }
         self.len += self.scratch.len() as u64;
         self.next_seq += 1;
@@ -148,9 +111,7 @@ impl Journal {
 /// and the next sequence number.
 fn recover_segment(path: &Path, first_seq: u64) -> Result<(u64, u64), JournalError> {
     let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io_err(path))?;
+    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(path))?;
     if bytes.len() < SEGMENT_HEADER_LEN {
         // Crashed while creating the segment: start it again.
         warn!(segment = %path.display(), bytes = bytes.len(), "journal segment header torn; rewriting it");
@@ -158,9 +119,7 @@ fn recover_segment(path: &Path, first_seq: u64) -> Result<(u64, u64), JournalErr
         return Ok((SEGMENT_HEADER_LEN as u64, first_seq));
     }
     if !check_segment_header(&bytes) {
-        return Err(JournalError::NotASegment {
-            path: path.to_path_buf(),
-        });
+        return Err(JournalError::NotASegment { path: path.to_path_buf() });
     }
     let mut offset = SEGMENT_HEADER_LEN;
     let mut expected = first_seq;
@@ -174,10 +133,7 @@ fn recover_segment(path: &Path, first_seq: u64) -> Result<(u64, u64), JournalErr
                 expected += 1;
             }
             Decoded::Record(record, _) => {
-                break Some(format!(
-                    "sequence {} where {expected} was expected",
-                    record.seq
-                ));
+                break Some(format!("sequence {} where {expected} was expected", record.seq));
             }
             Decoded::Incomplete => break Some("incomplete record".to_owned()),
             Decoded::Corrupt(what) => break Some(what),
@@ -192,10 +148,7 @@ fn recover_segment(path: &Path, first_seq: u64) -> Result<(u64, u64), JournalErr
             reason = %reason,
             "journal recovery truncated a torn tail"
         );
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(io_err(path))?;
+        let file = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
         file.set_len(offset as u64).map_err(io_err(path))?;
         file.sync_all().map_err(io_err(path))?;
     }

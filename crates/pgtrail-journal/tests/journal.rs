@@ -14,11 +14,7 @@ fn records_survive_reopen_and_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let mut j = Journal::open(dir.path(), options(200)).unwrap();
     for i in 0..20u32 {
-        assert_eq!(
-            j.append(i64::from(i), format!("payload {i}").as_bytes())
-                .unwrap(),
-            u64::from(i) + 1
-        );
+        assert_eq!(j.append(i64::from(i), format!("payload {i}").as_bytes()).unwrap(), u64::from(i) + 1);
     }
     j.sync().unwrap();
     drop(j);
@@ -28,17 +24,11 @@ fn records_survive_reopen_and_rotation() {
     assert_eq!(j.next_seq(), 21);
     j.append(99, b"after reopen").unwrap();
     j.sync().unwrap();
-    let all: Vec<Record> = JournalReader::open(dir.path(), 1)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let all: Vec<Record> = JournalReader::open(dir.path(), 1).unwrap().map(Result::unwrap).collect();
     assert_eq!(all.len(), 21);
     assert!(all.iter().enumerate().all(|(i, r)| r.seq == i as u64 + 1));
     assert_eq!(all[20].payload, b"after reopen");
-    let from_ten: Vec<u64> = JournalReader::open(dir.path(), 10)
-        .unwrap()
-        .map(|r| r.unwrap().seq)
-        .collect();
+    let from_ten: Vec<u64> = JournalReader::open(dir.path(), 10).unwrap().map(|r| r.unwrap().seq).collect();
     assert_eq!(from_ten, (10..=21).collect::<Vec<_>>());
 }
 
@@ -50,35 +40,19 @@ fn torn_tail_is_truncated_on_open() {
     j.append(2, b"two").unwrap();
     j.sync().unwrap();
     drop(j);
-    let seg = std::fs::read_dir(dir.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let seg = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
     let good_len = std::fs::metadata(&seg).unwrap().len();
     // A crash in the middle of writing record 3: its header and half its payload.
     let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
-    f.write_all(&[50, 0, 0, 0, 1, 2, 3, 4, 3, 0, 0, 0, 0, 0, 0, 0])
-        .unwrap();
+    f.write_all(&[50, 0, 0, 0, 1, 2, 3, 4, 3, 0, 0, 0, 0, 0, 0, 0]).unwrap();
     drop(f);
     let mut j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
-    assert_eq!(
-        std::fs::metadata(&seg).unwrap().len(),
-        good_len,
-        "tail cut back to the last good record"
-    );
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), good_len, "tail cut back to the last good record");
     assert_eq!(j.next_seq(), 3);
     j.append(3, b"three").unwrap();
     j.sync().unwrap();
-    let payloads: Vec<Vec<u8>> = JournalReader::open(dir.path(), 1)
-        .unwrap()
-        .map(|r| r.unwrap().payload)
-        .collect();
-    assert_eq!(
-        payloads,
-        vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
-    );
+    let payloads: Vec<Vec<u8>> = JournalReader::open(dir.path(), 1).unwrap().map(|r| r.unwrap().payload).collect();
+    assert_eq!(payloads, vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
 }
 
 #[test]
@@ -90,12 +64,7 @@ fn corruption_in_the_middle_is_reported_by_readers() {
     }
     j.sync().unwrap();
     drop(j);
-    let seg = std::fs::read_dir(dir.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let seg = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
     let mut bytes = std::fs::read(&seg).unwrap();
     // Flip a payload byte of the second record (16 header + 32 first record + 24 header).
     bytes[16 + 32 + 24] ^= 0xff;
@@ -126,42 +95,56 @@ fn reader_follows_a_live_writer() {
 async fn recorder_batches_and_reports_drops() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path(), JournalOptions::default()).unwrap();
-    let config = RecorderConfig {
-        max_batch_items: 3,
-        max_batch_delay: std::time::Duration::from_millis(50),
-        queue_capacity: 4,
-    };
+    let config =
+        RecorderConfig { max_batch_items: 3, max_batch_delay: std::time::Duration::from_millis(50), queue_capacity: 4 };
     let (recorder, handle) = Recorder::spawn(
         journal,
         config,
-        Box::new(|batch: Vec<String>| batch.join(",").into_bytes()),
+        Box::new(|batch: &[String]| batch.join(",").into_bytes()),
         Box::new(|count, _from, _to| format!("LOST {count}")),
     );
     // Fill past the queue capacity before the writer can run.
     let accepted = (0..10).filter(|i| recorder.record(format!("e{i}"))).count();
     assert_eq!(accepted, 4);
-    assert_eq!(
-        recorder
-            .stats()
-            .dropped
-            .load(std::sync::atomic::Ordering::Relaxed),
-        6
-    );
+    assert_eq!(recorder.stats().dropped.load(std::sync::atomic::Ordering::Relaxed), 6);
     drop(recorder);
     handle.await.unwrap().unwrap();
-    let payloads: Vec<String> = JournalReader::open(dir.path(), 1)
-        .unwrap()
-        .map(|r| String::from_utf8(r.unwrap().payload).unwrap())
-        .collect();
+    let payloads: Vec<String> =
+        JournalReader::open(dir.path(), 1).unwrap().map(|r| String::from_utf8(r.unwrap().payload).unwrap()).collect();
     let all = payloads.join(",");
     assert!(all.contains("e0,e1,e2"), "{all}");
     assert!(all.contains("e3"), "{all}");
-    assert!(
-        all.contains("LOST 6"),
-        "every drop is in the journal: {all}"
+    assert!(all.contains("LOST 6"), "every drop is in the journal: {all}");
+    assert!(payloads.iter().all(|p| p.split(',').count() <= 4), "batches respect the limit: {payloads:?}");
+}
+
+#[tokio::test]
+async fn oversized_batches_are_split_across_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+    let config = RecorderConfig {
+        max_batch_items: 100,
+        max_batch_delay: std::time::Duration::from_millis(200),
+        queue_capacity: 100,
+    };
+    let (recorder, handle) = Recorder::spawn(
+        journal,
+        config,
+        Box::new(|batch: &[Vec<u8>]| batch.concat()),
+        Box::new(|count, _from, _to| format!("LOST {count}").into_bytes()),
     );
-    assert!(
-        payloads.iter().all(|p| p.split(',').count() <= 4),
-        "batches respect the limit: {payloads:?}"
-    );
+    // Five items of 20 MiB: one batch of 100 MiB would exceed the 64 MiB record limit.
+    for i in 0..5u8 {
+        assert!(recorder.record(vec![i; 20 << 20]));
+    }
+    // And one item that no record can hold.
+    assert!(recorder.record(vec![9; MAX_PAYLOAD + 1]));
+    drop(recorder);
+    handle.await.unwrap().unwrap();
+    let records: Vec<Record> = JournalReader::open(dir.path(), 1).unwrap().map(Result::unwrap).collect();
+    assert!(records.len() >= 3, "split into several records");
+    assert!(records.iter().all(|r| r.payload.len() <= MAX_PAYLOAD));
+    let data: usize = records.iter().map(|r| r.payload.iter().filter(|b| **b < 5).count()).sum();
+    assert_eq!(data, 5 * (20 << 20), "every byte of the five items is there");
+    assert_eq!(records.last().unwrap().payload, b"LOST 1", "the oversized item left a loss record");
 }

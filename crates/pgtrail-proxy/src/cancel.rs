@@ -37,10 +37,7 @@ impl CancelRegistry {
         let mut rng = rand::rng();
         let mut keys = self.lock();
         loop {
-            let key = ClientKey {
-                pid: rng.random_range(1..i32::MAX),
-                secret: rng.random(),
-            };
+            let key = ClientKey { pid: rng.random_range(1..i32::MAX), secret: rng.random() };
             if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(key) {
                 slot.insert(upstream);
                 return key;

@@ -44,9 +44,6 @@ pub enum ProxyError {
 
 impl ProxyError {
     pub(crate) fn tls(path: &Path, message: impl Into<String>) -> Self {
-        Self::Tls {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
+        Self::Tls { path: path.to_path_buf(), message: message.into() }
     }
 }

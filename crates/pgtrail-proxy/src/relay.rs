@@ -81,10 +81,7 @@ impl Scanner {
 }
 
 fn frontend_needs_body(tag: u8) -> bool {
-    matches!(
-        tag,
-        b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'F' | b'X'
-    )
+    matches!(tag, b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'F' | b'X')
 }
 
 fn backend_needs_body(tag: u8) -> bool {
@@ -105,20 +102,8 @@ pub(crate) async fn relay(
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut upstream_rd, mut upstream_wr) = tokio::io::split(upstream);
     let ending = {
-        let to_server = client_to_server(
-            shared,
-            &mut client_rd,
-            &mut upstream_wr,
-            client_buf,
-            &tracker,
-        );
-        let to_client = server_to_client(
-            shared,
-            &mut upstream_rd,
-            &mut client_wr,
-            upstream_buf,
-            &tracker,
-        );
+        let to_server = client_to_server(shared, &mut client_rd, &mut upstream_wr, client_buf, &tracker);
+        let to_client = server_to_client(shared, &mut upstream_rd, &mut client_wr, upstream_buf, &tracker);
         tokio::pin!(to_server, to_client);
         tokio::select! {
             end = &mut to_server => end.unwrap_or_else(Ending::Error),
@@ -171,25 +156,16 @@ async fn client_to_server(
     loop {
         if !buf.is_empty() {
             let now = Utc::now();
-            let forward = scanner.scan(
-                &buf,
-                Side::Frontend,
-                &limits,
-                frontend_needs_body,
-                |tag, body| {
-                    if let Some(body) = body {
-                        let msg = FrontendMessage::parse(tag, body)
-                            .map_err(SessionError::ClientProtocol)?;
-                        terminated |= matches!(msg, FrontendMessage::Terminate);
-                        lock(tracker).on_frontend(&msg, now);
-                    }
-                    Ok(())
-                },
-            )?;
+            let forward = scanner.scan(&buf, Side::Frontend, &limits, frontend_needs_body, |tag, body| {
+                if let Some(body) = body {
+                    let msg = FrontendMessage::parse(tag, body).map_err(SessionError::ClientProtocol)?;
+                    terminated |= matches!(msg, FrontendMessage::Terminate);
+                    lock(tracker).on_frontend(&msg, now);
+                }
+                Ok(())
+            })?;
             if forward > 0 {
-                wr.write_all(&buf[..forward])
-                    .await
-                    .map_err(SessionError::UpstreamIo)?;
+                wr.write_all(&buf[..forward]).await.map_err(SessionError::UpstreamIo)?;
                 wr.flush().await.map_err(SessionError::UpstreamIo)?;
                 buf.advance(forward);
             }
@@ -198,12 +174,7 @@ async fn client_to_server(
             }
         }
         // `read_buf` is cancel-safe: if the select in `relay` drops us here, nothing was read.
-        if rd
-            .read_buf(&mut buf)
-            .await
-            .map_err(SessionError::ClientIo)?
-            == 0
-        {
+        if rd.read_buf(&mut buf).await.map_err(SessionError::ClientIo)? == 0 {
             return Ok(Ending::ClientClosed);
         }
     }
@@ -220,50 +191,33 @@ async fn server_to_client(
     let limits = shared.backend_limits;
     loop {
         if !buf.is_empty() {
-            let forward = scanner.scan(
-                &buf,
-                Side::Backend,
-                &limits,
-                backend_needs_body,
-                |tag, body| {
-                    let mut t = lock(tracker);
-                    match body {
-                        None => match tag {
-                            b'Z' => t.on_ready(),
-                            b'V' => t.on_function_result(),
-                            other => t.on_backend_tag(other),
-                        },
-                        Some(body) => match BackendMessage::parse(tag, body)
-                            .map_err(SessionError::UpstreamProtocol)?
-                        {
-                            BackendMessage::CommandComplete { tag } => t.on_command_complete(&tag),
-                            BackendMessage::ErrorResponse(fields) => t.on_error(&fields),
-                            BackendMessage::ParameterStatus { name, value }
-                                if name == "server_version" =>
-                            {
-                                t.facts.server_version = Some(value);
-                            }
-                            _ => {}
-                        },
-                    }
-                    Ok(())
-                },
-            )?;
+            let forward = scanner.scan(&buf, Side::Backend, &limits, backend_needs_body, |tag, body| {
+                let mut t = lock(tracker);
+                match body {
+                    None => match tag {
+                        b'Z' => t.on_ready(),
+                        b'V' => t.on_function_result(),
+                        other => t.on_backend_tag(other),
+                    },
+                    Some(body) => match BackendMessage::parse(tag, body).map_err(SessionError::UpstreamProtocol)? {
+                        BackendMessage::CommandComplete { tag } => t.on_command_complete(&tag),
+                        BackendMessage::ErrorResponse(fields) => t.on_error(&fields),
+                        BackendMessage::ParameterStatus { name, value } if name == "server_version" => {
+                            t.facts.server_version = Some(value);
+                        }
+                        _ => {}
+                    },
+                }
+                Ok(())
+            })?;
             if forward > 0 {
-                wr.write_all(&buf[..forward])
-                    .await
-                    .map_err(SessionError::ClientIo)?;
+                wr.write_all(&buf[..forward]).await.map_err(SessionError::ClientIo)?;
                 wr.flush().await.map_err(SessionError::ClientIo)?;
                 buf.advance(forward);
             }
             emit_pending(shared, tracker);
         }
-        if rd
-            .read_buf(&mut buf)
-            .await
-            .map_err(SessionError::UpstreamIo)?
-            == 0
-        {
+        if rd.read_buf(&mut buf).await.map_err(SessionError::UpstreamIo)? == 0 {
             return Ok(Ending::UpstreamClosed);
         }
     }

@@ -56,34 +56,20 @@ pub struct Proxy {
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy")
-            .field("listen", &self.listener.local_addr().ok())
-            .finish_non_exhaustive()
+        f.debug_struct("Proxy").field("listen", &self.listener.local_addr().ok()).finish_non_exhaustive()
     }
 }
 
 impl Proxy {
     /// Validates the configuration, loads TLS material and binds the listener.
     pub async fn bind(config: ProxyConfig, sink: Arc<dyn EventSink>) -> Result<Self, ProxyError> {
-        let client_tls = config
-            .client_tls
-            .as_ref()
-            .map(tls::server_config)
-            .transpose()?
-            .map(TlsAcceptor::from);
+        let client_tls = config.client_tls.as_ref().map(tls::server_config).transpose()?.map(TlsAcceptor::from);
         let upstream_tls = tls::upstream_config(&config.upstream)?;
         let upstream_server_name = tls::server_name(&config.upstream.host)?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ProxyError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
-        let backend_limits = Limits {
-            small: config.limits.large,
-            ..config.limits
-        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ProxyError::Listen { addr: config.listen, source })?;
+        let backend_limits = Limits { small: config.limits.large, ..config.limits };
         let shared = Arc::new(Shared {
             config,
             backend_limits,
@@ -100,9 +86,7 @@ impl Proxy {
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     pub fn stats(&self) -> Arc<ProxyStats> {
@@ -156,20 +140,14 @@ impl Proxy {
         })
         .await;
         if drained.is_err() {
-            warn!(
-                remaining = sessions.len(),
-                "grace period over; terminating remaining sessions"
-            );
+            warn!(remaining = sessions.len(), "grace period over; terminating remaining sessions");
             let _ = terminate_tx.send(true);
             let finished = tokio::time::timeout(std::time::Duration::from_secs(5), async {
                 while sessions.join_next().await.is_some() {}
             })
             .await;
             if finished.is_err() {
-                error!(
-                    remaining = sessions.len(),
-                    "sessions did not end after termination; aborting them"
-                );
+                error!(remaining = sessions.len(), "sessions did not end after termination; aborting them");
                 sessions.abort_all();
             }
         }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use chrono::Utc;
 use pgtrail_wire::{
-    Authentication, BackendMessage, ErrorFields, FrontendMessage, StartupMessage, WireError,
-    decode_backend, decode_frontend, decode_startup,
+    Authentication, BackendMessage, ErrorFields, FrontendMessage, StartupMessage, WireError, decode_backend,
+    decode_frontend, decode_startup,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -65,20 +65,12 @@ impl SessionError {
         let (code, message) = match self {
             Self::ClientProtocol(e) => ("08P01", format!("pgtrail: protocol violation: {e}")),
             Self::UnexpectedClientMessage(what) => ("08P01", format!("pgtrail: unexpected {what}")),
-            Self::UpstreamProtocol(_) | Self::UpstreamIo(_) | Self::UpstreamClosed => (
-                "08006",
-                "pgtrail: lost the connection to the upstream PostgreSQL server".to_owned(),
-            ),
-            Self::UpstreamConnect(_) | Self::UpstreamRefusedTls => {
-                ("08006", format!("pgtrail: {self}"))
+            Self::UpstreamProtocol(_) | Self::UpstreamIo(_) | Self::UpstreamClosed => {
+                ("08006", "pgtrail: lost the connection to the upstream PostgreSQL server".to_owned())
             }
-            Self::StartupTimeout => (
-                "08P01",
-                "pgtrail: startup packet not received in time".to_owned(),
-            ),
-            Self::UnsupportedAuth | Self::ChannelBindingAcrossTls => {
-                ("28000", format!("pgtrail: {self}"))
-            }
+            Self::UpstreamConnect(_) | Self::UpstreamRefusedTls => ("08006", format!("pgtrail: {self}")),
+            Self::StartupTimeout => ("08P01", "pgtrail: startup packet not received in time".to_owned()),
+            Self::UnsupportedAuth | Self::ChannelBindingAcrossTls => ("28000", format!("pgtrail: {self}")),
             Self::ClientIo(_) | Self::ClientClosed | Self::ClientTls(_) => return None,
         };
         Some(ErrorFields::new("FATAL", code, &message))
@@ -86,12 +78,7 @@ impl SessionError {
 }
 
 /// Runs one session to its end.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    terminate: watch::Receiver<bool>,
-) {
+pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, terminate: watch::Receiver<bool>) {
     let _ = tcp.set_nodelay(true);
     let facts = SessionFacts {
         remote_host: Some(peer.ip().to_string()),
@@ -126,10 +113,7 @@ pub(crate) async fn run(
     };
     let mut tracker = Tracker::new(facts, shared.classifier.clone());
     tracker.facts.user = startup.param("user").map(str::to_owned);
-    tracker.facts.database = startup
-        .param("database")
-        .map(str::to_owned)
-        .or_else(|| tracker.facts.user.clone());
+    tracker.facts.database = startup.param("database").map(str::to_owned).or_else(|| tracker.facts.user.clone());
     tracker.facts.application = startup.param("application_name").map(str::to_owned);
 
     let mut upstream = match connect_upstream(&shared).await {
@@ -169,27 +153,16 @@ pub(crate) async fn run(
     emit(&shared, &mut tracker);
     info!(%peer, session = ?tracker.facts.session_id, user = ?tracker.facts.user, database = ?tracker.facts.database, "session started");
 
-    let (ending, mut tracker) = relay(
-        &shared,
-        client,
-        client_buf,
-        upstream,
-        upstream_buf,
-        tracker,
-        terminate,
-    )
-    .await;
+    let (ending, mut tracker) = relay(&shared, client, client_buf, upstream, upstream_buf, tracker, terminate).await;
     shared.cancel.remove(&key);
     let reason = match &ending {
         Ending::Error(e) => {
             warn!(session = ?tracker.facts.session_id, error = %e, "session ended by an error");
             e.client_error()
         }
-        Ending::Terminated => Some(ErrorFields::new(
-            "FATAL",
-            "57P01",
-            "terminating connection due to administrator command",
-        )),
+        Ending::Terminated => {
+            Some(ErrorFields::new("FATAL", "57P01", "terminating connection due to administrator command"))
+        }
         Ending::ClientClosed | Ending::UpstreamClosed => None,
     };
     tracker.disconnect_event(reason.as_ref());
@@ -203,15 +176,8 @@ fn emit(shared: &Shared, tracker: &mut Tracker) {
     }
 }
 
-async fn fail_connect(
-    shared: &Shared,
-    client: &mut MaybeTls,
-    tracker: &mut Tracker,
-    e: &SessionError,
-) {
-    let fields = e
-        .client_error()
-        .unwrap_or_else(|| ErrorFields::new("FATAL", "08006", &format!("pgtrail: {e}")));
+async fn fail_connect(shared: &Shared, client: &mut MaybeTls, tracker: &mut Tracker, e: &SessionError) {
+    let fields = e.client_error().unwrap_or_else(|| ErrorFields::new("FATAL", "08006", &format!("pgtrail: {e}")));
     send_error(client, &fields).await;
     tracker.connect_event(Some(&fields));
     emit(shared, tracker);
@@ -235,11 +201,7 @@ enum Startup {
     Closed,
 }
 
-async fn read_startup(
-    shared: &Shared,
-    mut client: MaybeTls,
-    buf: &mut BytesMut,
-) -> Result<Startup, SessionError> {
+async fn read_startup(shared: &Shared, mut client: MaybeTls, buf: &mut BytesMut) -> Result<Startup, SessionError> {
     let limits = shared.config.limits;
     let mut negotiated_ssl = false;
     let mut negotiated_gss = false;
@@ -249,21 +211,13 @@ async fn read_startup(
                 Ok(Some(msg)) => break msg,
                 Ok(None) => {}
                 Err(e) => {
-                    let fields = ErrorFields::new(
-                        "FATAL",
-                        "08P01",
-                        &format!("pgtrail: invalid startup packet: {e}"),
-                    );
+                    let fields = ErrorFields::new("FATAL", "08P01", &format!("pgtrail: invalid startup packet: {e}"));
                     send_error(&mut client, &fields).await;
                     return Err(SessionError::ClientProtocol(e));
                 }
             }
             if client.read_buf(buf).await.map_err(SessionError::ClientIo)? == 0 {
-                return if buf.is_empty() {
-                    Ok(Startup::Closed)
-                } else {
-                    Err(SessionError::ClientClosed)
-                };
+                return if buf.is_empty() { Ok(Startup::Closed) } else { Err(SessionError::ClientClosed) };
             }
         };
         match msg {
@@ -271,40 +225,27 @@ async fn read_startup(
                 negotiated_ssl = true;
                 if !buf.is_empty() {
                     // Bytes sent before the TLS handshake must not be trusted (CVE-2021-23214).
-                    return Err(SessionError::UnexpectedClientMessage(
-                        "data after SSLRequest",
-                    ));
+                    return Err(SessionError::UnexpectedClientMessage("data after SSLRequest"));
                 }
                 client = match (client, shared.client_tls.as_ref()) {
                     (MaybeTls::Plain(mut tcp), Some(acceptor)) => {
                         tcp.write_all(b"S").await.map_err(SessionError::ClientIo)?;
-                        let tls = acceptor
-                            .accept(tcp)
-                            .await
-                            .map_err(SessionError::ClientTls)?;
+                        let tls = acceptor.accept(tcp).await.map_err(SessionError::ClientTls)?;
                         MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)))
                     }
                     // No certificate configured: refuse TLS; the client may go on in plain.
                     (mut other, _) => {
-                        other
-                            .write_all(b"N")
-                            .await
-                            .map_err(SessionError::ClientIo)?;
+                        other.write_all(b"N").await.map_err(SessionError::ClientIo)?;
                         other
                     }
                 };
             }
             StartupMessage::GssEncRequest if !negotiated_gss && !client.is_tls() => {
                 negotiated_gss = true;
-                client
-                    .write_all(b"N")
-                    .await
-                    .map_err(SessionError::ClientIo)?;
+                client.write_all(b"N").await.map_err(SessionError::ClientIo)?;
             }
             StartupMessage::SslRequest | StartupMessage::GssEncRequest => {
-                return Err(SessionError::UnexpectedClientMessage(
-                    "a second encryption request",
-                ));
+                return Err(SessionError::UnexpectedClientMessage("a second encryption request"));
             }
             StartupMessage::CancelRequest { pid, secret } => {
                 return Ok(Startup::Cancel { pid, secret });
@@ -322,9 +263,7 @@ async fn read_client_message(
     shared: &Shared,
 ) -> Result<FrontendMessage, SessionError> {
     loop {
-        if let Some(msg) =
-            decode_frontend(buf, &shared.config.limits).map_err(SessionError::ClientProtocol)?
-        {
+        if let Some(msg) = decode_frontend(buf, &shared.config.limits).map_err(SessionError::ClientProtocol)? {
             return Ok(msg);
         }
         if client.read_buf(buf).await.map_err(SessionError::ClientIo)? == 0 {
@@ -339,17 +278,10 @@ async fn read_upstream_message(
     shared: &Shared,
 ) -> Result<BackendMessage, SessionError> {
     loop {
-        if let Some(msg) =
-            decode_backend(buf, &shared.backend_limits).map_err(SessionError::UpstreamProtocol)?
-        {
+        if let Some(msg) = decode_backend(buf, &shared.backend_limits).map_err(SessionError::UpstreamProtocol)? {
             return Ok(msg);
         }
-        if upstream
-            .read_buf(buf)
-            .await
-            .map_err(SessionError::UpstreamIo)?
-            == 0
-        {
+        if upstream.read_buf(buf).await.map_err(SessionError::UpstreamIo)? == 0 {
             return Err(SessionError::UpstreamClosed);
         }
     }
@@ -358,10 +290,7 @@ async fn read_upstream_message(
 async fn write_message(stream: &mut MaybeTls, msg: &BackendMessage) -> Result<(), SessionError> {
     let mut out = BytesMut::new();
     msg.encode(&mut out);
-    stream
-        .write_all(&out)
-        .await
-        .map_err(SessionError::ClientIo)?;
+    stream.write_all(&out).await.map_err(SessionError::ClientIo)?;
     stream.flush().await.map_err(SessionError::ClientIo)
 }
 
@@ -389,10 +318,7 @@ async fn authenticate(
 ) -> Result<ClientKey, AuthEnd> {
     let mut out = BytesMut::new();
     startup.encode(&mut out);
-    upstream
-        .write_all(&out)
-        .await
-        .map_err(SessionError::UpstreamIo)?;
+    upstream.write_all(&out).await.map_err(SessionError::UpstreamIo)?;
     upstream.flush().await.map_err(SessionError::UpstreamIo)?;
     let mut key = None;
     loop {
@@ -405,13 +331,8 @@ async fn authenticate(
                 Authentication::Sasl { mechanisms } => {
                     // TLS ends at the proxy, so channel binding (-PLUS) cannot succeed
                     // end to end: offer only the plain mechanisms.
-                    let plain: Vec<String> = mechanisms
-                        .iter()
-                        .filter(|m| !m.ends_with("-PLUS"))
-                        .cloned()
-                        .collect();
-                    let rewritten =
-                        BackendMessage::Authentication(Authentication::Sasl { mechanisms: plain });
+                    let plain: Vec<String> = mechanisms.iter().filter(|m| !m.ends_with("-PLUS")).cloned().collect();
+                    let rewritten = BackendMessage::Authentication(Authentication::Sasl { mechanisms: plain });
                     write_message(client, &rewritten).await?;
                     let initial = read_auth_response(shared, client, client_buf).await?;
                     check_scram_initial(&initial, upstream.is_tls())?;
@@ -434,10 +355,7 @@ async fn authenticate(
             }
             BackendMessage::BackendKeyData { pid, secret } => {
                 tracker.facts.set_pid(*pid);
-                let client_key = shared.cancel.register(UpstreamKey {
-                    pid: *pid,
-                    secret: secret.clone(),
-                });
+                let client_key = shared.cancel.register(UpstreamKey { pid: *pid, secret: secret.clone() });
                 key = Some(client_key);
                 let ours = BackendMessage::BackendKeyData {
                     pid: client_key.pid,
@@ -452,12 +370,10 @@ async fn authenticate(
             }
             BackendMessage::ReadyForQuery { .. } => {
                 write_message(client, &msg).await?;
-                return key.ok_or(AuthEnd::Failed(SessionError::UpstreamProtocol(
-                    WireError::Invalid {
-                        tag: 'Z',
-                        field: "ReadyForQuery before BackendKeyData",
-                    },
-                )));
+                return key.ok_or(AuthEnd::Failed(SessionError::UpstreamProtocol(WireError::Invalid {
+                    tag: 'Z',
+                    field: "ReadyForQuery before BackendKeyData",
+                })));
             }
             _ => false,
         };
@@ -479,22 +395,14 @@ async fn read_auth_response(
         reply @ FrontendMessage::AuthResponse(_) => Ok(reply),
         // psql closes and reconnects to ask for a password; anything else is a violation.
         FrontendMessage::Terminate => Err(SessionError::ClientClosed),
-        _ => Err(SessionError::UnexpectedClientMessage(
-            "a non-password message during authentication",
-        )),
+        _ => Err(SessionError::UnexpectedClientMessage("a non-password message during authentication")),
     }
 }
 
-async fn forward_auth_response(
-    upstream: &mut MaybeTls,
-    reply: &FrontendMessage,
-) -> Result<(), SessionError> {
+async fn forward_auth_response(upstream: &mut MaybeTls, reply: &FrontendMessage) -> Result<(), SessionError> {
     let mut out = BytesMut::new();
     reply.encode(&mut out);
-    upstream
-        .write_all(&out)
-        .await
-        .map_err(SessionError::UpstreamIo)?;
+    upstream.write_all(&out).await.map_err(SessionError::UpstreamIo)?;
     upstream.flush().await.map_err(SessionError::UpstreamIo)
 }
 
@@ -506,9 +414,7 @@ fn check_scram_initial(reply: &FrontendMessage, upstream_tls: bool) -> Result<()
         return Ok(());
     };
     let Ok(initial) = pgtrail_wire::SaslInitialResponse::parse(body.clone()) else {
-        return Err(SessionError::UnexpectedClientMessage(
-            "a malformed SASLInitialResponse",
-        ));
+        return Err(SessionError::UnexpectedClientMessage("a malformed SASLInitialResponse"));
     };
     let wants_binding = initial.data.as_ref().is_some_and(|d| d.starts_with(b"y,"));
     if upstream_tls && wants_binding {
@@ -532,9 +438,7 @@ pub(crate) async fn connect_upstream(shared: &Shared) -> Result<MaybeTls, Sessio
     };
     let mut out = BytesMut::new();
     StartupMessage::SslRequest.encode(&mut out);
-    tcp.write_all(&out)
-        .await
-        .map_err(SessionError::UpstreamConnect)?;
+    tcp.write_all(&out).await.map_err(SessionError::UpstreamConnect)?;
     let answer = tcp.read_u8().await.map_err(SessionError::UpstreamConnect)?;
     match answer {
         b'S' => {
@@ -543,16 +447,11 @@ pub(crate) async fn connect_upstream(shared: &Shared) -> Result<MaybeTls, Sessio
                 .connect(shared.upstream_server_name.clone(), tcp)
                 .await
                 .map_err(SessionError::UpstreamConnect)?;
-            Ok(MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Client(
-                stream,
-            ))))
+            Ok(MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Client(stream))))
         }
         b'N' if upstream.tls == UpstreamTlsMode::Prefer => Ok(MaybeTls::Plain(tcp)),
         b'N' => Err(SessionError::UpstreamRefusedTls),
-        _ => Err(SessionError::UpstreamProtocol(WireError::Invalid {
-            tag: '?',
-            field: "answer to SSLRequest",
-        })),
+        _ => Err(SessionError::UpstreamProtocol(WireError::Invalid { tag: '?', field: "answer to SSLRequest" })),
     }
 }
 
@@ -566,20 +465,12 @@ async fn forward_cancel(shared: &Shared, pid: i32, secret: &[u8]) {
     let result = async {
         let mut upstream = connect_upstream(shared).await?;
         let mut out = BytesMut::new();
-        StartupMessage::CancelRequest {
-            pid: key.pid,
-            secret: key.secret.clone(),
-        }
-        .encode(&mut out);
-        upstream
-            .write_all(&out)
-            .await
-            .map_err(SessionError::UpstreamIo)?;
+        StartupMessage::CancelRequest { pid: key.pid, secret: key.secret.clone() }.encode(&mut out);
+        upstream.write_all(&out).await.map_err(SessionError::UpstreamIo)?;
         upstream.flush().await.map_err(SessionError::UpstreamIo)?;
         // PostgreSQL closes the connection once it has processed the request.
         let mut sink = [0u8; 1];
-        let _ =
-            tokio::time::timeout(std::time::Duration::from_secs(5), upstream.read(&mut sink)).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), upstream.read(&mut sink)).await;
         Ok::<(), SessionError>(())
     }
     .await;

@@ -40,9 +40,7 @@ pub(crate) fn server_config(cfg: &ClientTlsConfig) -> Result<Arc<ServerConfig>, 
 }
 
 /// The client configuration used toward PostgreSQL, or `None` for plain TCP.
-pub(crate) fn upstream_config(
-    cfg: &UpstreamConfig,
-) -> Result<Option<Arc<ClientConfig>>, ProxyError> {
+pub(crate) fn upstream_config(cfg: &UpstreamConfig) -> Result<Option<Arc<ClientConfig>>, ProxyError> {
     let config = match cfg.tls {
         UpstreamTlsMode::Disable => return Ok(None),
         UpstreamTlsMode::Prefer | UpstreamTlsMode::Require => ClientConfig::builder()
@@ -50,18 +48,15 @@ pub(crate) fn upstream_config(
             .with_custom_certificate_verifier(Arc::new(EncryptOnly::new()))
             .with_no_client_auth(),
         UpstreamTlsMode::VerifyFull => {
-            let ca = cfg.ca_file.as_deref().ok_or_else(|| {
-                ProxyError::Config("upstream.tls = \"verify-full\" needs upstream.ca_file".into())
-            })?;
+            let ca = cfg
+                .ca_file
+                .as_deref()
+                .ok_or_else(|| ProxyError::Config("upstream.tls = \"verify-full\" needs upstream.ca_file".into()))?;
             let mut roots = RootCertStore::empty();
             for cert in read_certs(ca)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| ProxyError::tls(ca, e.to_string()))?;
+                roots.add(cert).map_err(|e| ProxyError::tls(ca, e.to_string()))?;
             }
-            ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth()
+            ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()
         }
     };
     Ok(Some(Arc::new(config)))
@@ -69,11 +64,8 @@ pub(crate) fn upstream_config(
 
 /// The server name for SNI and verification.
 pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, ProxyError> {
-    ServerName::try_from(host.to_owned()).map_err(|_| {
-        ProxyError::Config(format!(
-            "upstream host {host:?} is not a valid TLS server name"
-        ))
-    })
+    ServerName::try_from(host.to_owned())
+        .map_err(|_| ProxyError::Config(format!("upstream host {host:?} is not a valid TLS server name")))
 }
 
 /// `require` semantics, as libpq: the channel is encrypted, the peer is not authenticated.
@@ -111,12 +103,7 @@ impl ServerCertVerifier for EncryptOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -125,17 +112,10 @@ impl ServerCertVerifier for EncryptOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use pgtrail_event::{
-    ActivityEvent, Classified, Classifier, EventClass, ExitCode, Statement, class_from_tag,
-    rows_from_completion, session_id, tag_from_completion,
+    ActivityEvent, Classified, Classifier, EventClass, ExitCode, Statement, class_from_tag, rows_from_completion,
+    session_id, tag_from_completion,
 };
 use pgtrail_wire::{ErrorFields, FrontendMessage, TargetKind};
 
@@ -43,12 +43,7 @@ pub struct SessionFacts {
 }
 
 impl SessionFacts {
-    fn event(
-        &self,
-        class: EventClass,
-        command: impl Into<String>,
-        start: DateTime<Utc>,
-    ) -> ActivityEvent {
+    fn event(&self, class: EventClass, command: impl Into<String>, start: DateTime<Utc>) -> ActivityEvent {
         let mut e = ActivityEvent::new(class, command, start);
         e.remote_host.clone_from(&self.remote_host);
         e.remote_port.clone_from(&self.remote_port);
@@ -85,32 +80,13 @@ struct Portal {
 /// A request whose reply the server still owes, in the order they were sent.
 #[derive(Debug)]
 enum Owed {
-    Query {
-        statement: Prepared,
-        next: usize,
-        started: DateTime<Utc>,
-        rows: u64,
-        failed: bool,
-    },
-    Parse {
-        statement: Prepared,
-        started: DateTime<Utc>,
-    },
-    Bind {
-        portal: Portal,
-        started: DateTime<Utc>,
-    },
+    Query { statement: Prepared, next: usize, started: DateTime<Utc>, rows: u64, failed: bool },
+    Parse { statement: Prepared, started: DateTime<Utc> },
+    Bind { portal: Portal, started: DateTime<Utc> },
     Describe,
-    Execute {
-        portal: Portal,
-        started: DateTime<Utc>,
-        rows: u64,
-    },
+    Execute { portal: Portal, started: DateTime<Utc>, rows: u64 },
     Close,
-    FunctionCall {
-        oid: u32,
-        started: DateTime<Utc>,
-    },
+    FunctionCall { oid: u32, started: DateTime<Utc> },
     Sync,
 }
 
@@ -152,10 +128,7 @@ impl Tracker {
     }
 
     fn prepare(&self, text: &str) -> Prepared {
-        Prepared {
-            text: Arc::from(text),
-            classified: self.classifier.classify(text),
-        }
+        Prepared { text: Arc::from(text), classified: self.classifier.classify(text) }
     }
 
     /// A message from the client, before it is forwarded.
@@ -163,73 +136,37 @@ impl Tracker {
         match msg {
             FrontendMessage::Query { query } => {
                 let statement = self.prepare(query);
-                self.owed.push_back(Owed::Query {
-                    statement,
-                    next: 0,
-                    started: now,
-                    rows: 0,
-                    failed: false,
-                });
+                self.owed.push_back(Owed::Query { statement, next: 0, started: now, rows: 0, failed: false });
             }
             FrontendMessage::Parse { name, query, .. } => {
                 let statement = self.prepare(query);
                 self.prepared.insert(name.clone(), statement.clone());
-                self.owed.push_back(Owed::Parse {
-                    statement,
-                    started: now,
-                });
+                self.owed.push_back(Owed::Parse { statement, started: now });
             }
-            FrontendMessage::Bind {
-                portal,
-                statement,
-                param_formats,
-                params,
-                ..
-            } => {
-                let prepared = self
-                    .prepared
-                    .get(statement)
-                    .cloned()
-                    .unwrap_or_else(|| Prepared {
-                        // Prepared with SQL PREPARE, or before pgtrail saw the session.
-                        text: Arc::from(format!("<prepared statement {statement:?}>")),
-                        classified: Arc::new(Classified {
-                            statements: Vec::new(),
-                        }),
-                    });
+            FrontendMessage::Bind { portal, statement, param_formats, params, .. } => {
+                let prepared = self.prepared.get(statement).cloned().unwrap_or_else(|| Prepared {
+                    // Prepared with SQL PREPARE, or before pgtrail saw the session.
+                    text: Arc::from(format!("<prepared statement {statement:?}>")),
+                    classified: Arc::new(Classified { statements: Vec::new() }),
+                });
                 let params = params
                     .iter()
                     .enumerate()
-                    .map(|(i, p)| {
-                        p.as_ref()
-                            .map(|v| render_param(v, format_of(param_formats, i)))
-                    })
+                    .map(|(i, p)| p.as_ref().map(|v| render_param(v, format_of(param_formats, i))))
                     .collect();
-                let portal_state = Portal {
-                    statement: prepared,
-                    params: Arc::new(params),
-                };
+                let portal_state = Portal { statement: prepared, params: Arc::new(params) };
                 self.portals.insert(portal.clone(), portal_state.clone());
-                self.owed.push_back(Owed::Bind {
-                    portal: portal_state,
-                    started: now,
-                });
+                self.owed.push_back(Owed::Bind { portal: portal_state, started: now });
             }
             FrontendMessage::Execute { portal, .. } => {
                 let portal = self.portals.get(portal).cloned().unwrap_or_else(|| Portal {
                     statement: Prepared {
                         text: Arc::from(format!("<portal {portal:?}>")),
-                        classified: Arc::new(Classified {
-                            statements: Vec::new(),
-                        }),
+                        classified: Arc::new(Classified { statements: Vec::new() }),
                     },
                     params: Arc::new(Vec::new()),
                 });
-                self.owed.push_back(Owed::Execute {
-                    portal,
-                    started: now,
-                    rows: 0,
-                });
+                self.owed.push_back(Owed::Execute { portal, started: now, rows: 0 });
             }
             FrontendMessage::Describe { .. } => self.owed.push_back(Owed::Describe),
             FrontendMessage::Close { kind, name } => {
@@ -241,10 +178,7 @@ impl Tracker {
             }
             FrontendMessage::Sync => self.owed.push_back(Owed::Sync),
             FrontendMessage::FunctionCall { oid, .. } => {
-                self.owed.push_back(Owed::FunctionCall {
-                    oid: *oid,
-                    started: now,
-                });
+                self.owed.push_back(Owed::FunctionCall { oid: *oid, started: now });
             }
             FrontendMessage::Terminate => self.terminated = true,
             FrontendMessage::Flush
@@ -259,9 +193,7 @@ impl Tracker {
     pub fn on_backend_tag(&mut self, tag: u8) {
         match tag {
             b'D' => {
-                if let Some(Owed::Query { rows, .. } | Owed::Execute { rows, .. }) =
-                    self.owed.front_mut()
-                {
+                if let Some(Owed::Query { rows, .. } | Owed::Execute { rows, .. }) = self.owed.front_mut() {
                     *rows += 1;
                 }
             }
@@ -273,14 +205,7 @@ impl Tracker {
             b'T' | b'n' => self.pop_if(|o| matches!(o, Owed::Describe)),
             b's' => {
                 if let Some(Owed::Execute { .. }) = self.owed.front() {
-                    let Some(Owed::Execute {
-                        portal,
-                        started,
-                        rows,
-                    }) = self.owed.pop_front()
-                    else {
-                        unreachable!()
-                    };
+                    let Some(Owed::Execute { portal, started, rows }) = self.owed.pop_front() else { unreachable!() };
                     // A suspended portal has produced `rows` rows so far; Execute may resume it.
                     self.emit_execute(&portal, started, None, Some(rows), None);
                 }
@@ -306,13 +231,7 @@ impl Tracker {
     pub fn on_command_complete(&mut self, tag: &str) {
         let now = Utc::now();
         match self.owed.front_mut() {
-            Some(Owed::Query {
-                statement,
-                next,
-                started,
-                rows,
-                ..
-            }) => {
+            Some(Owed::Query { statement, next, started, rows, .. }) => {
                 let index = *next;
                 *next += 1;
                 let (statement, started) = (statement.clone(), *started);
@@ -324,12 +243,7 @@ impl Tracker {
                 }
             }
             Some(Owed::Execute { .. }) => {
-                let Some(Owed::Execute {
-                    portal, started, ..
-                }) = self.owed.pop_front()
-                else {
-                    unreachable!()
-                };
+                let Some(Owed::Execute { portal, started, .. }) = self.owed.pop_front() else { unreachable!() };
                 self.emit_execute(&portal, started, Some(tag), None, None);
             }
             _ => {}
@@ -343,25 +257,11 @@ impl Tracker {
         }
         let now = Utc::now();
         match self.owed.front_mut() {
-            Some(Owed::Query {
-                statement,
-                next,
-                started,
-                failed,
-                ..
-            }) => {
+            Some(Owed::Query { statement, next, started, failed, .. }) => {
                 if !*failed {
                     *failed = true;
                     let (statement, index, started) = (statement.clone(), *next, *started);
-                    self.emit_statement(
-                        &statement,
-                        index,
-                        started,
-                        now,
-                        None,
-                        Some(fields),
-                        Vec::new(),
-                    );
+                    self.emit_statement(&statement, index, started, now, None, Some(fields), Vec::new());
                 }
             }
             Some(Owed::Sync) | None => {}
@@ -369,25 +269,12 @@ impl Tracker {
                 let failed = self.owed.pop_front().expect("front checked");
                 match failed {
                     Owed::Parse { statement, started } => {
-                        self.emit_statement(
-                            &statement,
-                            0,
-                            started,
-                            now,
-                            None,
-                            Some(fields),
-                            Vec::new(),
-                        );
+                        self.emit_statement(&statement, 0, started, now, None, Some(fields), Vec::new());
                     }
-                    Owed::Bind { portal, started }
-                    | Owed::Execute {
-                        portal, started, ..
-                    } => {
+                    Owed::Bind { portal, started } | Owed::Execute { portal, started, .. } => {
                         self.emit_execute(&portal, started, None, None, Some(fields));
                     }
-                    Owed::FunctionCall { oid, started } => {
-                        self.emit_function_call(oid, started, Some(fields))
-                    }
+                    Owed::FunctionCall { oid, started } => self.emit_function_call(oid, started, Some(fields)),
                     _ => {}
                 }
                 // The server ignores everything until Sync: those requests get no reply.
@@ -402,9 +289,7 @@ impl Tracker {
     /// FunctionCallResponse.
     pub fn on_function_result(&mut self) {
         if let Some(Owed::FunctionCall { .. }) = self.owed.front() {
-            let Some(Owed::FunctionCall { oid, started }) = self.owed.pop_front() else {
-                unreachable!()
-            };
+            let Some(Owed::FunctionCall { oid, started }) = self.owed.pop_front() else { unreachable!() };
             self.emit_function_call(oid, started, None);
         }
     }
@@ -415,10 +300,7 @@ impl Tracker {
         // Pop up to and including the request ReadyForQuery answers. Anything before it
         // that is still owed did not run (after an error) and has no event.
         while let Some(owed) = self.owed.pop_front() {
-            if matches!(
-                owed,
-                Owed::Query { .. } | Owed::Sync | Owed::FunctionCall { .. }
-            ) {
+            if matches!(owed, Owed::Query { .. } | Owed::Sync | Owed::FunctionCall { .. }) {
                 break;
             }
         }
@@ -426,9 +308,7 @@ impl Tracker {
 
     /// The CONNECT event, successful (`error == None`) or failed.
     pub fn connect_event(&mut self, error: Option<&ErrorFields>) {
-        let mut e = self
-            .facts
-            .event(EventClass::Connect, "CONNECT", self.facts.started);
+        let mut e = self.facts.event(EventClass::Connect, "CONNECT", self.facts.started);
         e.statement_id = 0;
         let now = Utc::now();
         e.log_time = now;
@@ -442,9 +322,7 @@ impl Tracker {
     /// The DISCONNECT event: exit code 0 after Terminate, the SQLSTATE of a FATAL error,
     /// or null when the peer vanished. `reason` overrides with the proxy's own SQLSTATE.
     pub fn disconnect_event(&mut self, reason: Option<&ErrorFields>) {
-        let mut e = self
-            .facts
-            .event(EventClass::Disconnect, "DISCONNECT", self.facts.started);
+        let mut e = self.facts.event(EventClass::Disconnect, "DISCONNECT", self.facts.started);
         let now = Utc::now();
         e.log_time = now;
         e.end_time = Some(now);
@@ -465,10 +343,7 @@ impl Tracker {
         self.statement_id
     }
 
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "internal helper that fills one event"
-    )]
+    #[allow(clippy::too_many_arguments, reason = "internal helper that fills one event")]
     fn emit_statement(
         &mut self,
         prepared: &Prepared,
@@ -485,9 +360,7 @@ impl Tracker {
             (None, Some(s)) => s.command.clone().unwrap_or_else(|| "UNKNOWN".into()),
             (None, None) => "UNKNOWN".into(),
         };
-        let class = statement
-            .and_then(|s| s.class)
-            .unwrap_or_else(|| class_from_tag(&command));
+        let class = statement.and_then(|s| s.class).unwrap_or_else(|| class_from_tag(&command));
         let mut e = self.facts.event(class, command, started);
         e.statement_id = self.next_statement_id();
         e.log_time = now;
@@ -498,6 +371,7 @@ impl Tracker {
             // Text the parser did not split (or an unknown statement): record it as sent.
             None => e.command_text = Some(pgtrail_event::redact_passwords(&prepared.text)),
         }
+        e.command_text = e.command_text.take().map(|t| cap_text(t, MAX_RECORDED_TEXT));
         e.row_count = completion.and_then(rows_from_completion);
         if let Some(fields) = error {
             apply_error(&mut e, fields);
@@ -514,29 +388,14 @@ impl Tracker {
         error: Option<&ErrorFields>,
     ) {
         let params = portal.params.as_ref().clone();
-        self.emit_statement(
-            &portal.statement,
-            0,
-            started,
-            Utc::now(),
-            completion,
-            error,
-            params,
-        );
+        self.emit_statement(&portal.statement, 0, started, Utc::now(), completion, error, params);
         if let (Some(rows), Some(e)) = (rows, self.events.last_mut()) {
             e.row_count = Some(rows);
         }
     }
 
-    fn emit_function_call(
-        &mut self,
-        oid: u32,
-        started: DateTime<Utc>,
-        error: Option<&ErrorFields>,
-    ) {
-        let mut e = self
-            .facts
-            .event(EventClass::Function, "FUNCTION CALL", started);
+    fn emit_function_call(&mut self, oid: u32, started: DateTime<Utc>, error: Option<&ErrorFields>) {
+        let mut e = self.facts.event(EventClass::Function, "FUNCTION CALL", started);
         e.statement_id = self.next_statement_id();
         let now = Utc::now();
         e.log_time = now;
@@ -574,18 +433,44 @@ fn format_of(formats: &[i16], i: usize) -> i16 {
     }
 }
 
+/// A recorded statement text is at most this long; the rest is replaced by a marker that
+/// says how long the original was. Keeps every event small enough to journal.
+pub const MAX_RECORDED_TEXT: usize = 1 << 20;
+/// A recorded parameter value is at most this long (before hex encoding of binary ones).
+pub const MAX_RECORDED_PARAM: usize = 64 << 10;
+
+/// Cuts `text` at a character boundary at most `max` bytes in, marking what was cut.
+fn cap_text(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let total = text.len();
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(&format!("...<truncated: {total} bytes in all>"));
+    text
+}
+
 /// Text parameters as text; binary ones as `\x` hex, like bytea output.
 fn render_param(value: &Bytes, format: i16) -> String {
-    if format == 0 {
-        String::from_utf8_lossy(value).into_owned()
+    let shown = &value[..value.len().min(MAX_RECORDED_PARAM)];
+    let mut s = if format == 0 {
+        String::from_utf8_lossy(shown).into_owned()
     } else {
-        let mut s = String::with_capacity(2 + value.len() * 2);
+        let mut s = String::with_capacity(2 + shown.len() * 2);
         s.push_str("\\x");
-        for b in value.iter() {
+        for b in shown {
             s.push_str(&format!("{b:02x}"));
         }
         s
+    };
+    if shown.len() < value.len() {
+        s.push_str(&format!("...<truncated: {} bytes in all>", value.len()));
     }
+    s
 }
 
 #[cfg(test)]
@@ -593,10 +478,7 @@ mod tests {
     use super::*;
 
     fn tracker() -> Tracker {
-        let mut facts = SessionFacts {
-            started: Utc::now(),
-            ..Default::default()
-        };
+        let mut facts = SessionFacts { started: Utc::now(), ..Default::default() };
         facts.set_pid(4242);
         Tracker::new(facts, Classifier::default())
     }
@@ -608,10 +490,7 @@ mod tests {
     #[test]
     fn multi_statement_query_gives_one_event_each() {
         let mut t = tracker();
-        t.on_frontend(
-            &q("CREATE TABLE p (id int); INSERT INTO p VALUES (1), (2); SELECT * FROM p"),
-            Utc::now(),
-        );
+        t.on_frontend(&q("CREATE TABLE p (id int); INSERT INTO p VALUES (1), (2); SELECT * FROM p"), Utc::now());
         t.on_command_complete("CREATE TABLE");
         t.on_command_complete("INSERT 0 2");
         t.on_backend_tag(b'T');
@@ -622,40 +501,17 @@ mod tests {
         let events = t.take_events();
         let summary: Vec<_> = events
             .iter()
-            .map(|e| {
-                (
-                    e.statement_id,
-                    e.command.as_str(),
-                    e.class,
-                    e.row_count,
-                    e.command_text.as_deref().unwrap(),
-                )
-            })
+            .map(|e| (e.statement_id, e.command.as_str(), e.class, e.row_count, e.command_text.as_deref().unwrap()))
             .collect();
         assert_eq!(
             summary,
             vec![
-                (
-                    1,
-                    "CREATE TABLE",
-                    EventClass::Ddl,
-                    None,
-                    "CREATE TABLE p (id int)"
-                ),
-                (
-                    2,
-                    "INSERT",
-                    EventClass::Write,
-                    Some(2),
-                    "INSERT INTO p VALUES (1), (2)"
-                ),
+                (1, "CREATE TABLE", EventClass::Ddl, None, "CREATE TABLE p (id int)"),
+                (2, "INSERT", EventClass::Write, Some(2), "INSERT INTO p VALUES (1), (2)"),
                 (3, "SELECT", EventClass::Read, Some(2), "SELECT * FROM p"),
             ]
         );
-        assert_eq!(
-            events[0].session_id.as_deref(),
-            t.facts.session_id.as_deref()
-        );
+        assert_eq!(events[0].session_id.as_deref(), t.facts.session_id.as_deref());
     }
 
     #[test]
@@ -663,24 +519,14 @@ mod tests {
         let mut t = tracker();
         t.on_frontend(&q("SELECT 1; SELECT * FROM missing; SELECT 3"), Utc::now());
         t.on_command_complete("SELECT 1");
-        t.on_error(&ErrorFields::new(
-            "ERROR",
-            "42P01",
-            "relation \"missing\" does not exist",
-        ));
+        t.on_error(&ErrorFields::new("ERROR", "42P01", "relation \"missing\" does not exist"));
         t.on_ready();
         let events = t.take_events();
         assert_eq!(events.len(), 2);
         assert_eq!(events[1].sql_state.as_deref(), Some("42P01"));
         assert_eq!(events[1].command, "SELECT");
-        assert_eq!(
-            events[1].command_text.as_deref(),
-            Some("SELECT * FROM missing")
-        );
-        assert_eq!(
-            events[1].exit_code,
-            Some(ExitCode::SqlState("42P01".into()))
-        );
+        assert_eq!(events[1].command_text.as_deref(), Some("SELECT * FROM missing"));
+        assert_eq!(events[1].exit_code, Some(ExitCode::SqlState("42P01".into())));
     }
 
     #[test]
@@ -704,13 +550,7 @@ mod tests {
                 },
                 now,
             );
-            t.on_frontend(
-                &FrontendMessage::Execute {
-                    portal: format!("p{i}"),
-                    max_rows: 0,
-                },
-                now,
-            );
+            t.on_frontend(&FrontendMessage::Execute { portal: format!("p{i}"), max_rows: 0 }, now);
         }
         // Binary and NULL parameters.
         t.on_frontend(
@@ -723,13 +563,7 @@ mod tests {
             },
             now,
         );
-        t.on_frontend(
-            &FrontendMessage::Execute {
-                portal: "".into(),
-                max_rows: 0,
-            },
-            now,
-        );
+        t.on_frontend(&FrontendMessage::Execute { portal: "".into(), max_rows: 0 }, now);
         t.on_frontend(&FrontendMessage::Sync, now);
         for tag in [b'1', b'2'] {
             t.on_backend_tag(tag);
@@ -744,16 +578,9 @@ mod tests {
         let params: Vec<_> = events.iter().map(|e| e.param_list.clone()).collect();
         assert_eq!(
             params,
-            vec![
-                vec![Some("1".to_string())],
-                vec![Some("2".to_string())],
-                vec![Some("\\x00000007".to_string()), None]
-            ]
+            vec![vec![Some("1".to_string())], vec![Some("2".to_string())], vec![Some("\\x00000007".to_string()), None]]
         );
-        assert_eq!(
-            events.iter().map(|e| e.statement_id).collect::<Vec<_>>(),
-            vec![1, 2, 3]
-        );
+        assert_eq!(events.iter().map(|e| e.statement_id).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert!(t.owed.is_empty());
     }
 
@@ -761,14 +588,7 @@ mod tests {
     fn extended_error_skips_to_sync() {
         let mut t = tracker();
         let now = Utc::now();
-        t.on_frontend(
-            &FrontendMessage::Parse {
-                name: "".into(),
-                query: "SELEC 1".into(),
-                param_types: vec![],
-            },
-            now,
-        );
+        t.on_frontend(&FrontendMessage::Parse { name: "".into(), query: "SELEC 1".into(), param_types: vec![] }, now);
         t.on_frontend(
             &FrontendMessage::Bind {
                 portal: "".into(),
@@ -779,26 +599,12 @@ mod tests {
             },
             now,
         );
-        t.on_frontend(
-            &FrontendMessage::Execute {
-                portal: "".into(),
-                max_rows: 0,
-            },
-            now,
-        );
+        t.on_frontend(&FrontendMessage::Execute { portal: "".into(), max_rows: 0 }, now);
         t.on_frontend(&FrontendMessage::Sync, now);
-        t.on_error(&ErrorFields::new(
-            "ERROR",
-            "42601",
-            "syntax error at or near \"SELEC\"",
-        ));
+        t.on_error(&ErrorFields::new("ERROR", "42601", "syntax error at or near \"SELEC\""));
         t.on_ready();
         let events = t.take_events();
-        assert_eq!(
-            events.len(),
-            1,
-            "only the failed Parse is an event: {events:?}"
-        );
+        assert_eq!(events.len(), 1, "only the failed Parse is an event: {events:?}");
         assert_eq!(events[0].command_text.as_deref(), Some("SELEC 1"));
         assert_eq!(events[0].sql_state.as_deref(), Some("42601"));
         assert!(t.owed.is_empty());
@@ -811,19 +617,35 @@ mod tests {
         t.disconnect_event(None);
         assert_eq!(t.take_events()[0].exit_code, Some(ExitCode::Clean(0)));
         let mut t = tracker();
-        t.on_error(&ErrorFields::new(
-            "FATAL",
-            "57P01",
-            "terminating connection due to administrator command",
-        ));
+        t.on_error(&ErrorFields::new("FATAL", "57P01", "terminating connection due to administrator command"));
         t.disconnect_event(None);
-        assert_eq!(
-            t.take_events()[0].exit_code,
-            Some(ExitCode::SqlState("57P01".into()))
-        );
+        assert_eq!(t.take_events()[0].exit_code, Some(ExitCode::SqlState("57P01".into())));
         let mut t = tracker();
         t.disconnect_event(None);
         assert_eq!(t.take_events()[0].exit_code, None);
+    }
+
+    #[test]
+    fn huge_texts_and_parameters_are_capped_with_a_marker() {
+        let mut t = tracker();
+        let huge = format!("SELECT '{}'", "é".repeat(MAX_RECORDED_TEXT));
+        t.on_frontend(&q(&huge), Utc::now());
+        t.on_command_complete("SELECT 1");
+        let text = t.take_events().remove(0).command_text.unwrap();
+        assert!(text.len() < MAX_RECORDED_TEXT + 100);
+        assert!(
+            text.ends_with(&format!("...<truncated: {} bytes in all>", huge.len())),
+            "{}",
+            &text[text.len() - 60..]
+        );
+        let blob = Bytes::from(vec![0xab; MAX_RECORDED_PARAM + 10]);
+        let rendered = render_param(&blob, 1);
+        assert!(rendered.starts_with("\\xabab"));
+        assert_eq!(
+            rendered.len(),
+            2 + 2 * MAX_RECORDED_PARAM + format!("...<truncated: {} bytes in all>", blob.len()).len()
+        );
+        assert_eq!(render_param(&Bytes::from_static(b"short"), 0), "short");
     }
 
     #[test]
@@ -831,11 +653,7 @@ mod tests {
         let mut t = tracker();
         let now = Utc::now();
         t.on_frontend(
-            &FrontendMessage::Parse {
-                name: "".into(),
-                query: "SELECT * FROM t".into(),
-                param_types: vec![],
-            },
+            &FrontendMessage::Parse { name: "".into(), query: "SELECT * FROM t".into(), param_types: vec![] },
             now,
         );
         t.on_frontend(
@@ -848,13 +666,7 @@ mod tests {
             },
             now,
         );
-        t.on_frontend(
-            &FrontendMessage::Execute {
-                portal: "c".into(),
-                max_rows: 2,
-            },
-            now,
-        );
+        t.on_frontend(&FrontendMessage::Execute { portal: "c".into(), max_rows: 2 }, now);
         t.on_frontend(&FrontendMessage::Sync, now);
         t.on_backend_tag(b'1');
         t.on_backend_tag(b'2');

@@ -20,11 +20,7 @@ pub const PASSWORD: &str = "s3cret-pw";
 /// Starts a cluster whose 127.0.0.1 clients authenticate with `auth`; the `postgres`
 /// superuser's password is [`PASSWORD`].
 pub fn start_pg(auth: HostAuth) -> LocalPg {
-    start_pg_with(LocalPgOptions {
-        auth,
-        superuser_password: PASSWORD.into(),
-        ..Default::default()
-    })
+    start_pg_with(LocalPgOptions { auth, superuser_password: PASSWORD.into(), ..Default::default() })
 }
 
 pub fn start_pg_with(options: LocalPgOptions) -> LocalPg {
@@ -60,18 +56,11 @@ impl TestCapture {
 
     /// Starts with a configuration adjusted by `customize`.
     pub async fn start_with(pg: &LocalPg, customize: impl FnOnce(&mut CaptureConfig)) -> Self {
-        let journal = tempfile::Builder::new()
-            .prefix("pgtrail-journal-")
-            .tempdir()
-            .expect("temp dir");
+        let journal = tempfile::Builder::new().prefix("pgtrail-journal-").tempdir().expect("temp dir");
         let mut config = capture_config(pg, journal.path());
         customize(&mut config);
         let capture = Capture::start(config).await.expect("capture starts");
-        Self {
-            addr: capture.addr,
-            capture: Some(capture),
-            journal,
-        }
+        Self { addr: capture.addr, capture: Some(capture), journal }
     }
 
     pub fn journal_dir(&self) -> &Path {
@@ -89,22 +78,14 @@ impl TestCapture {
     }
 
     /// Polls the journal until `done` holds (or panics after 15 s with what was there).
-    pub async fn wait_for(
-        &self,
-        what: &str,
-        done: impl Fn(&[ActivityEvent]) -> bool,
-    ) -> Vec<ActivityEvent> {
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&[ActivityEvent]) -> bool) -> Vec<ActivityEvent> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let events = self.events();
             if done(&events) {
                 return events;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; events:\n{}",
-                describe(&events)
-            );
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; events:\n{}", describe(&events));
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -134,10 +115,7 @@ pub fn describe(events: &[ActivityEvent]) -> String {
 
 /// Statement events only (no CONNECT / DISCONNECT).
 pub fn statements(events: &[ActivityEvent]) -> Vec<&ActivityEvent> {
-    events
-        .iter()
-        .filter(|e| !matches!(e.class, EventClass::Connect | EventClass::Disconnect))
-        .collect()
+    events.iter().filter(|e| !matches!(e.class, EventClass::Connect | EventClass::Disconnect)).collect()
 }
 
 /// Runs the real psql against `url` with extra arguments; stdin closed.
@@ -188,22 +166,14 @@ impl TlsFiles {
         let ca_key = KeyPair::generate().expect("key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "pgtrail test CA");
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "pgtrail test CA");
         let ca = ca_params.self_signed(&ca_key).expect("CA");
         let key = KeyPair::generate().expect("key");
-        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("params");
+        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let cert = params.signed_by(&key, &issuer).expect("server cert");
         let dir = tempfile::tempdir().expect("temp dir");
-        let files = Self {
-            dir,
-            ca_pem: ca.pem(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        };
+        let files = Self { dir, ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() };
         std::fs::write(files.ca_path(), &files.ca_pem).expect("write");
         std::fs::write(files.cert_path(), &files.cert_pem).expect("write");
         std::fs::write(files.key_path(), &files.key_pem).expect("write");
@@ -225,15 +195,8 @@ impl TlsFiles {
 pub fn pgtrail_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> -> target/<profile>/pgtrail
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
     let bin = profile_dir.join("pgtrail");
-    assert!(
-        bin.is_file(),
-        "{} not built: run `cargo build --bin pgtrail` first",
-        bin.display()
-    );
+    assert!(bin.is_file(), "{} not built: run `cargo build --bin pgtrail` first", bin.display());
     bin
 }

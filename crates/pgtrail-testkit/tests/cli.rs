@@ -9,11 +9,7 @@ use pgtrail_event::{ActivityEvent, EventClass, ExitCode};
 use pgtrail_testkit::*;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn spawn_proxy(args: &[String], log: &Path) -> Child {
@@ -36,10 +32,7 @@ fn wait_listening(port: u16) {
 }
 
 fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
 }
 
@@ -49,27 +42,19 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "pgtrail did not exit within {within:?}"
-        );
+        assert!(Instant::now() < deadline, "pgtrail did not exit within {within:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn tail(args: &[&str]) -> std::process::Output {
-    Command::new(pgtrail_binary())
-        .arg("tail")
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(pgtrail_binary()).arg("tail").args(args).output().unwrap()
 }
 
 #[test]
 fn proxy_from_flags_then_sigterm_then_tail() {
     let pg = start_pg(HostAuth::ScramSha256);
-    pg.psql(&format!("CREATE ROLE auditor LOGIN PASSWORD '{PASSWORD}'"))
-        .unwrap();
+    pg.psql(&format!("CREATE ROLE auditor LOGIN PASSWORD '{PASSWORD}'")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
     let log = dir.path().join("pgtrail.log");
@@ -87,71 +72,31 @@ fn proxy_from_flags_then_sigterm_then_tail() {
     let secret_text = "SELECT 'very-distinctive-literal' AS marker";
     for user in ["postgres", "auditor"] {
         let url = format!("postgres://{user}:{PASSWORD}@127.0.0.1:{port}/postgres");
-        assert_ok(&psql(
-            &pg,
-            &url,
-            &["-c", secret_text, "-c", "CREATE TEMP TABLE x (i int)"],
-        ));
+        assert_ok(&psql(&pg, &url, &["-c", secret_text, "-c", "CREATE TEMP TABLE x (i int)"]));
     }
     sigterm(&proxy);
-    assert!(
-        wait_exit(&mut proxy, Duration::from_secs(20)).success(),
-        "clean exit on SIGTERM"
-    );
+    assert!(wait_exit(&mut proxy, Duration::from_secs(20)).success(), "clean exit on SIGTERM");
 
     // The process log is structured and has neither SQL nor the password.
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(log_text.contains("session started"), "{log_text}");
-    assert!(
-        !log_text.contains("very-distinctive-literal") && !log_text.contains(PASSWORD),
-        "{log_text}"
-    );
+    assert!(!log_text.contains("very-distinctive-literal") && !log_text.contains(PASSWORD), "{log_text}");
 
     // JSON lines: every event, parseable.
     let json = tail(&["--journal", journal.to_str().unwrap(), "--json"]);
-    let events: Vec<ActivityEvent> = String::from_utf8(json.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| e.class == EventClass::Connect)
-            .count(),
-        2
-    );
-    assert!(
-        events
-            .iter()
-            .any(|e| e.command_text.as_deref() == Some(secret_text))
-    );
+    let events: Vec<ActivityEvent> =
+        String::from_utf8(json.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.iter().filter(|e| e.class == EventClass::Connect).count(), 2);
+    assert!(events.iter().any(|e| e.command_text.as_deref() == Some(secret_text)));
     // Filters.
-    let by_user = tail(&[
-        "--journal",
-        journal.to_str().unwrap(),
-        "--json",
-        "--user",
-        "auditor",
-    ]);
-    let by_user: Vec<ActivityEvent> = String::from_utf8(by_user.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert!(
-        !by_user.is_empty()
-            && by_user
-                .iter()
-                .all(|e| e.db_user_name.as_deref() == Some("auditor"))
-    );
+    let by_user = tail(&["--journal", journal.to_str().unwrap(), "--json", "--user", "auditor"]);
+    let by_user: Vec<ActivityEvent> =
+        String::from_utf8(by_user.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!by_user.is_empty() && by_user.iter().all(|e| e.db_user_name.as_deref() == Some("auditor")));
     let ddl = tail(&["--journal", journal.to_str().unwrap(), "--class", "ddl"]);
     let table = String::from_utf8(ddl.stdout).unwrap();
     let lines: Vec<&str> = table.lines().collect();
-    assert!(
-        lines[0].starts_with("TIME") && lines[0].contains("STATEMENT"),
-        "{table}"
-    );
+    assert!(lines[0].starts_with("TIME") && lines[0].contains("STATEMENT"), "{table}");
     assert_eq!(lines.len(), 3, "header and two CREATE TABLE rows: {table}");
     assert!(lines[1..].iter().all(|l| l.contains("CREATE TABLE")));
     // A bad class is a clear error.
@@ -175,10 +120,7 @@ fn config_file_and_shutdown_grace() {
         ),
     )
     .unwrap();
-    let mut proxy = spawn_proxy(
-        &["--config".into(), config.display().to_string()],
-        &dir.path().join("log"),
-    );
+    let mut proxy = spawn_proxy(&["--config".into(), config.display().to_string()], &dir.path().join("log"));
     wait_listening(port);
     // An idle session is still open at SIGTERM: after the grace period it is ended with
     // 57P01, and its DISCONNECT is in the journal before the process exits.
@@ -194,63 +136,29 @@ fn config_file_and_shutdown_grace() {
     assert!(wait_exit(&mut proxy, Duration::from_secs(20)).success());
     let out = idle.wait_with_output().unwrap();
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("terminating connection due to administrator command"),
+        String::from_utf8_lossy(&out.stderr).contains("terminating connection due to administrator command"),
         "{out:?}"
     );
     let events = pgtrail::tail::read_all(&dir.path().join("journal")).unwrap();
-    let disconnect = events
-        .iter()
-        .find(|e| e.class == EventClass::Disconnect)
-        .expect("DISCONNECT recorded");
-    assert_eq!(
-        disconnect.exit_code,
-        Some(ExitCode::SqlState("57P01".into()))
-    );
+    let disconnect = events.iter().find(|e| e.class == EventClass::Disconnect).expect("DISCONNECT recorded");
+    assert_eq!(disconnect.exit_code, Some(ExitCode::SqlState("57P01".into())));
 
     // Unknown keys are errors that name the key.
     std::fs::write(&config, "[proxy]\nlisen = \"127.0.0.1:1\"\n").unwrap();
-    let out = Command::new(pgtrail_binary())
-        .args(["proxy", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = Command::new(pgtrail_binary()).args(["proxy", "--config", config.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("lisen"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"), "{out:?}");
     // Missing upstream: says how to give one.
-    let out = Command::new(pgtrail_binary())
-        .args(["proxy", "--journal", "/tmp/x"])
-        .output()
-        .unwrap();
+    let out = Command::new(pgtrail_binary()).args(["proxy", "--journal", "/tmp/x"]).output().unwrap();
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--upstream"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream"), "{out:?}");
 }
 
 #[test]
 fn quickstart_smoke() {
-    let out = Command::new(pgtrail_binary())
-        .args(["quickstart", "--smoke", "--port", "0"])
-        .output()
-        .unwrap();
+    let out = Command::new(pgtrail_binary()).args(["quickstart", "--smoke", "--port", "0"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("psql \"postgres://postgres:pgtrail@127.0.0.1:"),
-        "{stdout}"
-    );
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.contains("READ") && l.contains("SELECT 1")),
-        "{stdout}"
-    );
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("psql \"postgres://postgres:pgtrail@127.0.0.1:"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.contains("READ") && l.contains("SELECT 1")), "{stdout}");
 }

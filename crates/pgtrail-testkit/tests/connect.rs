@@ -6,39 +6,22 @@ use pgtrail_testkit::*;
 
 async fn login_cycle(auth: HostAuth) {
     let pg = start_pg(auth);
-    pg.psql(&format!("CREATE ROLE alice LOGIN PASSWORD '{PASSWORD}'"))
-        .unwrap();
+    pg.psql(&format!("CREATE ROLE alice LOGIN PASSWORD '{PASSWORD}'")).unwrap();
     let capture = TestCapture::start(&pg).await;
 
     // psql, right password.
-    let out = psql(
-        &pg,
-        &capture.url("alice", PASSWORD, "postgres"),
-        &["-c", "SELECT current_user"],
-    );
+    let out = psql(&pg, &capture.url("alice", PASSWORD, "postgres"), &["-c", "SELECT current_user"]);
     assert_eq!(assert_ok(&out).lines().nth(2).map(str::trim), Some("alice"));
     // psql, wrong password: the client sees PostgreSQL's own error.
-    let out = psql(
-        &pg,
-        &capture.url("alice", "wrong", "postgres"),
-        &["-c", "SELECT 1"],
-    );
+    let out = psql(&pg, &capture.url("alice", "wrong", "postgres"), &["-c", "SELECT 1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if auth != HostAuth::Trust {
         assert!(!out.status.success());
-        assert!(
-            stderr.contains("password authentication failed"),
-            "{stderr}"
-        );
+        assert!(stderr.contains("password authentication failed"), "{stderr}");
     }
     // tokio-postgres, right and wrong password.
-    let client = connect(&capture.url("alice", PASSWORD, "postgres"))
-        .await
-        .expect("login");
-    let row = client
-        .query_one("SELECT current_user::text", &[])
-        .await
-        .unwrap();
+    let client = connect(&capture.url("alice", PASSWORD, "postgres")).await.expect("login");
+    let row = client.query_one("SELECT current_user::text", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "alice");
     drop(client);
     let wrong = connect(&capture.url("alice", "wrong", "postgres")).await;
@@ -50,19 +33,10 @@ async fn login_cycle(auth: HostAuth) {
     }
 
     let events = capture.stop().await;
-    let connects: Vec<_> = events
-        .iter()
-        .filter(|e| e.class == EventClass::Connect)
-        .collect();
+    let connects: Vec<_> = events.iter().filter(|e| e.class == EventClass::Connect).collect();
     assert_eq!(connects.len(), 4, "{}", describe(&events));
-    let failed: Vec<_> = connects
-        .iter()
-        .filter(|e| e.error_message.is_some())
-        .collect();
-    let succeeded: Vec<_> = connects
-        .iter()
-        .filter(|e| e.error_message.is_none())
-        .collect();
+    let failed: Vec<_> = connects.iter().filter(|e| e.error_message.is_some()).collect();
+    let succeeded: Vec<_> = connects.iter().filter(|e| e.error_message.is_none()).collect();
     if auth == HostAuth::Trust {
         assert_eq!(succeeded.len(), 4);
     } else {
@@ -70,12 +44,7 @@ async fn login_cycle(auth: HostAuth) {
         for e in &failed {
             assert_eq!(e.sql_state.as_deref(), Some("28P01"));
             assert_eq!(e.exit_code, Some(ExitCode::SqlState("28P01".into())));
-            assert!(
-                e.error_message
-                    .as_deref()
-                    .unwrap()
-                    .contains("password authentication failed for user \"alice\"")
-            );
+            assert!(e.error_message.as_deref().unwrap().contains("password authentication failed for user \"alice\""));
             assert_eq!(e.db_user_name.as_deref(), Some("alice"));
         }
     }
@@ -85,34 +54,17 @@ async fn login_cycle(auth: HostAuth) {
         assert_eq!(e.database_name.as_deref(), Some("postgres"));
         assert_eq!(e.remote_host.as_deref(), Some("127.0.0.1"));
         assert!(e.remote_port.as_deref().unwrap().parse::<u16>().unwrap() > 0);
-        assert!(
-            e.server_version.as_deref().unwrap().starts_with("15"),
-            "{:?}",
-            e.server_version
-        );
+        assert!(e.server_version.as_deref().unwrap().starts_with("15"), "{:?}", e.server_version);
         let pid = e.pid.expect("pid from BackendKeyData");
         // %c: hex start time, dot, hex pid of the backend.
         let sid = e.session_id.as_deref().unwrap();
         assert!(sid.ends_with(&format!(".{pid:x}")), "{sid} vs pid {pid}");
     }
     // psql's connection names itself; every successful session ends with a clean DISCONNECT.
-    assert!(
-        succeeded
-            .iter()
-            .any(|e| e.client_application.as_deref() == Some("psql"))
-    );
-    let disconnects: Vec<_> = events
-        .iter()
-        .filter(|e| e.class == EventClass::Disconnect)
-        .collect();
+    assert!(succeeded.iter().any(|e| e.client_application.as_deref() == Some("psql")));
+    let disconnects: Vec<_> = events.iter().filter(|e| e.class == EventClass::Disconnect).collect();
     assert_eq!(disconnects.len(), succeeded.len(), "{}", describe(&events));
-    assert!(
-        disconnects
-            .iter()
-            .all(|e| e.exit_code == Some(ExitCode::Clean(0))),
-        "{}",
-        describe(&events)
-    );
+    assert!(disconnects.iter().all(|e| e.exit_code == Some(ExitCode::Clean(0))), "{}", describe(&events));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,18 +92,10 @@ async fn dead_upstream_gives_a_clear_error_and_an_event() {
     let mut pg = start_pg(HostAuth::Trust);
     let capture = TestCapture::start(&pg).await;
     pg.stop();
-    let err = connect(&capture.url("postgres", PASSWORD, "postgres"))
-        .await
-        .expect_err("no upstream");
-    let db = err
-        .as_db_error()
-        .expect("an ErrorResponse, not a dropped socket");
+    let err = connect(&capture.url("postgres", PASSWORD, "postgres")).await.expect_err("no upstream");
+    let db = err.as_db_error().expect("an ErrorResponse, not a dropped socket");
     assert_eq!(db.code().code(), "08006");
-    assert!(
-        db.message().contains("could not connect to upstream"),
-        "{}",
-        db.message()
-    );
+    assert!(db.message().contains("could not connect to upstream"), "{}", db.message());
     let events = capture.stop().await;
     assert_eq!(events.len(), 1, "{}", describe(&events));
     assert_eq!(events[0].class, EventClass::Connect);

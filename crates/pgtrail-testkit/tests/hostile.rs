@@ -15,9 +15,7 @@ async fn read_until_closed(stream: &mut TcpStream) -> Vec<BackendMessage> {
     let mut buf = BytesMut::new();
     let mut messages = Vec::new();
     loop {
-        while let Some(msg) =
-            decode_backend(&mut buf, &Limits::default()).expect("valid backend messages")
-        {
+        while let Some(msg) = decode_backend(&mut buf, &Limits::default()).expect("valid backend messages") {
             messages.push(msg);
         }
         let read = tokio::time::timeout(Duration::from_secs(10), stream.read_buf(&mut buf)).await;
@@ -42,10 +40,7 @@ async fn logged_in(addr: std::net::SocketAddr) -> TcpStream {
     let mut out = BytesMut::new();
     StartupMessage::Startup {
         version: PROTOCOL_V3,
-        params: vec![
-            ("user".into(), "postgres".into()),
-            ("database".into(), "postgres".into()),
-        ],
+        params: vec![("user".into(), "postgres".into()), ("database".into(), "postgres".into())],
     }
     .encode(&mut out);
     stream.write_all(&out).await.unwrap();
@@ -70,57 +65,33 @@ async fn hostile_clients_get_errors_and_others_carry_on() {
 
     // A startup packet declaring 2^31-1 bytes.
     let mut s = TcpStream::connect(capture.addr).await.unwrap();
-    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0])
-        .await
-        .unwrap();
-    assert_eq!(
-        fatal_code(&read_until_closed(&mut s).await).as_deref(),
-        Some("08P01")
-    );
+    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).await.unwrap();
+    assert_eq!(fatal_code(&read_until_closed(&mut s).await).as_deref(), Some("08P01"));
 
     // Garbage instead of a startup packet (an HTTP request).
     let mut s = TcpStream::connect(capture.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(
-        fatal_code(&read_until_closed(&mut s).await).as_deref(),
-        Some("08P01")
-    );
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert_eq!(fatal_code(&read_until_closed(&mut s).await).as_deref(), Some("08P01"));
 
     // After login: a Query declaring 2^31-1 bytes.
     let mut s = logged_in(capture.addr).await;
     s.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff]).await.unwrap();
     let messages = read_until_closed(&mut s).await;
-    assert_eq!(
-        fatal_code(&messages).as_deref(),
-        Some("08P01"),
-        "{messages:?}"
-    );
+    assert_eq!(fatal_code(&messages).as_deref(), Some("08P01"), "{messages:?}");
 
     // After login: a small message with a length below the minimum.
     let mut s = logged_in(capture.addr).await;
     s.write_all(&[b'S', 0, 0, 0, 2]).await.unwrap();
-    assert_eq!(
-        fatal_code(&read_until_closed(&mut s).await).as_deref(),
-        Some("08P01")
-    );
+    assert_eq!(fatal_code(&read_until_closed(&mut s).await).as_deref(), Some("08P01"));
 
     // After login: a Bind whose parameter count exceeds its bytes (a malformed body).
     let mut s = logged_in(capture.addr).await;
-    s.write_all(&[b'B', 0, 0, 0, 12, 0, 0, 0, 0, 0x7f, 0xff, 0, 0])
-        .await
-        .unwrap();
-    assert_eq!(
-        fatal_code(&read_until_closed(&mut s).await).as_deref(),
-        Some("08P01")
-    );
+    s.write_all(&[b'B', 0, 0, 0, 12, 0, 0, 0, 0, 0x7f, 0xff, 0, 0]).await.unwrap();
+    assert_eq!(fatal_code(&read_until_closed(&mut s).await).as_deref(), Some("08P01"));
 
     // A truncated message, then the client vanishes without Terminate.
     let mut s = logged_in(capture.addr).await;
-    s.write_all(&[b'Q', 0, 0, 0, 100, b'S', b'E'])
-        .await
-        .unwrap();
+    s.write_all(&[b'Q', 0, 0, 0, 100, b'S', b'E']).await.unwrap();
     drop(s);
 
     // The bystander never noticed.
@@ -131,24 +102,10 @@ async fn hostile_clients_get_errors_and_others_carry_on() {
     let events = capture.stop().await;
     // Every login that got through has a DISCONNECT, with the proxy's SQLSTATE for the
     // violations and null for the client that vanished.
-    let exits: Vec<_> = events
-        .iter()
-        .filter(|e| e.class == EventClass::Disconnect)
-        .map(|e| e.exit_code.clone())
-        .collect();
-    let violations = exits
-        .iter()
-        .filter(|c| **c == Some(ExitCode::SqlState("08P01".into())))
-        .count();
+    let exits: Vec<_> =
+        events.iter().filter(|e| e.class == EventClass::Disconnect).map(|e| e.exit_code.clone()).collect();
+    let violations = exits.iter().filter(|c| **c == Some(ExitCode::SqlState("08P01".into()))).count();
     assert_eq!(violations, 3, "{}", describe(&events));
-    assert!(
-        exits.contains(&None),
-        "the vanished client: {}",
-        describe(&events)
-    );
-    assert!(
-        exits.contains(&Some(ExitCode::Clean(0))),
-        "the bystander: {}",
-        describe(&events)
-    );
+    assert!(exits.contains(&None), "the vanished client: {}", describe(&events));
+    assert!(exits.contains(&Some(ExitCode::Clean(0))), "the bystander: {}", describe(&events));
 }

@@ -18,10 +18,7 @@ async fn two_hundred_concurrent_sessions() {
     let mut tasks = Vec::new();
     for (i, client) in clients.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
-            let row = client
-                .query_one("SELECT $1::int4 * 2", &[&(i as i32)])
-                .await
-                .unwrap();
+            let row = client.query_one("SELECT $1::int4 * 2", &[&(i as i32)]).await.unwrap();
             assert_eq!(row.get::<_, i32>(0), i as i32 * 2);
             client
         }));
@@ -30,31 +27,15 @@ async fn two_hundred_concurrent_sessions() {
     for t in tasks {
         clients.push(t.await.unwrap());
     }
-    let active = capture
-        .wait_for("200 connects", |e| {
-            e.iter().filter(|e| e.class == EventClass::Connect).count() == 200
-        })
-        .await;
-    assert_eq!(
-        active
-            .iter()
-            .filter(|e| e.class == EventClass::Disconnect)
-            .count(),
-        0,
-        "all 200 held open together"
-    );
+    let active =
+        capture.wait_for("200 connects", |e| e.iter().filter(|e| e.class == EventClass::Connect).count() == 200).await;
+    assert_eq!(active.iter().filter(|e| e.class == EventClass::Disconnect).count(), 0, "all 200 held open together");
     drop(clients);
     let events = capture
-        .wait_for("200 disconnects", |e| {
-            e.iter()
-                .filter(|e| e.class == EventClass::Disconnect)
-                .count()
-                == 200
-        })
+        .wait_for("200 disconnects", |e| e.iter().filter(|e| e.class == EventClass::Disconnect).count() == 200)
         .await;
     assert_eq!(statements(&events).len(), 200);
-    let sessions: std::collections::HashSet<_> =
-        events.iter().map(|e| e.session_id.clone()).collect();
+    let sessions: std::collections::HashSet<_> = events.iter().map(|e| e.session_id.clone()).collect();
     assert_eq!(sessions.len(), 200);
 }
 
@@ -94,23 +75,10 @@ async fn pgbench_modes_match_direct_and_every_statement_is_recorded() {
         // SELECT, INSERT, END); pgbench adds two queries of its own per run (the scale
         // from pgbench_branches and the partitioning of pgbench_accounts).
         expected_statements += clients * transactions * 7 + 2;
-        let events = capture
-            .wait_for("all pgbench statements", |e| {
-                statements(e).len() >= expected_statements
-            })
-            .await;
+        let events = capture.wait_for("all pgbench statements", |e| statements(e).len() >= expected_statements).await;
         assert_eq!(statements(&events).len(), expected_statements, "{mode}");
-        let count = |command: &str| {
-            statements(&events)
-                .iter()
-                .filter(|e| e.command == command)
-                .count()
-        };
-        let runs = ["simple", "extended", "prepared"]
-            .iter()
-            .position(|m| *m == mode)
-            .unwrap()
-            + 1;
+        let count = |command: &str| statements(&events).iter().filter(|e| e.command == command).count();
+        let runs = ["simple", "extended", "prepared"].iter().position(|m| *m == mode).unwrap() + 1;
         let per_run = clients * transactions;
         assert_eq!(count("BEGIN"), per_run * runs, "{mode}");
         assert_eq!(count("UPDATE"), 3 * per_run * runs, "{mode}");
@@ -118,17 +86,11 @@ async fn pgbench_modes_match_direct_and_every_statement_is_recorded() {
         assert_eq!(count("COMMIT"), per_run * runs, "{mode}");
         assert_eq!(count("SELECT"), (per_run + 2) * runs, "{mode}");
         if mode != "simple" {
-            let update = statements(&events)
-                .into_iter()
-                .rev()
-                .find(|e| e.command == "UPDATE")
-                .expect("an UPDATE was recorded");
+            let update =
+                statements(&events).into_iter().rev().find(|e| e.command == "UPDATE").expect("an UPDATE was recorded");
             // pgbench sends text parameters in extended mode.
             assert!(
-                update
-                    .param_list
-                    .iter()
-                    .all(|p| p.as_ref().unwrap().parse::<i64>().is_ok()),
+                update.param_list.iter().all(|p| p.as_ref().unwrap().parse::<i64>().is_ok()),
                 "{:?}",
                 update.param_list
             );
@@ -136,10 +98,6 @@ async fn pgbench_modes_match_direct_and_every_statement_is_recorded() {
         }
     }
     // Same balances through the proxy as direct: the data itself.
-    let sum = pg
-        .psql(
-            "SELECT sum(abalance) = (SELECT sum(delta) FROM pgbench_history) FROM pgbench_accounts",
-        )
-        .unwrap();
+    let sum = pg.psql("SELECT sum(abalance) = (SELECT sum(delta) FROM pgbench_history) FROM pgbench_accounts").unwrap();
     assert_eq!(sum.trim(), "t");
 }

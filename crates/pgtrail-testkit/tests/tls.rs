@@ -22,10 +22,7 @@ async fn tls_on_both_hops_with_scram() {
     let files = TlsFiles::generate();
     let pg = tls_pg(&files);
     let capture = TestCapture::start_with(&pg, |c| {
-        c.proxy.client_tls = Some(ClientTlsConfig {
-            cert_file: files.cert_path(),
-            key_file: files.key_path(),
-        });
+        c.proxy.client_tls = Some(ClientTlsConfig { cert_file: files.cert_path(), key_file: files.key_path() });
         c.proxy.upstream.tls = UpstreamTlsMode::VerifyFull;
         c.proxy.upstream.ca_file = Some(files.ca_path());
     })
@@ -40,46 +37,22 @@ async fn tls_on_both_hops_with_scram() {
     // PostgreSQL on TLS refuses. The proxy says what to do instead.
     let prefer = psql(&pg, &base, &["-c", "SELECT 1"]);
     assert!(!prefer.status.success());
-    assert!(
-        String::from_utf8_lossy(&prefer.stderr).contains("channel_binding=disable"),
-        "{prefer:?}"
-    );
+    assert!(String::from_utf8_lossy(&prefer.stderr).contains("channel_binding=disable"), "{prefer:?}");
     // The client verifies the proxy's certificate, both hops are TLS, SCRAM succeeds.
     let url = format!("{base}&channel_binding=disable");
     let out = assert_ok(&psql(
         &pg,
         &url,
-        &[
-            "-c",
-            "\\conninfo",
-            "-c",
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-        ],
+        &["-c", "\\conninfo", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
     ));
     assert!(out.contains("SSL connection"), "client hop is TLS: {out}");
-    assert!(
-        out.lines().any(|l| l.trim() == "t"),
-        "upstream hop is TLS: {out}"
-    );
+    assert!(out.lines().any(|l| l.trim() == "t"), "upstream hop is TLS: {out}");
     // A client that insists on channel binding is refused by libpq with a clear reason.
-    let strict = psql(
-        &pg,
-        &format!("{url}&channel_binding=require"),
-        &["-c", "SELECT 1"],
-    );
+    let strict = psql(&pg, &format!("{url}&channel_binding=require"), &["-c", "SELECT 1"]);
     assert!(!strict.status.success());
-    assert!(
-        String::from_utf8_lossy(&strict.stderr).contains("channel binding"),
-        "{strict:?}"
-    );
+    assert!(String::from_utf8_lossy(&strict.stderr).contains("channel binding"), "{strict:?}");
     let events = capture.stop().await;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.command == "SELECT" && e.class == EventClass::Read),
-        "{}",
-        describe(&events)
-    );
+    assert!(events.iter().any(|e| e.command == "SELECT" && e.class == EventClass::Read), "{}", describe(&events));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,25 +62,13 @@ async fn without_a_certificate_ssl_is_refused_and_plain_works() {
     let base = capture.url("postgres", PASSWORD, "postgres");
     let refused = psql(&pg, &format!("{base}?sslmode=require"), &["-c", "SELECT 1"]);
     assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("does not support SSL"),
-        "{refused:?}"
-    );
-    assert_ok(&psql(
-        &pg,
-        &format!("{base}?sslmode=prefer"),
-        &["-c", "SELECT 1"],
-    ));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("does not support SSL"), "{refused:?}");
+    assert_ok(&psql(&pg, &format!("{base}?sslmode=prefer"), &["-c", "SELECT 1"]));
     // GSSENCRequest is answered 'N' and the client may go on with a normal startup.
     let mut s = tokio::net::TcpStream::connect(capture.addr).await.unwrap();
-    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
-        .await
-        .unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await.unwrap();
     let mut answer = [0u8; 1];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut answer)).await.unwrap().unwrap();
     assert_eq!(&answer, b"N");
     capture.stop().await;
 }
@@ -123,9 +84,7 @@ async fn upstream_verification_failures_are_clear() {
         c.proxy.upstream.ca_file = Some(other_ca.ca_path());
     })
     .await;
-    let err = connect(&capture.url("postgres", PASSWORD, "postgres"))
-        .await
-        .unwrap_err();
+    let err = connect(&capture.url("postgres", PASSWORD, "postgres")).await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("08006"), "{err}");
     let events = capture.stop().await;
     assert_eq!(events.len(), 1);
@@ -133,11 +92,8 @@ async fn upstream_verification_failures_are_clear() {
 
     // require against a server without TLS: refused.
     let plain = start_pg(HostAuth::ScramSha256);
-    let capture =
-        TestCapture::start_with(&plain, |c| c.proxy.upstream.tls = UpstreamTlsMode::Require).await;
-    let err = connect(&capture.url("postgres", PASSWORD, "postgres"))
-        .await
-        .unwrap_err();
+    let capture = TestCapture::start_with(&plain, |c| c.proxy.upstream.tls = UpstreamTlsMode::Require).await;
+    let err = connect(&capture.url("postgres", PASSWORD, "postgres")).await.unwrap_err();
     let db = err.as_db_error().expect("ErrorResponse");
     assert!(db.message().contains("refused TLS"), "{}", db.message());
     capture.stop().await;

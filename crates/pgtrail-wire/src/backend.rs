@@ -50,10 +50,7 @@ impl ErrorFields {
     }
 
     pub fn get(&self, code: u8) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(c, _)| *c == code)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(c, _)| *c == code).map(|(_, v)| v.as_str())
     }
 
     /// The non-localized severity (`V`), falling back to the localized one (`S`).
@@ -98,55 +95,29 @@ impl ErrorFields {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendMessage {
     Authentication(Authentication),
-    ParameterStatus {
-        name: String,
-        value: String,
-    },
-    BackendKeyData {
-        pid: i32,
-        secret: Bytes,
-    },
+    ParameterStatus { name: String, value: String },
+    BackendKeyData { pid: i32, secret: Bytes },
     RowDescription(Vec<FieldDescription>),
     DataRow(Vec<Option<Bytes>>),
-    CommandComplete {
-        tag: String,
-    },
+    CommandComplete { tag: String },
     EmptyQueryResponse,
     ErrorResponse(ErrorFields),
     NoticeResponse(ErrorFields),
-    NotificationResponse {
-        pid: i32,
-        channel: String,
-        payload: String,
-    },
+    NotificationResponse { pid: i32, channel: String, payload: String },
     ParseComplete,
     BindComplete,
     CloseComplete,
     ParameterDescription(Vec<u32>),
     NoData,
     PortalSuspended,
-    CopyInResponse {
-        format: i8,
-        column_formats: Vec<i16>,
-    },
-    CopyOutResponse {
-        format: i8,
-        column_formats: Vec<i16>,
-    },
-    CopyBothResponse {
-        format: i8,
-        column_formats: Vec<i16>,
-    },
+    CopyInResponse { format: i8, column_formats: Vec<i16> },
+    CopyOutResponse { format: i8, column_formats: Vec<i16> },
+    CopyBothResponse { format: i8, column_formats: Vec<i16> },
     CopyData(Bytes),
     CopyDone,
     FunctionCallResponse(Option<Bytes>),
-    ReadyForQuery {
-        status: u8,
-    },
-    NegotiateProtocolVersion {
-        newest_minor: i32,
-        unrecognized: Vec<String>,
-    },
+    ReadyForQuery { status: u8 },
+    NegotiateProtocolVersion { newest_minor: i32, unrecognized: Vec<String> },
 }
 
 impl BackendMessage {
@@ -155,10 +126,7 @@ impl BackendMessage {
         let mut r = Reader::new(tag, body);
         let msg = match tag {
             b'R' => Self::Authentication(parse_auth(&mut r)?),
-            b'S' => Self::ParameterStatus {
-                name: r.cstr("name")?,
-                value: r.cstr("value")?,
-            },
+            b'S' => Self::ParameterStatus { name: r.cstr("name")?, value: r.cstr("value")? },
             b'K' => {
                 let pid = r.i32("process id")?;
                 let secret = r.rest();
@@ -192,9 +160,7 @@ impl BackendMessage {
                 }
                 Self::DataRow(values)
             }
-            b'C' => Self::CommandComplete {
-                tag: r.cstr("command tag")?,
-            },
+            b'C' => Self::CommandComplete { tag: r.cstr("command tag")? },
             b'I' => Self::EmptyQueryResponse,
             b'E' => Self::ErrorResponse(ErrorFields::parse(&mut r)?),
             b'N' => Self::NoticeResponse(ErrorFields::parse(&mut r)?),
@@ -224,18 +190,9 @@ impl BackendMessage {
                     column_formats.push(r.i16("column format")?);
                 }
                 match tag {
-                    b'G' => Self::CopyInResponse {
-                        format,
-                        column_formats,
-                    },
-                    b'H' => Self::CopyOutResponse {
-                        format,
-                        column_formats,
-                    },
-                    _ => Self::CopyBothResponse {
-                        format,
-                        column_formats,
-                    },
+                    b'G' => Self::CopyInResponse { format, column_formats },
+                    b'H' => Self::CopyOutResponse { format, column_formats },
+                    _ => Self::CopyBothResponse { format, column_formats },
                 }
             }
             b'd' => Self::CopyData(r.rest()),
@@ -256,10 +213,7 @@ impl BackendMessage {
                 for _ in 0..n {
                     unrecognized.push(r.cstr("option name")?);
                 }
-                Self::NegotiateProtocolVersion {
-                    newest_minor,
-                    unrecognized,
-                }
+                Self::NegotiateProtocolVersion { newest_minor, unrecognized }
             }
             _ => return Err(WireError::UnknownTag { tag: tag_char(tag) }),
         };
@@ -327,11 +281,7 @@ impl BackendMessage {
             }
             Self::CommandComplete { tag } => put_cstr(out, tag),
             Self::ErrorResponse(fields) | Self::NoticeResponse(fields) => fields.encode(out),
-            Self::NotificationResponse {
-                pid,
-                channel,
-                payload,
-            } => {
+            Self::NotificationResponse { pid, channel, payload } => {
                 out.put_i32(*pid);
                 put_cstr(out, channel);
                 put_cstr(out, payload);
@@ -347,18 +297,9 @@ impl BackendMessage {
                 put_len16(out, types.len());
                 types.iter().for_each(|t| out.put_u32(*t));
             }
-            Self::CopyInResponse {
-                format,
-                column_formats,
-            }
-            | Self::CopyOutResponse {
-                format,
-                column_formats,
-            }
-            | Self::CopyBothResponse {
-                format,
-                column_formats,
-            } => {
+            Self::CopyInResponse { format, column_formats }
+            | Self::CopyOutResponse { format, column_formats }
+            | Self::CopyBothResponse { format, column_formats } => {
                 out.put_i8(*format);
                 put_len16(out, column_formats.len());
                 column_formats.iter().for_each(|f| out.put_i16(*f));
@@ -366,10 +307,7 @@ impl BackendMessage {
             Self::CopyData(data) => out.put_slice(data),
             Self::FunctionCallResponse(value) => put_nullable(out, value),
             Self::ReadyForQuery { status } => out.put_u8(*status),
-            Self::NegotiateProtocolVersion {
-                newest_minor,
-                unrecognized,
-            } => {
+            Self::NegotiateProtocolVersion { newest_minor, unrecognized } => {
                 out.put_i32(*newest_minor);
                 out.put_i32(i32::try_from(unrecognized.len()).expect("option count fits i32"));
                 unrecognized.iter().for_each(|o| put_cstr(out, o));
@@ -385,9 +323,7 @@ fn parse_auth(r: &mut Reader) -> Result<Authentication, WireError> {
         3 => Authentication::CleartextPassword,
         5 => {
             let salt = r.bytes(4, "md5 salt")?;
-            Authentication::Md5Password {
-                salt: [salt[0], salt[1], salt[2], salt[3]],
-            }
+            Authentication::Md5Password { salt: [salt[0], salt[1], salt[2], salt[3]] }
         }
         7 => Authentication::Gss,
         8 => Authentication::GssContinue(r.rest()),

@@ -25,33 +25,21 @@ impl Reader {
     }
 
     fn truncated(&self, field: &'static str) -> WireError {
-        WireError::Truncated {
-            tag: tag_char(self.tag),
-            field,
-        }
+        WireError::Truncated { tag: tag_char(self.tag), field }
     }
 
     pub(crate) fn invalid(&self, field: &'static str) -> WireError {
-        WireError::Invalid {
-            tag: tag_char(self.tag),
-            field,
-        }
+        WireError::Invalid { tag: tag_char(self.tag), field }
     }
 
     pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
-        let byte = *self
-            .body
-            .get(self.pos)
-            .ok_or_else(|| self.truncated(field))?;
+        let byte = *self.body.get(self.pos).ok_or_else(|| self.truncated(field))?;
         self.pos += 1;
         Ok(byte)
     }
 
     fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], WireError> {
-        let slice = self
-            .body
-            .get(self.pos..self.pos + N)
-            .ok_or_else(|| self.truncated(field))?;
+        let slice = self.body.get(self.pos..self.pos + N).ok_or_else(|| self.truncated(field))?;
         self.pos += N;
         let mut out = [0u8; N];
         out.copy_from_slice(slice);
@@ -72,21 +60,12 @@ impl Reader {
 
     /// A count read as i16 that must be non-negative, and whose elements (each at least
     /// `min_element_size` bytes) must fit in what is left of the body.
-    pub(crate) fn count16(
-        &mut self,
-        field: &'static str,
-        min_element_size: usize,
-    ) -> Result<usize, WireError> {
+    pub(crate) fn count16(&mut self, field: &'static str, min_element_size: usize) -> Result<usize, WireError> {
         let n = self.i16(field)?;
         self.check_count(i64::from(n), field, min_element_size)
     }
 
-    pub(crate) fn check_count(
-        &self,
-        n: i64,
-        field: &'static str,
-        min_element_size: usize,
-    ) -> Result<usize, WireError> {
+    pub(crate) fn check_count(&self, n: i64, field: &'static str, min_element_size: usize) -> Result<usize, WireError> {
         let n = usize::try_from(n).map_err(|_| self.invalid(field))?;
         if n.saturating_mul(min_element_size) > self.remaining() {
             return Err(self.truncated(field));
@@ -98,10 +77,7 @@ impl Reader {
     /// lossily: the proxy forwards the original bytes, this value is only for understanding.
     pub(crate) fn cstr(&mut self, field: &'static str) -> Result<String, WireError> {
         let rest = &self.body[self.pos..];
-        let nul = rest
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| self.truncated(field))?;
+        let nul = rest.iter().position(|&b| b == 0).ok_or_else(|| self.truncated(field))?;
         let text = String::from_utf8_lossy(&rest[..nul]).into_owned();
         self.pos += nul + 1;
         Ok(text)
@@ -135,10 +111,7 @@ impl Reader {
     pub(crate) fn finish(self) -> Result<(), WireError> {
         match self.remaining() {
             0 => Ok(()),
-            extra => Err(WireError::TrailingBytes {
-                tag: tag_char(self.tag),
-                extra,
-            }),
+            extra => Err(WireError::TrailingBytes { tag: tag_char(self.tag), extra }),
         }
     }
 }

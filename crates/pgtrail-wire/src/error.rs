@@ -31,9 +31,5 @@ pub enum WireError {
 
 /// Render a tag byte for error messages; the startup phase has no tag and shows as `'\0'`.
 pub(crate) fn tag_char(tag: u8) -> char {
-    if tag.is_ascii_graphic() {
-        tag as char
-    } else {
-        '?'
-    }
+    if tag.is_ascii_graphic() { tag as char } else { '?' }
 }

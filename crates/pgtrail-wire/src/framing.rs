@@ -75,43 +75,25 @@ impl FrameHeader {
 /// against `limits` (an error as soon as the header arrives, before any body byte is
 /// awaited), and returns the header. Callers that want the body must wait until
 /// `buf.len() >= total_len`; callers that forward opaquely may stream it instead.
-pub fn peek_frame(
-    buf: &[u8],
-    side: Side,
-    limits: &Limits,
-) -> Result<Option<FrameHeader>, WireError> {
+pub fn peek_frame(buf: &[u8], side: Side, limits: &Limits) -> Result<Option<FrameHeader>, WireError> {
     let Some(header) = buf.get(..5) else {
         return Ok(None);
     };
     let tag = header[0];
     let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
     if len < 4 {
-        return Err(WireError::BadLength {
-            tag: tag_char(tag),
-            len: i64::from(len),
-        });
+        return Err(WireError::BadLength { tag: tag_char(tag), len: i64::from(len) });
     }
     let max = limits.for_tag(side, tag);
     // len is non-negative here, so the widening conversion is lossless.
     let len = len.unsigned_abs();
     if len > max {
-        return Err(WireError::TooLarge {
-            tag: tag_char(tag),
-            len: u64::from(len),
-            max: u64::from(max),
-        });
+        return Err(WireError::TooLarge { tag: tag_char(tag), len: u64::from(len), max: u64::from(max) });
     }
-    Ok(Some(FrameHeader {
-        tag,
-        total_len: len as usize + 1,
-    }))
+    Ok(Some(FrameHeader { tag, total_len: len as usize + 1 }))
 }
 
-fn take_frame(
-    buf: &mut BytesMut,
-    side: Side,
-    limits: &Limits,
-) -> Result<Option<(u8, Bytes)>, WireError> {
+fn take_frame(buf: &mut BytesMut, side: Side, limits: &Limits) -> Result<Option<(u8, Bytes)>, WireError> {
     let Some(header) = peek_frame(buf, side, limits)? else {
         return Ok(None);
     };
@@ -125,10 +107,7 @@ fn take_frame(
 }
 
 /// Takes one complete frontend message off the front of `buf`, if there is one.
-pub fn decode_frontend(
-    buf: &mut BytesMut,
-    limits: &Limits,
-) -> Result<Option<FrontendMessage>, WireError> {
+pub fn decode_frontend(buf: &mut BytesMut, limits: &Limits) -> Result<Option<FrontendMessage>, WireError> {
     match take_frame(buf, Side::Frontend, limits)? {
         None => Ok(None),
         Some((tag, body)) => FrontendMessage::parse(tag, body).map(Some),
@@ -136,10 +115,7 @@ pub fn decode_frontend(
 }
 
 /// Takes one complete backend message off the front of `buf`, if there is one.
-pub fn decode_backend(
-    buf: &mut BytesMut,
-    limits: &Limits,
-) -> Result<Option<BackendMessage>, WireError> {
+pub fn decode_backend(buf: &mut BytesMut, limits: &Limits) -> Result<Option<BackendMessage>, WireError> {
     match take_frame(buf, Side::Backend, limits)? {
         None => Ok(None),
         Some((tag, body)) => BackendMessage::parse(tag, body).map(Some),
@@ -156,10 +132,7 @@ mod tests {
         // A Sync ('S') declaring 2^31-1 bytes: refused from the 5-byte header alone.
         let buf = [b'S', 0x7f, 0xff, 0xff, 0xff];
         let err = peek_frame(&buf, Side::Frontend, &limits).unwrap_err();
-        assert!(
-            matches!(err, WireError::TooLarge { tag: 'S', .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, WireError::TooLarge { tag: 'S', .. }), "{err:?}");
         // Even a large-class message cannot exceed the large limit.
         let buf = [b'Q', 0x7f, 0xff, 0xff, 0xff];
         assert!(peek_frame(&buf, Side::Frontend, &limits).is_err());
@@ -171,10 +144,7 @@ mod tests {
         for len in [-1i32, 0, 3] {
             let mut buf = vec![b'Q'];
             buf.extend_from_slice(&len.to_be_bytes());
-            assert!(
-                peek_frame(&buf, Side::Frontend, &limits).is_err(),
-                "len {len}"
-            );
+            assert!(peek_frame(&buf, Side::Frontend, &limits).is_err(), "len {len}");
         }
     }
 
@@ -187,35 +157,21 @@ mod tests {
         buf.extend_from_slice(b" 1\0");
         assert_eq!(
             decode_frontend(&mut buf, &limits).unwrap(),
-            Some(FrontendMessage::Query {
-                query: "SELECT 1".into()
-            })
+            Some(FrontendMessage::Query { query: "SELECT 1".into() })
         );
         assert!(buf.is_empty());
     }
 
     #[test]
     fn large_limit_applies_only_to_data_messages() {
-        let limits = Limits {
-            small: 100,
-            large: 1000,
-            startup: 100,
-        };
+        let limits = Limits { small: 100, large: 1000, startup: 100 };
         let mut big_query = vec![b'Q'];
         big_query.extend_from_slice(&500i32.to_be_bytes());
-        assert!(
-            peek_frame(&big_query, Side::Frontend, &limits)
-                .unwrap()
-                .is_some()
-        );
+        assert!(peek_frame(&big_query, Side::Frontend, &limits).unwrap().is_some());
         let mut big_describe = vec![b'D'];
         big_describe.extend_from_slice(&500i32.to_be_bytes());
         assert!(peek_frame(&big_describe, Side::Frontend, &limits).is_err());
         // ...but 'D' from the backend is DataRow, which is large.
-        assert!(
-            peek_frame(&big_describe, Side::Backend, &limits)
-                .unwrap()
-                .is_some()
-        );
+        assert!(peek_frame(&big_describe, Side::Backend, &limits).unwrap().is_some());
     }
 }

@@ -87,9 +87,7 @@ impl FrontendMessage {
     pub fn parse(tag: u8, body: Bytes) -> Result<Self, WireError> {
         let mut r = Reader::new(tag, body);
         let msg = match tag {
-            b'Q' => Self::Query {
-                query: r.cstr("query")?,
-            },
+            b'Q' => Self::Query { query: r.cstr("query")? },
             b'P' => {
                 let name = r.cstr("statement name")?;
                 let query = r.cstr("query")?;
@@ -98,11 +96,7 @@ impl FrontendMessage {
                 for _ in 0..n {
                     param_types.push(r.u32("parameter type")?);
                 }
-                Self::Parse {
-                    name,
-                    query,
-                    param_types,
-                }
+                Self::Parse { name, query, param_types }
             }
             b'B' => {
                 let portal = r.cstr("portal name")?;
@@ -110,44 +104,22 @@ impl FrontendMessage {
                 let param_formats = formats(&mut r, "parameter format")?;
                 let params = values(&mut r, "parameter")?;
                 let result_formats = formats(&mut r, "result format")?;
-                Self::Bind {
-                    portal,
-                    statement,
-                    param_formats,
-                    params,
-                    result_formats,
-                }
+                Self::Bind { portal, statement, param_formats, params, result_formats }
             }
-            b'D' => Self::Describe {
-                kind: TargetKind::parse(&mut r)?,
-                name: r.cstr("name")?,
-            },
-            b'E' => Self::Execute {
-                portal: r.cstr("portal name")?,
-                max_rows: r.i32("row limit")?,
-            },
-            b'C' => Self::Close {
-                kind: TargetKind::parse(&mut r)?,
-                name: r.cstr("name")?,
-            },
+            b'D' => Self::Describe { kind: TargetKind::parse(&mut r)?, name: r.cstr("name")? },
+            b'E' => Self::Execute { portal: r.cstr("portal name")?, max_rows: r.i32("row limit")? },
+            b'C' => Self::Close { kind: TargetKind::parse(&mut r)?, name: r.cstr("name")? },
             b'S' => Self::Sync,
             b'H' => Self::Flush,
             b'd' => Self::CopyData(r.rest()),
             b'c' => Self::CopyDone,
-            b'f' => Self::CopyFail {
-                message: r.cstr("message")?,
-            },
+            b'f' => Self::CopyFail { message: r.cstr("message")? },
             b'F' => {
                 let oid = r.u32("function oid")?;
                 let arg_formats = formats(&mut r, "argument format")?;
                 let args = values(&mut r, "argument")?;
                 let result_format = r.i16("result format")?;
-                Self::FunctionCall {
-                    oid,
-                    arg_formats,
-                    args,
-                    result_format,
-                }
+                Self::FunctionCall { oid, arg_formats, args, result_format }
             }
             b'p' => Self::AuthResponse(r.rest()),
             b'X' => Self::Terminate,
@@ -181,11 +153,7 @@ impl FrontendMessage {
     pub fn encode(&self, out: &mut BytesMut) {
         write_message(out, self.tag(), |out| match self {
             Self::Query { query } => put_cstr(out, query),
-            Self::Parse {
-                name,
-                query,
-                param_types,
-            } => {
+            Self::Parse { name, query, param_types } => {
                 put_cstr(out, name);
                 put_cstr(out, query);
                 put_len16(out, param_types.len());
@@ -193,13 +161,7 @@ impl FrontendMessage {
                     out.put_u32(*t);
                 }
             }
-            Self::Bind {
-                portal,
-                statement,
-                param_formats,
-                params,
-                result_formats,
-            } => {
+            Self::Bind { portal, statement, param_formats, params, result_formats } => {
                 put_cstr(out, portal);
                 put_cstr(out, statement);
                 put_formats(out, param_formats);
@@ -218,12 +180,7 @@ impl FrontendMessage {
             Self::Sync | Self::Flush | Self::CopyDone | Self::Terminate => {}
             Self::CopyData(data) | Self::AuthResponse(data) => out.put_slice(data),
             Self::CopyFail { message } => put_cstr(out, message),
-            Self::FunctionCall {
-                oid,
-                arg_formats,
-                args,
-                result_format,
-            } => {
+            Self::FunctionCall { oid, arg_formats, args, result_format } => {
                 out.put_u32(*oid);
                 put_formats(out, arg_formats);
                 put_len16(out, args.len());
@@ -236,9 +193,7 @@ impl FrontendMessage {
     /// A cleartext or MD5 PasswordMessage body, as the string it is.
     pub fn password(body: &[u8]) -> Option<&str> {
         let (text, nul) = body.split_at(body.len().checked_sub(1)?);
-        (nul == [0])
-            .then(|| std::str::from_utf8(text).ok())
-            .flatten()
+        (nul == [0]).then(|| std::str::from_utf8(text).ok()).flatten()
     }
 }
 

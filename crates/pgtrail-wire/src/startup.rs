@@ -36,10 +36,7 @@ impl StartupMessage {
     /// The value of a startup parameter such as `user` or `database`.
     pub fn param(&self, name: &str) -> Option<&str> {
         match self {
-            Self::Startup { params, .. } => params
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str()),
+            Self::Startup { params, .. } => params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()),
             _ => None,
         }
     }
@@ -105,28 +102,18 @@ impl StartupMessage {
 }
 
 /// Takes one startup-phase message off the front of `buf`, if complete.
-pub fn decode_startup(
-    buf: &mut BytesMut,
-    limits: &Limits,
-) -> Result<Option<StartupMessage>, WireError> {
+pub fn decode_startup(buf: &mut BytesMut, limits: &Limits) -> Result<Option<StartupMessage>, WireError> {
     let Some(header) = buf.get(..4) else {
         return Ok(None);
     };
     let len = i32::from_be_bytes([header[0], header[1], header[2], header[3]]);
     // The shortest startup-phase message is len + code.
     if len < 8 {
-        return Err(WireError::BadLength {
-            tag: '?',
-            len: i64::from(len),
-        });
+        return Err(WireError::BadLength { tag: '?', len: i64::from(len) });
     }
     let len = len.unsigned_abs();
     if len > limits.startup {
-        return Err(WireError::TooLarge {
-            tag: '?',
-            len: u64::from(len),
-            max: u64::from(limits.startup),
-        });
+        return Err(WireError::TooLarge { tag: '?', len: u64::from(len), max: u64::from(limits.startup) });
     }
     let len = len as usize;
     if buf.len() < len {

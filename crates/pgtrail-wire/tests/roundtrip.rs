@@ -9,9 +9,7 @@ fn frontend_roundtrip(msg: FrontendMessage) {
     let mut buf = BytesMut::new();
     msg.encode(&mut buf);
     let encoded = buf.clone();
-    let decoded = decode_frontend(&mut buf, &Limits::default())
-        .unwrap()
-        .unwrap();
+    let decoded = decode_frontend(&mut buf, &Limits::default()).unwrap().unwrap();
     assert_eq!(decoded, msg);
     assert!(buf.is_empty(), "decoder consumed exactly one frame");
     let mut again = BytesMut::new();
@@ -20,11 +18,7 @@ fn frontend_roundtrip(msg: FrontendMessage) {
     // Every strict prefix is incomplete, not an error.
     for cut in 0..encoded.len() {
         let mut partial = BytesMut::from(&encoded[..cut]);
-        assert_eq!(
-            decode_frontend(&mut partial, &Limits::default()).unwrap(),
-            None,
-            "{msg:?} cut at {cut}"
-        );
+        assert_eq!(decode_frontend(&mut partial, &Limits::default()).unwrap(), None, "{msg:?} cut at {cut}");
     }
 }
 
@@ -32,9 +26,7 @@ fn backend_roundtrip(msg: BackendMessage) {
     let mut buf = BytesMut::new();
     msg.encode(&mut buf);
     let encoded = buf.clone();
-    let decoded = decode_backend(&mut buf, &Limits::default())
-        .unwrap()
-        .unwrap();
+    let decoded = decode_backend(&mut buf, &Limits::default()).unwrap().unwrap();
     assert_eq!(decoded, msg);
     assert!(buf.is_empty());
     let mut again = BytesMut::new();
@@ -42,19 +34,14 @@ fn backend_roundtrip(msg: BackendMessage) {
     assert_eq!(again, encoded);
     for cut in 0..encoded.len() {
         let mut partial = BytesMut::from(&encoded[..cut]);
-        assert_eq!(
-            decode_backend(&mut partial, &Limits::default()).unwrap(),
-            None
-        );
+        assert_eq!(decode_backend(&mut partial, &Limits::default()).unwrap(), None);
     }
 }
 
 fn startup_roundtrip(msg: StartupMessage) {
     let mut buf = BytesMut::new();
     msg.encode(&mut buf);
-    let decoded = decode_startup(&mut buf, &Limits::default())
-        .unwrap()
-        .unwrap();
+    let decoded = decode_startup(&mut buf, &Limits::default()).unwrap().unwrap();
     assert_eq!(decoded, msg);
     assert!(buf.is_empty());
 }
@@ -63,17 +50,11 @@ fn startup_roundtrip(msg: StartupMessage) {
 fn startup_phase_messages() {
     startup_roundtrip(StartupMessage::Startup {
         version: PROTOCOL_V3,
-        params: vec![
-            ("user".into(), "alice".into()),
-            ("database".into(), "bank".into()),
-        ],
+        params: vec![("user".into(), "alice".into()), ("database".into(), "bank".into())],
     });
     startup_roundtrip(StartupMessage::SslRequest);
     startup_roundtrip(StartupMessage::GssEncRequest);
-    startup_roundtrip(StartupMessage::CancelRequest {
-        pid: 4242,
-        secret: Bytes::from_static(&[1, 2, 3, 4]),
-    });
+    startup_roundtrip(StartupMessage::CancelRequest { pid: 4242, secret: Bytes::from_static(&[1, 2, 3, 4]) });
 }
 
 #[test]
@@ -81,16 +62,11 @@ fn startup_matches_libpq_bytes() {
     // What libpq sends for `user=u` with protocol 3.0.
     let wire: &[u8] = b"\0\0\0\x11\0\x03\0\0user\0u\0\0";
     let mut buf = BytesMut::from(wire);
-    let msg = decode_startup(&mut buf, &Limits::default())
-        .unwrap()
-        .unwrap();
+    let msg = decode_startup(&mut buf, &Limits::default()).unwrap().unwrap();
     assert_eq!(msg.param("user"), Some("u"));
     let ssl: &[u8] = &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     let mut buf = BytesMut::from(ssl);
-    assert_eq!(
-        decode_startup(&mut buf, &Limits::default()).unwrap(),
-        Some(StartupMessage::SslRequest)
-    );
+    assert_eq!(decode_startup(&mut buf, &Limits::default()).unwrap(), Some(StartupMessage::SslRequest));
 }
 
 #[test]
@@ -99,23 +75,15 @@ fn startup_rejects_garbage_and_oversize() {
     let mut garbage = BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]);
     assert!(decode_startup(&mut garbage, &limits).is_err());
     let mut huge = BytesMut::from(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0][..]);
-    assert!(matches!(
-        decode_startup(&mut huge, &limits),
-        Err(WireError::TooLarge { .. })
-    ));
+    assert!(matches!(decode_startup(&mut huge, &limits), Err(WireError::TooLarge { .. })));
     let mut v2 = BytesMut::from(&[0, 0, 0, 8, 0, 2, 0, 0][..]);
-    assert!(matches!(
-        decode_startup(&mut v2, &limits),
-        Err(WireError::UnsupportedProtocol { major: 2, .. })
-    ));
+    assert!(matches!(decode_startup(&mut v2, &limits), Err(WireError::UnsupportedProtocol { major: 2, .. })));
 }
 
 #[test]
 fn every_frontend_message() {
     let b = Bytes::from_static;
-    frontend_roundtrip(FrontendMessage::Query {
-        query: "SELECT 1; SELECT 2".into(),
-    });
+    frontend_roundtrip(FrontendMessage::Query { query: "SELECT 1; SELECT 2".into() });
     frontend_roundtrip(FrontendMessage::Parse {
         name: "s1".into(),
         query: "SELECT $1".into(),
@@ -128,29 +96,15 @@ fn every_frontend_message() {
         params: vec![Some(b(b"42")), None, Some(b(&[0xde, 0xad]))],
         result_formats: vec![1],
     });
-    frontend_roundtrip(FrontendMessage::Describe {
-        kind: TargetKind::Statement,
-        name: "s1".into(),
-    });
-    frontend_roundtrip(FrontendMessage::Describe {
-        kind: TargetKind::Portal,
-        name: "".into(),
-    });
-    frontend_roundtrip(FrontendMessage::Execute {
-        portal: "p".into(),
-        max_rows: 100,
-    });
-    frontend_roundtrip(FrontendMessage::Close {
-        kind: TargetKind::Statement,
-        name: "s1".into(),
-    });
+    frontend_roundtrip(FrontendMessage::Describe { kind: TargetKind::Statement, name: "s1".into() });
+    frontend_roundtrip(FrontendMessage::Describe { kind: TargetKind::Portal, name: "".into() });
+    frontend_roundtrip(FrontendMessage::Execute { portal: "p".into(), max_rows: 100 });
+    frontend_roundtrip(FrontendMessage::Close { kind: TargetKind::Statement, name: "s1".into() });
     frontend_roundtrip(FrontendMessage::Sync);
     frontend_roundtrip(FrontendMessage::Flush);
     frontend_roundtrip(FrontendMessage::CopyData(b(b"1\talice\n")));
     frontend_roundtrip(FrontendMessage::CopyDone);
-    frontend_roundtrip(FrontendMessage::CopyFail {
-        message: "aborted".into(),
-    });
+    frontend_roundtrip(FrontendMessage::CopyFail { message: "aborted".into() });
     frontend_roundtrip(FrontendMessage::FunctionCall {
         oid: 1598,
         arg_formats: vec![1],
@@ -163,15 +117,11 @@ fn every_frontend_message() {
 
 #[test]
 fn sasl_and_password_bodies() {
-    let initial = SaslInitialResponse {
-        mechanism: "SCRAM-SHA-256".into(),
-        data: Some(Bytes::from_static(b"n,,n=,r=abc")),
-    };
+    let initial =
+        SaslInitialResponse { mechanism: "SCRAM-SHA-256".into(), data: Some(Bytes::from_static(b"n,,n=,r=abc")) };
     let mut buf = BytesMut::new();
     initial.encode(&mut buf);
-    let Some(FrontendMessage::AuthResponse(body)) =
-        decode_frontend(&mut buf, &Limits::default()).unwrap()
-    else {
+    let Some(FrontendMessage::AuthResponse(body)) = decode_frontend(&mut buf, &Limits::default()).unwrap() else {
         panic!("not an auth response")
     };
     assert_eq!(SaslInitialResponse::parse(body).unwrap(), initial);
@@ -190,22 +140,14 @@ fn every_backend_message() {
         Authentication::Gss,
         Authentication::GssContinue(b(b"gss")),
         Authentication::Sspi,
-        Authentication::Sasl {
-            mechanisms: vec!["SCRAM-SHA-256-PLUS".into(), "SCRAM-SHA-256".into()],
-        },
+        Authentication::Sasl { mechanisms: vec!["SCRAM-SHA-256-PLUS".into(), "SCRAM-SHA-256".into()] },
         Authentication::SaslContinue(b(b"r=abc,s=salt,i=4096")),
         Authentication::SaslFinal(b(b"v=sig")),
     ] {
         backend_roundtrip(BackendMessage::Authentication(auth));
     }
-    backend_roundtrip(BackendMessage::ParameterStatus {
-        name: "server_version".into(),
-        value: "15.18".into(),
-    });
-    backend_roundtrip(BackendMessage::BackendKeyData {
-        pid: 1234,
-        secret: b(&[9, 8, 7, 6]),
-    });
+    backend_roundtrip(BackendMessage::ParameterStatus { name: "server_version".into(), value: "15.18".into() });
+    backend_roundtrip(BackendMessage::BackendKeyData { pid: 1234, secret: b(&[9, 8, 7, 6]) });
     backend_roundtrip(BackendMessage::RowDescription(vec![FieldDescription {
         name: "id".into(),
         table_oid: 16384,
@@ -215,46 +157,25 @@ fn every_backend_message() {
         type_modifier: -1,
         format: 0,
     }]));
-    backend_roundtrip(BackendMessage::DataRow(vec![
-        Some(b(b"1")),
-        None,
-        Some(b(b"")),
-    ]));
-    backend_roundtrip(BackendMessage::CommandComplete {
-        tag: "INSERT 0 1".into(),
-    });
+    backend_roundtrip(BackendMessage::DataRow(vec![Some(b(b"1")), None, Some(b(b""))]));
+    backend_roundtrip(BackendMessage::CommandComplete { tag: "INSERT 0 1".into() });
     backend_roundtrip(BackendMessage::EmptyQueryResponse);
     backend_roundtrip(BackendMessage::ErrorResponse(ErrorFields::new(
         "ERROR",
         "42P01",
         "relation \"x\" does not exist",
     )));
-    backend_roundtrip(BackendMessage::NoticeResponse(ErrorFields::new(
-        "NOTICE", "00000", "hello",
-    )));
-    backend_roundtrip(BackendMessage::NotificationResponse {
-        pid: 77,
-        channel: "jobs".into(),
-        payload: "42".into(),
-    });
+    backend_roundtrip(BackendMessage::NoticeResponse(ErrorFields::new("NOTICE", "00000", "hello")));
+    backend_roundtrip(BackendMessage::NotificationResponse { pid: 77, channel: "jobs".into(), payload: "42".into() });
     backend_roundtrip(BackendMessage::ParseComplete);
     backend_roundtrip(BackendMessage::BindComplete);
     backend_roundtrip(BackendMessage::CloseComplete);
     backend_roundtrip(BackendMessage::ParameterDescription(vec![23, 25]));
     backend_roundtrip(BackendMessage::NoData);
     backend_roundtrip(BackendMessage::PortalSuspended);
-    backend_roundtrip(BackendMessage::CopyInResponse {
-        format: 0,
-        column_formats: vec![0, 0],
-    });
-    backend_roundtrip(BackendMessage::CopyOutResponse {
-        format: 1,
-        column_formats: vec![1],
-    });
-    backend_roundtrip(BackendMessage::CopyBothResponse {
-        format: 0,
-        column_formats: vec![],
-    });
+    backend_roundtrip(BackendMessage::CopyInResponse { format: 0, column_formats: vec![0, 0] });
+    backend_roundtrip(BackendMessage::CopyOutResponse { format: 1, column_formats: vec![1] });
+    backend_roundtrip(BackendMessage::CopyBothResponse { format: 0, column_formats: vec![] });
     backend_roundtrip(BackendMessage::CopyData(b(b"row\n")));
     backend_roundtrip(BackendMessage::CopyDone);
     backend_roundtrip(BackendMessage::FunctionCallResponse(Some(b(b"t"))));
@@ -268,11 +189,7 @@ fn every_backend_message() {
 
 #[test]
 fn error_fields_accessors() {
-    let f = ErrorFields::new(
-        "FATAL",
-        "28P01",
-        "password authentication failed for user \"u\"",
-    );
+    let f = ErrorFields::new("FATAL", "28P01", "password authentication failed for user \"u\"");
     assert!(f.is_fatal());
     assert_eq!(f.code(), Some("28P01"));
     assert!(!ErrorFields::new("ERROR", "42601", "x").is_fatal());
@@ -301,16 +218,7 @@ fn hostile_counts_do_not_allocate() {
 
 #[test]
 fn unknown_tags_and_trailing_bytes_are_errors() {
-    assert!(matches!(
-        FrontendMessage::parse(b'z', Bytes::new()),
-        Err(WireError::UnknownTag { .. })
-    ));
-    assert!(matches!(
-        FrontendMessage::parse(b'S', Bytes::from_static(b"x")),
-        Err(WireError::TrailingBytes { .. })
-    ));
-    assert!(matches!(
-        BackendMessage::parse(b'Z', Bytes::from_static(b"Q")),
-        Err(WireError::Invalid { .. })
-    ));
+    assert!(matches!(FrontendMessage::parse(b'z', Bytes::new()), Err(WireError::UnknownTag { .. })));
+    assert!(matches!(FrontendMessage::parse(b'S', Bytes::from_static(b"x")), Err(WireError::TrailingBytes { .. })));
+    assert!(matches!(BackendMessage::parse(b'Z', Bytes::from_static(b"Q")), Err(WireError::Invalid { .. })));
 }

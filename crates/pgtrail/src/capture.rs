@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::DateTime;
-use pgtrail_event::{ActivityEvent, ActivityRecord, EventClass};
+use pgtrail_event::{ActivityEvent, EventClass};
 use pgtrail_journal::{Journal, JournalError, Recorder};
 use pgtrail_proxy::{EventSink, Proxy, ProxyStats};
 use tokio::sync::oneshot;
@@ -34,9 +34,7 @@ pub fn loss_event(count: u64, from_micros: i64, to_micros: i64) -> ActivityEvent
     e.log_time = to;
     e.end_time = Some(to);
     e.row_count = Some(count);
-    e.error_message = Some(format!(
-        "pgtrail dropped {count} events: the recorder queue was full"
-    ));
+    e.error_message = Some(format!("pgtrail dropped {count} events: the recorder queue was full"));
     e
 }
 
@@ -57,27 +55,11 @@ impl Capture {
         let options = config.journal.clone();
         let journal = tokio::task::spawn_blocking(move || Journal::open(&dir, options))
             .await?
-            .with_context(|| {
-                format!(
-                    "cannot open the journal in {}",
-                    config.journal_dir.display()
-                )
-            })?;
+            .with_context(|| format!("cannot open the journal in {}", config.journal_dir.display()))?;
         let (cluster, instance) = (config.cluster_id.clone(), config.instance_id.clone());
-        let encode = Box::new(move |events: Vec<ActivityEvent>| {
-            serde_json::to_vec(&ActivityRecord::new(
-                cluster.clone(),
-                instance.clone(),
-                events,
-            ))
-            .expect("events always serialize")
-        });
-        let (recorder, recorder_task) = Recorder::spawn(
-            journal,
-            config.recorder.clone(),
-            encode,
-            Box::new(loss_event),
-        );
+        let encode =
+            Box::new(move |events: &[ActivityEvent]| pgtrail_event::activity_record_json(&cluster, &instance, events));
+        let (recorder, recorder_task) = Recorder::spawn(journal, config.recorder.clone(), encode, Box::new(loss_event));
         let proxy = Proxy::bind(config.proxy.clone(), Arc::new(RecorderSink(recorder))).await?;
         let addr = proxy.local_addr();
         let stats = proxy.stats();
@@ -85,13 +67,7 @@ impl Capture {
         let proxy_task = tokio::spawn(proxy.run(async {
             let _ = rx.await;
         }));
-        Ok(Self {
-            addr,
-            stats,
-            shutdown: Some(tx),
-            proxy: proxy_task,
-            recorder: recorder_task,
-        })
+        Ok(Self { addr, stats, shutdown: Some(tx), proxy: proxy_task, recorder: recorder_task })
     }
 
     /// Stops accepting, ends the sessions (after the grace period), and waits until every
@@ -108,10 +84,7 @@ impl Capture {
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         (&mut self.proxy).await.context("proxy task failed")?;
         // The proxy held the only recorder handle: the recorder now drains and finishes.
-        (&mut self.recorder)
-            .await
-            .context("recorder task failed")?
-            .context("journal write failed")?;
+        (&mut self.recorder).await.context("recorder task failed")?.context("journal write failed")?;
         Ok(())
     }
 

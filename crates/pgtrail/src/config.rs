@@ -80,10 +80,7 @@ pub struct JournalSection {
 
 impl Default for JournalSection {
     fn default() -> Self {
-        Self {
-            dir: None,
-            segment_max_bytes: default_segment_bytes(),
-        }
+        Self { dir: None, segment_max_bytes: default_segment_bytes() }
     }
 }
 
@@ -132,10 +129,7 @@ pub struct InstanceSection {
 
 impl Default for InstanceSection {
     fn default() -> Self {
-        Self {
-            cluster_id: default_cluster_id(),
-            instance_id: None,
-        }
+        Self { cluster_id: default_cluster_id(), instance_id: None }
     }
 }
 
@@ -164,10 +158,8 @@ pub struct Overrides {
 
 impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        toml::from_str(&text)
-            .with_context(|| format!("invalid configuration in {}", path.display()))
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))
     }
 
     /// Applies the overrides and checks that everything needed is there.
@@ -193,25 +185,17 @@ impl FileConfig {
             bail!("upstream.tls = \"verify-full\" needs upstream.ca_file");
         }
         let Some(journal_dir) = overrides.journal.clone().or(self.journal.dir) else {
-            bail!(
-                "no journal directory: set [journal] dir in the configuration file or pass --journal DIR"
-            );
+            bail!("no journal directory: set [journal] dir in the configuration file or pass --journal DIR");
         };
         let p = self.proxy;
         if p.max_message_bytes < 1024 || p.max_data_message_bytes < p.max_message_bytes {
-            bail!(
-                "proxy.max_message_bytes must be at least 1024 and at most proxy.max_data_message_bytes"
-            );
+            bail!("proxy.max_message_bytes must be at least 1024 and at most proxy.max_data_message_bytes");
         }
         let proxy = ProxyConfig {
             listen: overrides.listen.unwrap_or(p.listen),
             upstream,
             client_tls: p.tls,
-            limits: Limits {
-                small: p.max_message_bytes,
-                large: p.max_data_message_bytes,
-                startup: 10_000,
-            },
+            limits: Limits { small: p.max_message_bytes, large: p.max_data_message_bytes, startup: 10_000 },
             startup_timeout: Duration::from_millis(p.startup_timeout_ms),
             shutdown_grace: Duration::from_millis(p.shutdown_grace_ms),
         };
@@ -222,16 +206,12 @@ impl FileConfig {
             bail!("recorder.max_batch_events and recorder.queue_capacity must be positive");
         }
         let instance_id = self.instance.instance_id.unwrap_or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "pgtrail".into())
+            std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "pgtrail".into())
         });
         Ok(CaptureConfig {
             proxy,
             journal_dir,
-            journal: JournalOptions {
-                segment_max_bytes: self.journal.segment_max_bytes,
-            },
+            journal: JournalOptions { segment_max_bytes: self.journal.segment_max_bytes },
             recorder: RecorderConfig {
                 max_batch_items: self.recorder.max_batch_events,
                 max_batch_delay: Duration::from_millis(self.recorder.max_batch_delay_ms),
@@ -252,11 +232,9 @@ pub fn parse_upstream_url(url: &str) -> anyhow::Result<(String, u16)> {
     let authority = rest.split('/').next().unwrap_or_default();
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
     let (host, port) = match host_port.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
-            host,
-            port.parse::<u16>()
-                .with_context(|| format!("invalid port in {url:?}"))?,
-        ),
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+            (host, port.parse::<u16>().with_context(|| format!("invalid port in {url:?}"))?)
+        }
         _ => (host_port, 5432),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -272,36 +250,23 @@ mod tests {
 
     #[test]
     fn upstream_urls() {
-        assert_eq!(
-            parse_upstream_url("postgres://db.example:5433").unwrap(),
-            ("db.example".into(), 5433)
-        );
-        assert_eq!(
-            parse_upstream_url("postgresql://u:p@10.0.0.1/app").unwrap(),
-            ("10.0.0.1".into(), 5432)
-        );
-        assert_eq!(
-            parse_upstream_url("postgres://[::1]:6000").unwrap(),
-            ("::1".into(), 6000)
-        );
+        assert_eq!(parse_upstream_url("postgres://db.example:5433").unwrap(), ("db.example".into(), 5433));
+        assert_eq!(parse_upstream_url("postgresql://u:p@10.0.0.1/app").unwrap(), ("10.0.0.1".into(), 5432));
+        assert_eq!(parse_upstream_url("postgres://[::1]:6000").unwrap(), ("::1".into(), 6000));
         assert!(parse_upstream_url("mysql://x").is_err());
         assert!(parse_upstream_url("postgres://:5432").is_err());
     }
 
     #[test]
     fn unknown_keys_are_errors() {
-        let err = toml::from_str::<FileConfig>("[proxy]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n")
-            .unwrap_err();
+        let err = toml::from_str::<FileConfig>("[proxy]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n").unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
     }
 
     #[test]
     fn the_example_config_is_valid() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pgtrail.example.toml");
-        let config = FileConfig::load(Path::new(path))
-            .unwrap()
-            .resolve(&Overrides::default())
-            .unwrap();
+        let config = FileConfig::load(Path::new(path)).unwrap().resolve(&Overrides::default()).unwrap();
         assert_eq!(config.proxy.upstream.port, 5432);
     }
 
@@ -315,10 +280,6 @@ mod tests {
         let config = FileConfig::default().resolve(&overrides).unwrap();
         assert_eq!(config.proxy.listen.port(), 7000);
         assert_eq!(config.proxy.upstream.port, 5555);
-        assert!(
-            FileConfig::default()
-                .resolve(&Overrides::default())
-                .is_err()
-        );
+        assert!(FileConfig::default().resolve(&Overrides::default()).is_err());
     }
 }

@@ -33,10 +33,7 @@ pub enum LocalPgError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LocalPgError + '_ {
-    move |source| LocalPgError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| LocalPgError::Io { path: path.to_path_buf(), source }
 }
 
 /// The directory holding `initdb`, `postgres`, `pg_ctl`, `psql`, ...
@@ -49,8 +46,7 @@ impl PgBinaries {
     /// Finds server binaries: `PGTRAIL_PG_BINDIR`, then PATH, then `pg_config --bindir`,
     /// then the newest `/usr/lib/postgresql/*/bin`.
     pub fn find() -> Result<Self, LocalPgError> {
-        let has_server =
-            |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
+        let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
         if let Some(dir) = std::env::var_os("PGTRAIL_PG_BINDIR").map(PathBuf::from)
             && has_server(&dir)
         {
@@ -151,9 +147,7 @@ pub struct LocalPg {
 fn unprivileged_user() -> Option<(u32, u32)> {
     use std::os::unix::fs::MetadataExt;
     // We are root if we own a directory only root can create files in.
-    let am_root = std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false);
+    let am_root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
     if !am_root {
         return None;
     }
@@ -165,18 +159,12 @@ fn unprivileged_user() -> Option<(u32, u32)> {
                 .then(|| Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?)))?
         })
     };
-    find("postgres")
-        .or_else(|| find("nobody"))
-        .or(Some((65534, 65534)))
+    find("postgres").or_else(|| find("nobody")).or(Some((65534, 65534)))
 }
 
 fn free_port() -> Result<u16, LocalPgError> {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err(Path::new("127.0.0.1:0")))?;
-    let port = listener
-        .local_addr()
-        .map_err(io_err(Path::new("127.0.0.1:0")))?
-        .port();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err(Path::new("127.0.0.1:0")))?;
+    let port = listener.local_addr().map_err(io_err(Path::new("127.0.0.1:0")))?.port();
     Ok(port)
 }
 
@@ -184,24 +172,13 @@ impl LocalPg {
     /// initdb, configure, start and wait until ready.
     pub fn start(options: &LocalPgOptions) -> Result<Self, LocalPgError> {
         let binaries = PgBinaries::find()?;
-        let dir = tempfile::Builder::new()
-            .prefix("pgtrail-pg-")
-            .tempdir()
-            .map_err(io_err(Path::new("/tmp")))?;
+        let dir = tempfile::Builder::new().prefix("pgtrail-pg-").tempdir().map_err(io_err(Path::new("/tmp")))?;
         let run_as = unprivileged_user();
         if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
-                .map_err(io_err(dir.path()))?;
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(io_err(dir.path()))?;
         }
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
-            .map_err(io_err(dir.path()))?;
-        let mut pg = Self {
-            binaries,
-            dir,
-            port: 0,
-            run_as,
-            child: None,
-        };
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).map_err(io_err(dir.path()))?;
+        let mut pg = Self { binaries, dir, port: 0, run_as, child: None };
         pg.initdb(options)?;
         pg.configure(options)?;
         let mut last_error = None;
@@ -221,9 +198,7 @@ impl LocalPg {
         if let Some((uid, gid)) = self.run_as {
             cmd.uid(uid).gid(gid);
         }
-        cmd.env("LC_ALL", "C")
-            .env_remove("PGDATA")
-            .current_dir(self.dir.path());
+        cmd.env("LC_ALL", "C").env_remove("PGDATA").current_dir(self.dir.path());
         cmd
     }
 
@@ -254,18 +229,11 @@ impl LocalPg {
     }
 
     fn run(&self, mut cmd: Command, what: &str) -> Result<String, LocalPgError> {
-        let out = cmd.output().map_err(|e| LocalPgError::Command {
-            what: what.into(),
-            detail: e.to_string(),
-        })?;
+        let out = cmd.output().map_err(|e| LocalPgError::Command { what: what.into(), detail: e.to_string() })?;
         if !out.status.success() {
             return Err(LocalPgError::Command {
                 what: what.into(),
-                detail: format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
+                detail: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -275,14 +243,7 @@ impl LocalPg {
         let pwfile = self.dir.path().join("pwfile");
         self.write_owned(&pwfile, &options.superuser_password, 0o600)?;
         let mut cmd = self.command("initdb");
-        cmd.arg("-D").arg(self.data_dir()).args([
-            "-U",
-            "postgres",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "--auth-local=trust",
-        ]);
+        cmd.arg("-D").arg(self.data_dir()).args(["-U", "postgres", "--no-sync", "-E", "UTF8", "--auth-local=trust"]);
         cmd.arg(format!("--pwfile={}", pwfile.display()));
         self.run(cmd, "initdb")?;
         Ok(())
@@ -291,8 +252,7 @@ impl LocalPg {
     /// Writes a file owned by the server's user.
     fn write_owned(&self, path: &Path, content: &str, mode: u32) -> Result<(), LocalPgError> {
         std::fs::write(path, content).map_err(io_err(path))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(io_err(path))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))?;
         if let Some((uid, gid)) = self.run_as {
             std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io_err(path))?;
         }
@@ -303,15 +263,8 @@ impl LocalPg {
         let data = self.data_dir();
         let mut conf = String::new();
         let _ = writeln!(conf, "listen_addresses = '127.0.0.1'");
-        let _ = writeln!(
-            conf,
-            "unix_socket_directories = '{}'",
-            self.dir.path().display()
-        );
-        let _ = writeln!(
-            conf,
-            "fsync = off\nsynchronous_commit = off\nfull_page_writes = off"
-        );
+        let _ = writeln!(conf, "unix_socket_directories = '{}'", self.dir.path().display());
+        let _ = writeln!(conf, "fsync = off\nsynchronous_commit = off\nfull_page_writes = off");
         let _ = writeln!(conf, "max_connections = 300\nshared_buffers = 64MB");
         if options.auth == HostAuth::Md5 {
             let _ = writeln!(conf, "password_encryption = md5");
@@ -319,10 +272,7 @@ impl LocalPg {
         if let Some((cert, key)) = &options.tls {
             self.write_owned(&data.join("server.crt"), cert, 0o600)?;
             self.write_owned(&data.join("server.key"), key, 0o600)?;
-            let _ = writeln!(
-                conf,
-                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
-            );
+            let _ = writeln!(conf, "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'");
         }
         if let Some(ca) = &options.client_ca {
             self.write_owned(&data.join("client_ca.crt"), ca, 0o600)?;
@@ -344,27 +294,18 @@ impl LocalPg {
 
     fn launch(&mut self) -> Result<(), LocalPgError> {
         let log_path = self.dir.path().join("postgres.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(io_err(&log_path))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
         if let Some((uid, gid)) = self.run_as {
             std::os::unix::fs::chown(&log_path, Some(uid), Some(gid)).map_err(io_err(&log_path))?;
         }
         let err = log.try_clone().map_err(io_err(&log_path))?;
         let mut cmd = self.command("postgres");
-        cmd.arg("-D")
-            .arg(self.data_dir())
-            .arg("-p")
-            .arg(self.port.to_string());
+        cmd.arg("-D").arg(self.data_dir()).arg("-p").arg(self.port.to_string());
         cmd.stdin(Stdio::null()).stdout(log).stderr(err);
         // Its own process group, so a Ctrl-C meant for pgtrail does not hit the server first.
         cmd.process_group(0);
-        let child = cmd.spawn().map_err(|e| LocalPgError::Command {
-            what: "postgres".into(),
-            detail: e.to_string(),
-        })?;
+        let child =
+            cmd.spawn().map_err(|e| LocalPgError::Command { what: "postgres".into(), detail: e.to_string() })?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -392,27 +333,9 @@ impl LocalPg {
     /// Runs SQL as the superuser over the Unix socket (never through the proxy).
     pub fn psql(&self, sql: &str) -> Result<String, LocalPgError> {
         let mut cmd = Command::new(self.binaries.bin("psql"));
-        cmd.args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ]);
-        cmd.arg("-h")
-            .arg(self.dir.path())
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-c")
-            .arg(sql);
-        cmd.env_remove("PGPASSWORD")
-            .env_remove("PGHOST")
-            .env_remove("PGPORT");
+        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres"]);
+        cmd.arg("-h").arg(self.dir.path()).arg("-p").arg(self.port.to_string()).arg("-c").arg(sql);
+        cmd.env_remove("PGPASSWORD").env_remove("PGHOST").env_remove("PGPORT");
         self.run(cmd, "psql")
     }
 
@@ -422,10 +345,7 @@ impl LocalPg {
             return;
         };
         let mut cmd = self.command("pg_ctl");
-        cmd.arg("stop")
-            .arg("-D")
-            .arg(self.data_dir())
-            .args(["-m", "fast", "-w", "-t", "20"]);
+        cmd.arg("stop").arg("-D").arg(self.data_dir()).args(["-m", "fast", "-w", "-t", "20"]);
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         if !cmd.status().map(|s| s.success()).unwrap_or(false) {
             let _ = child.kill();

@@ -85,9 +85,7 @@ enum Command {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGTRAIL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -107,10 +105,7 @@ async fn shutdown_signal() {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgtrail: cannot start the async runtime: {e}");
@@ -128,21 +123,12 @@ fn main() -> std::process::ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Proxy {
-            config,
-            listen,
-            upstream,
-            journal,
-        } => {
+        Command::Proxy { config, listen, upstream, journal } => {
             let file = match &config {
                 Some(path) => FileConfig::load(path)?,
                 None => FileConfig::default(),
             };
-            let resolved = file.resolve(&Overrides {
-                listen,
-                upstream,
-                journal,
-            })?;
+            let resolved = file.resolve(&Overrides { listen, upstream, journal })?;
             let mut capture = Capture::start(resolved).await?;
             info!(listen = %capture.addr, "pgtrail proxy ready");
             tokio::select! {
@@ -150,19 +136,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 result = capture.wait() => result.and_then(|()| anyhow::bail!("the proxy stopped unexpectedly")),
             }
         }
-        Command::Tail {
-            journal,
-            follow,
-            user,
-            class,
-            json,
-        } => {
+        Command::Tail { journal, follow, user, class, json } => {
             let filter = tail::Filter { user, class };
-            let format = if json {
-                tail::Format::Json
-            } else {
-                tail::Format::Table
-            };
+            let format = if json { tail::Format::Json } else { tail::Format::Table };
             let stop = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&stop);
             tokio::spawn(async move {
@@ -172,9 +148,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || {
                 let stdout = std::io::stdout();
                 let mut out = stdout.lock();
-                tail::run(&journal, &filter, format, follow, &mut out, &|| {
-                    stop.load(Ordering::Relaxed)
-                })
+                tail::run(&journal, &filter, format, follow, &mut out, &|| stop.load(Ordering::Relaxed))
             })
             .await
             .context("tail task failed")?

@@ -30,19 +30,11 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("Starting a throwaway PostgreSQL cluster...");
-    let options = LocalPgOptions {
-        auth: HostAuth::ScramSha256,
-        superuser_password: args.password.clone(),
-        ..Default::default()
-    };
+    let options =
+        LocalPgOptions { auth: HostAuth::ScramSha256, superuser_password: args.password.clone(), ..Default::default() };
     let pg = tokio::task::spawn_blocking(move || LocalPg::start(&options)).await??;
-    let workdir = tempfile::Builder::new()
-        .prefix("pgtrail-quickstart-")
-        .tempdir()?;
-    let journal = args
-        .journal
-        .clone()
-        .unwrap_or_else(|| workdir.path().join("journal"));
+    let workdir = tempfile::Builder::new().prefix("pgtrail-quickstart-").tempdir()?;
+    let journal = args.journal.clone().unwrap_or_else(|| workdir.path().join("journal"));
     let listen = pick_listen(args.port);
     let config = FileConfig::default().resolve(&Overrides {
         listen: Some(listen),
@@ -52,23 +44,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let capture = Capture::start(config).await?;
     let addr = capture.addr;
     println!();
-    println!(
-        "PostgreSQL {} is running behind pgtrail.",
-        pg.binaries().bindir.display()
-    );
+    println!("PostgreSQL {} is running behind pgtrail.", pg.binaries().bindir.display());
     println!();
-    println!(
-        "  Connect through the proxy:   psql \"postgres://postgres:{}@{addr}/postgres\"",
-        args.password
-    );
-    println!(
-        "  Read the journal elsewhere:  pgtrail tail --journal {} --follow",
-        journal.display()
-    );
+    println!("  Connect through the proxy:   psql \"postgres://postgres:{}@{addr}/postgres\"", args.password);
+    println!("  Read the journal elsewhere:  pgtrail tail --journal {} --follow", journal.display());
     println!();
-    println!(
-        "Every connection, statement and disconnect appears below. Ctrl-C stops and cleans up."
-    );
+    println!("Every connection, statement and disconnect appears below. Ctrl-C stops and cleans up.");
     println!();
     if args.smoke {
         return smoke(capture, pg, &journal, addr, &args.password).await;
@@ -79,18 +60,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let printer = tokio::task::spawn_blocking(move || {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        tail::run(
-            &journal_dir,
-            &tail::Filter::default(),
-            tail::Format::Table,
-            true,
-            &mut out,
-            &|| flag.load(Ordering::Relaxed),
-        )
+        tail::run(&journal_dir, &tail::Filter::default(), tail::Format::Table, true, &mut out, &|| {
+            flag.load(Ordering::Relaxed)
+        })
     });
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     eprintln!("\nStopping: closing sessions, flushing the journal, removing the cluster...");
     capture.stop().await?;
     // Let the printer show the DISCONNECT events, then stop it.
@@ -126,10 +100,7 @@ async fn smoke(
 ) -> anyhow::Result<()> {
     let psql = pg.binaries().bin("psql");
     let url = format!("postgres://postgres:{password}@{addr}/postgres");
-    let status = tokio::process::Command::new(psql)
-        .args([url.as_str(), "-X", "-c", "SELECT 1"])
-        .status()
-        .await?;
+    let status = tokio::process::Command::new(psql).args([url.as_str(), "-X", "-c", "SELECT 1"]).status().await?;
     anyhow::ensure!(status.success(), "psql through the proxy failed");
     capture.stop().await?;
     let events = tail::read_all(journal)?;
@@ -138,10 +109,7 @@ async fn smoke(
         use std::io::Write;
         writeln!(out, "{}", tail::table_row(e))?;
     }
-    anyhow::ensure!(
-        events.iter().any(|e| e.command == "SELECT"),
-        "no SELECT event was recorded"
-    );
+    anyhow::ensure!(events.iter().any(|e| e.command == "SELECT"), "no SELECT event was recorded");
     drop(pg);
     Ok(())
 }

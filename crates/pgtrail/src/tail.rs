@@ -17,9 +17,7 @@ pub struct Filter {
 
 impl Filter {
     pub fn matches(&self, e: &ActivityEvent) -> bool {
-        self.user
-            .as_ref()
-            .is_none_or(|u| e.db_user_name.as_deref() == Some(u.as_str()))
+        self.user.as_ref().is_none_or(|u| e.db_user_name.as_deref() == Some(u.as_str()))
             && self.class.is_none_or(|c| e.class == c)
     }
 }
@@ -56,16 +54,14 @@ pub fn run(
     out: &mut dyn Write,
     stop: &dyn Fn() -> bool,
 ) -> anyhow::Result<()> {
-    let mut reader = JournalReader::open(dir, 1)
-        .with_context(|| format!("cannot read the journal in {}", dir.display()))?;
+    let mut reader =
+        JournalReader::open(dir, 1).with_context(|| format!("cannot read the journal in {}", dir.display()))?;
     if format == Format::Table {
         writeln!(out, "{}", table_header())?;
     }
     loop {
         while let Some(record) = reader.next_record()? {
-            for event in
-                decode_payload(&record.payload).with_context(|| format!("record {}", record.seq))?
-            {
+            for event in decode_payload(&record.payload).with_context(|| format!("record {}", record.seq))? {
                 if filter.matches(&event) {
                     match format {
                         Format::Json => writeln!(out, "{}", serde_json::to_string(&event)?)?,
@@ -122,9 +118,7 @@ pub fn table_row(e: &ActivityEvent) -> String {
         clip(e.database_name.as_deref().unwrap_or("-"), 10),
         e.class.as_str(),
         clip(&e.command, 14),
-        e.row_count
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "-".into()),
+        e.row_count.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
         status,
         clip(&text, 80),
     )
