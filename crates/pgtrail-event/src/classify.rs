@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use pg_query::protobuf::Token;
-use pg_query::{NodeEnum, NodeRef};
+use pg_query::{NodeEnum, NodeRef, ParserOptions};
 
 use crate::command::{describe, object_type_name};
 use crate::event::{EventClass, ObjectKind, ObjectRef};
+use crate::normalize::normalize;
 
 /// What one statement is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,10 +41,21 @@ pub struct Classified {
 }
 
 /// A shared cache in front of the parser. Cloning shares the cache.
+///
+/// Two levels: texts whose literals can be lexed away share one entry per shape (so
+/// `... WHERE aid = 1` and `... WHERE aid = 2` cost one parse), and other texts (several
+/// statements, odd lexing) are cached by their exact text.
 #[derive(Debug, Clone)]
 pub struct Classifier {
-    cache: Arc<Mutex<HashMap<String, Arc<Classified>>>>,
+    cache: Arc<Mutex<Cache>>,
     capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    /// Normalized key (prefixed with the string-escaping mode) -> the statement's analysis.
+    shapes: HashMap<String, Statement>,
+    exact: HashMap<String, Arc<Classified>>,
 }
 
 impl Default for Classifier {
@@ -56,37 +68,88 @@ impl Default for Classifier {
 const MAX_CACHED_TEXT: usize = 16 * 1024;
 
 impl Classifier {
-    /// A classifier that keeps at most `capacity` distinct texts.
+    /// A classifier that keeps at most `capacity` entries of each kind.
     pub fn new(capacity: usize) -> Self {
-        Self { cache: Arc::new(Mutex::new(HashMap::new())), capacity }
+        Self { cache: Arc::new(Mutex::new(Cache::default())), capacity }
     }
 
-    /// Classifies `sql`; a repeated text costs one hash lookup.
+    /// Classifies `sql` as sent by a client with standard_conforming_strings on.
     pub fn classify(&self, sql: &str) -> Arc<Classified> {
-        if let Some(hit) = self.lock().get(sql) {
+        self.classify_with(sql, true)
+    }
+
+    /// Classifies `sql`; a repeated text, or one that differs only in literal values, costs
+    /// a lexing pass and one hash lookup instead of a parse.
+    pub fn classify_with(&self, sql: &str, standard_conforming_strings: bool) -> Arc<Classified> {
+        let cacheable = sql.len() <= MAX_CACHED_TEXT;
+        let shape = if cacheable { normalize(sql, standard_conforming_strings) } else { None };
+        if let Some(shape) = &shape {
+            let key = shape_key(&shape.key, standard_conforming_strings);
+            if let Some(template) = self.lock().shapes.get(&key) {
+                return Arc::new(Classified { statements: vec![from_template(template, sql, shape.statement_end)] });
+            }
+        } else if cacheable && let Some(hit) = self.lock().exact.get(sql) {
             return Arc::clone(hit);
         }
-        let classified = Arc::new(classify_uncached(sql));
-        if sql.len() <= MAX_CACHED_TEXT {
-            let mut cache = self.lock();
-            if cache.len() >= self.capacity {
-                // Crude but bounded: workloads with more distinct texts than the capacity
-                // (literals inlined) get no benefit from a cache anyway.
-                cache.clear();
+        let classified = Arc::new(classify_uncached(sql, standard_conforming_strings));
+        if !cacheable {
+            return classified;
+        }
+        let mut cache = self.lock();
+        match (&shape, classified.statements.as_slice()) {
+            (Some(shape), [statement]) => {
+                if cache.shapes.len() >= self.capacity {
+                    // Crude but bounded; workloads with more shapes than this gain little.
+                    cache.shapes.clear();
+                }
+                cache.shapes.insert(shape_key(&shape.key, standard_conforming_strings), statement.clone());
             }
-            cache.insert(sql.to_owned(), Arc::clone(&classified));
+            _ => {
+                if cache.exact.len() >= self.capacity {
+                    cache.exact.clear();
+                }
+                let key = if standard_conforming_strings { sql.to_owned() } else { format!("\0{sql}") };
+                cache.exact.insert(key, Arc::clone(&classified));
+            }
         }
         classified
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Classified>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         // A panic while holding the lock leaves a consistent map (insert or clear).
         self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-fn classify_uncached(sql: &str) -> Classified {
-    let Ok(parsed) = pg_query::parse(sql, 0) else {
+fn shape_key(key: &str, standard_conforming_strings: bool) -> String {
+    let mut out = String::with_capacity(key.len() + 1);
+    out.push(if standard_conforming_strings { 's' } else { 'b' });
+    out.push_str(key);
+    out
+}
+
+/// The analysis of a same-shape statement, with this text's own statement text.
+fn from_template(template: &Statement, sql: &str, statement_end: usize) -> Statement {
+    let text = sql.get(..statement_end).unwrap_or(sql).trim();
+    let text = if is_role_command(template.command.as_deref()) { redact_passwords(text) } else { text.to_owned() };
+    Statement { text, ..template.clone() }
+}
+
+fn is_role_command(command: Option<&str>) -> bool {
+    matches!(command, Some("CREATE ROLE" | "ALTER ROLE"))
+}
+
+fn parser_options(standard_conforming_strings: bool) -> ParserOptions {
+    if standard_conforming_strings {
+        ParserOptions::DEFAULT
+    } else {
+        ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS
+    }
+}
+
+fn classify_uncached(sql: &str, standard_conforming_strings: bool) -> Classified {
+    let options = parser_options(standard_conforming_strings);
+    let Ok(parsed) = pg_query::parse(sql, options) else {
         return Classified { statements: vec![unparsed(sql)] };
     };
     let raw = &parsed.protobuf.stmts;
@@ -100,7 +163,7 @@ fn classify_uncached(sql: &str) -> Classified {
         let Some(node) = stmt.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
             continue;
         };
-        statements.push(classify_statement(text, node));
+        statements.push(classify_statement(text, node, options));
     }
     Classified { statements }
 }
@@ -128,7 +191,7 @@ fn unparsed(sql: &str) -> Statement {
     }
 }
 
-fn classify_statement(text: &str, node: &NodeEnum) -> Statement {
+fn classify_statement(text: &str, node: &NodeEnum, options: ParserOptions) -> Statement {
     let (command, class) = describe(node);
     let objects = referenced_objects(node);
     let object_type = objects.first().map(|o| match o.kind {
@@ -136,16 +199,9 @@ fn classify_statement(text: &str, node: &NodeEnum) -> Statement {
         ObjectKind::Relation => ddl_object_type(node).unwrap_or("TABLE").to_owned(),
     });
     let object_name = objects.first().map(|o| o.name.clone());
-    let fingerprint = pg_query::fingerprint(text, 0, 0).ok().map(|f| f.hex);
-    Statement {
-        text: redact_passwords(text),
-        command: Some(command),
-        class: Some(class),
-        object_type,
-        object_name,
-        objects,
-        fingerprint,
-    }
+    let fingerprint = pg_query::fingerprint(text, options, 0).ok().map(|f| f.hex);
+    let text = if is_role_command(Some(&command)) { redact_passwords(text) } else { text.to_owned() };
+    Statement { text, command: Some(command), class: Some(class), object_type, object_name, objects, fingerprint }
 }
 
 /// For DDL that creates or drops a relation-like object, its kind (VIEW, INDEX, ...).
@@ -260,7 +316,7 @@ mod tests {
     use super::*;
 
     fn one(sql: &str) -> Statement {
-        let mut c = classify_uncached(sql);
+        let mut c = classify_uncached(sql, true);
         assert_eq!(c.statements.len(), 1, "{sql}");
         c.statements.remove(0)
     }
@@ -328,10 +384,10 @@ mod tests {
 
     #[test]
     fn multi_statement_text_is_split() {
-        let c = classify_uncached("CREATE TABLE t (id int); INSERT INTO t VALUES (1);SELECT * FROM t");
+        let c = classify_uncached("CREATE TABLE t (id int); INSERT INTO t VALUES (1);SELECT * FROM t", true);
         let texts: Vec<_> = c.statements.iter().map(|s| s.text.as_str()).collect();
         assert_eq!(texts, vec!["CREATE TABLE t (id int)", "INSERT INTO t VALUES (1)", "SELECT * FROM t"]);
-        assert!(classify_uncached("  -- nothing\n").statements.is_empty());
+        assert!(classify_uncached("  -- nothing\n", true).statements.is_empty());
     }
 
     #[test]
@@ -371,13 +427,44 @@ mod tests {
     }
 
     #[test]
+    fn same_shape_statements_share_one_analysis_but_keep_their_text() {
+        let c = Classifier::new(100);
+        let a = c.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 17;");
+        let b = c.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 99841;");
+        assert_eq!(b.statements[0].text, "SELECT abalance FROM pgbench_accounts WHERE aid = 99841");
+        assert_eq!(a.statements[0].fingerprint, b.statements[0].fingerprint);
+        assert_eq!(b, Arc::new(classify_uncached("SELECT abalance FROM pgbench_accounts WHERE aid = 99841;", true)));
+        // Passwords are redacted in every text of the shape, not just the first.
+        c.classify("ALTER ROLE app PASSWORD 'first'");
+        let second = c.classify("ALTER ROLE app PASSWORD 'second-secret'");
+        assert_eq!(second.statements[0].text, "ALTER ROLE app PASSWORD <REDACTED>");
+        // A different statement hidden in a literal-looking place is a different shape.
+        let tricky = c.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 1; DROP TABLE x");
+        assert_eq!(tricky.statements.len(), 2);
+        assert_eq!(tricky.statements[1].command.as_deref(), Some("DROP TABLE"));
+    }
+
+    #[test]
+    fn backslash_strings_follow_the_session_setting() {
+        let c = Classifier::new(100);
+        // With standard_conforming_strings off, 'a\' DROP ...' is one literal: one SELECT.
+        let off = c.classify_with("SELECT 'a\\' ; DROP TABLE x; --'", false);
+        assert_eq!(off.statements.len(), 1, "{off:?}");
+        let on = c.classify_with("SELECT 'a\\' ; DROP TABLE x; --'", true);
+        assert_eq!(on.statements.len(), 2, "{on:?}");
+    }
+
+    #[test]
     fn cache_returns_the_same_result() {
         let c = Classifier::new(2);
-        let a = c.classify("SELECT 1");
-        let b = c.classify("SELECT 1");
+        // Several statements are cached by exact text.
+        let a = c.classify("SELECT 1; SELECT 2");
+        let b = c.classify("SELECT 1; SELECT 2");
         assert!(Arc::ptr_eq(&a, &b));
-        c.classify("SELECT 2");
-        c.classify("SELECT 3");
-        assert_eq!(c.classify("SELECT 1").statements[0].command.as_deref(), Some("SELECT"));
+        // The bound holds: older entries go, answers stay right.
+        c.classify("SELECT 3; SELECT 4");
+        c.classify("SELECT 5; SELECT 6");
+        assert!(c.lock().exact.len() <= 2);
+        assert_eq!(c.classify("SELECT 1; SELECT 2").statements[1].command.as_deref(), Some("SELECT"));
     }
 }

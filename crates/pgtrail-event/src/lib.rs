@@ -8,6 +8,7 @@
 mod classify;
 mod command;
 mod event;
+mod normalize;
 
 pub use classify::{Classified, Classifier, Statement, redact_passwords};
 pub use command::{class_from_tag, rows_from_completion, tag_from_completion};

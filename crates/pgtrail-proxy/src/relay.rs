@@ -202,9 +202,7 @@ async fn server_to_client(
                     Some(body) => match BackendMessage::parse(tag, body).map_err(SessionError::UpstreamProtocol)? {
                         BackendMessage::CommandComplete { tag } => t.on_command_complete(&tag),
                         BackendMessage::ErrorResponse(fields) => t.on_error(&fields),
-                        BackendMessage::ParameterStatus { name, value } if name == "server_version" => {
-                            t.facts.server_version = Some(value);
-                        }
+                        BackendMessage::ParameterStatus { name, value } => t.on_parameter_status(&name, &value),
                         _ => {}
                     },
                 }

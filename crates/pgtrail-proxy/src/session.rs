@@ -348,9 +348,7 @@ async fn authenticate(
                 }
             },
             BackendMessage::ParameterStatus { name, value } => {
-                if name == "server_version" {
-                    tracker.facts.server_version = Some(value.clone());
-                }
+                tracker.on_parameter_status(name, value);
                 false
             }
             BackendMessage::BackendKeyData { pid, secret } => {

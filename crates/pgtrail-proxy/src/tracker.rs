@@ -103,6 +103,9 @@ pub struct Tracker {
     skipping_to_sync: bool,
     terminated: bool,
     fatal: Option<String>,
+    /// The session's standard_conforming_strings, which decides how the parser reads
+    /// backslashes in string literals.
+    standard_conforming_strings: bool,
     events: Vec<ActivityEvent>,
 }
 
@@ -118,6 +121,7 @@ impl Tracker {
             skipping_to_sync: false,
             terminated: false,
             fatal: None,
+            standard_conforming_strings: true,
             events: Vec::new(),
         }
     }
@@ -128,7 +132,19 @@ impl Tracker {
     }
 
     fn prepare(&self, text: &str) -> Prepared {
-        Prepared { text: Arc::from(text), classified: self.classifier.classify(text) }
+        Prepared {
+            text: Arc::from(text),
+            classified: self.classifier.classify_with(text, self.standard_conforming_strings),
+        }
+    }
+
+    /// ParameterStatus, at startup or when the session changes a reported setting.
+    pub fn on_parameter_status(&mut self, name: &str, value: &str) {
+        match name {
+            "server_version" => self.facts.server_version = Some(value.to_owned()),
+            "standard_conforming_strings" => self.standard_conforming_strings = value != "off",
+            _ => {}
+        }
     }
 
     /// A message from the client, before it is forwarded.
@@ -646,6 +662,19 @@ mod tests {
             2 + 2 * MAX_RECORDED_PARAM + format!("...<truncated: {} bytes in all>", blob.len()).len()
         );
         assert_eq!(render_param(&Bytes::from_static(b"short"), 0), "short");
+    }
+
+    #[test]
+    fn string_escaping_follows_the_session() {
+        let mut t = tracker();
+        t.on_parameter_status("standard_conforming_strings", "off");
+        // With backslash escapes, this is one SELECT of one literal, not a DROP.
+        t.on_frontend(&q("SELECT 'a\\' ; DROP TABLE x; --'"), Utc::now());
+        t.on_command_complete("SELECT 1");
+        t.on_ready();
+        let events = t.take_events();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].class, EventClass::Read);
     }
 
     #[test]
