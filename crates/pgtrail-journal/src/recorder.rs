@@ -4,14 +4,14 @@
 //! item that does not fit is dropped and counted. Dropped items are never silent: the
 //! recorder puts a loss item (made by the caller's `loss` function, with the count and the
 //! time window) into the next batch, logs a warning, and the count shows in
-//! [`RecorderStats`]. The writer task owns the journal; appends and fsync run on the
-//! blocking pool so they never stall the async workers.
+//! [`RecorderStats`]. The writer runs on its own thread (from the blocking pool): encoding,
+//! appends and fsync never take time from the async workers that relay client traffic.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, warn};
 
@@ -51,7 +51,7 @@ pub type EncodeFn<T> = Box<dyn Fn(&[T]) -> Vec<u8> + Send>;
 /// The producer side. Cloning is cheap; the writer finishes when every clone is dropped.
 #[derive(Debug)]
 pub struct Recorder<T> {
-    tx: mpsc::Sender<T>,
+    tx: SyncSender<T>,
     stats: Arc<RecorderStats>,
     first_drop_micros: Arc<AtomicU64>,
 }
@@ -71,19 +71,19 @@ fn now_micros() -> i64 {
 }
 
 impl<T: Send + 'static> Recorder<T> {
-    /// Starts the writer task. The returned handle resolves when all producers are gone and
-    /// everything queued has been written and synced.
+    /// Starts the writer. The returned handle resolves when all producers are gone and
+    /// everything queued has been written and synced. Must be called inside a Tokio runtime.
     pub fn spawn(
         journal: Journal,
         config: RecorderConfig,
         encode: EncodeFn<T>,
         loss: LossFn<T>,
     ) -> (Self, JoinHandle<Result<(), JournalError>>) {
-        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let (tx, rx) = sync_channel(config.queue_capacity.max(1));
         let stats = Arc::new(RecorderStats::default());
         let first_drop_micros = Arc::new(AtomicU64::new(0));
         let writer = Writer {
-            journal: Some(journal),
+            journal,
             rx,
             config,
             encode,
@@ -92,7 +92,7 @@ impl<T: Send + 'static> Recorder<T> {
             first_drop_micros: Arc::clone(&first_drop_micros),
             reported_drops: 0,
         };
-        let handle = tokio::spawn(writer.run());
+        let handle = tokio::task::spawn_blocking(move || writer.run());
         (Self { tx, stats, first_drop_micros }, handle)
     }
 
@@ -104,7 +104,7 @@ impl<T: Send + 'static> Recorder<T> {
                 self.stats.recorded.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Err(_) => {
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 let _ = self.first_drop_micros.compare_exchange(
                     0,
                     now_micros().max(1) as u64,
@@ -123,8 +123,8 @@ impl<T: Send + 'static> Recorder<T> {
 }
 
 struct Writer<T> {
-    journal: Option<Journal>,
-    rx: mpsc::Receiver<T>,
+    journal: Journal,
+    rx: Receiver<T>,
     config: RecorderConfig,
     encode: EncodeFn<T>,
     loss: LossFn<T>,
@@ -133,26 +133,25 @@ struct Writer<T> {
     reported_drops: u64,
 }
 
-impl<T: Send + 'static> Writer<T> {
-    async fn run(mut self) -> Result<(), JournalError> {
-        // `recv` is cancel-safe, so the timeout below never loses an item.
-        while let Some(first) = self.rx.recv().await {
+impl<T> Writer<T> {
+    fn run(mut self) -> Result<(), JournalError> {
+        while let Ok(first) = self.rx.recv() {
             let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + self.config.max_batch_delay;
+            let deadline = Instant::now() + self.config.max_batch_delay;
             while batch.len() < self.config.max_batch_items {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(item)) => batch.push(item),
-                    Ok(None) | Err(_) => break,
+                match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(item) => batch.push(item),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
             }
             self.add_loss_item(&mut batch);
-            self.write(batch).await?;
+            self.write(batch)?;
         }
         // Producers are gone; report drops that happened after the last batch.
         let mut batch = Vec::new();
         self.add_loss_item(&mut batch);
         if !batch.is_empty() {
-            self.write(batch).await?;
+            self.write(batch)?;
         }
         Ok(())
     }
@@ -171,9 +170,9 @@ impl<T: Send + 'static> Writer<T> {
         self.stats.loss_records.fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn write(&mut self, batch: Vec<T>) -> Result<(), JournalError> {
+    fn write(&mut self, batch: Vec<T>) -> Result<(), JournalError> {
         for payload in self.encode_within_limit(&batch) {
-            self.append(payload).await?;
+            self.append(&payload)?;
         }
         Ok(())
     }
@@ -198,16 +197,8 @@ impl<T: Send + 'static> Writer<T> {
         out
     }
 
-    async fn append(&mut self, payload: Vec<u8>) -> Result<(), JournalError> {
-        let mut journal = self.journal.take().expect("journal is returned after every write");
-        let (journal, result) = tokio::task::spawn_blocking(move || {
-            let result = journal.append(now_micros(), &payload).and_then(|_| journal.sync());
-            (journal, result)
-        })
-        .await
-        .expect("journal write task panicked");
-        self.journal = Some(journal);
-        match result {
+    fn append(&mut self, payload: &[u8]) -> Result<(), JournalError> {
+        match self.journal.append(now_micros(), payload).and_then(|_| self.journal.sync()) {
             Ok(()) => {
                 self.stats.records_written.fetch_add(1, Ordering::Relaxed);
                 Ok(())

@@ -105,14 +105,7 @@ async fn shutdown_signal() {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pgtrail: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli.command)) {
+    match run_blocking(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgtrail: {e:#}");
@@ -121,21 +114,37 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Resolves what can be resolved before the runtime starts (the proxy's configuration
+/// decides the number of worker threads), then runs the command.
+fn run_blocking(command: Command) -> anyhow::Result<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Command::Proxy { config, listen, upstream, journal } = command {
+        let file = match &config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let resolved = file.resolve(&Overrides { listen, upstream, journal })?;
+        let runtime = builder.worker_threads(resolved.workers).build().context("cannot start the async runtime")?;
+        return runtime.block_on(run_proxy(resolved));
+    }
+    let runtime = builder.build().context("cannot start the async runtime")?;
+    runtime.block_on(run(command))
+}
+
+async fn run_proxy(resolved: pgtrail::config::CaptureConfig) -> anyhow::Result<()> {
+    let workers = resolved.workers;
+    let mut capture = Capture::start(resolved).await?;
+    info!(listen = %capture.addr, workers, "pgtrail proxy ready");
+    tokio::select! {
+        () = shutdown_signal() => capture.stop().await,
+        result = capture.wait() => result.and_then(|()| anyhow::bail!("the proxy stopped unexpectedly")),
+    }
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Proxy { config, listen, upstream, journal } => {
-            let file = match &config {
-                Some(path) => FileConfig::load(path)?,
-                None => FileConfig::default(),
-            };
-            let resolved = file.resolve(&Overrides { listen, upstream, journal })?;
-            let mut capture = Capture::start(resolved).await?;
-            info!(listen = %capture.addr, "pgtrail proxy ready");
-            tokio::select! {
-                () = shutdown_signal() => capture.stop().await,
-                result = capture.wait() => result.and_then(|()| anyhow::bail!("the proxy stopped unexpectedly")),
-            }
-        }
+        Command::Proxy { .. } => unreachable!("the proxy is started by run_blocking"),
         Command::Tail { journal, follow, user, class, json } => {
             let filter = tail::Filter { user, class };
             let format = if json { tail::Format::Json } else { tail::Format::Table };
