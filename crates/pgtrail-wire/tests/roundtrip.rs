@@ -60,7 +60,7 @@ fn startup_phase_messages() {
 #[test]
 fn startup_matches_libpq_bytes() {
     // What libpq sends for `user=u` with protocol 3.0.
-    let wire: &[u8] = b"\0\0\0\x11\0\x03\0\0user\0u\0\0";
+    let wire: &[u8] = b"\0\0\0\x10\0\x03\0\0user\0u\0\0";
     let mut buf = BytesMut::from(wire);
     let msg = decode_startup(&mut buf, &Limits::default()).unwrap().unwrap();
     assert_eq!(msg.param("user"), Some("u"));
