@@ -33,6 +33,8 @@ PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); TRAIL_PORT=$(free_port)
 
 cleanup() {
   [ -n "${TRAIL_PID:-}" ] && kill "$TRAIL_PID" 2>/dev/null || true
+  # runuser forks, so stop pgbouncer itself through its pid file.
+  [ -f "$work/pgbouncer.pid" ] && kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true
   [ -n "${BOUNCER_PID:-}" ] && kill "$BOUNCER_PID" 2>/dev/null || true
   as_pg "$BIN/pg_ctl" stop -D "$work/data" -m fast >/dev/null 2>&1 || true
   wait 2>/dev/null || true

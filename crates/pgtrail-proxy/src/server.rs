@@ -9,7 +9,7 @@ use pgtrail_event::Classifier;
 use pgtrail_wire::Limits;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -48,6 +48,15 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<ProxyStats>,
 }
 
+/// Binds with SO_REUSEADDR stated explicitly (not left to the defaults of the layers
+/// below), so that a restarted proxy can listen while its old connections are in TIME_WAIT.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// A bound proxy, ready to run.
 pub struct Proxy {
     listener: TcpListener,
@@ -66,9 +75,7 @@ impl Proxy {
         let client_tls = config.client_tls.as_ref().map(tls::server_config).transpose()?.map(TlsAcceptor::from);
         let upstream_tls = tls::upstream_config(&config.upstream)?;
         let upstream_server_name = tls::server_name(&config.upstream.host)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ProxyError::Listen { addr: config.listen, source })?;
+        let listener = listen(config.listen).map_err(|source| ProxyError::Listen { addr: config.listen, source })?;
         let backend_limits = Limits { small: config.limits.large, ..config.limits };
         let shared = Arc::new(Shared {
             config,

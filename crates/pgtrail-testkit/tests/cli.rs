@@ -143,6 +143,25 @@ fn config_file_and_shutdown_grace() {
     let disconnect = events.iter().find(|e| e.class == EventClass::Disconnect).expect("DISCONNECT recorded");
     assert_eq!(disconnect.exit_code, Some(ExitCode::SqlState("57P01".into())));
 
+    // Operators restart the proxy right away, while connections it closed itself are still
+    // in TIME_WAIT on its port: it must listen again at once.
+    let mut first = spawn_proxy(&["--config".into(), config.display().to_string()], &dir.path().join("log1"));
+    wait_listening(port);
+    {
+        use std::io::{Read, Write};
+        // A client the proxy hangs up on: the proxy closes first, so the TIME_WAIT is its.
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    sigterm(&first);
+    assert!(wait_exit(&mut first, Duration::from_secs(20)).success());
+    let mut again = spawn_proxy(&["--config".into(), config.display().to_string()], &dir.path().join("log2"));
+    wait_listening(port);
+    sigterm(&again);
+    assert!(wait_exit(&mut again, Duration::from_secs(20)).success());
+
     // Unknown keys are errors that name the key.
     std::fs::write(&config, "[proxy]\nlisen = \"127.0.0.1:1\"\n").unwrap();
     let out = Command::new(pgtrail_binary()).args(["proxy", "--config", config.to_str().unwrap()]).output().unwrap();
