@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinHandle;
@@ -33,6 +33,9 @@ impl Default for RecorderConfig {
         Self { max_batch_items: 1000, max_batch_delay: Duration::from_millis(200), queue_capacity: 65_536 }
     }
 }
+
+/// How often a batch being collected looks for more items.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Counters shared between producers and the writer.
 #[derive(Debug, Default)]
@@ -135,14 +138,30 @@ struct Writer<T> {
 
 impl<T> Writer<T> {
     fn run(mut self) -> Result<(), JournalError> {
-        while let Ok(first) = self.rx.recv() {
+        // Block only for the first item of a batch; then collect by polling. A receiver
+        // blocked in recv makes every send a futex wake-up (one per statement under load);
+        // a sleeping one costs the senders nothing.
+        let mut disconnected = false;
+        while !disconnected {
+            let Ok(first) = self.rx.recv() else { break };
             let mut batch = vec![first];
             let deadline = Instant::now() + self.config.max_batch_delay;
-            while batch.len() < self.config.max_batch_items {
-                match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(item) => batch.push(item),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            loop {
+                while batch.len() < self.config.max_batch_items {
+                    match self.rx.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            disconnected = true;
+                            break;
+                        }
+                    }
                 }
+                let now = Instant::now();
+                if disconnected || batch.len() >= self.config.max_batch_items || now >= deadline {
+                    break;
+                }
+                std::thread::sleep(POLL_INTERVAL.min(deadline - now));
             }
             self.add_loss_item(&mut batch);
             self.write(batch)?;
