@@ -665,6 +665,19 @@ mod tests {
     }
 
     #[test]
+    fn unparsable_text_takes_its_class_from_the_server_tag() {
+        let mut t = tracker();
+        // Not valid for our grammar, yet the server ran it (say, a newer server's syntax).
+        t.on_frontend(&q("SELECT 1 FROM t WHERE x IS JSON OBJECT WITH SOMETHING NEW"), Utc::now());
+        t.on_command_complete("SELECT 4");
+        t.on_ready();
+        let e = t.take_events().remove(0);
+        assert_eq!((e.command.as_str(), e.class, e.row_count), ("SELECT", EventClass::Read, Some(4)));
+        assert_eq!(e.command_text.as_deref(), Some("SELECT 1 FROM t WHERE x IS JSON OBJECT WITH SOMETHING NEW"));
+        assert_eq!(e.query_fingerprint, None);
+    }
+
+    #[test]
     fn string_escaping_follows_the_session() {
         let mut t = tracker();
         t.on_parameter_status("standard_conforming_strings", "off");

@@ -253,3 +253,43 @@ async fn listen_notify_large_results_and_large_parameters() {
     let commands: Vec<_> = statements(&events).iter().map(|e| e.command.clone()).collect();
     assert!(commands.contains(&"LISTEN".to_string()) && commands.contains(&"NOTIFY".to_string()), "{commands:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_get_one_event_each_even_around_an_error() {
+    let pg = start_pg(HostAuth::Trust);
+    pg.psql("CREATE TABLE ledger (id int PRIMARY KEY, amount int)").unwrap();
+    let capture = TestCapture::start(&pg).await;
+    let client = connect(&capture.url("postgres", "", "postgres")).await.unwrap();
+    let insert = client.prepare("INSERT INTO ledger VALUES ($1, $2)").await.unwrap();
+    let sum = client.prepare("SELECT sum(amount)::int4 FROM ledger").await.unwrap();
+    // tokio-postgres writes all of these before reading any reply: a real pipeline. The
+    // duplicate key fails in the middle; the requests after it still run.
+    let (a, b, dup, c, total) = tokio::join!(
+        client.execute(&insert, &[&1i32, &10i32]),
+        client.execute(&insert, &[&2i32, &20i32]),
+        client.execute(&insert, &[&1i32, &99i32]),
+        client.execute(&insert, &[&3i32, &30i32]),
+        client.query_one(&sum, &[]),
+    );
+    assert_eq!((a.unwrap(), b.unwrap(), c.unwrap()), (1, 1, 1));
+    assert_eq!(dup.unwrap_err().code().map(|c| c.code()), Some("23505"));
+    assert_eq!(total.unwrap().get::<_, i32>(0), 60);
+    drop(client);
+    let events = capture.wait_for("disconnect", |e| e.iter().any(|e| e.class == EventClass::Disconnect)).await;
+    let executed: Vec<_> = statements(&events)
+        .into_iter()
+        .map(|e| (e.command.as_str(), e.param_list.first().cloned().flatten(), e.row_count, e.sql_state.as_deref()))
+        .collect();
+    assert_eq!(
+        executed,
+        vec![
+            ("INSERT", Some("\\x00000001".to_string()), Some(1), None),
+            ("INSERT", Some("\\x00000002".to_string()), Some(1), None),
+            ("INSERT", Some("\\x00000001".to_string()), None, Some("23505")),
+            ("INSERT", Some("\\x00000003".to_string()), Some(1), None),
+            ("SELECT", None, Some(1), None),
+        ],
+        "{}",
+        describe(&events)
+    );
+}
