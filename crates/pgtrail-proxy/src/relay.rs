@@ -91,55 +91,125 @@ fn backend_needs_body(tag: u8) -> bool {
 /// Runs the relay until either side closes, an error, or termination.
 pub(crate) async fn relay(
     shared: &Shared,
-    client: MaybeTls,
+    mut client: MaybeTls,
     client_buf: BytesMut,
-    upstream: MaybeTls,
+    mut upstream: MaybeTls,
     upstream_buf: BytesMut,
     tracker: Tracker,
     mut terminate: watch::Receiver<bool>,
 ) -> (Ending, Tracker) {
     let tracker = Mutex::new(tracker);
-    let (mut client_rd, mut client_wr) = tokio::io::split(client);
-    let (mut upstream_rd, mut upstream_wr) = tokio::io::split(upstream);
-    let ending = {
-        let to_server = client_to_server(shared, &mut client_rd, &mut upstream_wr, client_buf, &tracker);
-        let to_client = server_to_client(shared, &mut upstream_rd, &mut client_wr, upstream_buf, &tracker);
-        tokio::pin!(to_server, to_client);
-        tokio::select! {
-            end = &mut to_server => end.unwrap_or_else(Ending::Error),
-            end = &mut to_client => end.unwrap_or_else(Ending::Error),
-            _ = terminate.wait_for(|t| *t) => Ending::Terminated,
+    let bufs = (client_buf, upstream_buf);
+    let ending = match (&mut client, &mut upstream) {
+        // Plain TCP on both sides: borrowed halves, no lock between reader and writer.
+        (MaybeTls::Plain(c), MaybeTls::Plain(u)) => {
+            let (mut cr, mut cw) = c.split();
+            let (mut ur, mut uw) = u.split();
+            both_directions(shared, (&mut cr, &mut cw), (&mut ur, &mut uw), bufs, &tracker, &mut terminate).await
+        }
+        (c, u) => {
+            let (mut cr, mut cw) = tokio::io::split(c);
+            let (mut ur, mut uw) = tokio::io::split(u);
+            both_directions(shared, (&mut cr, &mut cw), (&mut ur, &mut uw), bufs, &tracker, &mut terminate).await
         }
     };
-    let mut client = client_rd.unsplit(client_wr);
-    if let Ending::Terminated | Ending::Error(_) = &ending {
-        let fields = match &ending {
-            Ending::Error(e) => e.client_error(),
-            _ => Some(pgtrail_wire::ErrorFields::new(
-                "FATAL",
-                "57P01",
-                "terminating connection due to administrator command",
-            )),
-        };
-        if let Some(fields) = fields {
-            send_error(&mut client, &fields).await;
-        }
+    let farewell = match &ending {
+        Ending::Error(e) => e.client_error(),
+        Ending::Terminated => Some(pgtrail_wire::ErrorFields::new(
+            "FATAL",
+            "57P01",
+            "terminating connection due to administrator command",
+        )),
+        Ending::ClientClosed | Ending::UpstreamClosed => None,
+    };
+    if let Some(fields) = farewell {
+        send_error(&mut client, &fields).await;
     }
     let _ = client.shutdown().await;
-    let mut upstream = upstream_rd.unsplit(upstream_wr);
     let _ = upstream.shutdown().await;
     let tracker = tracker.into_inner().unwrap_or_else(|p| p.into_inner());
     (ending, tracker)
+}
+
+/// Runs both directions until one ends or the proxy terminates the session.
+async fn both_directions(
+    shared: &Shared,
+    client: (&mut (impl AsyncRead + Unpin), &mut (impl AsyncWrite + Unpin)),
+    upstream: (&mut (impl AsyncRead + Unpin), &mut (impl AsyncWrite + Unpin)),
+    (client_buf, upstream_buf): (BytesMut, BytesMut),
+    tracker: &Mutex<Tracker>,
+    terminate: &mut watch::Receiver<bool>,
+) -> Ending {
+    let to_server = client_to_server(shared, client.0, upstream.1, client_buf, tracker);
+    let to_client = server_to_client(shared, upstream.0, client.1, upstream_buf, tracker);
+    tokio::pin!(to_server, to_client);
+    tokio::select! {
+        end = &mut to_server => end.unwrap_or_else(Ending::Error),
+        end = &mut to_client => end.unwrap_or_else(Ending::Error),
+        _ = terminate.wait_for(|t| *t) => Ending::Terminated,
+    }
 }
 
 fn lock(tracker: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
     tracker.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn emit_pending(shared: &Shared, tracker: &Mutex<Tracker>) {
-    let events = lock(tracker).take_events();
-    for event in events {
-        shared.sink.emit(event);
+/// A backend message the tracker handles once it has been forwarded.
+enum Reply {
+    /// A message whose tag is all the tracker needs.
+    Tag(u8),
+    Complete(String),
+    Error(pgtrail_wire::ErrorFields),
+    Parameter(String, String),
+}
+
+/// What differs between the two directions of the relay.
+struct Direction {
+    side: Side,
+    limits: Limits,
+    needs_body: fn(u8) -> bool,
+    read_error: fn(std::io::Error) -> SessionError,
+    write_error: fn(std::io::Error) -> SessionError,
+    /// How the session ends when the reading side closes.
+    closed: fn() -> Ending,
+}
+
+/// Reads from one peer and writes to the other, unchanged. `visit` sees every message
+/// before it is forwarded (it may keep work for later in `later`) and says whether the
+/// relay should stop after forwarding it; `forwarded` gets that work after the write, so
+/// it adds nothing to the latency the peer sees.
+async fn pump<M>(
+    direction: Direction,
+    rd: &mut (impl AsyncRead + Unpin),
+    wr: &mut (impl AsyncWrite + Unpin),
+    mut buf: BytesMut,
+    mut visit: impl FnMut(u8, Option<Bytes>, &mut Vec<M>) -> Result<bool, SessionError>,
+    mut forwarded: impl FnMut(&mut Vec<M>),
+) -> Result<Ending, SessionError> {
+    let mut scanner = Scanner::default();
+    let mut later = Vec::new();
+    loop {
+        if !buf.is_empty() {
+            let mut stop = false;
+            let forward =
+                scanner.scan(&buf, direction.side, &direction.limits, direction.needs_body, |tag, body| {
+                    stop |= visit(tag, body, &mut later)?;
+                    Ok(())
+                })?;
+            if forward > 0 {
+                wr.write_all(&buf[..forward]).await.map_err(direction.write_error)?;
+                wr.flush().await.map_err(direction.write_error)?;
+                buf.advance(forward);
+            }
+            forwarded(&mut later);
+            if stop {
+                return Ok((direction.closed)());
+            }
+        }
+        // `read_buf` is cancel-safe: if the select in `relay` drops us here, nothing was read.
+        if rd.read_buf(&mut buf).await.map_err(direction.read_error)? == 0 {
+            return Ok((direction.closed)());
+        }
     }
 }
 
@@ -147,76 +217,79 @@ async fn client_to_server(
     shared: &Shared,
     rd: &mut (impl AsyncRead + Unpin),
     wr: &mut (impl AsyncWrite + Unpin),
-    mut buf: BytesMut,
+    buf: BytesMut,
     tracker: &Mutex<Tracker>,
 ) -> Result<Ending, SessionError> {
-    let mut scanner = Scanner::default();
-    let limits = shared.config.limits;
-    let mut terminated = false;
-    loop {
-        if !buf.is_empty() {
-            let now = Utc::now();
-            let forward = scanner.scan(&buf, Side::Frontend, &limits, frontend_needs_body, |tag, body| {
-                if let Some(body) = body {
-                    let msg = FrontendMessage::parse(tag, body).map_err(SessionError::ClientProtocol)?;
-                    terminated |= matches!(msg, FrontendMessage::Terminate);
-                    lock(tracker).on_frontend(&msg, now);
-                }
-                Ok(())
-            })?;
-            if forward > 0 {
-                wr.write_all(&buf[..forward]).await.map_err(SessionError::UpstreamIo)?;
-                wr.flush().await.map_err(SessionError::UpstreamIo)?;
-                buf.advance(forward);
-            }
-            if terminated {
-                return Ok(Ending::ClientClosed);
-            }
-        }
-        // `read_buf` is cancel-safe: if the select in `relay` drops us here, nothing was read.
-        if rd.read_buf(&mut buf).await.map_err(SessionError::ClientIo)? == 0 {
-            return Ok(Ending::ClientClosed);
-        }
-    }
+    let direction = Direction {
+        side: Side::Frontend,
+        limits: shared.config.limits,
+        needs_body: frontend_needs_body,
+        read_error: SessionError::ClientIo,
+        write_error: SessionError::UpstreamIo,
+        closed: || Ending::ClientClosed,
+    };
+    // Requests are tracked before they are forwarded: the reply can only come after.
+    let visit = |tag, body: Option<Bytes>, _: &mut Vec<()>| {
+        let Some(body) = body else { return Ok(false) };
+        let msg = FrontendMessage::parse(tag, body).map_err(SessionError::ClientProtocol)?;
+        lock(tracker).on_frontend(&msg, Utc::now());
+        // After Terminate the client closes; nothing more to relay.
+        Ok(matches!(msg, FrontendMessage::Terminate))
+    };
+    pump(direction, rd, wr, buf, visit, |_| {}).await
 }
 
 async fn server_to_client(
     shared: &Shared,
     rd: &mut (impl AsyncRead + Unpin),
     wr: &mut (impl AsyncWrite + Unpin),
-    mut buf: BytesMut,
+    buf: BytesMut,
     tracker: &Mutex<Tracker>,
 ) -> Result<Ending, SessionError> {
-    let mut scanner = Scanner::default();
-    let limits = shared.backend_limits;
-    loop {
-        if !buf.is_empty() {
-            let forward = scanner.scan(&buf, Side::Backend, &limits, backend_needs_body, |tag, body| {
-                let mut t = lock(tracker);
-                match body {
-                    None => match tag {
-                        b'Z' => t.on_ready(),
-                        b'V' => t.on_function_result(),
-                        other => t.on_backend_tag(other),
-                    },
-                    Some(body) => match BackendMessage::parse(tag, body).map_err(SessionError::UpstreamProtocol)? {
-                        BackendMessage::CommandComplete { tag } => t.on_command_complete(&tag),
-                        BackendMessage::ErrorResponse(fields) => t.on_error(&fields),
-                        BackendMessage::ParameterStatus { name, value } => t.on_parameter_status(&name, &value),
-                        _ => {}
-                    },
+    let direction = Direction {
+        side: Side::Backend,
+        limits: shared.backend_limits,
+        needs_body: backend_needs_body,
+        read_error: SessionError::UpstreamIo,
+        write_error: SessionError::ClientIo,
+        closed: || Ending::UpstreamClosed,
+    };
+    // Replies are matched to requests after they reached the client; the tracker's FIFO
+    // keeps the order even if the client has sent its next request meanwhile.
+    let visit = |tag, body: Option<Bytes>, later: &mut Vec<Reply>| {
+        let reply = match body {
+            None => Reply::Tag(tag),
+            Some(body) => match BackendMessage::parse(tag, body).map_err(SessionError::UpstreamProtocol)? {
+                BackendMessage::CommandComplete { tag } => Reply::Complete(tag),
+                BackendMessage::ErrorResponse(fields) => Reply::Error(fields),
+                BackendMessage::ParameterStatus { name, value } => Reply::Parameter(name, value),
+                _ => return Ok(false),
+            },
+        };
+        later.push(reply);
+        Ok(false)
+    };
+    let forwarded = |later: &mut Vec<Reply>| {
+        if later.is_empty() {
+            return;
+        }
+        let events = {
+            let mut t = lock(tracker);
+            for reply in later.drain(..) {
+                match reply {
+                    Reply::Tag(b'Z') => t.on_ready(),
+                    Reply::Tag(b'V') => t.on_function_result(),
+                    Reply::Tag(other) => t.on_backend_tag(other),
+                    Reply::Complete(tag) => t.on_command_complete(&tag),
+                    Reply::Error(fields) => t.on_error(&fields),
+                    Reply::Parameter(name, value) => t.on_parameter_status(&name, &value),
                 }
-                Ok(())
-            })?;
-            if forward > 0 {
-                wr.write_all(&buf[..forward]).await.map_err(SessionError::ClientIo)?;
-                wr.flush().await.map_err(SessionError::ClientIo)?;
-                buf.advance(forward);
             }
-            emit_pending(shared, tracker);
+            t.take_events()
+        };
+        for event in events {
+            shared.sink.emit(event);
         }
-        if rd.read_buf(&mut buf).await.map_err(SessionError::UpstreamIo)? == 0 {
-            return Ok(Ending::UpstreamClosed);
-        }
-    }
+    };
+    pump(direction, rd, wr, buf, visit, forwarded).await
 }

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use pgtrail_event::{
-    ActivityEvent, Classified, Classifier, EventClass, ExitCode, Statement, class_from_tag, rows_from_completion,
-    session_id, tag_from_completion,
+    ActivityEvent, Classifier, EventClass, ExitCode, Statement, class_from_tag, rows_from_completion, session_id,
+    tag_from_completion,
 };
 use pgtrail_wire::{ErrorFields, FrontendMessage, TargetKind};
 
@@ -64,17 +64,29 @@ impl SessionFacts {
     }
 }
 
-/// A statement known to the session: its text and what the parser made of it.
+/// A statement known to the session. It is classified when its event is written, after
+/// the reply went to the client, so the parser never adds latency to a statement.
 #[derive(Debug, Clone)]
 struct Prepared {
     text: Arc<str>,
-    classified: Arc<Classified>,
+    /// How the session read string literals when the statement was sent.
+    standard_conforming_strings: bool,
+    /// False for placeholders of statements pgtrail never saw (nothing to classify).
+    seen: bool,
 }
 
+impl Prepared {
+    fn unseen(text: String) -> Self {
+        Self { text: Arc::from(text), standard_conforming_strings: true, seen: false }
+    }
+}
+
+/// A bound portal. Parameters stay raw until the event is written.
 #[derive(Debug, Clone)]
 struct Portal {
     statement: Prepared,
-    params: Arc<Vec<Option<String>>>,
+    params: Arc<[Option<Bytes>]>,
+    formats: Arc<[i16]>,
 }
 
 /// A request whose reply the server still owes, in the order they were sent.
@@ -132,10 +144,7 @@ impl Tracker {
     }
 
     fn prepare(&self, text: &str) -> Prepared {
-        Prepared {
-            text: Arc::from(text),
-            classified: self.classifier.classify_with(text, self.standard_conforming_strings),
-        }
+        Prepared { text: Arc::from(text), standard_conforming_strings: self.standard_conforming_strings, seen: true }
     }
 
     /// ParameterStatus, at startup or when the session changes a reported setting.
@@ -160,27 +169,25 @@ impl Tracker {
                 self.owed.push_back(Owed::Parse { statement, started: now });
             }
             FrontendMessage::Bind { portal, statement, param_formats, params, .. } => {
-                let prepared = self.prepared.get(statement).cloned().unwrap_or_else(|| Prepared {
-                    // Prepared with SQL PREPARE, or before pgtrail saw the session.
-                    text: Arc::from(format!("<prepared statement {statement:?}>")),
-                    classified: Arc::new(Classified { statements: Vec::new() }),
-                });
-                let params = params
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| p.as_ref().map(|v| render_param(v, format_of(param_formats, i))))
-                    .collect();
-                let portal_state = Portal { statement: prepared, params: Arc::new(params) };
+                // Unknown: prepared with SQL PREPARE, or before pgtrail saw the session.
+                let prepared = self
+                    .prepared
+                    .get(statement)
+                    .cloned()
+                    .unwrap_or_else(|| Prepared::unseen(format!("<prepared statement {statement:?}>")));
+                let portal_state = Portal {
+                    statement: prepared,
+                    params: params.as_slice().into(),
+                    formats: param_formats.as_slice().into(),
+                };
                 self.portals.insert(portal.clone(), portal_state.clone());
                 self.owed.push_back(Owed::Bind { portal: portal_state, started: now });
             }
             FrontendMessage::Execute { portal, .. } => {
                 let portal = self.portals.get(portal).cloned().unwrap_or_else(|| Portal {
-                    statement: Prepared {
-                        text: Arc::from(format!("<portal {portal:?}>")),
-                        classified: Arc::new(Classified { statements: Vec::new() }),
-                    },
-                    params: Arc::new(Vec::new()),
+                    statement: Prepared::unseen(format!("<portal {portal:?}>")),
+                    params: Arc::from([]),
+                    formats: Arc::from([]),
                 });
                 self.owed.push_back(Owed::Execute { portal, started: now, rows: 0 });
             }
@@ -370,7 +377,9 @@ impl Tracker {
         error: Option<&ErrorFields>,
         params: Vec<Option<String>>,
     ) {
-        let statement = prepared.classified.statements.get(index);
+        let classified =
+            prepared.seen.then(|| self.classifier.classify_with(&prepared.text, prepared.standard_conforming_strings));
+        let statement = classified.as_ref().and_then(|c| c.statements.get(index));
         let command = match (completion, statement) {
             (Some(tag), _) => tag_from_completion(tag).to_owned(),
             (None, Some(s)) => s.command.clone().unwrap_or_else(|| "UNKNOWN".into()),
@@ -403,7 +412,12 @@ impl Tracker {
         rows: Option<u64>,
         error: Option<&ErrorFields>,
     ) {
-        let params = portal.params.as_ref().clone();
+        let params = portal
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.as_ref().map(|v| render_param(v, format_of(&portal.formats, i))))
+            .collect();
         self.emit_statement(&portal.statement, 0, started, Utc::now(), completion, error, params);
         if let (Some(rows), Some(e)) = (rows, self.events.last_mut()) {
             e.row_count = Some(rows);
