@@ -117,7 +117,10 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, t
     tracker.facts.application = startup.param("application_name").map(str::to_owned);
 
     let mut upstream = match connect_upstream(&shared).await {
-        Ok(upstream) => upstream,
+        Ok(upstream) => {
+            tracker.facts.backend_started = Some(Utc::now());
+            upstream
+        }
         Err(e) => {
             warn!(%peer, error = %e, cause = ?std::error::Error::source(&e).map(ToString::to_string), "upstream connection failed");
             fail_connect(&shared, &mut client, &mut tracker, &e).await;
@@ -144,7 +147,12 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, t
             return;
         }
         Err(AuthEnd::Failed(e)) => {
-            warn!(%peer, error = %e, "authentication relay failed");
+            if matches!(e, SessionError::ClientClosed) {
+                // psql does this to prompt for a password, then connects again.
+                info!(%peer, user = ?tracker.facts.user, "client closed the connection during authentication");
+            } else {
+                warn!(%peer, error = %e, "authentication relay failed");
+            }
             fail_connect(&shared, &mut client, &mut tracker, &e).await;
             return;
         }

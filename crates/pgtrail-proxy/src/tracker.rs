@@ -39,7 +39,11 @@ pub struct SessionFacts {
     pub server_version: Option<String>,
     pub pid: Option<i32>,
     pub session_id: Option<String>,
+    /// When the client connected (the CONNECT event's startTime).
     pub started: DateTime<Utc>,
+    /// When the upstream connection was made: the backend's start, as PostgreSQL's `%c`
+    /// session id counts it.
+    pub backend_started: Option<DateTime<Utc>>,
 }
 
 impl SessionFacts {
@@ -60,7 +64,7 @@ impl SessionFacts {
     /// Sets the upstream pid and derives the `%c` session id from it.
     pub fn set_pid(&mut self, pid: i32) {
         self.pid = Some(pid);
-        self.session_id = Some(session_id(self.started, pid));
+        self.session_id = Some(session_id(self.backend_started.unwrap_or(self.started), pid));
     }
 }
 

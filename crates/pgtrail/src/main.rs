@@ -125,7 +125,14 @@ fn run_blocking(command: Command) -> anyhow::Result<()> {
             None => FileConfig::default(),
         };
         let resolved = file.resolve(&Overrides { listen, upstream, journal })?;
-        let runtime = builder.worker_threads(resolved.workers).build().context("cannot start the async runtime")?;
+        // One worker: a current-thread scheduler, like pgbouncer's single event loop (no
+        // work-stealing bookkeeping on every wake-up). The journal writer has its own thread.
+        let runtime = if resolved.workers == 1 {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()
+        } else {
+            builder.worker_threads(resolved.workers).build()
+        }
+        .context("cannot start the async runtime")?;
         return runtime.block_on(run_proxy(resolved));
     }
     let runtime = builder.build().context("cannot start the async runtime")?;
