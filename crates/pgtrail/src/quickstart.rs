@@ -47,7 +47,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("PostgreSQL {} is running behind pgtrail.", pg.binaries().bindir.display());
     println!();
     println!("  Connect through the proxy:   psql \"postgres://postgres:{}@{addr}/postgres\"", args.password);
-    println!("  Read the journal elsewhere:  pgtrail tail --journal {} --follow", journal.display());
+    let me = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "pgtrail".into());
+    println!("  Read the journal elsewhere:  {me} tail --journal {} --follow", journal.display());
     println!();
     println!("Every connection, statement and disconnect appears below. Ctrl-C stops and cleans up.");
     println!();
