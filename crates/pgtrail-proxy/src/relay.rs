@@ -120,6 +120,12 @@ pub(crate) async fn relay(
             "57P01",
             "terminating connection due to administrator command",
         )),
+        // PostgreSQL went away without saying why (crash, kill -9, network): tell the client.
+        Ending::UpstreamClosed if !lock(&tracker).server_said_fatal() => Some(pgtrail_wire::ErrorFields::new(
+            "FATAL",
+            "08006",
+            "pgtrail: the upstream PostgreSQL server closed the connection unexpectedly",
+        )),
         Ending::ClientClosed | Ending::UpstreamClosed => None,
     };
     if let Some(fields) = farewell {

@@ -60,6 +60,11 @@ pub(crate) enum SessionError {
 }
 
 impl SessionError {
+    /// The connection to one of the peers broke (reset, closed): nobody sent an error.
+    pub(crate) fn is_connection_loss(&self) -> bool {
+        matches!(self, Self::ClientIo(_) | Self::ClientClosed | Self::UpstreamIo(_) | Self::UpstreamClosed)
+    }
+
     /// The ErrorResponse a client gets for this error, if one should be sent.
     pub(crate) fn client_error(&self) -> Option<ErrorFields> {
         let (code, message) = match self {
@@ -164,6 +169,11 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, t
     let (ending, mut tracker) = relay(&shared, client, client_buf, upstream, upstream_buf, tracker, terminate).await;
     shared.cancel.remove(&key);
     let reason = match &ending {
+        // A connection that broke is a peer that vanished: no SQLSTATE ended the session.
+        Ending::Error(e) if e.is_connection_loss() => {
+            info!(session = ?tracker.facts.session_id, error = %e, "connection lost");
+            None
+        }
         Ending::Error(e) => {
             warn!(session = ?tracker.facts.session_id, error = %e, "session ended by an error");
             e.client_error()

@@ -142,6 +142,11 @@ impl Tracker {
         }
     }
 
+    /// Whether the server ended the session with a FATAL error (it told the client why).
+    pub fn server_said_fatal(&self) -> bool {
+        self.fatal.is_some()
+    }
+
     /// Events produced since the last call.
     pub fn take_events(&mut self) -> Vec<ActivityEvent> {
         std::mem::take(&mut self.events)

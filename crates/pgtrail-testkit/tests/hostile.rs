@@ -109,3 +109,19 @@ async fn hostile_clients_get_errors_and_others_carry_on() {
     assert!(exits.contains(&None), "the vanished client: {}", describe(&events));
     assert!(exits.contains(&Some(ExitCode::Clean(0))), "the bystander: {}", describe(&events));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_server_is_reported_to_the_client() {
+    let pg = start_pg(HostAuth::Trust);
+    let capture = TestCapture::start(&pg).await;
+    let client = connect(&capture.url("postgres", "", "postgres")).await.unwrap();
+    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    // The backend dies without a word (as in a crash or a cut network).
+    assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    let err = client.simple_query("SELECT 1").await.expect_err("the server is gone");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("an ErrorResponse from the proxy, got {err:?}"));
+    assert_eq!(db.code().code(), "08006");
+    let events = capture.wait_for("disconnect", |e| e.iter().any(|e| e.class == EventClass::Disconnect)).await;
+    let disconnect = events.iter().find(|e| e.class == EventClass::Disconnect).unwrap();
+    assert_eq!(disconnect.exit_code, None, "the peer vanished: {}", describe(&events));
+}
