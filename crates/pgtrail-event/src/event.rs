@@ -7,6 +7,9 @@
 //! Extensions (`endTime`, `sqlState`, `objects`, `queryFingerprint`, `source`) are extra
 //! fields that DAS consumers ignore.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -87,32 +90,32 @@ pub enum ObjectKind {
 pub struct ActivityEvent {
     /// Always `record` for activity (DAS also has `heartbeat`).
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: Cow<'static, str>,
     pub class: EventClass,
-    pub client_application: Option<String>,
+    pub client_application: Option<Arc<str>>,
     pub command: String,
     pub command_text: Option<String>,
-    pub database_name: Option<String>,
-    pub db_protocol: String,
-    pub db_user_name: Option<String>,
+    pub database_name: Option<Arc<str>>,
+    pub db_protocol: Cow<'static, str>,
+    pub db_user_name: Option<Arc<str>>,
     pub error_message: Option<String>,
     pub exit_code: Option<ExitCode>,
     #[serde(with = "das_time")]
     pub log_time: DateTime<Utc>,
-    pub net_protocol: String,
+    pub net_protocol: Cow<'static, str>,
     pub object_name: Option<String>,
     pub object_type: Option<String>,
     /// Bind parameters: text as text, binary as `\x` hex, NULL as null.
     pub param_list: Vec<Option<String>>,
     pub pid: Option<i32>,
-    pub remote_host: Option<String>,
-    pub remote_port: Option<String>,
+    pub remote_host: Option<Arc<str>>,
+    pub remote_port: Option<Arc<str>>,
     pub row_count: Option<u64>,
-    pub server_host: Option<String>,
-    pub server_type: String,
-    pub server_version: Option<String>,
-    pub service_name: String,
-    pub session_id: Option<String>,
+    pub server_host: Option<Arc<str>>,
+    pub server_type: Cow<'static, str>,
+    pub server_version: Option<Arc<str>>,
+    pub service_name: Cow<'static, str>,
+    pub session_id: Option<Arc<str>>,
     #[serde(with = "das_time")]
     pub start_time: DateTime<Utc>,
     pub statement_id: u64,
@@ -135,18 +138,18 @@ impl ActivityEvent {
     /// An event with the constant fields filled and everything else empty.
     pub fn new(class: EventClass, command: impl Into<String>, start_time: DateTime<Utc>) -> Self {
         Self {
-            kind: "record".into(),
+            kind: Cow::Borrowed("record"),
             class,
             client_application: None,
             command: command.into(),
             command_text: None,
             database_name: None,
-            db_protocol: "Postgres 3.0".into(),
+            db_protocol: Cow::Borrowed("Postgres 3.0"),
             db_user_name: None,
             error_message: None,
             exit_code: None,
             log_time: start_time,
-            net_protocol: "TCP".into(),
+            net_protocol: Cow::Borrowed("TCP"),
             object_name: None,
             object_type: None,
             param_list: Vec::new(),
@@ -155,9 +158,9 @@ impl ActivityEvent {
             remote_port: None,
             row_count: None,
             server_host: None,
-            server_type: "PostgreSQL".into(),
+            server_type: Cow::Borrowed("PostgreSQL"),
             server_version: None,
-            service_name: "pgtrail".into(),
+            service_name: Cow::Borrowed("pgtrail"),
             session_id: None,
             start_time,
             statement_id: 0,

@@ -86,9 +86,9 @@ impl SessionError {
 pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, terminate: watch::Receiver<bool>) {
     let _ = tcp.set_nodelay(true);
     let facts = SessionFacts {
-        remote_host: Some(peer.ip().to_string()),
-        remote_port: Some(peer.port().to_string()),
-        server_host: Some(shared.config.upstream.host.clone()),
+        remote_host: Some(Arc::from(peer.ip().to_string())),
+        remote_port: Some(Arc::from(peer.port().to_string())),
+        server_host: Some(Arc::from(shared.config.upstream.host.as_str())),
         started: Utc::now(),
         ..Default::default()
     };
@@ -117,9 +117,9 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, t
         }
     };
     let mut tracker = Tracker::new(facts, shared.classifier.clone());
-    tracker.facts.user = startup.param("user").map(str::to_owned);
-    tracker.facts.database = startup.param("database").map(str::to_owned).or_else(|| tracker.facts.user.clone());
-    tracker.facts.application = startup.param("application_name").map(str::to_owned);
+    tracker.facts.user = startup.param("user").map(Arc::from);
+    tracker.facts.database = startup.param("database").map(Arc::from).or_else(|| tracker.facts.user.clone());
+    tracker.facts.application = startup.param("application_name").map(Arc::from);
 
     let mut upstream = match connect_upstream(&shared).await {
         Ok(upstream) => {

@@ -30,15 +30,15 @@ use pgtrail_wire::{ErrorFields, FrontendMessage, TargetKind};
 /// Facts about the session that every event repeats.
 #[derive(Debug, Clone, Default)]
 pub struct SessionFacts {
-    pub remote_host: Option<String>,
-    pub remote_port: Option<String>,
-    pub user: Option<String>,
-    pub database: Option<String>,
-    pub application: Option<String>,
-    pub server_host: Option<String>,
-    pub server_version: Option<String>,
+    pub remote_host: Option<Arc<str>>,
+    pub remote_port: Option<Arc<str>>,
+    pub user: Option<Arc<str>>,
+    pub database: Option<Arc<str>>,
+    pub application: Option<Arc<str>>,
+    pub server_host: Option<Arc<str>>,
+    pub server_version: Option<Arc<str>>,
     pub pid: Option<i32>,
-    pub session_id: Option<String>,
+    pub session_id: Option<Arc<str>>,
     /// When the client connected (the CONNECT event's startTime).
     pub started: DateTime<Utc>,
     /// When the upstream connection was made: the backend's start, as PostgreSQL's `%c`
@@ -64,7 +64,7 @@ impl SessionFacts {
     /// Sets the upstream pid and derives the `%c` session id from it.
     pub fn set_pid(&mut self, pid: i32) {
         self.pid = Some(pid);
-        self.session_id = Some(session_id(self.backend_started.unwrap_or(self.started), pid));
+        self.session_id = Some(Arc::from(session_id(self.backend_started.unwrap_or(self.started), pid)));
     }
 }
 
@@ -159,7 +159,7 @@ impl Tracker {
     /// ParameterStatus, at startup or when the session changes a reported setting.
     pub fn on_parameter_status(&mut self, name: &str, value: &str) {
         match name {
-            "server_version" => self.facts.server_version = Some(value.to_owned()),
+            "server_version" => self.facts.server_version = Some(Arc::from(value)),
             "standard_conforming_strings" => self.standard_conforming_strings = value != "off",
             _ => {}
         }
