@@ -115,8 +115,6 @@ pub struct Tracker {
     prepared: HashMap<String, Prepared>,
     portals: HashMap<String, Portal>,
     owed: VecDeque<Owed>,
-    /// After an ErrorResponse in extended protocol the server skips to the next Sync.
-    skipping_to_sync: bool,
     terminated: bool,
     fatal: Option<String>,
     /// The session's standard_conforming_strings, which decides how the parser reads
@@ -134,7 +132,6 @@ impl Tracker {
             prepared: HashMap::new(),
             portals: HashMap::new(),
             owed: VecDeque::new(),
-            skipping_to_sync: false,
             terminated: false,
             fatal: None,
             standard_conforming_strings: true,
@@ -313,7 +310,6 @@ impl Tracker {
                 while self.owed.front().is_some_and(|o| !matches!(o, Owed::Sync)) {
                     self.owed.pop_front();
                 }
-                self.skipping_to_sync = true;
             }
         }
     }
@@ -328,7 +324,6 @@ impl Tracker {
 
     /// ReadyForQuery: the end of a Query, a Sync or a FunctionCall.
     pub fn on_ready(&mut self) {
-        self.skipping_to_sync = false;
         // Pop up to and including the request ReadyForQuery answers. Anything before it
         // that is still owed did not run (after an error) and has no event.
         while let Some(owed) = self.owed.pop_front() {

@@ -87,11 +87,4 @@ impl Capture {
         (&mut self.recorder).await.context("recorder task failed")?.context("journal write failed")?;
         Ok(())
     }
-
-    /// Sends the shutdown signal without waiting.
-    pub fn begin_shutdown(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
 }
