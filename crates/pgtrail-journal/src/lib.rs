@@ -1,44 +1,61 @@
 //! The journal: an append-only sequence of records in segment files.
 //!
-//! # On-disk format, version 1
+//! # On-disk format, version 2
 //!
-//! A journal is a directory of segment files named `<first-seq, 20 digits>.seg`. Each
-//! segment starts with a 16-byte header:
+//! A journal is a directory of segment files named `<first-seq, 20 digits>.seg`, for one
+//! *instance* (the DAS `instanceId`). Each segment starts with a 128-byte header:
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 0..8 | magic `PGTRJRN1` |
-//! | 8..12 | format version, u32 little-endian, `1` |
-//! | 12..16 | reserved, zero |
+//! | 0..8 | magic `PGTRJRN2` |
+//! | 8..12 | format version, u32 LE, `2` |
+//! | 12..16 | CRC32C of bytes 16..128 |
+//! | 16..24 | sequence number of the segment's first record, u64 LE |
+//! | 24..56 | chain hash before the first record: the previous segment's last record hash, or for the first segment the genesis hash SHA-256(`pgtrail journal v2 genesis\0` instance) |
+//! | 56 | instance length (1..=64) |
+//! | 57..121 | instance, UTF-8, zero padded |
+//! | 121..128 | reserved, zero |
 //!
-//! followed by records, each a 24-byte header and the payload:
+//! followed by records, each a 96-byte header and the payload:
 //!
 //! | bytes | field |
 //! |---|---|
 //! | 0..4 | payload length, u32 LE, at most [`MAX_PAYLOAD`] |
 //! | 4..8 | CRC32C (Castagnoli) of bytes 8.. of the header and the payload, u32 LE |
-//! | 8..16 | sequence number, u64 LE: the first record of the journal is 1, then +1 each |
-//! | 16..24 | timestamp, microseconds since the Unix epoch, i64 LE |
-//! | 24.. | payload: opaque bytes (the journal never interprets them) |
+//! | 8 | kind: 1 envelope (a DAS record, opaque here), 2 signed checkpoint |
+//! | 9..16 | reserved, zero |
+//! | 16..24 | sequence number, u64 LE: the first record of the journal is 1, then +1 each |
+//! | 24..32 | timestamp, microseconds since the Unix epoch, i64 LE |
+//! | 32..64 | previous record's hash (the segment's start hash for its first record) |
+//! | 64..96 | this record's hash: SHA-256(prev hash, kind, seq, timestamp, payload length, payload), integers LE |
+//! | 96.. | payload |
 //!
-//! Invariants: sequence numbers are contiguous across segments; a segment's first record
-//! has the sequence number in its file name; only the last segment is ever appended to.
+//! Checkpoint payloads are described in [`checkpoint`].
+//!
+//! Invariants: sequence numbers are contiguous across segments and each record links to
+//! the one before it; a segment's first record has the sequence number in its file name;
+//! only the last segment is ever appended to; a checkpoint signs the record just before it.
 //!
 //! Recovery: when a journal is opened for writing, the last segment is scanned. The first
-//! record that is incomplete, fails its CRC or breaks the sequence marks a torn tail (a
-//! crash during a write): the file is truncated there and a warning names the segment,
-//! the offset and the number of bytes cut. Earlier segments are never modified; damage
-//! there is reported by readers, not repaired.
+//! record that is incomplete, fails its CRC or hash, or breaks the sequence or the chain
+//! marks a torn tail (a crash during a write): the file is truncated there, a warning
+//! names the segment, the offset and the number of bytes cut, and [`Journal::recovery`]
+//! reports it so the capture side can record it in the journal itself. Earlier segments
+//! are never modified; damage there is reported by readers and `verify`, not repaired.
 
+pub mod checkpoint;
 mod format;
 mod reader;
 mod recorder;
+mod verify;
 mod writer;
 
-pub use format::{MAX_PAYLOAD, Record};
+pub use checkpoint::{Checkpoint, CheckpointSigner, CheckpointVerifier, VerifierSet};
+pub use format::{Hash, MAX_PAYLOAD, Record, RecordKind, genesis_hash};
 pub use reader::JournalReader;
 pub use recorder::{Recorder, RecorderConfig, RecorderStats};
-pub use writer::{Journal, JournalOptions};
+pub use verify::{VerifyFailure, VerifyReport, verify_dir, verify_segments};
+pub use writer::{Journal, JournalOptions, Recovery};
 
 use std::path::PathBuf;
 
@@ -59,6 +76,16 @@ pub enum JournalError {
     PayloadTooLarge { len: usize, max: usize },
     #[error("the recorder has stopped")]
     RecorderStopped,
+    #[error("journal instance {0:?} must be 1 to 64 bytes")]
+    BadInstance(String),
+    #[error("{path} belongs to instance {found:?}, not the configured {configured:?}")]
+    InstanceMismatch { path: PathBuf, found: String, configured: String },
+    #[error("invalid key: {0}")]
+    BadKey(&'static str),
+}
+
+pub(crate) fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> JournalError {

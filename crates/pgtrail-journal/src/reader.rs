@@ -2,12 +2,16 @@
 //!
 //! Readers never modify the journal and may run while the writer appends: an incomplete
 //! record at the end of the last segment means "not written yet", not corruption.
+//!
+//! Readers check what they read: every record's CRC and own hash, and that it links to
+//! the record before it (the hash chain), also across segments. A record that fails is
+//! an error naming the segment and offset; the reader stops there.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use crate::format::{Decoded, SEGMENT_HEADER_LEN, check_segment_header, decode_record, list_segments};
+use crate::format::{Decoded, Hash, SEGMENT_HEADER_LEN, SegmentHeader, decode_record, list_segments};
 use crate::{JournalError, Record, io_err};
 
 /// Iterates records with `seq >= from`, in order.
@@ -19,6 +23,8 @@ pub struct JournalReader {
     current: Option<OpenSegment>,
     /// Set after the iterator returned an error, so that it ends instead of repeating it.
     failed: bool,
+    /// The hash of the last record read (or skipped), when known.
+    last_hash: Option<Hash>,
 }
 
 #[derive(Debug)]
@@ -41,7 +47,7 @@ impl JournalReader {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "journal directory does not exist"),
             });
         }
-        Ok(Self { dir, next_seq: from.max(1), current: None, failed: false })
+        Ok(Self { dir, next_seq: from.max(1), current: None, failed: false, last_hash: None })
     }
 
     /// The cursor: the sequence number of the next record this reader will return.
@@ -57,7 +63,23 @@ impl JournalReader {
                 return Ok(None);
             }
             let segment = self.current.as_mut().expect("segment opened above");
-            match segment.next()? {
+            let record = segment.next()?;
+            if let Some(record) = &record {
+                if let Some(last) = self.last_hash
+                    && record.prev_hash != last
+                {
+                    return Err(JournalError::Corrupt {
+                        path: segment.path.clone(),
+                        offset: segment.offset,
+                        what: format!(
+                            "record {} does not link to the record before it (hash chain broken)",
+                            record.seq
+                        ),
+                    });
+                }
+                self.last_hash = Some(record.hash);
+            }
+            match record {
                 Some(record) if record.seq < self.next_seq => continue,
                 Some(record) if record.seq == self.next_seq => {
                     self.next_seq += 1;
@@ -107,8 +129,20 @@ impl JournalReader {
                 return Err(JournalError::Io { path: path.clone(), source: e });
             }
         }
-        if !check_segment_header(&header) {
-            return Err(JournalError::NotASegment { path: path.clone() });
+        let header = SegmentHeader::decode(&header).map_err(|what| JournalError::Corrupt {
+            path: path.clone(),
+            offset: 0,
+            what: what.into(),
+        })?;
+        match self.last_hash {
+            Some(last) if header.start_hash != last => {
+                return Err(JournalError::Corrupt {
+                    path: path.clone(),
+                    offset: 0,
+                    what: "segment does not continue the hash chain of the segment before it".into(),
+                });
+            }
+            _ => self.last_hash = Some(header.start_hash),
         }
         self.current =
             Some(OpenSegment { path: path.clone(), file, buf: Vec::new(), offset: SEGMENT_HEADER_LEN as u64 });
@@ -160,4 +194,27 @@ impl OpenSegment {
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(n > 0)
     }
+}
+
+/// Where a segment's chain ends.
+pub(crate) struct SegmentHead {
+    pub next_seq: u64,
+    pub last_hash: Hash,
+}
+
+/// Reads a whole (closed) segment and returns its chain head.
+pub(crate) fn segment_head(path: &Path) -> Result<SegmentHead, JournalError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let header = SegmentHeader::decode(&bytes).map_err(|what| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        offset: 0,
+        what: what.into(),
+    })?;
+    let mut head = SegmentHead { next_seq: header.first_seq, last_hash: header.start_hash };
+    let mut offset = SEGMENT_HEADER_LEN;
+    while let Decoded::Record(record, n) = decode_record(&bytes[offset..]) {
+        head = SegmentHead { next_seq: record.seq + 1, last_hash: record.hash };
+        offset += n;
+    }
+    Ok(head)
 }

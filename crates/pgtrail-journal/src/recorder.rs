@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinHandle;
@@ -36,6 +36,8 @@ impl Default for RecorderConfig {
 
 /// How often a batch being collected looks for more items.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// How often an idle writer wakes to see whether a checkpoint is due.
+const IDLE_WAKEUP: Duration = Duration::from_millis(500);
 
 /// Counters shared between producers and the writer.
 #[derive(Debug, Default)]
@@ -49,7 +51,7 @@ pub struct RecorderStats {
 /// Builds the loss item for `count` items dropped between two times (µs since epoch).
 pub type LossFn<T> = Box<dyn Fn(u64, i64, i64) -> T + Send>;
 /// Turns a batch into one record payload.
-pub type EncodeFn<T> = Box<dyn Fn(&[T]) -> Vec<u8> + Send>;
+pub type EncodeFn<T> = Box<dyn FnMut(&[T]) -> Vec<u8> + Send>;
 
 /// The producer side. Cloning is cheap; the writer finishes when every clone is dropped.
 #[derive(Debug)]
@@ -143,7 +145,15 @@ impl<T> Writer<T> {
         // a sleeping one costs the senders nothing.
         let mut disconnected = false;
         while !disconnected {
-            let Ok(first) = self.rx.recv() else { break };
+            // Idle: wake up now and then to sign a checkpoint that has come due.
+            let first = match self.rx.recv_timeout(IDLE_WAKEUP) {
+                Ok(item) => item,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.checkpoint_if_due()?;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             let mut batch = vec![first];
             let deadline = Instant::now() + self.config.max_batch_delay;
             loop {
@@ -172,7 +182,13 @@ impl<T> Writer<T> {
         if !batch.is_empty() {
             self.write(batch)?;
         }
+        // A clean shutdown ends with a checkpoint covering everything.
+        self.journal.checkpoint().inspect_err(|e| error!(error = %e, "final journal checkpoint failed"))?;
         Ok(())
+    }
+
+    fn checkpoint_if_due(&mut self) -> Result<(), JournalError> {
+        self.journal.checkpoint_if_due().map(drop).inspect_err(|e| error!(error = %e, "journal checkpoint failed"))
     }
 
     fn add_loss_item(&mut self, batch: &mut Vec<T>) {
@@ -193,13 +209,13 @@ impl<T> Writer<T> {
         for payload in self.encode_within_limit(&batch) {
             self.append(&payload)?;
         }
-        Ok(())
+        self.checkpoint_if_due()
     }
 
     /// Encodes a batch into one payload, or into several when one would exceed the record
     /// limit (halving until each fits). A single item too large for any record is replaced
     /// by a loss item, so even that is visible in the journal.
-    fn encode_within_limit(&self, batch: &[T]) -> Vec<Vec<u8>> {
+    fn encode_within_limit(&mut self, batch: &[T]) -> Vec<Vec<u8>> {
         let payload = (self.encode)(batch);
         if payload.len() <= MAX_PAYLOAD {
             return vec![payload];

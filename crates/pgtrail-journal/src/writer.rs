@@ -3,26 +3,55 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use crate::checkpoint::{CheckpointSigner, append_witness};
 use crate::format::{
-    Decoded, MAX_PAYLOAD, SEGMENT_HEADER_LEN, check_segment_header, decode_record, encode_record, list_segments,
-    segment_header, segment_path,
+    Decoded, Hash, MAX_INSTANCE_LEN, MAX_PAYLOAD, RecordKind, SEGMENT_HEADER_LEN, SegmentHeader, decode_record,
+    encode_record, genesis_hash, list_segments, segment_path,
 };
-use crate::{JournalError, io_err};
+use crate::{JournalError, io_err, now_micros};
 
 /// Tunables of the writer.
 #[derive(Debug, Clone)]
 pub struct JournalOptions {
     /// A new segment is started once the current one reaches this size.
     pub segment_max_bytes: u64,
+    /// The instance this journal records (DAS `instanceId`); fixed for the journal's life.
+    pub instance: String,
+    /// Signs checkpoints. Without it no checkpoints are written (tests of the format only).
+    pub signer: Option<CheckpointSigner>,
+    /// A checkpoint after this many records...
+    pub checkpoint_every_records: u64,
+    /// ...or this long after the last one, whichever comes first (checked at appends and
+    /// by [`Journal::checkpoint_if_due`]).
+    pub checkpoint_every: Duration,
+    /// Where a copy of every checkpoint is appended (another mount or host).
+    pub witness_dir: Option<PathBuf>,
 }
 
 impl Default for JournalOptions {
     fn default() -> Self {
-        Self { segment_max_bytes: 64 << 20 }
+        Self {
+            segment_max_bytes: 64 << 20,
+            instance: "pgtrail".into(),
+            signer: None,
+            checkpoint_every_records: 1000,
+            checkpoint_every: Duration::from_secs(10),
+            witness_dir: None,
+        }
     }
+}
+
+/// What recovery cut from a torn tail when the journal was opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub bytes_cut: u64,
+    pub reason: String,
 }
 
 /// An open journal, ready to append. Only one may be open per directory at a time
@@ -35,6 +64,10 @@ pub struct Journal {
     path: PathBuf,
     len: u64,
     next_seq: u64,
+    last_hash: Hash,
+    records_since_checkpoint: u64,
+    last_checkpoint: Instant,
+    recovery: Option<Recovery>,
     scratch: Vec<u8>,
 }
 
@@ -42,24 +75,59 @@ impl Journal {
     /// Opens (creating if needed) the journal in `dir`, truncating a torn tail.
     pub fn open(dir: impl AsRef<Path>, options: JournalOptions) -> Result<Self, JournalError> {
         let dir = dir.as_ref().to_path_buf();
+        if options.instance.is_empty() || options.instance.len() > MAX_INSTANCE_LEN {
+            return Err(JournalError::BadInstance(options.instance.clone()));
+        }
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let segments = list_segments(&dir).map_err(io_err(&dir))?;
         let Some((first_seq, path)) = segments.last().cloned() else {
-            return Self::create_segment(dir, options, 1);
+            let start = genesis_hash(&options.instance);
+            return Self::create_segment(dir, options, 1, start);
         };
-        let (len, next_seq) = recover_segment(&path, first_seq)?;
+        let recovered = recover_segment(&path, first_seq, &options.instance)?;
         let file = OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
-        Ok(Self { dir, options, file, path, len, next_seq, scratch: Vec::new() })
+        Ok(Self {
+            dir,
+            options,
+            file,
+            path,
+            len: recovered.len,
+            next_seq: recovered.next_seq,
+            last_hash: recovered.last_hash,
+            // Records written before a crash may not be covered: checkpoint them soon.
+            records_since_checkpoint: recovered.records,
+            last_checkpoint: Instant::now(),
+            recovery: recovered.cut,
+            scratch: Vec::new(),
+        })
     }
 
-    fn create_segment(dir: PathBuf, options: JournalOptions, first_seq: u64) -> Result<Self, JournalError> {
+    fn create_segment(
+        dir: PathBuf,
+        options: JournalOptions,
+        first_seq: u64,
+        start_hash: Hash,
+    ) -> Result<Self, JournalError> {
         let path = segment_path(&dir, first_seq);
+        let header = SegmentHeader { first_seq, start_hash, instance: options.instance.clone() };
         let mut file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_err(&path))?;
-        file.write_all(&segment_header()).map_err(io_err(&path))?;
+        file.write_all(&header.encode()).map_err(io_err(&path))?;
         file.sync_all().map_err(io_err(&path))?;
         // Make the new file name itself durable.
         File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
-        Ok(Self { dir, options, file, path, len: SEGMENT_HEADER_LEN as u64, next_seq: first_seq, scratch: Vec::new() })
+        Ok(Self {
+            dir,
+            options,
+            file,
+            path,
+            len: SEGMENT_HEADER_LEN as u64,
+            next_seq: first_seq,
+            last_hash: start_hash,
+            records_since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            recovery: None,
+            scratch: Vec::new(),
+        })
     }
 
     /// The sequence number the next appended record will get.
@@ -67,12 +135,32 @@ impl Journal {
         self.next_seq
     }
 
+    /// The hash of the last record (the chain head).
+    pub fn last_hash(&self) -> Hash {
+        self.last_hash
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Appends one record; it is durable only after [`Journal::sync`].
+    pub fn instance(&self) -> &str {
+        &self.options.instance
+    }
+
+    /// What recovery cut when this journal was opened, if anything.
+    pub fn recovery(&self) -> Option<&Recovery> {
+        self.recovery.as_ref()
+    }
+
+    /// Appends one envelope record; it is durable only after [`Journal::sync`].
     pub fn append(&mut self, timestamp_micros: i64, payload: &[u8]) -> Result<u64, JournalError> {
+        let seq = self.append_kind(RecordKind::Envelope, timestamp_micros, payload)?;
+        self.records_since_checkpoint += 1;
+        Ok(seq)
+    }
+
+    fn append_kind(&mut self, kind: RecordKind, timestamp_micros: i64, payload: &[u8]) -> Result<u64, JournalError> {
         if payload.len() > MAX_PAYLOAD {
             return Err(JournalError::PayloadTooLarge { len: payload.len(), max: MAX_PAYLOAD });
         }
@@ -82,7 +170,7 @@ impl Journal {
         }
         let seq = self.next_seq;
         self.scratch.clear();
-        encode_record(&mut self.scratch, seq, timestamp_micros, payload);
+        let hash = encode_record(&mut self.scratch, kind, seq, timestamp_micros, &self.last_hash, payload);
         if let Err(source) = self.file.write_all(&self.scratch) {
             // A partial write leaves a torn tail; cut it now so the next append starts clean.
             let _ = self.file.set_len(self.len);
@@ -90,6 +178,7 @@ impl Journal {
         }
         self.len += self.scratch.len() as u64;
         self.next_seq += 1;
+        self.last_hash = hash;
         Ok(seq)
     }
 
@@ -98,59 +187,161 @@ impl Journal {
         self.file.sync_data().map_err(io_err(&self.path))
     }
 
+    /// True when records are waiting for a checkpoint and its count or time has come.
+    pub fn checkpoint_due(&self) -> bool {
+        self.options.signer.is_some()
+            && self.records_since_checkpoint > 0
+            && (self.records_since_checkpoint >= self.options.checkpoint_every_records
+                || self.last_checkpoint.elapsed() >= self.options.checkpoint_every)
+    }
+
+    /// Writes a checkpoint if one is due (see [`Journal::checkpoint_due`]); syncs it.
+    pub fn checkpoint_if_due(&mut self) -> Result<bool, JournalError> {
+        if !self.checkpoint_due() {
+            return Ok(false);
+        }
+        self.checkpoint()?;
+        Ok(true)
+    }
+
+    /// Signs the chain head into a checkpoint record, makes it durable, then hands a copy
+    /// to the witness. Does nothing without a signer or when nothing is uncovered.
+    pub fn checkpoint(&mut self) -> Result<(), JournalError> {
+        let Some(signer) = self.options.signer.clone() else { return Ok(()) };
+        if self.records_since_checkpoint == 0 {
+            return Ok(());
+        }
+        let payload = signer.sign(&self.options.instance, self.next_seq - 1, &self.last_hash, now_micros());
+        self.append_kind(RecordKind::Checkpoint, now_micros(), &payload)?;
+        self.sync()?;
+        // Only a durable checkpoint goes to the witness: the witness is never ahead.
+        if let Some(dir) = &self.options.witness_dir {
+            append_witness(dir, &self.options.instance, &payload)?;
+        }
+        self.records_since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// A clean shutdown: a final checkpoint and fsync.
+    pub fn close(mut self) -> Result<(), JournalError> {
+        self.checkpoint()?;
+        self.sync()
+    }
+
     fn rotate(&mut self) -> Result<(), JournalError> {
         self.sync()?;
-        let next = Self::create_segment(self.dir.clone(), self.options.clone(), self.next_seq)?;
+        let mut next = Self::create_segment(self.dir.clone(), self.options.clone(), self.next_seq, self.last_hash)?;
+        next.records_since_checkpoint = self.records_since_checkpoint;
+        next.last_checkpoint = self.last_checkpoint;
         info!(segment = %next.path.display(), "journal segment started");
         *self = next;
         Ok(())
     }
 }
 
-/// Scans a segment and truncates it after its last valid record. Returns the valid length
-/// and the next sequence number.
-fn recover_segment(path: &Path, first_seq: u64) -> Result<(u64, u64), JournalError> {
+struct Recovered {
+    len: u64,
+    next_seq: u64,
+    last_hash: Hash,
+    /// Envelope records since the segment's last checkpoint.
+    records: u64,
+    cut: Option<Recovery>,
+}
+
+/// Scans the last segment and truncates it after its last valid record.
+fn recover_segment(path: &Path, first_seq: u64, instance: &str) -> Result<Recovered, JournalError> {
     let mut bytes = Vec::new();
     File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(path))?;
-    if bytes.len() < SEGMENT_HEADER_LEN {
-        // Crashed while creating the segment: start it again.
-        warn!(segment = %path.display(), bytes = bytes.len(), "journal segment header torn; rewriting it");
-        std::fs::write(path, segment_header()).map_err(io_err(path))?;
-        return Ok((SEGMENT_HEADER_LEN as u64, first_seq));
+    let header = match SegmentHeader::decode(&bytes) {
+        Ok(header) => header,
+        Err(what) if bytes.len() < SEGMENT_HEADER_LEN => {
+            // Crashed while creating the segment; the previous segment holds the chain head.
+            return recreate_torn_segment(path, first_seq, instance, what);
+        }
+        Err(_) => return Err(JournalError::NotASegment { path: path.to_path_buf() }),
+    };
+    if header.instance != instance {
+        return Err(JournalError::InstanceMismatch {
+            path: path.to_path_buf(),
+            found: header.instance,
+            configured: instance.to_owned(),
+        });
     }
-    if !check_segment_header(&bytes) {
+    if header.first_seq != first_seq {
         return Err(JournalError::NotASegment { path: path.to_path_buf() });
     }
     let mut offset = SEGMENT_HEADER_LEN;
     let mut expected = first_seq;
+    let mut last_hash = header.start_hash;
+    let mut records = 0;
     let reason = loop {
         if offset == bytes.len() {
             break None;
         }
         match decode_record(&bytes[offset..]) {
-            Decoded::Record(record, n) if record.seq == expected => {
+            Decoded::Record(record, n) if record.seq == expected && record.prev_hash == last_hash => {
                 offset += n;
                 expected += 1;
+                last_hash = record.hash;
+                records = if record.kind == RecordKind::Checkpoint { 0 } else { records + 1 };
             }
-            Decoded::Record(record, _) => {
+            Decoded::Record(record, _) if record.seq != expected => {
                 break Some(format!("sequence {} where {expected} was expected", record.seq));
             }
+            Decoded::Record(..) => break Some("record does not link to the previous hash".to_owned()),
             Decoded::Incomplete => break Some("incomplete record".to_owned()),
             Decoded::Corrupt(what) => break Some(what),
         }
     };
+    let mut cut = None;
     if let Some(reason) = reason {
-        let cut = bytes.len() - offset;
+        let bytes_cut = (bytes.len() - offset) as u64;
         warn!(
             segment = %path.display(),
             offset,
-            bytes_cut = cut,
+            bytes_cut,
             reason = %reason,
             "journal recovery truncated a torn tail"
         );
         let file = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
         file.set_len(offset as u64).map_err(io_err(path))?;
         file.sync_all().map_err(io_err(path))?;
+        cut = Some(Recovery { segment: path.to_path_buf(), offset: offset as u64, bytes_cut, reason });
     }
-    Ok((offset as u64, expected))
+    Ok(Recovered { len: offset as u64, next_seq: expected, last_hash, records, cut })
+}
+
+/// The last segment's header was torn: rewrite it from the end of the previous segment.
+fn recreate_torn_segment(path: &Path, first_seq: u64, instance: &str, what: &str) -> Result<Recovered, JournalError> {
+    warn!(segment = %path.display(), reason = what, "journal segment header torn; rewriting it");
+    let start_hash = if first_seq == 1 {
+        genesis_hash(instance)
+    } else {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let previous = list_segments(dir)
+            .map_err(io_err(dir))?
+            .into_iter()
+            .rfind(|(first, _)| *first < first_seq)
+            .ok_or_else(|| JournalError::NotASegment { path: path.to_path_buf() })?;
+        let head = crate::reader::segment_head(&previous.1)?;
+        if head.next_seq != first_seq {
+            return Err(JournalError::NotASegment { path: path.to_path_buf() });
+        }
+        head.last_hash
+    };
+    let header = SegmentHeader { first_seq, start_hash, instance: instance.to_owned() };
+    std::fs::write(path, header.encode()).map_err(io_err(path))?;
+    Ok(Recovered {
+        len: SEGMENT_HEADER_LEN as u64,
+        next_seq: first_seq,
+        last_hash: start_hash,
+        records: 0,
+        cut: Some(Recovery {
+            segment: path.to_path_buf(),
+            offset: 0,
+            bytes_cut: 0,
+            reason: "segment header torn".into(),
+        }),
+    })
 }

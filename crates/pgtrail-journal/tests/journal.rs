@@ -6,7 +6,7 @@ use std::io::Write;
 use pgtrail_journal::*;
 
 fn options(segment_max_bytes: u64) -> JournalOptions {
-    JournalOptions { segment_max_bytes }
+    JournalOptions { segment_max_bytes, ..JournalOptions::default() }
 }
 
 #[test]
@@ -44,7 +44,7 @@ fn torn_tail_is_truncated_on_open() {
     let good_len = std::fs::metadata(&seg).unwrap().len();
     // A crash in the middle of writing record 3: its header and half its payload.
     let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
-    f.write_all(&[50, 0, 0, 0, 1, 2, 3, 4, 3, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    f.write_all(&[50, 0, 0, 0, 1, 2, 3, 4, 1, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0]).unwrap();
     drop(f);
     let mut j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
     assert_eq!(std::fs::metadata(&seg).unwrap().len(), good_len, "tail cut back to the last good record");
@@ -66,8 +66,8 @@ fn corruption_in_the_middle_is_reported_by_readers() {
     drop(j);
     let seg = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
     let mut bytes = std::fs::read(&seg).unwrap();
-    // Flip a payload byte of the second record (16 header + 32 first record + 24 header).
-    bytes[16 + 32 + 24] ^= 0xff;
+    // Flip a payload byte of the second record (128 header + 104 first record + 96 header).
+    bytes[128 + 104 + 96] ^= 0xff;
     std::fs::write(&seg, bytes).unwrap();
     let results: Vec<_> = JournalReader::open(dir.path(), 1).unwrap().collect();
     assert!(results[0].is_ok());

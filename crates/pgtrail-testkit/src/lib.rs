@@ -32,16 +32,36 @@ pub fn start_pg_with(options: LocalPgOptions) -> LocalPg {
 pub struct TestCapture {
     pub addr: std::net::SocketAddr,
     capture: Option<Capture>,
-    journal: tempfile::TempDir,
+    /// Holds `journal/` and `journal.keys/`; removed on drop.
+    _root: tempfile::TempDir,
+    journal: PathBuf,
+}
+
+/// Where the test keys of a journal live: a sibling directory `<journal>.keys`.
+pub fn keys_dir(journal: &Path) -> PathBuf {
+    journal.with_extension("keys")
+}
+
+/// Every event in a journal whose keys are in [`keys_dir`].
+pub fn read_events(journal: &Path) -> Vec<ActivityEvent> {
+    let ring = pgtrail::keys::load_key_ring(&[keys_dir(journal).join(pgtrail::keys::WRAPPING_PRIVATE)])
+        .expect("test keys load");
+    pgtrail::tail::read_all(journal, ring).expect("journal is readable")
 }
 
 /// The capture configuration tests use: everything default but fast batching.
+/// Keys are made in `<journal>.keys` (see [`keys_dir`]).
 pub fn capture_config(pg: &LocalPg, journal: &Path) -> CaptureConfig {
+    let keys = keys_dir(journal);
+    if !keys.join(pgtrail::keys::WRAPPING_PUBLIC).exists() {
+        pgtrail::keys::init(&keys, false).expect("test keys");
+    }
     let mut config = FileConfig::default()
         .resolve(&Overrides {
             listen: Some("127.0.0.1:0".parse().expect("valid address")),
             upstream: Some(format!("postgres://{}:{}", pg.host(), pg.port())),
             journal: Some(journal.to_path_buf()),
+            keys: Some(keys),
         })
         .expect("test configuration resolves");
     config.recorder.max_batch_delay = Duration::from_millis(20);
@@ -56,15 +76,16 @@ impl TestCapture {
 
     /// Starts with a configuration adjusted by `customize`.
     pub async fn start_with(pg: &LocalPg, customize: impl FnOnce(&mut CaptureConfig)) -> Self {
-        let journal = tempfile::Builder::new().prefix("pgtrail-journal-").tempdir().expect("temp dir");
-        let mut config = capture_config(pg, journal.path());
+        let root = tempfile::Builder::new().prefix("pgtrail-capture-").tempdir().expect("temp dir");
+        let journal = root.path().join("journal");
+        let mut config = capture_config(pg, &journal);
         customize(&mut config);
         let capture = Capture::start(config).await.expect("capture starts");
-        Self { addr: capture.addr, capture: Some(capture), journal }
+        Self { addr: capture.addr, capture: Some(capture), _root: root, journal }
     }
 
     pub fn journal_dir(&self) -> &Path {
-        self.journal.path()
+        &self.journal
     }
 
     /// A libpq URL through the proxy.
@@ -72,9 +93,14 @@ impl TestCapture {
         format!("postgres://{user}:{password}@{}/{database}", self.addr)
     }
 
+    /// The directory of this capture's keys.
+    pub fn keys_dir(&self) -> PathBuf {
+        keys_dir(&self.journal)
+    }
+
     /// Events in the journal now.
     pub fn events(&self) -> Vec<ActivityEvent> {
-        pgtrail::tail::read_all(self.journal.path()).expect("journal is readable")
+        read_events(&self.journal)
     }
 
     /// Polls the journal until `done` holds (or panics after 15 s with what was there).

@@ -47,8 +47,15 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     }
 }
 
-fn tail(args: &[&str]) -> std::process::Output {
-    Command::new(pgtrail_binary()).arg("tail").args(args).output().unwrap()
+fn pgtrail(args: &[&str]) -> std::process::Output {
+    Command::new(pgtrail_binary()).args(args).output().unwrap()
+}
+
+fn keys_init(dir: &Path) {
+    let out = pgtrail(&["keys", "init", "--dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("wrapping.key") && text.contains("off the proxy host"), "{text}");
 }
 
 #[test]
@@ -57,9 +64,13 @@ fn proxy_from_flags_then_sigterm_then_tail() {
     pg.psql(&format!("CREATE ROLE auditor LOGIN PASSWORD '{PASSWORD}'")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
+    let keys = dir.path().join("keys");
+    keys_init(&keys);
     let log = dir.path().join("pgtrail.log");
     let port = free_port();
     let args = vec![
+        "--keys".to_string(),
+        keys.display().to_string(),
         "--listen".to_string(),
         format!("127.0.0.1:{port}"),
         "--upstream".to_string(),
@@ -82,27 +93,85 @@ fn proxy_from_flags_then_sigterm_then_tail() {
     assert!(log_text.contains("session started"), "{log_text}");
     assert!(!log_text.contains("very-distinctive-literal") && !log_text.contains(PASSWORD), "{log_text}");
 
+    // Reading needs the private key; the proxy never had it.
+    let j = journal.to_str().unwrap();
+    let key = keys.join("wrapping.key");
+    let key = key.to_str().unwrap();
+    let tail = |extra: &[&str]| {
+        let mut args = vec!["tail", "--journal", j, "--key", key];
+        args.extend_from_slice(extra);
+        pgtrail(&args)
+    };
+    let no_key = pgtrail(&["tail", "--journal", j]);
+    assert!(!no_key.status.success() && String::from_utf8_lossy(&no_key.stderr).contains("--key"), "{no_key:?}");
+    // Records are DAS records: nothing of the SQL text is visible in the segment files.
+    for entry in std::fs::read_dir(&journal).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("very-distinctive-literal"));
+    }
     // JSON lines: every event, parseable.
-    let json = tail(&["--journal", journal.to_str().unwrap(), "--json"]);
+    let json = tail(&["--json"]);
     let events: Vec<ActivityEvent> =
         String::from_utf8(json.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(events.iter().filter(|e| e.class == EventClass::Connect).count(), 2);
     assert!(events.iter().any(|e| e.command_text.as_deref() == Some(secret_text)));
     // Filters.
-    let by_user = tail(&["--journal", journal.to_str().unwrap(), "--json", "--user", "auditor"]);
+    let by_user = tail(&["--json", "--user", "auditor"]);
     let by_user: Vec<ActivityEvent> =
         String::from_utf8(by_user.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(!by_user.is_empty() && by_user.iter().all(|e| e.db_user_name.as_deref() == Some("auditor")));
-    let ddl = tail(&["--journal", journal.to_str().unwrap(), "--class", "ddl"]);
+    let ddl = tail(&["--class", "ddl"]);
     let table = String::from_utf8(ddl.stdout).unwrap();
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("TIME") && lines[0].contains("STATEMENT"), "{table}");
     assert_eq!(lines.len(), 3, "header and two CREATE TABLE rows: {table}");
     assert!(lines[1..].iter().all(|l| l.contains("CREATE TABLE")));
     // A bad class is a clear error.
-    let bad = tail(&["--journal", journal.to_str().unwrap(), "--class", "nope"]);
+    let bad = tail(&["--class", "nope"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown class"));
+
+    // verify needs only the public key, and passes; the clean shutdown left a checkpoint.
+    let vkey = keys.join("verify.pub");
+    let verify = pgtrail(&["verify", "--journal", j, "--verify-key", vkey.to_str().unwrap()]);
+    let report = String::from_utf8_lossy(&verify.stdout).to_string();
+    assert!(verify.status.success(), "{verify:?}");
+    assert!(report.starts_with("OK:") && !report.contains("not yet signed"), "{report}");
+
+    // export: jsonl matches tail --json; das lines are the records as written, and
+    // `keys unwrap` gives each one's data key.
+    let jsonl = pgtrail(&["export", "--journal", j, "--key", key, "--format", "jsonl"]);
+    assert!(jsonl.status.success(), "{jsonl:?}");
+    assert_eq!(String::from_utf8_lossy(&jsonl.stdout), String::from_utf8_lossy(&tail(&["--json"]).stdout));
+    let das = pgtrail(&["export", "--journal", j, "--key", key, "--format", "das"]);
+    let das = String::from_utf8(das.stdout).unwrap();
+    let first: serde_json::Value = serde_json::from_str(das.lines().next().unwrap()).unwrap();
+    assert_eq!(first["type"], "DatabaseActivityMonitoringRecords");
+    assert_eq!(first["version"], "1.1");
+    let unwrap = pgtrail(&["keys", "unwrap", "--key", key, "--journal", j, "--seq", "1"]);
+    assert!(unwrap.status.success(), "{unwrap:?}");
+    let data_key = String::from_utf8(unwrap.stdout).unwrap();
+    assert_eq!(data_key.trim().len(), 64, "{data_key}");
+    // With the data key alone, the record decrypts (the way DAS consumers do it).
+    let message = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        first["databaseActivityEvents"].as_str().unwrap(),
+    )
+    .unwrap();
+    let raw = pgtrail_envelope::RawAesKey::das(hex::decode(data_key.trim()).unwrap().try_into().unwrap());
+    let inner =
+        pgtrail_envelope::das::gunzip_one_member(&pgtrail_envelope::message::decrypt(&raw, &message).unwrap()).unwrap();
+    assert!(String::from_utf8(inner).unwrap().starts_with("{\"type\":\"DatabaseActivityMonitoringRecord\""));
+
+    // A changed byte in the journal: verify fails, naming the record.
+    let segment = std::fs::read_dir(&journal).unwrap().map(|e| e.unwrap().path()).min().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[128 + 96 + 40] ^= 0x20; // inside record 1's payload
+    std::fs::write(&segment, bytes).unwrap();
+    let verify = pgtrail(&["verify", "--journal", j, "--verify-key", vkey.to_str().unwrap()]);
+    assert_eq!(verify.status.code(), Some(1), "{verify:?}");
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(text.contains("FAILED: record 1 ") && text.contains("CRC32C"), "{text}");
 }
 
 #[test]
@@ -110,13 +179,15 @@ fn config_file_and_shutdown_grace() {
     let pg = start_pg(HostAuth::Trust);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    keys_init(&dir.path().join("keys"));
     let config = dir.path().join("pgtrail.toml");
     std::fs::write(
         &config,
         format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_ms = 300\n\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"disable\"\n\n[journal]\ndir = \"{}\"\n",
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_ms = 300\n\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"disable\"\n\n[journal]\ndir = \"{}\"\n\n[keys]\ndir = \"{}\"\n",
             pg.port(),
-            dir.path().join("journal").display()
+            dir.path().join("journal").display(),
+            dir.path().join("keys").display()
         ),
     )
     .unwrap();
@@ -139,7 +210,8 @@ fn config_file_and_shutdown_grace() {
         String::from_utf8_lossy(&out.stderr).contains("terminating connection due to administrator command"),
         "{out:?}"
     );
-    let events = pgtrail::tail::read_all(&dir.path().join("journal")).unwrap();
+    let ring = pgtrail::keys::load_key_ring(&[dir.path().join("keys/wrapping.key")]).unwrap();
+    let events = pgtrail::tail::read_all(&dir.path().join("journal"), ring).unwrap();
     let disconnect = events.iter().find(|e| e.class == EventClass::Disconnect).expect("DISCONNECT recorded");
     assert_eq!(disconnect.exit_code, Some(ExitCode::SqlState("57P01".into())));
 

@@ -1,13 +1,15 @@
 //! Composes the capture side: the proxy emits events into the recorder, which batches them
-//! into DAS inner records and appends them to the journal.
+//! into DAS inner records, seals each into a DAS record (gzip, ESDK encryption, wrapped
+//! data key) and appends it to the hash-chained journal with signed checkpoints.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::DateTime;
+use pgtrail_envelope::Sealer;
 use pgtrail_event::{ActivityEvent, EventClass};
-use pgtrail_journal::{Journal, JournalError, Recorder};
+use pgtrail_journal::{Journal, JournalError, JournalOptions, Recorder};
 use pgtrail_proxy::{EventSink, Proxy, ProxyStats};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -51,14 +53,21 @@ pub struct Capture {
 impl Capture {
     /// Opens the journal (recovering a torn tail), starts the recorder and binds the proxy.
     pub async fn start(config: CaptureConfig) -> anyhow::Result<Self> {
+        let wrapping = crate::keys::load_wrapping_public(&config.wrapping_public_key)
+            .context("cannot load the wrapping public key")?;
+        let signer = crate::keys::load_signer(&config.signing_key).context("cannot load the checkpoint signing key")?;
         let dir = config.journal_dir.clone();
-        let options = config.journal.clone();
+        let options = JournalOptions { signer: Some(signer), ..config.journal.clone() };
         let journal = tokio::task::spawn_blocking(move || Journal::open(&dir, options))
             .await?
             .with_context(|| format!("cannot open the journal in {}", config.journal_dir.display()))?;
         let (cluster, instance) = (config.cluster_id.clone(), config.instance_id.clone());
-        let encode =
-            Box::new(move |events: &[ActivityEvent]| pgtrail_event::activity_record_json(&cluster, &instance, events));
+        let mut sealer = Sealer::new(Arc::new(wrapping), config.envelope.clone());
+        let encode = Box::new(move |events: &[ActivityEvent]| {
+            let inner = pgtrail_event::activity_record_json(&cluster, &instance, events);
+            // The key was checked to wrap when it was loaded: sealing cannot fail.
+            sealer.seal(&inner).expect("sealing with a checked key").json.into_bytes()
+        });
         let (recorder, recorder_task) = Recorder::spawn(journal, config.recorder.clone(), encode, Box::new(loss_event));
         let proxy = Proxy::bind(config.proxy.clone(), Arc::new(RecorderSink(recorder))).await?;
         let addr = proxy.local_addr();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use pgtrail_envelope::{SealerConfig, Suite};
 use pgtrail_journal::{JournalOptions, RecorderConfig};
 use pgtrail_proxy::{ClientTlsConfig, ProxyConfig, UpstreamConfig, UpstreamTlsMode};
 use pgtrail_wire::Limits;
@@ -23,6 +24,10 @@ pub struct FileConfig {
     pub recorder: RecorderSection,
     #[serde(default)]
     pub instance: InstanceSection,
+    #[serde(default)]
+    pub keys: KeysSection,
+    #[serde(default)]
+    pub envelope: EnvelopeSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,12 +85,78 @@ pub struct JournalSection {
     pub dir: Option<PathBuf>,
     #[serde(default = "default_segment_bytes")]
     pub segment_max_bytes: u64,
+    #[serde(default = "default_checkpoint_records")]
+    pub checkpoint_every_records: u64,
+    #[serde(default = "default_checkpoint_secs")]
+    pub checkpoint_every_secs: u64,
+    pub witness_dir: Option<PathBuf>,
 }
 
 impl Default for JournalSection {
     fn default() -> Self {
-        Self { dir: None, segment_max_bytes: default_segment_bytes() }
+        Self {
+            dir: None,
+            segment_max_bytes: default_segment_bytes(),
+            checkpoint_every_records: default_checkpoint_records(),
+            checkpoint_every_secs: default_checkpoint_secs(),
+            witness_dir: None,
+        }
     }
+}
+
+fn default_checkpoint_records() -> u64 {
+    JournalOptions::default().checkpoint_every_records
+}
+fn default_checkpoint_secs() -> u64 {
+    JournalOptions::default().checkpoint_every.as_secs()
+}
+
+/// Where the capture side's two keys are: by default `wrapping.pub` and `signing.key` in
+/// `dir` (as `pgtrail keys init` writes them); each path can be set on its own.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    pub dir: Option<PathBuf>,
+    pub wrapping_public: Option<PathBuf>,
+    pub signing: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvelopeSection {
+    /// "0x0178" (Aurora's, the default) or "0x0478" (key-committing).
+    #[serde(default = "default_suite")]
+    pub suite: String,
+    #[serde(default = "default_rotate_records")]
+    pub rotate_after_records: u64,
+    #[serde(default = "default_rotate_secs")]
+    pub rotate_after_secs: u64,
+    #[serde(default = "default_gzip_level")]
+    pub gzip_level: u32,
+}
+
+impl Default for EnvelopeSection {
+    fn default() -> Self {
+        Self {
+            suite: default_suite(),
+            rotate_after_records: default_rotate_records(),
+            rotate_after_secs: default_rotate_secs(),
+            gzip_level: default_gzip_level(),
+        }
+    }
+}
+
+fn default_suite() -> String {
+    "0x0178".into()
+}
+fn default_rotate_records() -> u64 {
+    SealerConfig::default().rotate_after_records
+}
+fn default_rotate_secs() -> u64 {
+    SealerConfig::default().rotate_after.as_secs()
+}
+fn default_gzip_level() -> u32 {
+    SealerConfig::default().gzip_level
 }
 
 fn default_segment_bytes() -> u64 {
@@ -152,6 +223,11 @@ pub struct CaptureConfig {
     pub recorder: RecorderConfig,
     pub cluster_id: String,
     pub instance_id: String,
+    pub envelope: SealerConfig,
+    /// The wrapping public key file (data keys are wrapped to it).
+    pub wrapping_public_key: PathBuf,
+    /// The checkpoint signing key file.
+    pub signing_key: PathBuf,
 }
 
 /// Command-line values that override the file.
@@ -160,6 +236,7 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub upstream: Option<String>,
     pub journal: Option<PathBuf>,
+    pub keys: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -190,7 +267,7 @@ impl FileConfig {
         if upstream.tls == UpstreamTlsMode::VerifyFull && upstream.ca_file.is_none() {
             bail!("upstream.tls = \"verify-full\" needs upstream.ca_file");
         }
-        let Some(journal_dir) = overrides.journal.clone().or(self.journal.dir) else {
+        let Some(journal_dir) = overrides.journal.clone().or(self.journal.dir.clone()) else {
             bail!("no journal directory: set [journal] dir in the configuration file or pass --journal DIR");
         };
         let p = self.proxy;
@@ -220,11 +297,45 @@ impl FileConfig {
         let instance_id = self.instance.instance_id.unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "pgtrail".into())
         });
+        if instance_id.is_empty() || instance_id.len() > 64 {
+            bail!("instance.instance_id must be 1 to 64 bytes");
+        }
+        let j = &self.journal;
+        if j.checkpoint_every_records == 0 || j.checkpoint_every_secs == 0 {
+            bail!("journal.checkpoint_every_records and journal.checkpoint_every_secs must be positive");
+        }
+        let keys_dir = overrides.keys.clone().or(self.keys.dir);
+        let key_file = |explicit: Option<PathBuf>, name: &str, key: &str| -> anyhow::Result<PathBuf> {
+            explicit.or_else(|| keys_dir.as_ref().map(|d| d.join(name))).with_context(|| {
+                format!(
+                    "no {key} key: pass --keys DIR (made by `pgtrail keys init --dir DIR`) or set [keys] dir or keys.{key} in the configuration file"
+                )
+            })
+        };
+        let wrapping_public_key = key_file(self.keys.wrapping_public, crate::keys::WRAPPING_PUBLIC, "wrapping_public")?;
+        let signing_key = key_file(self.keys.signing, crate::keys::SIGNING_PRIVATE, "signing")?;
+        let e = &self.envelope;
+        let suite = match e.suite.as_str() {
+            "0x0178" => Suite::Aes256GcmHkdfSha256,
+            "0x0478" => Suite::Aes256GcmHkdfSha512Commit,
+            other => bail!("envelope.suite {other:?}: use \"0x0178\" (Aurora's) or \"0x0478\" (key-committing)"),
+        };
+        if e.gzip_level > 9 || e.rotate_after_records == 0 || e.rotate_after_secs == 0 {
+            bail!("envelope.gzip_level must be 0 to 9 and the rotation limits positive");
+        }
         Ok(CaptureConfig {
             proxy,
             workers,
             journal_dir,
-            journal: JournalOptions { segment_max_bytes: self.journal.segment_max_bytes },
+            journal: JournalOptions {
+                segment_max_bytes: self.journal.segment_max_bytes,
+                instance: instance_id.clone(),
+                // Loaded from `signing_key` when the capture starts.
+                signer: None,
+                checkpoint_every_records: self.journal.checkpoint_every_records,
+                checkpoint_every: Duration::from_secs(self.journal.checkpoint_every_secs),
+                witness_dir: self.journal.witness_dir.clone(),
+            },
             recorder: RecorderConfig {
                 max_batch_items: self.recorder.max_batch_events,
                 max_batch_delay: Duration::from_millis(self.recorder.max_batch_delay_ms),
@@ -232,6 +343,14 @@ impl FileConfig {
             },
             cluster_id: self.instance.cluster_id,
             instance_id,
+            envelope: SealerConfig {
+                suite,
+                rotate_after_records: e.rotate_after_records,
+                rotate_after: Duration::from_secs(e.rotate_after_secs),
+                gzip_level: e.gzip_level,
+            },
+            wrapping_public_key,
+            signing_key,
         })
     }
 }
@@ -289,10 +408,15 @@ mod tests {
             listen: Some("127.0.0.1:7000".parse().unwrap()),
             upstream: Some("postgres://127.0.0.1:5555".into()),
             journal: Some("/tmp/j".into()),
+            keys: Some("/etc/pgtrail/keys".into()),
         };
         let config = FileConfig::default().resolve(&overrides).unwrap();
         assert_eq!(config.proxy.listen.port(), 7000);
         assert_eq!(config.proxy.upstream.port, 5555);
+        assert_eq!(config.signing_key, Path::new("/etc/pgtrail/keys/signing.key"));
         assert!(FileConfig::default().resolve(&Overrides::default()).is_err());
+        let no_keys = Overrides { keys: None, ..overrides };
+        let err = FileConfig::default().resolve(&no_keys).unwrap_err().to_string();
+        assert!(err.contains("pgtrail keys init"), "{err}");
     }
 }

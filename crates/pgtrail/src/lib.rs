@@ -3,5 +3,6 @@
 
 pub mod capture;
 pub mod config;
+pub mod keys;
 pub mod localpg;
 pub mod tail;

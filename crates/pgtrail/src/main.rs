@@ -10,8 +10,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use pgtrail::capture::Capture;
 use pgtrail::config::{FileConfig, Overrides};
-use pgtrail::tail;
+use pgtrail::{keys, tail};
+use pgtrail_envelope::{DasEnvelope, Opener};
 use pgtrail_event::EventClass;
+use pgtrail_journal::{JournalReader, RecordKind, VerifierSet};
 use tracing::info;
 
 mod quickstart;
@@ -55,12 +57,19 @@ enum Command {
         /// Directory of the journal the events are written to.
         #[arg(long, value_name = "DIR")]
         journal: Option<PathBuf>,
+        /// Directory with wrapping.pub and signing.key (from `pgtrail keys init`).
+        #[arg(long, value_name = "DIR")]
+        keys: Option<PathBuf>,
     },
-    /// Print the events in a journal, oldest first.
+    /// Print the events in a journal, oldest first (decrypting, checking the hash chain).
     Tail {
         /// Directory of the journal.
         #[arg(long, value_name = "DIR")]
         journal: PathBuf,
+        /// Wrapping private key file (wrapping.key), or a directory of wrapping*.key files.
+        /// Repeat for records wrapped to older keys.
+        #[arg(long, value_name = "FILE|DIR", required = true)]
+        key: Vec<PathBuf>,
         /// Keep running and print new events as they are written.
         #[arg(long, short)]
         follow: bool,
@@ -80,6 +89,74 @@ enum Command {
     /// binaries, puts the proxy in front of it, prints the psql command to connect, and
     /// prints every event as it is recorded until Ctrl-C. Then everything is removed.
     Quickstart(quickstart::Args),
+    /// Write every record of a journal to stdout or a file (decrypting, checking the chain).
+    Export {
+        #[arg(long, value_name = "DIR")]
+        journal: PathBuf,
+        /// Wrapping private key file or directory (repeatable), as for tail.
+        #[arg(long, value_name = "FILE|DIR", required = true)]
+        key: Vec<PathBuf>,
+        /// jsonl: one event per line. das: one DAS record per line, exactly as written
+        /// (encrypted; readable by DAS consumers given `pgtrail keys unwrap`).
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        /// Output file (default: standard output).
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Check a journal's integrity with the public verification key only: CRCs, the hash
+    /// chain, sequence continuity, checkpoint signatures and (with --witness) truncation.
+    /// Exits 1 naming the first bad record.
+    Verify {
+        #[arg(long, value_name = "DIR")]
+        journal: PathBuf,
+        /// Checkpoint verification key (verify.pub); repeat for rotated signing keys.
+        #[arg(long = "verify-key", value_name = "FILE", required = true)]
+        verify_key: Vec<PathBuf>,
+        /// Witness directory the proxy copied checkpoints to (journal.witness_dir).
+        #[arg(long, value_name = "DIR")]
+        witness: Option<PathBuf>,
+    },
+    /// Make and use keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a wrapping key pair (HPKE X25519) and a checkpoint signing key pair (ed25519).
+    ///
+    /// Writes wrapping.pub and signing.key (for the proxy), wrapping.key (for readers:
+    /// keep it off the proxy host) and verify.pub (for `pgtrail verify`), each mode 0600.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Replace existing key files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the plaintext data key of a DAS record (hex), for consumers that decrypt DAS
+    /// records themselves (raw AES keyring, provider "BC", key name "DataKey").
+    Unwrap {
+        /// Wrapping private key file or directory (repeatable).
+        #[arg(long, value_name = "FILE|DIR", required = true)]
+        key: Vec<PathBuf>,
+        /// A file holding one DAS record (JSON), or - for standard input.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["journal", "seq"])]
+        record: Option<PathBuf>,
+        /// Take the record from this journal...
+        #[arg(long, value_name = "DIR", requires = "seq")]
+        journal: Option<PathBuf>,
+        /// ...at this sequence number.
+        #[arg(long, value_name = "N")]
+        seq: Option<u64>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Jsonl,
+    Das,
 }
 
 fn init_logging(format: LogFormat) {
@@ -119,12 +196,12 @@ fn main() -> std::process::ExitCode {
 fn run_blocking(command: Command) -> anyhow::Result<()> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if let Command::Proxy { config, listen, upstream, journal } = command {
+    if let Command::Proxy { config, listen, upstream, journal, keys } = command {
         let file = match &config {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        let resolved = file.resolve(&Overrides { listen, upstream, journal })?;
+        let resolved = file.resolve(&Overrides { listen, upstream, journal, keys })?;
         // One worker: a current-thread scheduler, like pgbouncer's single event loop (no
         // work-stealing bookkeeping on every wake-up). The journal writer has its own thread.
         let runtime = if resolved.workers == 1 {
@@ -152,7 +229,8 @@ async fn run_proxy(resolved: pgtrail::config::CaptureConfig) -> anyhow::Result<(
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Proxy { .. } => unreachable!("the proxy is started by run_blocking"),
-        Command::Tail { journal, follow, user, class, json } => {
+        Command::Tail { journal, key, follow, user, class, json } => {
+            let ring = keys::load_key_ring(&key)?;
             let filter = tail::Filter { user, class };
             let format = if json { tail::Format::Json } else { tail::Format::Table };
             let stop = Arc::new(AtomicBool::new(false));
@@ -164,11 +242,133 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || {
                 let stdout = std::io::stdout();
                 let mut out = stdout.lock();
-                tail::run(&journal, &filter, format, follow, &mut out, &|| stop.load(Ordering::Relaxed))
+                tail::run(&journal, ring, &filter, format, follow, &mut out, &|| stop.load(Ordering::Relaxed))
             })
             .await
             .context("tail task failed")?
         }
         Command::Quickstart(args) => quickstart::run(args).await,
+        Command::Export { journal, key, format, output } => {
+            let ring = keys::load_key_ring(&key)?;
+            tokio::task::spawn_blocking(move || export(&journal, ring, format, output.as_deref()))
+                .await
+                .context("export task failed")?
+        }
+        Command::Verify { journal, verify_key, witness } => {
+            let keys = keys::load_verifiers(&verify_key)?;
+            tokio::task::spawn_blocking(move || verify(&journal, &keys, witness.as_deref()))
+                .await
+                .context("verify task failed")?
+        }
+        Command::Keys(KeysCommand::Init { dir, force }) => {
+            let ids = keys::init(&dir, force)?;
+            println!("Keys written to {} (each file mode 0600):", dir.display());
+            println!("  wrapping.pub  {}  proxy: wraps data keys; cannot unwrap them", ids.wrapping_id);
+            println!("  signing.key   {}  proxy: signs journal checkpoints", ids.signing_id);
+            println!(
+                "  wrapping.key  {}  readers only (tail, export, keys unwrap): keep it off the proxy host",
+                ids.wrapping_id
+            );
+            println!("  verify.pub    {}  anyone: pgtrail verify", ids.signing_id);
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Unwrap { key, record, journal, seq }) => {
+            let ring = keys::load_key_ring(&key)?;
+            let envelope = match (record, journal, seq) {
+                (Some(path), _, _) => read_record_arg(&path)?,
+                (None, Some(dir), Some(seq)) => record_at(&dir, seq)?,
+                _ => anyhow::bail!("give --record FILE or --journal DIR --seq N"),
+            };
+            let envelope = DasEnvelope::parse(&envelope).context("not a DAS record")?;
+            let mut opener = Opener::new(ring);
+            let data_key = opener.data_key(&envelope)?;
+            println!("{}", hex::encode(data_key.bytes()));
+            Ok(())
+        }
+    }
+}
+
+fn export(
+    journal: &std::path::Path,
+    ring: pgtrail_envelope::KeyRing,
+    format: ExportFormat,
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let format = match format {
+        ExportFormat::Jsonl => tail::ExportFormat::Jsonl,
+        ExportFormat::Das => tail::ExportFormat::Das,
+    };
+    let mut out: Box<dyn Write> = match output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    // Progress on stderr, only when someone is watching and the output is a file.
+    let show = output.is_some() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut progress = |records: u64| {
+        if show && records.is_multiple_of(1000) {
+            eprint!("\r{records} records...");
+        }
+    };
+    let (records, events) = tail::export(journal, ring, format, &mut out, &mut progress)?;
+    out.flush()?;
+    if output.is_some() {
+        eprintln!("\rexported {records} records ({events} events)");
+    }
+    Ok(())
+}
+
+fn verify(journal: &std::path::Path, keys: &VerifierSet, witness: Option<&std::path::Path>) -> anyhow::Result<()> {
+    match pgtrail_journal::verify_dir(journal, keys, witness)? {
+        Ok(report) => {
+            println!(
+                "OK: instance {}, {} records in {} segments ({} envelopes, {} checkpoints), last record {}",
+                report.instance,
+                report.last_seq,
+                report.segments,
+                report.envelopes,
+                report.checkpoints,
+                report.last_seq
+            );
+            if let Some(hash) = report.last_hash {
+                println!("chain head: {}", hex::encode(hash));
+            }
+            if witness.is_some() {
+                println!("witness: {} checkpoints, all present in the journal", report.witnessed);
+            }
+            if report.uncovered > 0 {
+                println!(
+                    "note: the last {} records follow the last checkpoint: chained but not yet signed",
+                    report.uncovered
+                );
+            }
+            Ok(())
+        }
+        Err(failure) => {
+            println!("FAILED: {failure}");
+            Err(anyhow::anyhow!("journal verification failed at {failure}"))
+        }
+    }
+}
+
+fn read_record_arg(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    if path == std::path::Path::new("-") {
+        std::io::stdin().read_to_end(&mut bytes)?;
+    } else {
+        bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    }
+    Ok(bytes)
+}
+
+fn record_at(journal: &std::path::Path, seq: u64) -> anyhow::Result<Vec<u8>> {
+    let mut reader = JournalReader::open(journal, seq)?;
+    match reader.next_record()? {
+        Some(record) if record.seq == seq && record.kind == RecordKind::Envelope => Ok(record.payload),
+        Some(record) if record.seq == seq => anyhow::bail!("record {seq} is a checkpoint, not a DAS record"),
+        _ => anyhow::bail!("the journal has no record {seq}"),
     }
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use pgtrail::capture::Capture;
 use pgtrail::config::{FileConfig, Overrides};
 use pgtrail::localpg::{HostAuth, LocalPg, LocalPgOptions};
-use pgtrail::tail;
+use pgtrail::{keys, tail};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -35,11 +35,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let pg = tokio::task::spawn_blocking(move || LocalPg::start(&options)).await??;
     let workdir = tempfile::Builder::new().prefix("pgtrail-quickstart-").tempdir()?;
     let journal = args.journal.clone().unwrap_or_else(|| workdir.path().join("journal"));
+    // Keys next to a kept journal (so it stays readable), else in the temporary directory.
+    let keys_dir = match &args.journal {
+        Some(dir) => dir.with_extension("keys"),
+        None => workdir.path().join("keys"),
+    };
+    if !keys_dir.join(keys::WRAPPING_PUBLIC).exists() {
+        keys::init(&keys_dir, false)?;
+    }
+    let ring_path = keys_dir.join(keys::WRAPPING_PRIVATE);
     let listen = pick_listen(args.port);
     let config = FileConfig::default().resolve(&Overrides {
         listen: Some(listen),
         upstream: Some(format!("postgres://{}:{}", pg.host(), pg.port())),
         journal: Some(journal.clone()),
+        keys: Some(keys_dir.clone()),
     })?;
     let capture = Capture::start(config).await?;
     let addr = capture.addr;
@@ -48,20 +58,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!();
     println!("  Connect through the proxy:   psql \"postgres://postgres:{}@{addr}/postgres\"", args.password);
     let me = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "pgtrail".into());
-    println!("  Read the journal elsewhere:  {me} tail --journal {} --follow", journal.display());
+    println!(
+        "  Read the journal elsewhere:  {me} tail --journal {} --key {} --follow",
+        journal.display(),
+        ring_path.display()
+    );
+    println!(
+        "  Check its integrity:         {me} verify --journal {} --verify-key {}",
+        journal.display(),
+        keys_dir.join(keys::VERIFY_PUBLIC).display()
+    );
+    println!();
+    println!("  Records are DAS records (gzip, AWS Encryption SDK, suite 0x0178) in a hash-chained");
+    println!(
+        "  journal with signed checkpoints. Keys (test keys, thrown away unless --journal): {}",
+        keys_dir.display()
+    );
     println!();
     println!("Every connection, statement and disconnect appears below. Ctrl-C stops and cleans up.");
     println!();
     if args.smoke {
-        return smoke(capture, pg, &journal, addr, &args.password).await;
+        return smoke(capture, pg, &journal, &ring_path, addr, &args.password).await;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     let journal_dir = journal.clone();
+    let ring = keys::load_key_ring(std::slice::from_ref(&ring_path))?;
     let printer = tokio::task::spawn_blocking(move || {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        tail::run(&journal_dir, &tail::Filter::default(), tail::Format::Table, true, &mut out, &|| {
+        tail::run(&journal_dir, ring, &tail::Filter::default(), tail::Format::Table, true, &mut out, &|| {
             flag.load(Ordering::Relaxed)
         })
     });
@@ -96,6 +122,7 @@ async fn smoke(
     capture: Capture,
     pg: LocalPg,
     journal: &std::path::Path,
+    key: &std::path::Path,
     addr: SocketAddr,
     password: &str,
 ) -> anyhow::Result<()> {
@@ -104,7 +131,7 @@ async fn smoke(
     let status = tokio::process::Command::new(psql).args([url.as_str(), "-X", "-c", "SELECT 1"]).status().await?;
     anyhow::ensure!(status.success(), "psql through the proxy failed");
     capture.stop().await?;
-    let events = tail::read_all(journal)?;
+    let events = tail::read_all(journal, keys::load_key_ring(&[key.to_path_buf()])?)?;
     let mut out = std::io::stdout();
     for e in &events {
         use std::io::Write;

@@ -5,8 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use pgtrail_envelope::{KeyRing, Opener};
 use pgtrail_event::{ActivityEvent, ActivityRecord, EventClass, ExitCode, format_das_time};
-use pgtrail_journal::JournalReader;
+use pgtrail_journal::{JournalReader, RecordKind};
 
 /// Which events to show.
 #[derive(Debug, Default, Clone)]
@@ -22,18 +23,59 @@ impl Filter {
     }
 }
 
-/// Decodes one journal record's payload into its events.
-pub fn decode_payload(payload: &[u8]) -> anyhow::Result<Vec<ActivityEvent>> {
+/// Decodes one inner DAS record (decrypted) into its events.
+pub fn decode_inner(inner: &[u8]) -> anyhow::Result<Vec<ActivityEvent>> {
     let record: ActivityRecord =
-        serde_json::from_slice(payload).context("record payload is not a DAS activity record")?;
+        serde_json::from_slice(inner).context("record payload is not a DAS activity record")?;
     Ok(record.database_activity_event_list)
 }
 
+/// Reads a journal's envelopes in order, checking the hash chain (the journal reader does)
+/// and decrypting each with a key ring. Checkpoint records are skipped here; `pgtrail
+/// verify` checks their signatures.
+#[derive(Debug)]
+pub struct EnvelopeReader {
+    reader: JournalReader,
+    opener: Opener,
+}
+
+/// One envelope record, opened.
+#[derive(Debug)]
+pub struct Opened {
+    pub seq: u64,
+    /// The DAS record exactly as written.
+    pub envelope: Vec<u8>,
+    /// The decrypted, inflated inner record JSON.
+    pub inner: Vec<u8>,
+}
+
+impl EnvelopeReader {
+    pub fn open(dir: &Path, ring: KeyRing) -> anyhow::Result<Self> {
+        let reader =
+            JournalReader::open(dir, 1).with_context(|| format!("cannot read the journal in {}", dir.display()))?;
+        Ok(Self { reader, opener: Opener::new(ring) })
+    }
+
+    /// The next envelope, or `None` at the live tail.
+    pub fn next_envelope(&mut self) -> anyhow::Result<Option<Opened>> {
+        while let Some(record) = self.reader.next_record()? {
+            if record.kind != RecordKind::Envelope {
+                continue;
+            }
+            let inner =
+                self.opener.open(&record.payload).with_context(|| format!("record {} cannot be opened", record.seq))?;
+            return Ok(Some(Opened { seq: record.seq, envelope: record.payload, inner }));
+        }
+        Ok(None)
+    }
+}
+
 /// All events currently in a journal (tests and tools).
-pub fn read_all(dir: &Path) -> anyhow::Result<Vec<ActivityEvent>> {
+pub fn read_all(dir: &Path, ring: KeyRing) -> anyhow::Result<Vec<ActivityEvent>> {
+    let mut reader = EnvelopeReader::open(dir, ring)?;
     let mut events = Vec::new();
-    for record in JournalReader::open(dir, 1)? {
-        events.extend(decode_payload(&record?.payload)?);
+    while let Some(opened) = reader.next_envelope()? {
+        events.extend(decode_inner(&opened.inner).with_context(|| format!("record {}", opened.seq))?);
     }
     Ok(events)
 }
@@ -48,20 +90,20 @@ pub enum Format {
 /// Prints matching events; with `follow`, keeps waiting for new ones until `stop` says so.
 pub fn run(
     dir: &Path,
+    ring: KeyRing,
     filter: &Filter,
     format: Format,
     follow: bool,
     out: &mut dyn Write,
     stop: &dyn Fn() -> bool,
 ) -> anyhow::Result<()> {
-    let mut reader =
-        JournalReader::open(dir, 1).with_context(|| format!("cannot read the journal in {}", dir.display()))?;
+    let mut reader = EnvelopeReader::open(dir, ring)?;
     if format == Format::Table {
         writeln!(out, "{}", table_header())?;
     }
     loop {
-        while let Some(record) = reader.next_record()? {
-            for event in decode_payload(&record.payload).with_context(|| format!("record {}", record.seq))? {
+        while let Some(opened) = reader.next_envelope()? {
+            for event in decode_inner(&opened.inner).with_context(|| format!("record {}", opened.seq))? {
                 if filter.matches(&event) {
                     match format {
                         Format::Json => writeln!(out, "{}", serde_json::to_string(&event)?)?,
@@ -122,4 +164,44 @@ pub fn table_row(e: &ActivityEvent) -> String {
         status,
         clip(&text, 80),
     )
+}
+
+/// Output format of `export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// One event per line.
+    Jsonl,
+    /// One DAS record per line, exactly as written (still encrypted).
+    Das,
+}
+
+/// Writes every record of the journal; returns (records, events) written.
+pub fn export(
+    dir: &Path,
+    ring: KeyRing,
+    format: ExportFormat,
+    out: &mut dyn Write,
+    progress: &mut dyn FnMut(u64),
+) -> anyhow::Result<(u64, u64)> {
+    let mut reader = EnvelopeReader::open(dir, ring)?;
+    let (mut records, mut events) = (0u64, 0u64);
+    while let Some(opened) = reader.next_envelope()? {
+        records += 1;
+        match format {
+            ExportFormat::Das => {
+                out.write_all(&opened.envelope)?;
+                out.write_all(b"\n")?;
+            }
+            ExportFormat::Jsonl => {
+                for event in decode_inner(&opened.inner).with_context(|| format!("record {}", opened.seq))? {
+                    serde_json::to_writer(&mut *out, &event)?;
+                    out.write_all(b"\n")?;
+                    events += 1;
+                }
+            }
+        }
+        progress(records);
+    }
+    out.flush()?;
+    Ok((records, events))
 }

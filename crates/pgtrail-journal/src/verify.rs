@@ -1,0 +1,258 @@
+//! Verification of a whole journal with public material only: CRCs, record hashes, the
+//! hash chain (within and across segments), sequence continuity, checkpoint signatures,
+//! and, given a witness, that the journal still holds every witnessed checkpoint.
+//!
+//! What each tamper shows up as:
+//! - a changed byte: a CRC, hash or header mismatch (or, if the attacker recomputed those,
+//!   a checkpoint whose signed hash no longer matches the chain);
+//! - a deleted, inserted or reordered record: a sequence gap or a broken link;
+//! - a deleted first segment: the journal no longer starts at sequence 1 and genesis;
+//! - records cut from the end: a witnessed checkpoint the journal no longer has.
+//!
+//! The first failure stops verification: everything after it is unproven.
+
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::{Checkpoint, VerifierSet, read_witness};
+use crate::format::{
+    Decoded, Hash, RecordKind, SEGMENT_HEADER_LEN, SegmentHeader, decode_record, genesis_hash, list_segments,
+};
+use crate::{JournalError, io_err};
+
+/// What a successful verification saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub instance: String,
+    pub segments: usize,
+    pub envelopes: u64,
+    pub checkpoints: u64,
+    /// The last sequence number (0 for an empty journal).
+    pub last_seq: u64,
+    pub last_hash: Option<Hash>,
+    /// Sequence number covered by the last valid checkpoint (0 if none).
+    pub last_checkpoint_seq: u64,
+    /// Records after the last checkpoint: chained, but not yet signed.
+    pub uncovered: u64,
+    /// Checkpoints found in the witness (all of them matched the journal).
+    pub witnessed: u64,
+}
+
+/// The first problem found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyFailure {
+    pub segment: PathBuf,
+    pub offset: u64,
+    /// The sequence number of the bad record, when known.
+    pub seq: Option<u64>,
+    pub problem: String,
+}
+
+impl std::fmt::Display for VerifyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.seq {
+            Some(seq) => {
+                write!(f, "record {seq} ({} offset {}): {}", self.segment.display(), self.offset, self.problem)
+            }
+            None => write!(f, "{} offset {}: {}", self.segment.display(), self.offset, self.problem),
+        }
+    }
+}
+
+/// Verifies the journal in `dir`. `Err(JournalError)` when it cannot be read at all,
+/// `Ok(Err(failure))` when it was read and is not intact.
+pub fn verify_dir(
+    dir: &Path,
+    keys: &VerifierSet,
+    witness: Option<&Path>,
+) -> Result<Result<VerifyReport, VerifyFailure>, JournalError> {
+    if !dir.is_dir() {
+        return Err(JournalError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "journal directory does not exist"),
+        });
+    }
+    let mut segments = Vec::new();
+    for (_, path) in list_segments(dir).map_err(io_err(dir))? {
+        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        segments.push((path, bytes));
+    }
+    let witnessed = match witness {
+        None => None,
+        Some(wdir) => {
+            // The witness is keyed by instance, which the first segment names.
+            let instance = segments.first().and_then(|(_, b)| SegmentHeader::decode(b).ok()).map(|h| h.instance);
+            match instance {
+                Some(instance) => Some(read_witness(wdir, &instance)?),
+                None => None,
+            }
+        }
+    };
+    Ok(verify_segments(&segments, keys, witnessed.as_deref(), witness.is_some()))
+}
+
+/// Verifies segments given as (path, bytes), in file-name order. `witness` holds the
+/// witnessed checkpoints; `witness_expected` says a witness was configured (so an
+/// empty journal with a missing first segment is not silently fine).
+pub fn verify_segments(
+    segments: &[(PathBuf, Vec<u8>)],
+    keys: &VerifierSet,
+    witness: Option<&[Checkpoint]>,
+    witness_expected: bool,
+) -> Result<VerifyReport, VerifyFailure> {
+    let mut report = VerifyReport { segments: segments.len(), ..VerifyReport::default() };
+    let mut expected_seq = 1u64;
+    let mut last_hash: Option<Hash> = None;
+    let mut instance: Option<String> = None;
+    // (seq, hash) of every record, to check the witness against.
+    let mut hashes: Vec<Hash> = Vec::new();
+
+    for (index, (path, bytes)) in segments.iter().enumerate() {
+        let fail = |offset: u64, seq: Option<u64>, problem: String| VerifyFailure {
+            segment: path.clone(),
+            offset,
+            seq,
+            problem,
+        };
+        let header = SegmentHeader::decode(bytes).map_err(|what| fail(0, None, what.to_owned()))?;
+        let name_seq = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| fail(0, None, "segment file name is not a sequence number".into()))?;
+        if name_seq != header.first_seq {
+            return Err(fail(0, None, format!("file name says sequence {name_seq}, header says {}", header.first_seq)));
+        }
+        match &instance {
+            None => instance = Some(header.instance.clone()),
+            Some(i) if *i != header.instance => {
+                return Err(fail(0, None, format!("segment of instance {:?} in a journal of {i:?}", header.instance)));
+            }
+            Some(_) => {}
+        }
+        if header.first_seq != expected_seq {
+            let problem = if index == 0 {
+                format!("journal starts at sequence {} instead of 1: earlier segments are missing", header.first_seq)
+            } else {
+                format!("segment starts at sequence {} where {expected_seq} was expected", header.first_seq)
+            };
+            return Err(fail(0, None, problem));
+        }
+        let chain_before = last_hash.unwrap_or_else(|| genesis_hash(&header.instance));
+        if header.start_hash != chain_before {
+            return Err(fail(0, None, "segment start hash does not continue the chain".into()));
+        }
+        let mut prev = header.start_hash;
+        let mut offset = SEGMENT_HEADER_LEN;
+        while offset < bytes.len() {
+            let record = match decode_record(&bytes[offset..]) {
+                Decoded::Record(record, n) => {
+                    offset += n;
+                    record
+                }
+                Decoded::Incomplete => {
+                    return Err(fail(
+                        offset as u64,
+                        Some(expected_seq),
+                        "incomplete record (a torn tail: open the journal for writing to recover it, or the file was cut)"
+                            .into(),
+                    ));
+                }
+                Decoded::Corrupt(what) => return Err(fail(offset as u64, Some(expected_seq), what)),
+            };
+            let record_offset = offset as u64 - (crate::format::RECORD_HEADER_LEN + record.payload.len()) as u64;
+            if record.seq != expected_seq {
+                return Err(fail(
+                    record_offset,
+                    Some(record.seq),
+                    format!("sequence {} where {expected_seq} was expected", record.seq),
+                ));
+            }
+            if record.prev_hash != prev {
+                return Err(fail(
+                    record_offset,
+                    Some(record.seq),
+                    "previous-hash does not match the record before it (a record was removed, inserted or moved)"
+                        .into(),
+                ));
+            }
+            match record.kind {
+                RecordKind::Envelope => {
+                    report.envelopes += 1;
+                    report.uncovered += 1;
+                }
+                RecordKind::Checkpoint => {
+                    let checkpoint = Checkpoint::parse(&record.payload)
+                        .map_err(|what| fail(record_offset, Some(record.seq), what.into()))?;
+                    if checkpoint.instance != header.instance {
+                        return Err(fail(record_offset, Some(record.seq), "checkpoint names another instance".into()));
+                    }
+                    if checkpoint.seq + 1 != record.seq || checkpoint.hash != prev {
+                        return Err(fail(
+                            record_offset,
+                            Some(record.seq),
+                            format!(
+                                "checkpoint signs record {} with a hash that is not the chain's: records before it were changed",
+                                checkpoint.seq
+                            ),
+                        ));
+                    }
+                    checkpoint.verify(keys).map_err(|what| fail(record_offset, Some(record.seq), what))?;
+                    report.checkpoints += 1;
+                    report.last_checkpoint_seq = checkpoint.seq;
+                    report.uncovered = 0;
+                }
+            }
+            prev = record.hash;
+            hashes.push(record.hash);
+            expected_seq += 1;
+        }
+        last_hash = Some(prev);
+    }
+    report.instance = instance.unwrap_or_default();
+    report.last_seq = expected_seq - 1;
+    report.last_hash = last_hash;
+
+    if let Some(witnessed) = witness {
+        let where_ = segments.last().map(|(p, _)| p.clone()).unwrap_or_default();
+        for checkpoint in witnessed {
+            let fail = |problem: String| VerifyFailure {
+                segment: where_.clone(),
+                offset: 0,
+                seq: Some(checkpoint.seq),
+                problem,
+            };
+            checkpoint.verify(keys).map_err(|what| fail(format!("witness: {what}")))?;
+            if checkpoint.instance != report.instance {
+                return Err(fail("witness checkpoint names another instance".into()));
+            }
+            match hashes.get((checkpoint.seq as usize).wrapping_sub(1)) {
+                None => {
+                    return Err(fail(format!(
+                        "journal truncated: the witness has a checkpoint at record {} but the journal ends at {}",
+                        checkpoint.seq, report.last_seq
+                    )));
+                }
+                Some(hash) if *hash != checkpoint.hash => {
+                    return Err(fail(format!(
+                        "record {} differs from the witnessed checkpoint: the journal was rewritten",
+                        checkpoint.seq
+                    )));
+                }
+                Some(_) => {}
+            }
+            // The witnessed checkpoint itself must still be in the journal right after it.
+            if hashes.get(checkpoint.seq as usize).is_none() {
+                return Err(fail(format!("journal truncated: the checkpoint after record {} is gone", checkpoint.seq)));
+            }
+            report.witnessed += 1;
+        }
+    } else if witness_expected && segments.is_empty() {
+        return Err(VerifyFailure {
+            segment: PathBuf::new(),
+            offset: 0,
+            seq: None,
+            problem: "journal is empty".into(),
+        });
+    }
+    Ok(report)
+}
