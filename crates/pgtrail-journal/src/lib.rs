@@ -53,9 +53,9 @@ mod writer;
 pub use checkpoint::{Checkpoint, CheckpointSigner, CheckpointVerifier, VerifierSet};
 pub use format::{Hash, MAX_PAYLOAD, Record, RecordKind, genesis_hash};
 pub use reader::JournalReader;
-pub use recorder::{Recorder, RecorderConfig, RecorderStats};
+pub use recorder::{Durable, EncodeFn, HeartbeatFn, LossFn, Recorder, RecorderConfig, RecorderStats, WriterParts};
 pub use verify::{VerifyFailure, VerifyReport, verify_dir, verify_segments};
-pub use writer::{Journal, JournalOptions, Recovery};
+pub use writer::{Journal, JournalOptions, Mark, Recovery};
 
 use std::path::PathBuf;
 

@@ -1,43 +1,70 @@
 //! The recorder: batches items (events) by count and time into journal records.
 //!
-//! Producers call [`Recorder::record`], which never waits: the queue is bounded and an
-//! item that does not fit is dropped and counted. Dropped items are never silent: the
-//! recorder puts a loss item (made by the caller's `loss` function, with the count and the
-//! time window) into the next batch, logs a warning, and the count shows in
-//! [`RecorderStats`]. The writer runs on its own thread (from the blocking pool): encoding,
-//! appends and fsync never take time from the async workers that relay client traffic.
+//! Two ways in:
+//! - [`Recorder::record`] never waits: the queue is bounded and an item that does not fit
+//!   is dropped and counted (async delivery). Dropped items are never silent: the recorder
+//!   puts a loss item (made by the caller's `loss` function, with the count and the time
+//!   window) into the next batch, logs a warning, and the count shows in [`RecorderStats`].
+//! - [`Recorder::record_durable`] (sync delivery) waits for room in the queue instead of
+//!   dropping, and its future resolves once the record holding the item is fsync'd. Items
+//!   that arrive while a write and fsync are under way go into the next batch together:
+//!   concurrent sessions share one fsync (group commit).
+//!
+//! The writer runs on its own thread (from the blocking pool): encoding, appends and fsync
+//! never take time from the async workers that relay client traffic. When the journal
+//! cannot write (disk full, I/O error) the writer keeps the batch, marks itself unhealthy
+//! ([`Recorder::healthy`]), and retries every second; waiting items stay queued. When the
+//! write succeeds again it reports recovery and carries on: nothing is lost silently.
+//!
+//! When idle the writer wakes twice a second: to sign a checkpoint that has come due and
+//! to write a heartbeat item when nothing was written for the heartbeat interval.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
-use crate::{Journal, JournalError, MAX_PAYLOAD};
+use crate::{Journal, JournalError, MAX_PAYLOAD, now_micros};
 
 /// Batching and queueing limits.
 #[derive(Debug, Clone)]
 pub struct RecorderConfig {
     /// A batch is written once it holds this many items...
     pub max_batch_items: usize,
-    /// ...or this long after its first item arrived, whichever comes first.
+    /// ...or this long after its first item arrived, whichever comes first. A batch with
+    /// an item someone waits for (sync delivery) is written at once.
     pub max_batch_delay: Duration,
-    /// Items waiting to be written; beyond this, items are dropped and counted.
+    /// Items waiting to be written; beyond this, async items are dropped and counted.
     pub queue_capacity: usize,
+    /// A heartbeat item is written after this long without any record (None: never).
+    pub heartbeat: Option<Duration>,
 }
 
 impl Default for RecorderConfig {
     fn default() -> Self {
-        Self { max_batch_items: 1000, max_batch_delay: Duration::from_millis(200), queue_capacity: 65_536 }
+        Self {
+            max_batch_items: 1000,
+            max_batch_delay: Duration::from_millis(200),
+            queue_capacity: 65_536,
+            heartbeat: Some(Duration::from_secs(5)),
+        }
     }
 }
 
 /// How often a batch being collected looks for more items.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
-/// How often an idle writer wakes to see whether a checkpoint is due.
+/// How often an idle writer wakes up (checkpoints, heartbeats).
 const IDLE_WAKEUP: Duration = Duration::from_millis(500);
+/// How long a failed write waits before trying again.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Attempts at the last write after every producer is gone (shutdown), before giving up.
+const SHUTDOWN_ATTEMPTS: u32 = 3;
 
 /// Counters shared between producers and the writer.
 #[derive(Debug, Default)]
@@ -46,19 +73,41 @@ pub struct RecorderStats {
     pub dropped: AtomicU64,
     pub records_written: AtomicU64,
     pub loss_records: AtomicU64,
+    pub heartbeats: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub write_failures: AtomicU64,
 }
 
 /// Builds the loss item for `count` items dropped between two times (µs since epoch).
 pub type LossFn<T> = Box<dyn Fn(u64, i64, i64) -> T + Send>;
 /// Turns a batch into one record payload.
 pub type EncodeFn<T> = Box<dyn FnMut(&[T]) -> Vec<u8> + Send>;
+/// Makes a heartbeat item.
+pub type HeartbeatFn<T> = Box<dyn Fn() -> T + Send>;
+
+/// The future of [`Recorder::record_durable`].
+pub type Durable = Pin<Box<dyn Future<Output = Result<(), JournalError>> + Send>>;
+
+struct Entry<T> {
+    item: T,
+    ack: Option<oneshot::Sender<()>>,
+}
 
 /// The producer side. Cloning is cheap; the writer finishes when every clone is dropped.
-#[derive(Debug)]
 pub struct Recorder<T> {
-    tx: SyncSender<T>,
+    tx: SyncSender<Entry<T>>,
     stats: Arc<RecorderStats>,
     first_drop_micros: Arc<AtomicU64>,
+    healthy: Arc<AtomicBool>,
+    /// Held by every producer; the writer sees the producers are gone when it cannot
+    /// upgrade its weak copy (even while it is busy retrying a write).
+    alive: Arc<()>,
+}
+
+impl<T> std::fmt::Debug for Recorder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder").field("stats", &self.stats).field("healthy", &self.healthy()).finish()
+    }
 }
 
 impl<T> Clone for Recorder<T> {
@@ -67,44 +116,79 @@ impl<T> Clone for Recorder<T> {
             tx: self.tx.clone(),
             stats: Arc::clone(&self.stats),
             first_drop_micros: Arc::clone(&self.first_drop_micros),
+            healthy: Arc::clone(&self.healthy),
+            alive: Arc::clone(&self.alive),
         }
     }
 }
 
-fn now_micros() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+/// What the writer is given besides the journal.
+pub struct WriterParts<T> {
+    pub encode: EncodeFn<T>,
+    pub loss: LossFn<T>,
+    pub heartbeat: Option<HeartbeatFn<T>>,
+}
+
+impl<T> std::fmt::Debug for WriterParts<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterParts").finish_non_exhaustive()
+    }
+}
+
+impl<T> Recorder<T> {
+    /// False while the journal cannot make records durable (the writer is retrying).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn stats(&self) -> &Arc<RecorderStats> {
+        &self.stats
+    }
 }
 
 impl<T: Send + 'static> Recorder<T> {
     /// Starts the writer. The returned handle resolves when all producers are gone and
-    /// everything queued has been written and synced. Must be called inside a Tokio runtime.
+    /// everything queued has been written, checkpointed and synced. Must be called inside
+    /// a Tokio runtime.
     pub fn spawn(
         journal: Journal,
         config: RecorderConfig,
         encode: EncodeFn<T>,
         loss: LossFn<T>,
     ) -> (Self, JoinHandle<Result<(), JournalError>>) {
+        Self::spawn_with(journal, config, WriterParts { encode, loss, heartbeat: None })
+    }
+
+    pub fn spawn_with(
+        journal: Journal,
+        config: RecorderConfig,
+        parts: WriterParts<T>,
+    ) -> (Self, JoinHandle<Result<(), JournalError>>) {
         let (tx, rx) = sync_channel(config.queue_capacity.max(1));
         let stats = Arc::new(RecorderStats::default());
         let first_drop_micros = Arc::new(AtomicU64::new(0));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let alive = Arc::new(());
         let writer = Writer {
             journal,
             rx,
             config,
-            encode,
-            loss,
+            parts,
             stats: Arc::clone(&stats),
             first_drop_micros: Arc::clone(&first_drop_micros),
+            healthy: Arc::clone(&healthy),
+            alive: Arc::downgrade(&alive),
             reported_drops: 0,
+            last_write: Instant::now(),
         };
         let handle = tokio::task::spawn_blocking(move || writer.run());
-        (Self { tx, stats, first_drop_micros }, handle)
+        (Self { tx, stats, first_drop_micros, healthy, alive }, handle)
     }
 
     /// Queues an item without waiting. Returns false if it was dropped (queue full or the
     /// writer gone); the drop is counted and will be reported in the journal.
     pub fn record(&self, item: T) -> bool {
-        match self.tx.try_send(item) {
+        match self.tx.try_send(Entry { item, ack: None }) {
             Ok(()) => {
                 self.stats.recorded.fetch_add(1, Ordering::Relaxed);
                 true
@@ -122,20 +206,42 @@ impl<T: Send + 'static> Recorder<T> {
         }
     }
 
-    pub fn stats(&self) -> &Arc<RecorderStats> {
-        &self.stats
+    /// Queues an item, waiting for room rather than dropping it; the future resolves when
+    /// the record holding it is durable, or fails if the writer has stopped.
+    pub fn record_durable(&self, item: T) -> Durable {
+        let (ack, done) = oneshot::channel();
+        let mut entry = Entry { item, ack: Some(ack) };
+        let tx = self.tx.clone();
+        let stats = Arc::clone(&self.stats);
+        Box::pin(async move {
+            loop {
+                match tx.try_send(entry) {
+                    Ok(()) => break,
+                    // The queue is full: the client waits, nothing is dropped.
+                    Err(TrySendError::Full(back)) => {
+                        entry = back;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(TrySendError::Disconnected(_)) => return Err(JournalError::RecorderStopped),
+                }
+            }
+            stats.recorded.fetch_add(1, Ordering::Relaxed);
+            done.await.map_err(|_| JournalError::RecorderStopped)
+        })
     }
 }
 
 struct Writer<T> {
     journal: Journal,
-    rx: Receiver<T>,
+    rx: Receiver<Entry<T>>,
     config: RecorderConfig,
-    encode: EncodeFn<T>,
-    loss: LossFn<T>,
+    parts: WriterParts<T>,
     stats: Arc<RecorderStats>,
     first_drop_micros: Arc<AtomicU64>,
+    healthy: Arc<AtomicBool>,
+    alive: Weak<()>,
     reported_drops: u64,
+    last_write: Instant,
 }
 
 impl<T> Writer<T> {
@@ -145,21 +251,24 @@ impl<T> Writer<T> {
         // a sleeping one costs the senders nothing.
         let mut disconnected = false;
         while !disconnected {
-            // Idle: wake up now and then to sign a checkpoint that has come due.
             let first = match self.rx.recv_timeout(IDLE_WAKEUP) {
-                Ok(item) => item,
+                Ok(entry) => entry,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.checkpoint_if_due()?;
+                    self.idle()?;
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            let mut waited_for = first.ack.is_some();
             let mut batch = vec![first];
             let deadline = Instant::now() + self.config.max_batch_delay;
             loop {
                 while batch.len() < self.config.max_batch_items {
                     match self.rx.try_recv() {
-                        Ok(item) => batch.push(item),
+                        Ok(entry) => {
+                            waited_for |= entry.ack.is_some();
+                            batch.push(entry);
+                        }
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => {
                             disconnected = true;
@@ -168,27 +277,35 @@ impl<T> Writer<T> {
                     }
                 }
                 let now = Instant::now();
-                if disconnected || batch.len() >= self.config.max_batch_items || now >= deadline {
+                // Someone waits: write now; whatever arrives meanwhile shares the next fsync.
+                if waited_for || disconnected || batch.len() >= self.config.max_batch_items || now >= deadline {
                     break;
                 }
                 std::thread::sleep(POLL_INTERVAL.min(deadline - now));
             }
-            self.add_loss_item(&mut batch);
             self.write(batch)?;
         }
         // Producers are gone; report drops that happened after the last batch.
-        let mut batch = Vec::new();
-        self.add_loss_item(&mut batch);
-        if !batch.is_empty() {
-            self.write(batch)?;
-        }
+        self.write(Vec::new())?;
         // A clean shutdown ends with a checkpoint covering everything.
         self.journal.checkpoint().inspect_err(|e| error!(error = %e, "final journal checkpoint failed"))?;
         Ok(())
     }
 
-    fn checkpoint_if_due(&mut self) -> Result<(), JournalError> {
-        self.journal.checkpoint_if_due().map(drop).inspect_err(|e| error!(error = %e, "journal checkpoint failed"))
+    /// Nothing arrived for a while: checkpoint if due, heartbeat if due.
+    fn idle(&mut self) -> Result<(), JournalError> {
+        if let (Some(every), Some(make)) = (self.config.heartbeat, &self.parts.heartbeat)
+            && self.last_write.elapsed() >= every
+        {
+            let item = make();
+            self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+            self.write(vec![Entry { item, ack: None }])?;
+        }
+        self.journal.checkpoint_if_due().map(drop).or_else(|e| {
+            // Not fatal: the next write or idle tick tries again.
+            warn!(error = %e, "journal checkpoint failed; will retry");
+            Ok(())
+        })
     }
 
     fn add_loss_item(&mut self, batch: &mut Vec<T>) {
@@ -200,23 +317,79 @@ impl<T> Writer<T> {
         let from = self.first_drop_micros.swap(0, Ordering::Relaxed) as i64;
         let to = now_micros();
         warn!(dropped = new, "recorder queue full: events dropped; a loss record is written");
-        batch.push((self.loss)(new, from, to));
+        batch.push((self.parts.loss)(new, from, to));
         self.reported_drops = dropped;
         self.stats.loss_records.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn write(&mut self, batch: Vec<T>) -> Result<(), JournalError> {
-        for payload in self.encode_within_limit(&batch) {
-            self.append(&payload)?;
+    /// Encodes, appends and syncs a batch, retrying until it is durable; then releases
+    /// everyone waiting for it. Fails only when every producer is gone and the journal
+    /// still cannot write.
+    fn write(&mut self, batch: Vec<Entry<T>>) -> Result<(), JournalError> {
+        let mut items = Vec::with_capacity(batch.len() + 1);
+        let mut acks = Vec::new();
+        for entry in batch {
+            items.push(entry.item);
+            acks.extend(entry.ack);
         }
-        self.checkpoint_if_due()
+        self.add_loss_item(&mut items);
+        if items.is_empty() {
+            return Ok(());
+        }
+        let payloads = self.encode_within_limit(&items);
+        let mut attempts = 0u32;
+        loop {
+            match self.append_all(&payloads) {
+                Ok(()) => break,
+                Err(e) => {
+                    attempts += 1;
+                    self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                    if self.healthy.swap(false, Ordering::Relaxed) {
+                        error!(error = %e, "journal write failed: events wait in memory; retrying every second");
+                    }
+                    if self.alive.strong_count() == 0 && attempts >= SHUTDOWN_ATTEMPTS {
+                        error!(error = %e, events = items.len(), "journal still failing at shutdown: events not recorded");
+                        return Err(e);
+                    }
+                    std::thread::sleep(RETRY_INTERVAL);
+                }
+            }
+        }
+        if !self.healthy.swap(true, Ordering::Relaxed) {
+            info!("journal writes again: recovered");
+        }
+        self.last_write = Instant::now();
+        for ack in acks {
+            let _ = ack.send(());
+        }
+        if let Err(e) = self.journal.checkpoint_if_due() {
+            warn!(error = %e, "journal checkpoint failed; will retry");
+        }
+        Ok(())
+    }
+
+    /// Appends the payloads and syncs. A failure part-way leaves the journal where it was
+    /// before this batch (the writer cuts a partial append), so a retry starts clean.
+    fn append_all(&mut self, payloads: &[Vec<u8>]) -> Result<(), JournalError> {
+        let mark = self.journal.mark();
+        let result = payloads
+            .iter()
+            .try_for_each(|payload| self.journal.append(now_micros(), payload).map(drop))
+            .and_then(|()| self.journal.sync());
+        if result.is_ok() {
+            self.stats.records_written.fetch_add(payloads.len() as u64, Ordering::Relaxed);
+            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.journal.rewind(mark)?;
+        }
+        result
     }
 
     /// Encodes a batch into one payload, or into several when one would exceed the record
     /// limit (halving until each fits). A single item too large for any record is replaced
     /// by a loss item, so even that is visible in the journal.
     fn encode_within_limit(&mut self, batch: &[T]) -> Vec<Vec<u8>> {
-        let payload = (self.encode)(batch);
+        let payload = (self.parts.encode)(batch);
         if payload.len() <= MAX_PAYLOAD {
             return vec![payload];
         }
@@ -224,24 +397,12 @@ impl<T> Writer<T> {
             error!(bytes = payload.len(), "an event exceeds the journal record limit; a loss record replaces it");
             self.stats.loss_records.fetch_add(1, Ordering::Relaxed);
             let now = now_micros();
-            return vec![(self.encode)(&[(self.loss)(1, now, now)])];
+            let loss = (self.parts.loss)(1, now, now);
+            return vec![(self.parts.encode)(&[loss])];
         }
         let (left, right) = batch.split_at(batch.len() / 2);
         let mut out = self.encode_within_limit(left);
         out.extend(self.encode_within_limit(right));
         out
-    }
-
-    fn append(&mut self, payload: &[u8]) -> Result<(), JournalError> {
-        match self.journal.append(now_micros(), payload).and_then(|_| self.journal.sync()) {
-            Ok(()) => {
-                self.stats.records_written.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                error!(error = %e, "journal write failed; the recorder stops");
-                Err(e)
-            }
-        }
     }
 }

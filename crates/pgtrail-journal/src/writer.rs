@@ -45,6 +45,16 @@ impl Default for JournalOptions {
     }
 }
 
+/// A position in the journal (see [`Journal::mark`]).
+#[derive(Debug, Clone)]
+pub struct Mark {
+    path: PathBuf,
+    len: u64,
+    next_seq: u64,
+    last_hash: Hash,
+    records_since_checkpoint: u64,
+}
+
 /// What recovery cut from a torn tail when the journal was opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovery {
@@ -220,6 +230,33 @@ impl Journal {
         }
         self.records_since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Where the journal ends now, to [`Journal::rewind`] to if a group of appends fails.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            path: self.path.clone(),
+            len: self.len,
+            next_seq: self.next_seq,
+            last_hash: self.last_hash,
+            records_since_checkpoint: self.records_since_checkpoint,
+        }
+    }
+
+    /// Cuts everything appended since `mark` (also a segment started since), so that a
+    /// failed batch can be written again without leaving half of it behind.
+    pub fn rewind(&mut self, mark: Mark) -> Result<(), JournalError> {
+        if self.path != mark.path {
+            std::fs::remove_file(&self.path).map_err(io_err(&self.path))?;
+            self.file = OpenOptions::new().append(true).open(&mark.path).map_err(io_err(&mark.path))?;
+            self.path = mark.path;
+        }
+        self.file.set_len(mark.len).map_err(io_err(&self.path))?;
+        self.len = mark.len;
+        self.next_seq = mark.next_seq;
+        self.last_hash = mark.last_hash;
+        self.records_since_checkpoint = mark.records_since_checkpoint;
         Ok(())
     }
 

@@ -95,8 +95,12 @@ fn reader_follows_a_live_writer() {
 async fn recorder_batches_and_reports_every_drop() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path(), JournalOptions::default()).unwrap();
-    let config =
-        RecorderConfig { max_batch_items: 3, max_batch_delay: std::time::Duration::from_millis(5), queue_capacity: 4 };
+    let config = RecorderConfig {
+        max_batch_items: 3,
+        max_batch_delay: std::time::Duration::from_millis(5),
+        queue_capacity: 4,
+        heartbeat: None,
+    };
     let (recorder, handle) = Recorder::spawn(
         journal,
         config,
@@ -128,6 +132,7 @@ async fn oversized_batches_are_split_across_records() {
         max_batch_items: 100,
         max_batch_delay: std::time::Duration::from_millis(200),
         queue_capacity: 100,
+        heartbeat: None,
     };
     let (recorder, handle) = Recorder::spawn(
         journal,

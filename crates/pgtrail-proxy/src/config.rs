@@ -72,6 +72,30 @@ pub struct ProxyConfig {
     pub startup_timeout: Duration,
     /// On shutdown, how long sessions may go on before they are terminated.
     pub shutdown_grace: Duration,
+    /// When clients may see the outcome of what they did, relative to its event.
+    pub delivery: Delivery,
+}
+
+/// Delivery mode: how the proxy's timing relates to the journal's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// The client never waits for the journal; a full queue drops events (counted, and a
+    /// loss record says how many and when).
+    #[default]
+    Async,
+    /// A statement's completion (CommandComplete or ErrorResponse and all after it) and a
+    /// login's (AuthenticationOk onward) reach the client only once the event is durable.
+    Sync,
+    /// Sync, and while the journal cannot make events durable, new statements and logins
+    /// are refused (SQLSTATE 58030) instead of running unaudited.
+    SyncFailClosed,
+}
+
+impl Delivery {
+    pub fn is_sync(self) -> bool {
+        matches!(self, Delivery::Sync | Delivery::SyncFailClosed)
+    }
 }
 
 impl ProxyConfig {
@@ -90,6 +114,7 @@ impl ProxyConfig {
             limits: Limits::default(),
             startup_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            delivery: Delivery::default(),
         }
     }
 }

@@ -18,13 +18,23 @@ pub mod tracker;
 
 use std::path::{Path, PathBuf};
 
-pub use config::{ClientTlsConfig, ProxyConfig, UpstreamConfig, UpstreamTlsMode};
+pub use config::{ClientTlsConfig, Delivery, ProxyConfig, UpstreamConfig, UpstreamTlsMode};
 use pgtrail_event::ActivityEvent;
 pub use server::{Proxy, ProxyStats};
 
+/// Resolves to true once an event is durable, false if it never will be (the sink stopped).
+pub type Durable = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+
 /// Where the proxy hands its events. Must not block: the capture path calls it inline.
 pub trait EventSink: Send + Sync + 'static {
+    /// Async delivery: hand over and forget (the sink counts what it must drop).
     fn emit(&self, event: ActivityEvent);
+    /// Sync delivery: the returned future resolves when the event is durable.
+    fn emit_durable(&self, event: ActivityEvent) -> Durable;
+    /// False while the sink cannot make events durable (fail-closed refuses work then).
+    fn healthy(&self) -> bool {
+        true
+    }
 }
 
 /// Errors of the proxy as a whole (session errors end only that session).

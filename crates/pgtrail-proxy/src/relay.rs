@@ -15,6 +15,8 @@ use pgtrail_wire::{BackendMessage, FrontendMessage, Limits, Side, peek_frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::Durable;
+use crate::config::Delivery;
 use crate::server::Shared;
 use crate::session::{SessionError, send_error};
 use crate::stream::MaybeTls;
@@ -46,7 +48,7 @@ impl Scanner {
         side: Side,
         limits: &Limits,
         needs_body: fn(u8) -> bool,
-        mut visit: impl FnMut(u8, Option<Bytes>) -> Result<(), SessionError>,
+        mut visit: impl FnMut(u8, Option<Bytes>, usize) -> Result<(), SessionError>,
     ) -> Result<usize, SessionError> {
         let mut pos = 0;
         loop {
@@ -68,10 +70,10 @@ impl Scanner {
                     return Ok(pos);
                 }
                 let body = Bytes::copy_from_slice(&buf[pos + 5..pos + header.total_len]);
-                visit(header.tag, Some(body))?;
+                visit(header.tag, Some(body), pos)?;
                 pos += header.total_len;
             } else {
-                visit(header.tag, None)?;
+                visit(header.tag, None, pos)?;
                 let available = header.total_len.min(buf.len() - pos);
                 pos += available;
                 self.passthrough = header.total_len - available;
@@ -81,7 +83,8 @@ impl Scanner {
 }
 
 fn frontend_needs_body(tag: u8) -> bool {
-    matches!(tag, b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'F' | b'X')
+    // Flush has no body, but a refused batch drops it whole (see `Refusal`).
+    matches!(tag, b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'F' | b'X' | b'H')
 }
 
 fn backend_needs_body(tag: u8) -> bool {
@@ -180,34 +183,95 @@ struct Direction {
     closed: fn() -> Ending,
 }
 
-/// Reads from one peer and writes to the other, unchanged. `visit` sees every message
-/// before it is forwarded (it may keep work for later in `later`) and says whether the
-/// relay should stop after forwarding it; `forwarded` gets that work after the write, so
-/// it adds nothing to the latency the peer sees.
+/// What a visit says about the message it saw.
+#[derive(Debug, Default)]
+struct Flow {
+    /// Stop relaying after forwarding this message.
+    stop: bool,
+    /// Sync delivery: this message completes something; it and all after it wait until
+    /// the events of this chunk are durable.
+    completes: bool,
+    /// Send these bytes instead of the message (fail-closed refusals).
+    replace: Option<Bytes>,
+}
+
+async fn write_flushed(
+    wr: &mut (impl AsyncWrite + Unpin),
+    bytes: &[u8],
+    write_error: fn(std::io::Error) -> SessionError,
+) -> Result<(), SessionError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    wr.write_all(bytes).await.map_err(write_error)?;
+    wr.flush().await.map_err(write_error)
+}
+
+/// Reads from one peer and writes to the other, unchanged (but for refusals). `visit`
+/// sees every message before it is forwarded (it may keep work for later in `later`).
+/// `process` does that work: in async delivery after the write, so it adds nothing to the
+/// latency the peer sees; in sync delivery before it, and when it returns a durability
+/// future, the bytes from the first completing message on are held until it resolves.
 async fn pump<M>(
     direction: Direction,
     rd: &mut (impl AsyncRead + Unpin),
     wr: &mut (impl AsyncWrite + Unpin),
     mut buf: BytesMut,
-    mut visit: impl FnMut(u8, Option<Bytes>, &mut Vec<M>) -> Result<bool, SessionError>,
-    mut forwarded: impl FnMut(&mut Vec<M>),
+    mut visit: impl FnMut(u8, Option<Bytes>, &mut Vec<M>) -> Result<Flow, SessionError>,
+    mut process: impl FnMut(&mut Vec<M>) -> Option<Durable>,
+    hold_completions: bool,
 ) -> Result<Ending, SessionError> {
     let mut scanner = Scanner::default();
     let mut later = Vec::new();
+    let mut edits: Vec<(usize, usize, Bytes)> = Vec::new();
     loop {
         if !buf.is_empty() {
             let mut stop = false;
+            let mut barrier = None;
             let forward =
-                scanner.scan(&buf, direction.side, &direction.limits, direction.needs_body, |tag, body| {
-                    stop |= visit(tag, body, &mut later)?;
+                scanner.scan(&buf, direction.side, &direction.limits, direction.needs_body, |tag, body, at| {
+                    let len = body.as_ref().map_or(0, Bytes::len) + 5;
+                    let flow = visit(tag, body, &mut later)?;
+                    stop |= flow.stop;
+                    if flow.completes && barrier.is_none() {
+                        barrier = Some(at);
+                    }
+                    if let Some(bytes) = flow.replace {
+                        edits.push((at, at + len, bytes));
+                    }
                     Ok(())
                 })?;
-            if forward > 0 {
-                wr.write_all(&buf[..forward]).await.map_err(direction.write_error)?;
-                wr.flush().await.map_err(direction.write_error)?;
+            if !edits.is_empty() {
+                // Rare (only while refusing): rebuild the region with the replacements.
+                let mut out = BytesMut::with_capacity(forward);
+                let mut from = 0;
+                for (start, end, bytes) in edits.drain(..) {
+                    out.extend_from_slice(&buf[from..start]);
+                    out.extend_from_slice(&bytes);
+                    from = end;
+                }
+                out.extend_from_slice(&buf[from..forward]);
+                write_flushed(wr, &out, direction.write_error).await?;
                 buf.advance(forward);
+                process(&mut later);
+            } else if hold_completions {
+                match (process(&mut later), barrier) {
+                    (Some(durable), at) => {
+                        let at = at.unwrap_or(0).min(forward);
+                        write_flushed(wr, &buf[..at], direction.write_error).await?;
+                        if !durable.await {
+                            return Err(SessionError::JournalStopped);
+                        }
+                        write_flushed(wr, &buf[at..forward], direction.write_error).await?;
+                    }
+                    (None, _) => write_flushed(wr, &buf[..forward], direction.write_error).await?,
+                }
+                buf.advance(forward);
+            } else {
+                write_flushed(wr, &buf[..forward], direction.write_error).await?;
+                buf.advance(forward);
+                process(&mut later);
             }
-            forwarded(&mut later);
             if stop {
                 return Ok((direction.closed)());
             }
@@ -217,6 +281,26 @@ async fn pump<M>(
             return Ok((direction.closed)());
         }
     }
+}
+
+/// Fail-closed refusals: while the journal cannot make events durable, work the client
+/// starts is not forwarded. A simple Query (or FunctionCall) is replaced by a statement
+/// that raises SQLSTATE 58030, and an extended-protocol batch is dropped up to its Sync,
+/// which is replaced the same way: PostgreSQL itself then answers with ErrorResponse and
+/// ReadyForQuery, in order with everything in flight and with the right transaction state.
+#[derive(Debug, Default)]
+struct Refusal {
+    /// Inside an extended-protocol batch being dropped.
+    dropping_batch: bool,
+}
+
+const REFUSE_SQL: &str = "DO $pgtrail$BEGIN RAISE EXCEPTION USING ERRCODE = '58030', MESSAGE = \
+    'pgtrail: the audit journal cannot record events; statements are refused until it recovers (delivery = sync_fail_closed)'; END$pgtrail$";
+
+fn refusal_query() -> Bytes {
+    let mut out = BytesMut::new();
+    FrontendMessage::Query { query: REFUSE_SQL.into() }.encode(&mut out);
+    out.freeze()
 }
 
 async fn client_to_server(
@@ -234,15 +318,46 @@ async fn client_to_server(
         write_error: SessionError::UpstreamIo,
         closed: || Ending::ClientClosed,
     };
+    let fail_closed = shared.config.delivery == Delivery::SyncFailClosed;
+    let mut refusal = Refusal::default();
     // Requests are tracked before they are forwarded: the reply can only come after.
     let visit = |tag, body: Option<Bytes>, _: &mut Vec<()>| {
-        let Some(body) = body else { return Ok(false) };
+        if fail_closed
+            && (refusal.dropping_batch || !shared.sink.healthy())
+            && let Some(flow) = refuse(shared, &mut refusal, tag, tracker)
+        {
+            return Ok(flow);
+        }
+        let Some(body) = body else { return Ok(Flow::default()) };
         let msg = FrontendMessage::parse(tag, body).map_err(SessionError::ClientProtocol)?;
         lock(tracker).on_frontend(&msg, Utc::now());
         // After Terminate the client closes; nothing more to relay.
-        Ok(matches!(msg, FrontendMessage::Terminate))
+        Ok(Flow { stop: matches!(msg, FrontendMessage::Terminate), ..Flow::default() })
     };
-    pump(direction, rd, wr, buf, visit, |_| {}).await
+    pump(direction, rd, wr, buf, visit, |_| None, false).await
+}
+
+/// The flow for a message while refusing, or None to relay it as usual.
+fn refuse(shared: &Shared, refusal: &mut Refusal, tag: u8, tracker: &Mutex<Tracker>) -> Option<Flow> {
+    let replace_with_error = |tracker: &Mutex<Tracker>| {
+        let event = lock(tracker).on_refused();
+        // Best effort: the journal is failing; a dropped event is counted as a loss.
+        shared.sink.emit(event);
+        shared.stats.count_refused();
+        Flow { replace: Some(refusal_query()), ..Flow::default() }
+    };
+    match tag {
+        b'Q' | b'F' if !refusal.dropping_batch => Some(replace_with_error(tracker)),
+        b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => {
+            refusal.dropping_batch = true;
+            Some(Flow { replace: Some(Bytes::new()), ..Flow::default() })
+        }
+        b'S' if refusal.dropping_batch => {
+            refusal.dropping_batch = false;
+            Some(replace_with_error(tracker))
+        }
+        _ => None,
+    }
 }
 
 async fn server_to_client(
@@ -260,24 +375,27 @@ async fn server_to_client(
         write_error: SessionError::ClientIo,
         closed: || Ending::UpstreamClosed,
     };
-    // Replies are matched to requests after they reached the client; the tracker's FIFO
-    // keeps the order even if the client has sent its next request meanwhile.
+    let sync = shared.config.delivery.is_sync();
+    // Replies are matched to requests after they reached the client (async delivery) or
+    // just before (sync); the tracker's FIFO keeps the order either way.
     let visit = |tag, body: Option<Bytes>, later: &mut Vec<Reply>| {
+        // The messages whose processing can produce a statement event.
+        let completes = sync && matches!(tag, b'C' | b'E' | b's' | b'V');
         let reply = match body {
             None => Reply::Tag(tag),
             Some(body) => match BackendMessage::parse(tag, body).map_err(SessionError::UpstreamProtocol)? {
                 BackendMessage::CommandComplete { tag } => Reply::Complete(tag),
                 BackendMessage::ErrorResponse(fields) => Reply::Error(fields),
                 BackendMessage::ParameterStatus { name, value } => Reply::Parameter(name, value),
-                _ => return Ok(false),
+                _ => return Ok(Flow { completes, ..Flow::default() }),
             },
         };
         later.push(reply);
-        Ok(false)
+        Ok(Flow { completes, ..Flow::default() })
     };
-    let forwarded = |later: &mut Vec<Reply>| {
+    let process = |later: &mut Vec<Reply>| -> Option<Durable> {
         if later.is_empty() {
-            return;
+            return None;
         }
         let events = {
             let mut t = lock(tracker);
@@ -293,9 +411,23 @@ async fn server_to_client(
             }
             t.take_events()
         };
-        for event in events {
-            shared.sink.emit(event);
+        if events.is_empty() {
+            return None;
         }
+        if !sync {
+            for event in events {
+                shared.sink.emit(event);
+            }
+            return None;
+        }
+        let waits: Vec<Durable> = events.into_iter().map(|e| shared.sink.emit_durable(e)).collect();
+        Some(Box::pin(async move {
+            let mut all = true;
+            for wait in waits {
+                all &= wait.await;
+            }
+            all
+        }))
     };
-    pump(direction, rd, wr, buf, visit, forwarded).await
+    pump(direction, rd, wr, buf, visit, process, sync).await
 }

@@ -25,9 +25,15 @@ pub struct ProxyStats {
     pub sessions_accepted: AtomicU64,
     pub sessions_active: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Statements and batches refused because the journal could not record (fail-closed).
+    pub refused: AtomicU64,
 }
 
 impl ProxyStats {
+    pub(crate) fn count_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn count_protocol_error(&self) {
         self.protocol_errors.fetch_add(1, Ordering::Relaxed);
     }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::cancel::{ClientKey, UpstreamKey};
+use crate::config::Delivery;
 use crate::config::UpstreamTlsMode;
 use crate::relay::{Ending, relay};
 use crate::server::Shared;
@@ -57,6 +58,12 @@ pub(crate) enum SessionError {
         "pgtrail relays SCRAM without channel binding, and this client would use it over TLS while PostgreSQL is reached over TLS too; connect with channel_binding=disable"
     )]
     ChannelBindingAcrossTls,
+    #[error("the journal stopped before the event was durable")]
+    JournalStopped,
+    #[error(
+        "the audit journal cannot record events; logins are refused until it recovers (delivery = sync_fail_closed)"
+    )]
+    JournalUnavailable,
 }
 
 impl SessionError {
@@ -76,6 +83,7 @@ impl SessionError {
             Self::UpstreamConnect(_) | Self::UpstreamRefusedTls => ("08006", format!("pgtrail: {self}")),
             Self::StartupTimeout => ("08P01", "pgtrail: startup packet not received in time".to_owned()),
             Self::UnsupportedAuth | Self::ChannelBindingAcrossTls => ("28000", format!("pgtrail: {self}")),
+            Self::JournalStopped | Self::JournalUnavailable => ("58030", format!("pgtrail: {self}")),
             Self::ClientIo(_) | Self::ClientClosed | Self::ClientTls(_) => return None,
         };
         Some(ErrorFields::new("FATAL", code, &message))
@@ -121,6 +129,11 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, t
     tracker.facts.database = startup.param("database").map(Arc::from).or_else(|| tracker.facts.user.clone());
     tracker.facts.application = startup.param("application_name").map(Arc::from);
 
+    if shared.config.delivery == Delivery::SyncFailClosed && !shared.sink.healthy() {
+        warn!(%peer, "login refused: the journal cannot record events (fail-closed)");
+        fail_connect(&shared, &mut client, &mut tracker, &SessionError::JournalUnavailable).await;
+        return;
+    }
     let mut upstream = match connect_upstream(&shared).await {
         Ok(upstream) => {
             tracker.facts.backend_started = Some(Utc::now());
@@ -133,7 +146,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, t
         }
     };
     let mut upstream_buf = BytesMut::with_capacity(8192);
-    let key = match authenticate(
+    let (key, held) = match authenticate(
         &shared,
         &mut client,
         &mut client_buf,
@@ -144,7 +157,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, t
     )
     .await
     {
-        Ok(key) => key,
+        Ok(done) => done,
         Err(AuthEnd::Rejected(fields)) => {
             info!(%peer, user = ?tracker.facts.user, sqlstate = ?fields.code(), "login rejected by PostgreSQL");
             tracker.connect_event(Some(&fields));
@@ -163,7 +176,22 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, t
         }
     };
     tracker.connect_event(None);
-    emit(&shared, &mut tracker);
+    if shared.config.delivery.is_sync() {
+        // AuthenticationOk and everything after it reach the client once CONNECT is durable.
+        let mut durable = true;
+        for event in tracker.take_events() {
+            durable &= shared.sink.emit_durable(event).await;
+        }
+        let sent = if durable { client.write_all(&held).await.and(client.flush().await) } else { Ok(()) };
+        if !durable || sent.is_err() {
+            warn!(%peer, durable, "login not completed: the CONNECT event is not durable or the client left");
+            send_error(&mut client, &SessionError::JournalStopped.client_error().expect("has a client error")).await;
+            shared.cancel.remove(&key);
+            return;
+        }
+    } else {
+        emit(&shared, &mut tracker);
+    }
     info!(%peer, session = ?tracker.facts.session_id, user = ?tracker.facts.user, database = ?tracker.facts.database, "session started");
 
     let (ending, mut tracker) = relay(&shared, client, client_buf, upstream, upstream_buf, tracker, terminate).await;
@@ -333,7 +361,9 @@ async fn authenticate(
     upstream_buf: &mut BytesMut,
     tracker: &mut Tracker,
     startup: &StartupMessage,
-) -> Result<ClientKey, AuthEnd> {
+) -> Result<(ClientKey, BytesMut), AuthEnd> {
+    // Sync delivery: from AuthenticationOk on, messages are held here, not sent.
+    let mut held: Option<BytesMut> = None;
     let mut out = BytesMut::new();
     startup.encode(&mut out);
     upstream.write_all(&out).await.map_err(SessionError::UpstreamIo)?;
@@ -357,6 +387,12 @@ async fn authenticate(
                     forward_auth_response(upstream, &initial).await?;
                     continue;
                 }
+                Authentication::Ok if shared.config.delivery.is_sync() => {
+                    let mut hold = BytesMut::new();
+                    msg.encode(&mut hold);
+                    held = Some(hold);
+                    continue;
+                }
                 Authentication::Ok | Authentication::SaslFinal(_) => false,
                 Authentication::KerberosV5
                 | Authentication::Gss
@@ -377,27 +413,47 @@ async fn authenticate(
                     pid: client_key.pid,
                     secret: bytes::Bytes::copy_from_slice(&client_key.secret),
                 };
-                write_message(client, &ours).await?;
+                send_or_hold(client, &mut held, &ours).await?;
                 continue;
             }
             BackendMessage::ErrorResponse(fields) => {
+                // A login failing after AuthenticationOk: release what was held, then the error.
+                if let Some(hold) = held.take() {
+                    client.write_all(&hold).await.map_err(SessionError::ClientIo)?;
+                }
                 write_message(client, &msg).await?;
                 return Err(AuthEnd::Rejected(fields.clone()));
             }
             BackendMessage::ReadyForQuery { .. } => {
-                write_message(client, &msg).await?;
-                return key.ok_or(AuthEnd::Failed(SessionError::UpstreamProtocol(WireError::Invalid {
+                send_or_hold(client, &mut held, &msg).await?;
+                let key = key.ok_or(AuthEnd::Failed(SessionError::UpstreamProtocol(WireError::Invalid {
                     tag: 'Z',
                     field: "ReadyForQuery before BackendKeyData",
-                })));
+                })))?;
+                return Ok((key, held.unwrap_or_default()));
             }
             _ => false,
         };
-        write_message(client, &msg).await?;
+        send_or_hold(client, &mut held, &msg).await?;
         if needs_reply {
             let reply = read_auth_response(shared, client, client_buf).await?;
             forward_auth_response(upstream, &reply).await?;
         }
+    }
+}
+
+/// Writes a message to the client, or appends it to `held` while a login is held back.
+async fn send_or_hold(
+    client: &mut MaybeTls,
+    held: &mut Option<BytesMut>,
+    msg: &BackendMessage,
+) -> Result<(), SessionError> {
+    match held {
+        Some(hold) => {
+            msg.encode(hold);
+            Ok(())
+        }
+        None => write_message(client, msg).await,
     }
 }
 

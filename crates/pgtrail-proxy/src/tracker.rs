@@ -96,14 +96,36 @@ struct Portal {
 /// A request whose reply the server still owes, in the order they were sent.
 #[derive(Debug)]
 enum Owed {
-    Query { statement: Prepared, next: usize, started: DateTime<Utc>, rows: u64, failed: bool },
-    Parse { statement: Prepared, started: DateTime<Utc> },
-    Bind { portal: Portal, started: DateTime<Utc> },
+    Query {
+        statement: Prepared,
+        next: usize,
+        started: DateTime<Utc>,
+        rows: u64,
+        failed: bool,
+    },
+    Parse {
+        statement: Prepared,
+        started: DateTime<Utc>,
+    },
+    Bind {
+        portal: Portal,
+        started: DateTime<Utc>,
+    },
     Describe,
-    Execute { portal: Portal, started: DateTime<Utc>, rows: u64 },
+    Execute {
+        portal: Portal,
+        started: DateTime<Utc>,
+        rows: u64,
+    },
     Close,
-    FunctionCall { oid: u32, started: DateTime<Utc> },
+    FunctionCall {
+        oid: u32,
+        started: DateTime<Utc>,
+    },
     Sync,
+    /// Work the proxy refused (fail-closed) and replaced by a statement that raises; its
+    /// ErrorResponse and ReadyForQuery belong to no client statement.
+    Refused,
 }
 
 /// One session's tracker.
@@ -293,7 +315,7 @@ impl Tracker {
                     self.emit_statement(&statement, index, started, now, None, Some(fields), Vec::new());
                 }
             }
-            Some(Owed::Sync) | None => {}
+            Some(Owed::Sync | Owed::Refused) | None => {}
             Some(_) => {
                 let failed = self.owed.pop_front().expect("front checked");
                 match failed {
@@ -327,10 +349,23 @@ impl Tracker {
         // Pop up to and including the request ReadyForQuery answers. Anything before it
         // that is still owed did not run (after an error) and has no event.
         while let Some(owed) = self.owed.pop_front() {
-            if matches!(owed, Owed::Query { .. } | Owed::Sync | Owed::FunctionCall { .. }) {
+            if matches!(owed, Owed::Query { .. } | Owed::Sync | Owed::FunctionCall { .. } | Owed::Refused) {
                 break;
             }
         }
+    }
+
+    /// The proxy refused the client's next statement or batch (fail-closed); returns the
+    /// event that says so.
+    pub fn on_refused(&mut self) -> ActivityEvent {
+        self.owed.push_back(Owed::Refused);
+        let now = Utc::now();
+        let mut e = self.facts.event(EventClass::Misc, "REFUSED", now);
+        e.end_time = Some(now);
+        e.error_message = Some("pgtrail refused the statement: the audit journal could not record events".into());
+        e.sql_state = Some("58030".into());
+        e.exit_code = Some(ExitCode::SqlState("58030".into()));
+        e
     }
 
     /// The CONNECT event, successful (`error == None`) or failed.

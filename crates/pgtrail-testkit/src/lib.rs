@@ -98,8 +98,13 @@ impl TestCapture {
         keys_dir(&self.journal)
     }
 
-    /// Events in the journal now.
+    /// Activity events (type `record`) in the journal now: what clients did.
     pub fn events(&self) -> Vec<ActivityEvent> {
+        read_events(&self.journal).into_iter().filter(|e| e.kind == "record").collect()
+    }
+
+    /// Every event, control events and heartbeats included.
+    pub fn all_events(&self) -> Vec<ActivityEvent> {
         read_events(&self.journal)
     }
 

@@ -9,8 +9,8 @@ use anyhow::Context;
 use chrono::DateTime;
 use pgtrail_envelope::Sealer;
 use pgtrail_event::{ActivityEvent, EventClass};
-use pgtrail_journal::{Journal, JournalError, JournalOptions, Recorder};
-use pgtrail_proxy::{EventSink, Proxy, ProxyStats};
+use pgtrail_journal::{Journal, JournalError, JournalOptions, Recorder, WriterParts};
+use pgtrail_proxy::{Durable, EventSink, Proxy, ProxyStats};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -25,6 +25,33 @@ impl EventSink for RecorderSink {
         // A full queue is counted by the recorder and reported as a loss record.
         self.0.record(event);
     }
+
+    fn emit_durable(&self, event: ActivityEvent) -> Durable {
+        let durable = self.0.record_durable(event);
+        Box::pin(async move { durable.await.is_ok() })
+    }
+
+    fn healthy(&self) -> bool {
+        self.0.healthy()
+    }
+}
+
+/// A control event: something about the capture itself, written into the stream (DAS
+/// consumers skip the unknown type; pgtrail readers show it).
+pub fn control_event(command: &str, detail: String) -> ActivityEvent {
+    let now = chrono::Utc::now();
+    let mut e = ActivityEvent::new(EventClass::Misc, command, now);
+    e.kind = "control".into();
+    e.end_time = Some(now);
+    e.command_text = Some(detail);
+    e
+}
+
+/// The heartbeat written when nothing else was for a while: silence is not loss.
+pub fn heartbeat_event() -> ActivityEvent {
+    let mut e = ActivityEvent::new(EventClass::Misc, "HEARTBEAT", chrono::Utc::now());
+    e.kind = "heartbeat".into();
+    e
 }
 
 /// The event written in place of events the recorder had to drop.
@@ -48,6 +75,9 @@ pub struct Capture {
     shutdown: Option<oneshot::Sender<()>>,
     proxy: JoinHandle<()>,
     recorder: JoinHandle<Result<(), JournalError>>,
+    /// The capture's own handle, for its control events; dropped last so the recorder
+    /// finishes after the proxy's events and the stop event are in.
+    control: Option<Recorder<ActivityEvent>>,
 }
 
 impl Capture {
@@ -62,13 +92,47 @@ impl Capture {
             .await?
             .with_context(|| format!("cannot open the journal in {}", config.journal_dir.display()))?;
         let (cluster, instance) = (config.cluster_id.clone(), config.instance_id.clone());
+        let recovery = journal.recovery().cloned();
+        let wrapping_id = wrapping.id().to_owned();
         let mut sealer = Sealer::new(Arc::new(wrapping), config.envelope.clone());
         let encode = Box::new(move |events: &[ActivityEvent]| {
-            let inner = pgtrail_event::activity_record_json(&cluster, &instance, events);
+            let inner = if sealer.rotation_due() {
+                // The first record under a new data key says so itself.
+                let mut with_note = events.to_vec();
+                with_note.push(control_event("KEYS ROTATED", format!("new data key, wrapped to {}", sealer.key_id())));
+                pgtrail_event::activity_record_json(&cluster, &instance, &with_note)
+            } else {
+                pgtrail_event::activity_record_json(&cluster, &instance, events)
+            };
             // The key was checked to wrap when it was loaded: sealing cannot fail.
             sealer.seal(&inner).expect("sealing with a checked key").json.into_bytes()
         });
-        let (recorder, recorder_task) = Recorder::spawn(journal, config.recorder.clone(), encode, Box::new(loss_event));
+        let parts = WriterParts { encode, loss: Box::new(loss_event), heartbeat: Some(Box::new(heartbeat_event)) };
+        let (recorder, recorder_task) = Recorder::spawn_with(journal, config.recorder.clone(), parts);
+        if let Some(cut) = recovery {
+            recorder.record(control_event(
+                "JOURNAL RECOVERED",
+                format!(
+                    "recovery truncated a torn tail: {} bytes cut at offset {} of {} ({})",
+                    cut.bytes_cut,
+                    cut.offset,
+                    cut.segment.display(),
+                    cut.reason
+                ),
+            ));
+        }
+        recorder.record(control_event(
+            "CAPTURE STARTED",
+            format!(
+                "pgtrail {} listening on {}, upstream {}:{}, delivery {:?}, wrapping key {wrapping_id}",
+                env!("CARGO_PKG_VERSION"),
+                config.proxy.listen,
+                config.proxy.upstream.host,
+                config.proxy.upstream.port,
+                config.proxy.delivery,
+            ),
+        ));
+        let control = recorder.clone();
         let proxy = Proxy::bind(config.proxy.clone(), Arc::new(RecorderSink(recorder))).await?;
         let addr = proxy.local_addr();
         let stats = proxy.stats();
@@ -76,7 +140,7 @@ impl Capture {
         let proxy_task = tokio::spawn(proxy.run(async {
             let _ = rx.await;
         }));
-        Ok(Self { addr, stats, shutdown: Some(tx), proxy: proxy_task, recorder: recorder_task })
+        Ok(Self { addr, stats, shutdown: Some(tx), proxy: proxy_task, recorder: recorder_task, control: Some(control) })
     }
 
     /// Stops accepting, ends the sessions (after the grace period), and waits until every
@@ -92,7 +156,10 @@ impl Capture {
     /// recorder to flush.
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         (&mut self.proxy).await.context("proxy task failed")?;
-        // The proxy held the only recorder handle: the recorder now drains and finishes.
+        if let Some(control) = self.control.take() {
+            control.record(control_event("CAPTURE STOPPED", "clean shutdown".into()));
+        }
+        // The proxy's recorder handles are gone with it: the recorder drains and finishes.
         (&mut self.recorder).await.context("recorder task failed")?.context("journal write failed")?;
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use pgtrail_envelope::{SealerConfig, Suite};
 use pgtrail_journal::{JournalOptions, RecorderConfig};
-use pgtrail_proxy::{ClientTlsConfig, ProxyConfig, UpstreamConfig, UpstreamTlsMode};
+use pgtrail_proxy::{ClientTlsConfig, Delivery, ProxyConfig, UpstreamConfig, UpstreamTlsMode};
 use pgtrail_wire::Limits;
 use serde::Deserialize;
 
@@ -28,6 +28,36 @@ pub struct FileConfig {
     pub keys: KeysSection,
     #[serde(default)]
     pub envelope: EnvelopeSection,
+    #[serde(default)]
+    pub delivery: DeliverySection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySection {
+    /// "async" (the client never waits for the journal) or "sync" (completions wait until
+    /// their event is fsync'd).
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// With sync: refuse statements and logins while the journal cannot record.
+    #[serde(default)]
+    pub fail_closed: bool,
+    /// A heartbeat event after this many seconds without a record (0: none).
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        Self { mode: default_mode(), fail_closed: false, heartbeat_secs: default_heartbeat() }
+    }
+}
+
+fn default_mode() -> String {
+    "async".into()
+}
+fn default_heartbeat() -> u64 {
+    5
 }
 
 #[derive(Debug, Deserialize)]
@@ -280,6 +310,13 @@ impl FileConfig {
         if p.max_message_bytes < 1024 || p.max_data_message_bytes < p.max_message_bytes {
             bail!("proxy.max_message_bytes must be at least 1024 and at most proxy.max_data_message_bytes");
         }
+        let delivery = match (self.delivery.mode.as_str(), self.delivery.fail_closed) {
+            ("async", false) => Delivery::Async,
+            ("async", true) => bail!("delivery.fail_closed needs delivery.mode = \"sync\""),
+            ("sync", false) => Delivery::Sync,
+            ("sync", true) => Delivery::SyncFailClosed,
+            (other, _) => bail!("delivery.mode {other:?}: use \"async\" or \"sync\""),
+        };
         let proxy = ProxyConfig {
             listen: overrides.listen.unwrap_or(p.listen),
             upstream,
@@ -287,6 +324,7 @@ impl FileConfig {
             limits: Limits { small: p.max_message_bytes, large: p.max_data_message_bytes, startup: 10_000 },
             startup_timeout: Duration::from_millis(p.startup_timeout_ms),
             shutdown_grace: Duration::from_millis(p.shutdown_grace_ms),
+            delivery,
         };
         if self.journal.segment_max_bytes < 4096 {
             bail!("journal.segment_max_bytes must be at least 4096");
@@ -340,6 +378,8 @@ impl FileConfig {
                 max_batch_items: self.recorder.max_batch_events,
                 max_batch_delay: Duration::from_millis(self.recorder.max_batch_delay_ms),
                 queue_capacity: self.recorder.queue_capacity,
+                heartbeat: (self.delivery.heartbeat_secs > 0)
+                    .then(|| Duration::from_secs(self.delivery.heartbeat_secs)),
             },
             cluster_id: self.instance.cluster_id,
             instance_id,
