@@ -35,6 +35,7 @@ pub struct TestCapture {
     /// Holds `journal/` and `journal.keys/`; removed on drop.
     _root: tempfile::TempDir,
     journal: PathBuf,
+    keys: PathBuf,
 }
 
 /// Where the test keys of a journal live: a sibling directory `<journal>.keys`.
@@ -44,8 +45,12 @@ pub fn keys_dir(journal: &Path) -> PathBuf {
 
 /// Every event in a journal whose keys are in [`keys_dir`].
 pub fn read_events(journal: &Path) -> Vec<ActivityEvent> {
-    let ring = pgtrail::keys::load_key_ring(&[keys_dir(journal).join(pgtrail::keys::WRAPPING_PRIVATE)])
-        .expect("test keys load");
+    read_events_with(journal, &keys_dir(journal))
+}
+
+/// Every event in a journal, decrypted with the wrapping key in `keys`.
+pub fn read_events_with(journal: &Path, keys: &Path) -> Vec<ActivityEvent> {
+    let ring = pgtrail::keys::load_key_ring(&[keys.join(pgtrail::keys::WRAPPING_PRIVATE)]).expect("test keys load");
     pgtrail::tail::read_all(journal, ring).expect("journal is readable")
 }
 
@@ -78,10 +83,13 @@ impl TestCapture {
     pub async fn start_with(pg: &LocalPg, customize: impl FnOnce(&mut CaptureConfig)) -> Self {
         let root = tempfile::Builder::new().prefix("pgtrail-capture-").tempdir().expect("temp dir");
         let journal = root.path().join("journal");
+        let keys = keys_dir(&journal);
         let mut config = capture_config(pg, &journal);
         customize(&mut config);
+        // The customization may have moved the journal (the keys stay where they were made).
+        let journal = config.journal_dir.clone();
         let capture = Capture::start(config).await.expect("capture starts");
-        Self { addr: capture.addr, capture: Some(capture), _root: root, journal }
+        Self { addr: capture.addr, capture: Some(capture), _root: root, journal, keys }
     }
 
     pub fn journal_dir(&self) -> &Path {
@@ -93,19 +101,29 @@ impl TestCapture {
         format!("postgres://{user}:{password}@{}/{database}", self.addr)
     }
 
+    /// The recorder's counters (fsyncs, drops, heartbeats...).
+    pub fn recorder_stats(&self) -> std::sync::Arc<pgtrail_journal::RecorderStats> {
+        std::sync::Arc::clone(&self.capture.as_ref().expect("running").recorder_stats)
+    }
+
+    /// The proxy's counters.
+    pub fn proxy_stats(&self) -> std::sync::Arc<pgtrail_proxy::ProxyStats> {
+        std::sync::Arc::clone(&self.capture.as_ref().expect("running").stats)
+    }
+
     /// The directory of this capture's keys.
     pub fn keys_dir(&self) -> PathBuf {
-        keys_dir(&self.journal)
+        self.keys.clone()
     }
 
     /// Activity events (type `record`) in the journal now: what clients did.
     pub fn events(&self) -> Vec<ActivityEvent> {
-        read_events(&self.journal).into_iter().filter(|e| e.kind == "record").collect()
+        self.all_events().into_iter().filter(|e| e.kind == "record").collect()
     }
 
     /// Every event, control events and heartbeats included.
     pub fn all_events(&self) -> Vec<ActivityEvent> {
-        read_events(&self.journal)
+        read_events_with(&self.journal, &self.keys)
     }
 
     /// Polls the journal until `done` holds (or panics after 15 s with what was there).
@@ -121,12 +139,17 @@ impl TestCapture {
         }
     }
 
-    /// Stops the proxy (all sessions end) and returns every event.
+    /// Stops the proxy (all sessions end) and returns every activity event.
     pub async fn stop(mut self) -> Vec<ActivityEvent> {
+        self.shutdown().await;
+        self.events()
+    }
+
+    /// Stops the proxy but keeps the journal and keys for inspection.
+    pub async fn shutdown(&mut self) {
         if let Some(capture) = self.capture.take() {
             capture.stop().await.expect("capture stops cleanly");
         }
-        self.events()
     }
 }
 

@@ -9,7 +9,7 @@ use anyhow::Context;
 use chrono::DateTime;
 use pgtrail_envelope::Sealer;
 use pgtrail_event::{ActivityEvent, EventClass};
-use pgtrail_journal::{Journal, JournalError, JournalOptions, Recorder, WriterParts};
+use pgtrail_journal::{Journal, JournalError, JournalOptions, Recorder, RecorderStats, WriterParts};
 use pgtrail_proxy::{Durable, EventSink, Proxy, ProxyStats};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -72,6 +72,7 @@ pub fn loss_event(count: u64, from_micros: i64, to_micros: i64) -> ActivityEvent
 pub struct Capture {
     pub addr: SocketAddr,
     pub stats: Arc<ProxyStats>,
+    pub recorder_stats: Arc<RecorderStats>,
     shutdown: Option<oneshot::Sender<()>>,
     proxy: JoinHandle<()>,
     recorder: JoinHandle<Result<(), JournalError>>,
@@ -98,8 +99,9 @@ impl Capture {
         let encode = Box::new(move |events: &[ActivityEvent]| {
             let inner = if sealer.rotation_due() {
                 // The first record under a new data key says so itself.
-                let mut with_note = events.to_vec();
+                let mut with_note = Vec::with_capacity(events.len() + 1);
                 with_note.push(control_event("KEYS ROTATED", format!("new data key, wrapped to {}", sealer.key_id())));
+                with_note.extend_from_slice(events);
                 pgtrail_event::activity_record_json(&cluster, &instance, &with_note)
             } else {
                 pgtrail_event::activity_record_json(&cluster, &instance, events)
@@ -133,6 +135,7 @@ impl Capture {
             ),
         ));
         let control = recorder.clone();
+        let recorder_stats = Arc::clone(recorder.stats());
         let proxy = Proxy::bind(config.proxy.clone(), Arc::new(RecorderSink(recorder))).await?;
         let addr = proxy.local_addr();
         let stats = proxy.stats();
@@ -140,7 +143,15 @@ impl Capture {
         let proxy_task = tokio::spawn(proxy.run(async {
             let _ = rx.await;
         }));
-        Ok(Self { addr, stats, shutdown: Some(tx), proxy: proxy_task, recorder: recorder_task, control: Some(control) })
+        Ok(Self {
+            addr,
+            stats,
+            recorder_stats,
+            shutdown: Some(tx),
+            proxy: proxy_task,
+            recorder: recorder_task,
+            control: Some(control),
+        })
     }
 
     /// Stops accepting, ends the sessions (after the grace period), and waits until every
