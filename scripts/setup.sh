@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and testing pgtrail needs on a fresh Debian machine:
 # PostgreSQL 15 (server, client, pgbench), pgbouncer (benchmarks), libclang (pg_query's
-# bindgen), cargo-nextest and cargo-fuzz. Safe to run again.
+# bindgen), python3-venv, cargo-nextest and cargo-fuzz, and the official AWS Encryption
+# SDK for Python in .venv-interop (the interoperability test decrypts our records with it).
+# Safe to run again.
 set -euo pipefail
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-packages=(postgresql-15 postgresql-client-15 pgbouncer libclang-dev clang)
+packages=(postgresql-15 postgresql-client-15 pgbouncer libclang-dev clang python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,4 +24,10 @@ fi
 
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+cd "$(dirname "$0")/.."
+if ! .venv-interop/bin/python -c "import aws_encryption_sdk" 2>/dev/null; then
+  echo "setup: installing the AWS Encryption SDK for Python into .venv-interop"
+  python3 -m venv .venv-interop
+  .venv-interop/bin/pip install --quiet --disable-pip-version-check "aws-encryption-sdk==4.0.7"
+fi
 echo "setup: done"
