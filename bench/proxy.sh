@@ -6,8 +6,9 @@
 #   DURATION=5 REPEATS=1 bench/proxy.sh   # a quick look
 #
 # For each workload (pgbench -S, and the default TPC-B-like script), -c 8 -j 2, it runs
-# direct, pgbouncer and pgtrail in turn (interleaved, so drift hits all three alike),
-# and prints the median TPS of each and pgtrail's ratio to direct and to pgbouncer.
+# direct, pgbouncer, pgtrail with async delivery and pgtrail with sync delivery (the
+# client waits for each event's fsync) in turn (interleaved, so drift hits all alike),
+# and prints the median TPS of each and pgtrail's ratios to direct and to pgbouncer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,10 +30,11 @@ as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; 
 if [ "$(id -u)" -eq 0 ]; then chown postgres: "$work"; fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); TRAIL_PORT=$(free_port)
+PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); TRAIL_PORT=$(free_port); SYNC_PORT=$(free_port)
 
 cleanup() {
   [ -n "${TRAIL_PID:-}" ] && kill "$TRAIL_PID" 2>/dev/null || true
+  [ -n "${SYNC_PID:-}" ] && kill "$SYNC_PID" 2>/dev/null || true
   # runuser forks, so stop pgbouncer itself through its pid file.
   [ -f "$work/pgbouncer.pid" ] && kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true
   [ -n "${BOUNCER_PID:-}" ] && kill "$BOUNCER_PID" 2>/dev/null || true
@@ -72,10 +74,26 @@ echo '"postgres" ""' > "$work/userlist.txt"
 if [ "$(id -u)" -eq 0 ]; then chown postgres: "$work/pgbouncer.ini" "$work/userlist.txt"; fi
 as_pg pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
 BOUNCER_PID=$!
+"$PGTRAIL" keys init --dir "$work/keys" >/dev/null
 PGTRAIL_LOG=warn "$PGTRAIL" proxy --listen "127.0.0.1:$TRAIL_PORT" --upstream "postgres://127.0.0.1:$PG_PORT" \
-  --journal "$work/journal" 2>"$work/pgtrail.log" &
+  --journal "$work/journal" --keys "$work/keys" 2>"$work/pgtrail.log" &
 TRAIL_PID=$!
-for port in "$BOUNCER_PORT" "$TRAIL_PORT"; do
+cat > "$work/sync.toml" <<TOML
+[proxy]
+listen = "127.0.0.1:$SYNC_PORT"
+[upstream]
+host = "127.0.0.1"
+port = $PG_PORT
+[journal]
+dir = "$work/journal-sync"
+[keys]
+dir = "$work/keys"
+[delivery]
+mode = "sync"
+TOML
+PGTRAIL_LOG=warn "$PGTRAIL" proxy --config "$work/sync.toml" 2>"$work/pgtrail-sync.log" &
+SYNC_PID=$!
+for port in "$BOUNCER_PORT" "$TRAIL_PORT" "$SYNC_PORT"; do
   for _ in $(seq 100); do "$BIN/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.1; done
 done
 
@@ -86,19 +104,24 @@ run() { # port, extra args -> tps
 }
 median() { sort -n | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 
-printf '%-10s %10s %10s %10s %14s %16s\n' workload direct pgbouncer pgtrail "pgtrail/direct" "pgtrail/pgbouncer"
+printf '%-11s %9s %9s %9s %9s %8s %8s %8s %8s\n' workload direct pgbouncer async sync \
+  "as/dir" "as/bnc" "sy/dir" "sy/bnc"
 for workload in select-only tpcb-like; do
   args=(); [ "$workload" = select-only ] && args=(-S)
-  : > "$work/direct"; : > "$work/bouncer"; : > "$work/trail"
+  : > "$work/direct"; : > "$work/bouncer"; : > "$work/trail"; : > "$work/sync"
   for r in $(seq "$REPEATS"); do
     echo "  $workload repeat $r/$REPEATS..." >&2
     run "$PG_PORT" "${args[@]}" >> "$work/direct"
     run "$BOUNCER_PORT" "${args[@]}" >> "$work/bouncer"
     run "$TRAIL_PORT" "${args[@]}" >> "$work/trail"
+    run "$SYNC_PORT" "${args[@]}" >> "$work/sync"
   done
-  d=$(median < "$work/direct"); b=$(median < "$work/bouncer"); t=$(median < "$work/trail")
-  awk -v w="$workload" -v d="$d" -v b="$b" -v t="$t" \
-    'BEGIN { printf "%-10s %10.0f %10.0f %10.0f %14.3f %16.3f\n", w, d, b, t, t / d, t / b }'
+  d=$(median < "$work/direct"); b=$(median < "$work/bouncer"); t=$(median < "$work/trail"); y=$(median < "$work/sync")
+  awk -v w="$workload" -v d="$d" -v b="$b" -v t="$t" -v y="$y" \
+    'BEGIN { printf "%-11s %9.0f %9.0f %9.0f %9.0f %8.3f %8.3f %8.3f %8.3f\n", w, d, b, t, y, t / d, t / b, y / d, y / b }'
 done
-events=$("$PGTRAIL" tail --journal "$work/journal" --json 2>/dev/null | wc -l)
-echo "pgtrail recorded $events events in this run (journal $(du -sh "$work/journal" | cut -f1))"
+echo "(as = pgtrail async delivery, sy = pgtrail sync delivery, dir = direct, bnc = pgbouncer)"
+for j in journal journal-sync; do
+  events=$("$PGTRAIL" tail --journal "$work/$j" --key "$work/keys/wrapping.key" --json 2>/dev/null | wc -l)
+  echo "$j: $events events ($(du -sh "$work/$j" | cut -f1))"
+done
