@@ -26,7 +26,7 @@ fn events(n: usize) -> Vec<ActivityEvent> {
                 0 => (EventClass::Write, "UPDATE", format!("UPDATE pgbench_accounts SET abalance = abalance + {} WHERE aid = {};", i % 5000, i * 7 % 100_000)),
                 1 => (EventClass::Read, "SELECT", format!("SELECT abalance FROM pgbench_accounts WHERE aid = {};", i * 7 % 100_000)),
                 2 => (EventClass::Write, "UPDATE", format!("UPDATE pgbench_tellers SET tbalance = tbalance + {} WHERE tid = {};", i % 5000, i % 10)),
-                3 => (EventClass::Write, "UPDATE", format!("UPDATE pgbench_branches SET bbalance = bbalance + {} WHERE bid = {};", i % 5000, i % 1)),
+                3 => (EventClass::Write, "UPDATE", format!("UPDATE pgbench_branches SET bbalance = bbalance + {} WHERE bid = 1;", i % 5000)),
                 _ => (EventClass::Write, "INSERT", format!("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ({}, 1, {}, {}, CURRENT_TIMESTAMP);", i % 10, i * 7 % 100_000, i % 5000)),
             };
             let mut e = ActivityEvent::new(class, command, now);
