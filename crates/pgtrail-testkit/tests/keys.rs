@@ -86,3 +86,72 @@ async fn new_keys_leave_old_records_readable_and_the_witness_catches_a_cut() {
     assert_eq!(cut.status.code(), Some(1), "{cut:?}");
     assert!(String::from_utf8_lossy(&cut.stdout).contains("truncated"), "{cut:?}");
 }
+
+#[test]
+fn sighup_brings_in_a_new_wrapping_key_and_says_so_in_the_stream() {
+    let pg = start_pg(HostAuth::Trust);
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, keys, next) = (dir.path().join("journal"), dir.path().join("keys"), dir.path().join("next"));
+    keys_init(&keys);
+    keys_init(&next);
+    // Readers keep the old private key next to the new one.
+    std::fs::copy(keys.join("wrapping.key"), dir.path().join("wrapping-old.key")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.path().join("pgtrail.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"disable\"\n\
+             [journal]\ndir = \"{}\"\n[keys]\ndir = \"{}\"\n",
+            pg.port(),
+            journal.display(),
+            keys.display()
+        ),
+    )
+    .unwrap();
+    let mut proxy = Command::new(pgtrail_binary())
+        .args(["proxy", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("proxy.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "proxy did not listen");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let run = |sql: &str| assert_ok(&psql(&pg, &url, &["-c", sql]));
+    run("SELECT 'before the new key'");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    // The operator puts the new public key in place and sends SIGHUP.
+    std::fs::copy(next.join("wrapping.pub"), keys.join("wrapping.pub")).unwrap();
+    assert!(Command::new("kill").args(["-HUP", &proxy.id().to_string()]).status().unwrap().success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    run("SELECT 'after the new key'");
+    assert!(Command::new("kill").args(["-TERM", &proxy.id().to_string()]).status().unwrap().success());
+    assert!(proxy.wait().unwrap().success());
+    let log = std::fs::read_to_string(dir.path().join("proxy.log")).unwrap();
+    assert!(log.contains("configuration reloaded"), "{log}");
+
+    let j = journal.to_str().unwrap();
+    let old_only = pgtrail(&["tail", "--journal", j, "--key", dir.path().join("wrapping-old.key").to_str().unwrap()]);
+    assert!(!old_only.status.success(), "records after the reload are wrapped to the new key");
+    let ring = pgtrail(&[
+        "tail",
+        "--journal",
+        j,
+        "--key",
+        dir.path().join("wrapping-old.key").to_str().unwrap(),
+        "--key",
+        next.join("wrapping.key").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ring.status.success(), "{ring:?}");
+    let events: Vec<pgtrail_event::ActivityEvent> =
+        String::from_utf8(ring.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let reload = events.iter().find(|e| e.command == "CONFIGURATION RELOADED").expect("reload in the stream");
+    assert!(reload.command_text.as_deref().unwrap().contains("applied: wrapping key"), "{reload:?}");
+    let texts: Vec<&str> = events.iter().filter_map(|e| e.command_text.as_deref()).collect();
+    assert!(texts.contains(&"SELECT 'before the new key'") && texts.contains(&"SELECT 'after the new key'"));
+}

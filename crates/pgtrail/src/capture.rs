@@ -3,7 +3,7 @@
 //! data key) and appends it to the hash-chained journal with signed checkpoints.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use chrono::DateTime;
@@ -67,6 +67,10 @@ pub fn loss_event(count: u64, from_micros: i64, to_micros: i64) -> ActivityEvent
     e
 }
 
+fn list_or_none(items: &[&str]) -> String {
+    if items.is_empty() { "none".into() } else { items.join(", ") }
+}
+
 /// A running proxy with its recorder.
 #[derive(Debug)]
 pub struct Capture {
@@ -79,6 +83,20 @@ pub struct Capture {
     /// The capture's own handle, for its control events; dropped last so the recorder
     /// finishes after the proxy's events and the stop event are in.
     control: Option<Recorder<ActivityEvent>>,
+    /// A new sealer for the writer to pick up with its next record (configuration reload).
+    next_sealer: Arc<Mutex<Option<Sealer>>>,
+    /// The configuration running now.
+    config: CaptureConfig,
+    wrapping_id: String,
+}
+
+/// What a configuration reload did.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    /// Settings now in effect (from the next record on).
+    pub applied: Vec<&'static str>,
+    /// Settings that changed but take effect only after a restart.
+    pub need_restart: Vec<&'static str>,
 }
 
 impl Capture {
@@ -96,7 +114,12 @@ impl Capture {
         let recovery = journal.recovery().cloned();
         let wrapping_id = wrapping.id().to_owned();
         let mut sealer = Sealer::new(Arc::new(wrapping), config.envelope.clone());
+        let next_sealer: Arc<Mutex<Option<Sealer>>> = Arc::default();
+        let reloaded = Arc::clone(&next_sealer);
         let encode = Box::new(move |events: &[ActivityEvent]| {
+            if let Some(next) = reloaded.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                sealer = next;
+            }
             let inner = if sealer.rotation_due() {
                 // The first record under a new data key says so itself.
                 let mut with_note = Vec::with_capacity(events.len() + 1);
@@ -151,7 +174,58 @@ impl Capture {
             proxy: proxy_task,
             recorder: recorder_task,
             control: Some(control),
+            next_sealer,
+            config,
+            wrapping_id,
         })
+    }
+
+    /// Applies a new configuration. The wrapping key and the envelope settings take effect
+    /// with the next record (a new data key, wrapped to the new key); other changes need a
+    /// restart and are reported as such. A control event in the stream says what happened.
+    pub fn reload(&mut self, new: CaptureConfig) -> anyhow::Result<Reloaded> {
+        let old = &self.config;
+        let mut report = Reloaded::default();
+        let changed = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        // The key file may have been replaced in place: compare what it holds now.
+        let wrapping = crate::keys::load_wrapping_public(&new.wrapping_public_key)
+            .context("cannot load the wrapping public key")?;
+        let key_changed = wrapping.id() != self.wrapping_id;
+        if key_changed || changed(&old.envelope, &new.envelope) {
+            self.wrapping_id = wrapping.id().to_owned();
+            *self.next_sealer.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Sealer::new(Arc::new(wrapping), new.envelope.clone()));
+            if key_changed {
+                report.applied.push("wrapping key");
+            }
+            if changed(&old.envelope, &new.envelope) {
+                report.applied.push("envelope");
+            }
+        }
+        let restart: [(&'static str, bool); 6] = [
+            ("proxy", changed(&old.proxy, &new.proxy) || old.workers != new.workers),
+            ("journal", old.journal_dir != new.journal_dir || changed(&old.journal, &new.journal)),
+            ("recorder", changed(&old.recorder, &new.recorder)),
+            ("instance", old.cluster_id != new.cluster_id || old.instance_id != new.instance_id),
+            ("signing key", old.signing_key != new.signing_key),
+            ("delivery", old.proxy.delivery != new.proxy.delivery),
+        ];
+        report.need_restart = restart.iter().filter(|(_, c)| *c).map(|(name, _)| *name).collect();
+        if let Some(control) = &self.control {
+            control.record(control_event(
+                "CONFIGURATION RELOADED",
+                format!(
+                    "applied: {}; changed but needing a restart: {}",
+                    list_or_none(&report.applied),
+                    list_or_none(&report.need_restart)
+                ),
+            ));
+        }
+        let wrapping_public_key = new.wrapping_public_key.clone();
+        let envelope = new.envelope.clone();
+        self.config.wrapping_public_key = wrapping_public_key;
+        self.config.envelope = envelope;
+        Ok(report)
     }
 
     /// Stops accepting, ends the sessions (after the grace period), and waits until every

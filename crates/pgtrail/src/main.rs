@@ -43,7 +43,9 @@ enum Command {
     /// Either give a configuration file (see pgtrail.example.toml for every key), or the
     /// three flags --listen, --upstream and --journal, which also override the file.
     /// Stops cleanly on SIGTERM or Ctrl-C: no new connections, sessions get a grace
-    /// period, every event is flushed to the journal.
+    /// period, every event is flushed to the journal. SIGHUP reloads the configuration: a
+    /// new wrapping key and the [envelope] settings apply from the next record; other
+    /// changes need a restart (the log and a control event in the stream say which).
     Proxy {
         /// Configuration file (TOML; unknown keys are errors).
         #[arg(long, short)]
@@ -201,7 +203,8 @@ fn run_blocking(command: Command) -> anyhow::Result<()> {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        let resolved = file.resolve(&Overrides { listen, upstream, journal, keys })?;
+        let overrides = Overrides { listen, upstream, journal, keys };
+        let resolved = file.resolve(&overrides)?;
         // One worker: a current-thread scheduler, like pgbouncer's single event loop (no
         // work-stealing bookkeeping on every wake-up). The journal writer has its own thread.
         let runtime = if resolved.workers == 1 {
@@ -210,19 +213,41 @@ fn run_blocking(command: Command) -> anyhow::Result<()> {
             builder.worker_threads(resolved.workers).build()
         }
         .context("cannot start the async runtime")?;
-        return runtime.block_on(run_proxy(resolved));
+        return runtime.block_on(run_proxy(resolved, config, overrides));
     }
     let runtime = builder.build().context("cannot start the async runtime")?;
     runtime.block_on(run(command))
 }
 
-async fn run_proxy(resolved: pgtrail::config::CaptureConfig) -> anyhow::Result<()> {
+/// Runs the proxy until SIGTERM or SIGINT; SIGHUP reloads the configuration (and the key
+/// files it names).
+async fn run_proxy(
+    resolved: pgtrail::config::CaptureConfig,
+    config_file: Option<PathBuf>,
+    overrides: Overrides,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let workers = resolved.workers;
     let mut capture = Capture::start(resolved).await?;
     info!(listen = %capture.addr, workers, "pgtrail proxy ready");
-    tokio::select! {
-        () = shutdown_signal() => capture.stop().await,
-        result = capture.wait() => result.and_then(|()| anyhow::bail!("the proxy stopped unexpectedly")),
+    let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return capture.stop().await,
+            result = capture.wait() => return result.and_then(|()| anyhow::bail!("the proxy stopped unexpectedly")),
+            _ = hangup.recv() => {
+                let file = match &config_file {
+                    Some(path) => FileConfig::load(path),
+                    None => Ok(FileConfig::default()),
+                };
+                match file.and_then(|f| f.resolve(&overrides)).and_then(|new| capture.reload(new)) {
+                    Ok(done) => info!(applied = ?done.applied, need_restart = ?done.need_restart, "configuration reloaded"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "configuration reload failed; the running configuration stays"),
+                }
+            }
+        }
     }
 }
 
