@@ -245,6 +245,53 @@ impl TlsFiles {
     }
 }
 
+/// A free TCP port on 127.0.0.1 (free when asked; tests bind it right away).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Writes a `pgtrail.toml` for the real binary: listening on `port`, in front of `pg`
+/// without TLS, with the journal and key directories given, plus `extra` TOML sections.
+pub fn write_proxy_config(path: &Path, port: u16, pg: &LocalPg, journal: &Path, keys: &Path, extra: &str) {
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"disable\"\n\
+         [journal]\ndir = \"{}\"\n[keys]\ndir = \"{}\"\n{extra}",
+        pg.port(),
+        journal.display(),
+        keys.display()
+    );
+    std::fs::write(path, text).expect("write the configuration");
+}
+
+/// Starts `pgtrail proxy --config CONFIG` with its process log in `log`, and waits until
+/// it accepts connections on `port`.
+pub fn spawn_proxy_with_config(config: &Path, log: &Path, port: u16) -> std::process::Child {
+    let child = Command::new(pgtrail_binary())
+        .args(["proxy", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("pgtrail starts");
+    wait_listening(port);
+    child
+}
+
+/// Waits (up to 20 s) until something accepts connections on 127.0.0.1:`port`.
+pub fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends a signal (`-TERM`, `-HUP`, `-KILL`...) to a child process.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let status = Command::new("kill").args([sig, &child.id().to_string()]).status().expect("kill runs");
+    assert!(status.success(), "kill {sig} failed");
+}
+
 /// The `pgtrail` binary built for this workspace (tests of the CLI run the real thing).
 pub fn pgtrail_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

@@ -8,10 +8,6 @@ use std::time::{Duration, Instant};
 use pgtrail_event::{ActivityEvent, EventClass, ExitCode};
 use pgtrail_testkit::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn spawn_proxy(args: &[String], log: &Path) -> Child {
     let log = std::fs::File::create(log).unwrap();
     Command::new(pgtrail_binary())
@@ -21,19 +17,6 @@ fn spawn_proxy(args: &[String], log: &Path) -> Child {
         .stderr(log)
         .spawn()
         .expect("pgtrail starts")
-}
-
-fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "proxy did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
@@ -85,7 +68,7 @@ fn proxy_from_flags_then_sigterm_then_tail() {
         let url = format!("postgres://{user}:{PASSWORD}@127.0.0.1:{port}/postgres");
         assert_ok(&psql(&pg, &url, &["-c", secret_text, "-c", "CREATE TEMP TABLE x (i int)"]));
     }
-    sigterm(&proxy);
+    signal(&proxy, "-TERM");
     assert!(wait_exit(&mut proxy, Duration::from_secs(20)).success(), "clean exit on SIGTERM");
 
     // The process log is structured and has neither SQL nor the password.
@@ -203,7 +186,7 @@ fn config_file_and_shutdown_grace() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(800));
-    sigterm(&proxy);
+    signal(&proxy, "-TERM");
     assert!(wait_exit(&mut proxy, Duration::from_secs(20)).success());
     let out = idle.wait_with_output().unwrap();
     assert!(
@@ -227,11 +210,11 @@ fn config_file_and_shutdown_grace() {
         let mut sink = Vec::new();
         let _ = s.read_to_end(&mut sink);
     }
-    sigterm(&first);
+    signal(&first, "-TERM");
     assert!(wait_exit(&mut first, Duration::from_secs(20)).success());
     let mut again = spawn_proxy(&["--config".into(), config.display().to_string()], &dir.path().join("log2"));
     wait_listening(port);
-    sigterm(&again);
+    signal(&again, "-TERM");
     assert!(wait_exit(&mut again, Duration::from_secs(20)).success());
 
     // Unknown keys are errors that name the key.

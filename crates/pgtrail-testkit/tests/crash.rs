@@ -4,30 +4,10 @@
 //! kill tore one) is recorded by a control event.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use pgtrail_testkit::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn start_proxy(config: &Path, log: &Path, port: u16) -> Child {
-    let child = Command::new(pgtrail_binary())
-        .args(["proxy", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "proxy did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
 
 #[test]
 fn kill_9_during_pgbench_in_sync_mode_loses_no_completed_statement() {
@@ -39,18 +19,8 @@ fn kill_9_during_pgbench_in_sync_mode_loses_no_completed_statement() {
     assert!(out.status.success(), "{out:?}");
     let port = free_port();
     let config = dir.path().join("pgtrail.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"disable\"\n\
-             [journal]\ndir = \"{}\"\n[keys]\ndir = \"{}\"\n[delivery]\nmode = \"sync\"\n",
-            pg.port(),
-            journal.display(),
-            keys.display()
-        ),
-    )
-    .unwrap();
-    let mut proxy = start_proxy(&config, &dir.path().join("proxy1.log"), port);
+    write_proxy_config(&config, port, &pg, &journal, &keys, "[delivery]\nmode = \"sync\"\n");
+    let mut proxy = spawn_proxy_with_config(&config, &dir.path().join("proxy1.log"), port);
 
     // Each client numbers its statements (pgbench keeps variables across transactions),
     // so the journal can be checked statement by statement against pgbench's own log.
@@ -67,8 +37,7 @@ fn kill_9_during_pgbench_in_sync_mode_loses_no_completed_statement() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(2500));
-    let status = Command::new("kill").args(["-KILL", &proxy.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    signal(&proxy, "-KILL");
     let _ = proxy.wait();
     let bench = pgbench.wait_with_output().unwrap();
     let bench_err = String::from_utf8_lossy(&bench.stderr);
@@ -76,8 +45,8 @@ fn kill_9_during_pgbench_in_sync_mode_loses_no_completed_statement() {
 
     // Restart on the same journal: it recovers, records that it did if it cut anything,
     // and runs until a clean stop.
-    let mut proxy = start_proxy(&config, &dir.path().join("proxy2.log"), port);
-    let _ = Command::new("kill").args(["-TERM", &proxy.id().to_string()]).status();
+    let mut proxy = spawn_proxy_with_config(&config, &dir.path().join("proxy2.log"), port);
+    signal(&proxy, "-TERM");
     assert!(proxy.wait().unwrap().success());
     let restart_log = std::fs::read_to_string(dir.path().join("proxy2.log")).unwrap();
 

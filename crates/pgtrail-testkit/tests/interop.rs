@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgtrail_testkit::*;
 
@@ -34,30 +34,11 @@ fn pgtrail(args: &[&str]) -> std::process::Output {
 fn session_through_proxy(suite: &str, dir: &std::path::Path, pg: &LocalPg) -> (PathBuf, PathBuf) {
     let (journal, keys) = (dir.join(format!("journal-{suite}")), dir.join(format!("keys-{suite}")));
     assert!(pgtrail(&["keys", "init", "--dir", keys.to_str().unwrap()]).status.success());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let config = dir.join(format!("pgtrail-{suite}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"disable\"\n\
-             [journal]\ndir = \"{}\"\n[keys]\ndir = \"{}\"\n[envelope]\nsuite = \"{suite}\"\nrotate_after_records = 3\n",
-            pg.port(),
-            journal.display(),
-            keys.display()
-        ),
-    )
-    .unwrap();
-    let mut proxy = Command::new(pgtrail_binary())
-        .args(["proxy", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "proxy did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let envelope = format!("[envelope]\nsuite = \"{suite}\"\nrotate_after_records = 3\n");
+    write_proxy_config(&config, port, pg, &journal, &keys, &envelope);
+    let mut proxy = spawn_proxy_with_config(&config, &dir.join(format!("proxy-{suite}.log")), port);
     let url = format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/postgres");
     // Each -c is its own Query; psql goes on after the failing one (no ON_ERROR_STOP).
     let out = Command::new(pg.binaries().bin("psql"))
@@ -77,7 +58,7 @@ fn session_through_proxy(suite: &str, dir: &std::path::Path, pg: &LocalPg) -> (P
         assert!(out.unwrap().status.success());
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert!(Command::new("kill").args(["-TERM", &proxy.id().to_string()]).status().unwrap().success());
+    signal(&proxy, "-TERM");
     assert!(proxy.wait().unwrap().success());
     (journal, keys)
 }

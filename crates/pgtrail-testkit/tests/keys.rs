@@ -96,40 +96,20 @@ fn sighup_brings_in_a_new_wrapping_key_and_says_so_in_the_stream() {
     keys_init(&next);
     // Readers keep the old private key next to the new one.
     std::fs::copy(keys.join("wrapping.key"), dir.path().join("wrapping-old.key")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let config = dir.path().join("pgtrail.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"disable\"\n\
-             [journal]\ndir = \"{}\"\n[keys]\ndir = \"{}\"\n",
-            pg.port(),
-            journal.display(),
-            keys.display()
-        ),
-    )
-    .unwrap();
-    let mut proxy = Command::new(pgtrail_binary())
-        .args(["proxy", "--config", config.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("proxy.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "proxy did not listen");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    write_proxy_config(&config, port, &pg, &journal, &keys, "");
+    let mut proxy = spawn_proxy_with_config(&config, &dir.path().join("proxy.log"), port);
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     let run = |sql: &str| assert_ok(&psql(&pg, &url, &["-c", sql]));
     run("SELECT 'before the new key'");
     std::thread::sleep(std::time::Duration::from_millis(400));
     // The operator puts the new public key in place and sends SIGHUP.
     std::fs::copy(next.join("wrapping.pub"), keys.join("wrapping.pub")).unwrap();
-    assert!(Command::new("kill").args(["-HUP", &proxy.id().to_string()]).status().unwrap().success());
+    signal(&proxy, "-HUP");
     std::thread::sleep(std::time::Duration::from_millis(500));
     run("SELECT 'after the new key'");
-    assert!(Command::new("kill").args(["-TERM", &proxy.id().to_string()]).status().unwrap().success());
+    signal(&proxy, "-TERM");
     assert!(proxy.wait().unwrap().success());
     let log = std::fs::read_to_string(dir.path().join("proxy.log")).unwrap();
     assert!(log.contains("configuration reloaded"), "{log}");
