@@ -146,21 +146,21 @@ impl Capture {
                 ),
             ));
         }
-        recorder.record(control_event(
+        let control = recorder.clone();
+        let recorder_stats = Arc::clone(recorder.stats());
+        let proxy = Proxy::bind(config.proxy.clone(), Arc::new(RecorderSink(recorder))).await?;
+        let addr = proxy.local_addr();
+        control.record(control_event(
             "CAPTURE STARTED",
             format!(
                 "pgtrail {} listening on {}, upstream {}:{}, delivery {:?}, wrapping key {wrapping_id}",
                 env!("CARGO_PKG_VERSION"),
-                config.proxy.listen,
+                proxy.local_addr(),
                 config.proxy.upstream.host,
                 config.proxy.upstream.port,
                 config.proxy.delivery,
             ),
         ));
-        let control = recorder.clone();
-        let recorder_stats = Arc::clone(recorder.stats());
-        let proxy = Proxy::bind(config.proxy.clone(), Arc::new(RecorderSink(recorder))).await?;
-        let addr = proxy.local_addr();
         let stats = proxy.stats();
         let (tx, rx) = oneshot::channel();
         let proxy_task = tokio::spawn(proxy.run(async {

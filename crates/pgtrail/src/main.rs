@@ -84,6 +84,9 @@ enum Command {
         /// One JSON object per line (the DAS event fields) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Show heartbeat events too.
+        #[arg(long)]
+        heartbeats: bool,
     },
     /// Start a throwaway PostgreSQL behind the proxy and show its events live.
     ///
@@ -254,9 +257,9 @@ async fn run_proxy(
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Proxy { .. } => unreachable!("the proxy is started by run_blocking"),
-        Command::Tail { journal, key, follow, user, class, json } => {
+        Command::Tail { journal, key, follow, user, class, json, heartbeats } => {
             let ring = keys::load_key_ring(&key)?;
-            let filter = tail::Filter { user, class };
+            let filter = tail::Filter { user, class, heartbeats };
             let format = if json { tail::Format::Json } else { tail::Format::Table };
             let stop = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&stop);

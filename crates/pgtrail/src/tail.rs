@@ -14,12 +14,15 @@ use pgtrail_journal::{JournalReader, RecordKind};
 pub struct Filter {
     pub user: Option<String>,
     pub class: Option<EventClass>,
+    /// Show heartbeats too (hidden by default: they say only that the stream is alive).
+    pub heartbeats: bool,
 }
 
 impl Filter {
     pub fn matches(&self, e: &ActivityEvent) -> bool {
         self.user.as_ref().is_none_or(|u| e.db_user_name.as_deref() == Some(u.as_str()))
-            && self.class.is_none_or(|c| e.class == c)
+            && self.class.is_none_or(|c| e.class == c && e.kind == "record")
+            && (self.heartbeats || e.kind != "heartbeat")
     }
 }
 
@@ -122,7 +125,7 @@ pub fn run(
 
 pub fn table_header() -> String {
     format!(
-        "{:<26} {:<16} {:<12} {:<10} {:<10} {:<14} {:>6} {:<7} {}",
+        "{:<26} {:<16} {:<12} {:<10} {:<10} {:<22} {:>6} {:<7} {}",
         "TIME", "SESSION", "USER", "DATABASE", "CLASS", "COMMAND", "ROWS", "STATUS", "STATEMENT"
     )
 }
@@ -152,14 +155,19 @@ pub fn table_row(e: &ActivityEvent) -> String {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");
+    // Control events and heartbeats are about pgtrail itself: their type says so.
+    let class = match e.kind.as_ref() {
+        "record" => e.class.as_str().to_owned(),
+        other => other.to_ascii_uppercase(),
+    };
     format!(
-        "{:<26} {:<16} {:<12} {:<10} {:<10} {:<14} {:>6} {:<7} {}",
+        "{:<26} {:<16} {:<12} {:<10} {:<10} {:<22} {:>6} {:<7} {}",
         format_das_time(&e.log_time).trim_end_matches("+00"),
         clip(e.session_id.as_deref().unwrap_or("-"), 16),
         clip(e.db_user_name.as_deref().unwrap_or("-"), 12),
         clip(e.database_name.as_deref().unwrap_or("-"), 10),
-        e.class.as_str(),
-        clip(&e.command, 14),
+        class,
+        clip(&e.command, 22),
         e.row_count.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
         status,
         clip(&text, 80),
