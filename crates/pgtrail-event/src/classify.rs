@@ -32,6 +32,8 @@ pub struct Statement {
     pub objects: Vec<ObjectRef>,
     /// pg_query's fingerprint: equal for statements that differ only in constants.
     pub fingerprint: Option<String>,
+    /// Says nothing about the data (see [`crate::noise`]).
+    pub noise: bool,
 }
 
 /// The statements of one Query or Parse text.
@@ -188,6 +190,7 @@ fn unparsed(sql: &str) -> Statement {
         object_name: None,
         objects: Vec::new(),
         fingerprint: None,
+        noise: false,
     }
 }
 
@@ -201,7 +204,17 @@ fn classify_statement(text: &str, node: &NodeEnum, options: ParserOptions) -> St
     let object_name = objects.first().map(|o| o.name.clone());
     let fingerprint = pg_query::fingerprint(text, options, 0).ok().map(|f| f.hex);
     let text = if is_role_command(Some(&command)) { redact_passwords(text) } else { text.to_owned() };
-    Statement { text, command: Some(command), class: Some(class), object_type, object_name, objects, fingerprint }
+    let noise = crate::noise::is_noise(node);
+    Statement {
+        text,
+        command: Some(command),
+        class: Some(class),
+        object_type,
+        object_name,
+        objects,
+        fingerprint,
+        noise,
+    }
 }
 
 /// For DDL that creates or drops a relation-like object, its kind (VIEW, INDEX, ...).

@@ -132,6 +132,10 @@ pub struct ActivityEvent {
     /// Who observed the event; absent in records that pgtrail did not write (Aurora's).
     #[serde(default)]
     pub source: Option<EventSource>,
+    /// The statement says nothing about the data: session settings, liveness checks,
+    /// catalog introspection by client tools. Still recorded; rules skip it by default.
+    #[serde(default)]
+    pub noise: bool,
 }
 
 impl ActivityEvent {
@@ -170,6 +174,7 @@ impl ActivityEvent {
             objects: Vec::new(),
             query_fingerprint: None,
             source: Some(EventSource::Proxy),
+            noise: false,
         }
     }
 }

@@ -8,6 +8,7 @@
 mod classify;
 mod command;
 mod event;
+pub mod noise;
 mod normalize;
 
 pub use classify::{Classified, Classifier, Statement, redact_passwords};

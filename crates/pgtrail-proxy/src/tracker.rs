@@ -485,6 +485,7 @@ fn fill_statement(e: &mut ActivityEvent, s: &Statement) {
     e.object_name.clone_from(&s.object_name);
     e.objects.clone_from(&s.objects);
     e.query_fingerprint.clone_from(&s.fingerprint);
+    e.noise = s.noise;
 }
 
 fn apply_error(e: &mut ActivityEvent, fields: &ErrorFields) {
