@@ -125,6 +125,31 @@ enum Command {
     /// Make and use keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check rule files and try them on events.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Parse and check a rule file: syntax, CEL conditions (names and types), windows.
+    /// Exits 1 naming the line and the problem.
+    Check {
+        /// The rule file (TOML, one [[rule]] table per rule).
+        rules: PathBuf,
+    },
+    /// Run rules over events (JSON lines, as `pgtrail export --format jsonl` writes them)
+    /// and show which rules fire, when and why, and each rule's alarm state at the end.
+    Test {
+        #[arg(long, value_name = "FILE")]
+        rules: PathBuf,
+        /// Events file, or - for standard input.
+        #[arg(long, value_name = "FILE")]
+        events: PathBuf,
+        /// One JSON object per alert instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -288,6 +313,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .context("verify task failed")?
         }
+        Command::Rules(RulesCommand::Check { rules }) => {
+            let set = pgtrail_rules::RuleSet::load(&rules)?;
+            println!("{}: {} rules OK", rules.display(), set.rules.len());
+            for rule in &set.rules {
+                println!("  [{}] {}", rule.severity.as_str(), rule.name);
+            }
+            Ok(())
+        }
+        Command::Rules(RulesCommand::Test { rules, events, json }) => rules_test(&rules, &events, json),
         Command::Keys(KeysCommand::Init { dir, force }) => {
             let ids = keys::init(&dir, force)?;
             println!("Keys written to {} (each file mode 0600):", dir.display());
@@ -399,4 +433,61 @@ fn record_at(journal: &std::path::Path, seq: u64) -> anyhow::Result<Vec<u8>> {
         Some(record) if record.seq == seq => anyhow::bail!("record {seq} is a checkpoint, not a DAS record"),
         _ => anyhow::bail!("the journal has no record {seq}"),
     }
+}
+
+fn rules_test(rules: &std::path::Path, events: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let set = pgtrail_rules::RuleSet::load(rules)?;
+    let mut engine = pgtrail_rules::Engine::new(set);
+    let input: Box<dyn BufRead> = if events == std::path::Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(events).with_context(|| format!("cannot read {}", events.display()))?,
+        ))
+    };
+    let (mut count, mut fired) = (0u64, 0u64);
+    for (index, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event: pgtrail_event::ActivityEvent = serde_json::from_str(&line)
+            .with_context(|| format!("{} line {}: not an activity event", events.display(), index + 1))?;
+        count += 1;
+        for alert in engine.process(&event) {
+            fired += 1;
+            if json {
+                println!("{}", serde_json::to_string(&alert)?);
+                continue;
+            }
+            let status = match alert.status {
+                pgtrail_rules::AlertStatus::Firing => "FIRING",
+                pgtrail_rules::AlertStatus::Resolved => "RESOLVED",
+            };
+            println!(
+                "{status:<8} [{}] {} at {} (line {}): {}",
+                alert.severity.as_str(),
+                alert.rule,
+                pgtrail_event::format_das_time(&alert.at),
+                index + 1,
+                alert.reason
+            );
+            if let Some(e) = &alert.event {
+                let who = e.db_user_name.as_deref().unwrap_or("-");
+                let what = e.command_text.as_deref().unwrap_or(&e.command);
+                println!("         dedup {:?}; {who}: {what}", alert.dedup_key);
+            }
+        }
+    }
+    if !json {
+        println!(
+            "{count} events, {fired} alerts, {} evaluation errors (counted as no match)",
+            engine.evaluation_errors
+        );
+        for (rule, alarm) in engine.alarms() {
+            println!("  {:<17} {rule}", alarm.as_str());
+        }
+    }
+    Ok(())
 }
