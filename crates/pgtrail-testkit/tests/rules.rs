@@ -94,3 +94,68 @@ async fn rules_test_shows_which_rules_fire_on_recorded_traffic() {
     let err = String::from_utf8_lossy(&check.stderr);
     assert!(err.contains("rules.toml:3: rule \"bad\": condition names rowcount which is not an event field"), "{err}");
 }
+
+/// Waits until `path` holds at least `n` lines; returns them.
+fn wait_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(std::time::Instant::now() < deadline, "waited for {n} alerts, got {}: {text}", lines.len());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alerting_consumer_alerts_live_and_resumes_without_duplicates() {
+    let pg = start_pg(HostAuth::Trust);
+    let capture = TestCapture::start(&pg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, state, alerts) =
+        (dir.path().join("rules.toml"), dir.path().join("cursor"), dir.path().join("alerts.jsonl"));
+    std::fs::write(&rules, "[[rule]]\nname = \"ddl\"\ncondition = 'class == \"DDL\"'\nseverity = \"high\"\n").unwrap();
+    let key = capture.keys_dir().join("wrapping.key");
+    let start_consumer = || {
+        Command::new(pgtrail_binary())
+            .args(["alerts", "run", "--journal"])
+            .arg(capture.journal_dir())
+            .arg("--key")
+            .arg(&key)
+            .arg("--rules")
+            .arg(&rules)
+            .arg("--state")
+            .arg(&state)
+            .arg("--output")
+            .arg(&alerts)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let url = capture.url("postgres", "", "postgres");
+    let mut consumer = start_consumer();
+    let sent = std::time::Instant::now();
+    assert_ok(&psql(&pg, &url, &["-c", "CREATE TABLE first_table (id int)"]));
+    let first = wait_lines(&alerts, 1);
+    let latency = sent.elapsed();
+    eprintln!("statement to alert: {latency:?} (recorder batch delay 20 ms in tests)");
+    assert_eq!(first[0]["rule"], "ddl");
+    assert_eq!(first[0]["status"], "firing");
+    assert_eq!(first[0]["event"]["commandText"], "CREATE TABLE first_table (id int)");
+
+    // Restart: the first table's alert is not repeated; the next DDL alerts.
+    signal(&consumer, "-TERM");
+    assert!(consumer.wait().unwrap().success());
+    let mut consumer = start_consumer();
+    assert_ok(&psql(&pg, &url, &["-c", "CREATE TABLE second_table (id int)"]));
+    let all = wait_lines(&alerts, 2);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let all_after = wait_lines(&alerts, 2);
+    assert_eq!(all_after.len(), 2, "no duplicate after the restart: {all_after:?}");
+    assert_eq!(all[1]["event"]["commandText"], "CREATE TABLE second_table (id int)");
+    signal(&consumer, "-TERM");
+    assert!(consumer.wait().unwrap().success());
+    capture.stop().await;
+}

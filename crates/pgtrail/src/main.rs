@@ -128,6 +128,31 @@ enum Command {
     /// Check rule files and try them on events.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Alerting.
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AlertsCommand {
+    /// The alerting consumer: follows the journal with its own cursor, runs the rules on
+    /// every event, and writes each alert (firing or resolved) as a JSON line. After a
+    /// restart it resumes at its cursor without repeating alerts.
+    Run {
+        #[arg(long, value_name = "DIR")]
+        journal: PathBuf,
+        /// Wrapping private key file or directory (repeatable).
+        #[arg(long, value_name = "FILE|DIR", required = true)]
+        key: Vec<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        rules: PathBuf,
+        /// Cursor file (created if missing): where to resume after a restart.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// Append alerts to this file instead of standard output.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -322,6 +347,33 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rules(RulesCommand::Test { rules, events, json }) => rules_test(&rules, &events, json),
+        Command::Alerts(AlertsCommand::Run { journal, key, rules, state, output }) => {
+            let ring = keys::load_key_ring(&key)?;
+            let rules = pgtrail_rules::RuleSet::load(&rules)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&stop);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                flag.store(true, Ordering::Relaxed);
+            });
+            info!(rules = rules.rules.len(), "alerting consumer started");
+            tokio::task::spawn_blocking(move || {
+                let mut out: Box<dyn std::io::Write> = match &output {
+                    Some(path) => Box::new(
+                        std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(path)
+                            .with_context(|| format!("cannot open {}", path.display()))?,
+                    ),
+                    None => Box::new(std::io::stdout()),
+                };
+                let config = pgtrail::alerts::AlertsRun { journal, rules, state };
+                pgtrail::alerts::run(config, ring, &mut out, &|| stop.load(Ordering::Relaxed))
+            })
+            .await
+            .context("alerts task failed")?
+        }
         Command::Keys(KeysCommand::Init { dir, force }) => {
             let ids = keys::init(&dir, force)?;
             println!("Keys written to {} (each file mode 0600):", dir.display());
