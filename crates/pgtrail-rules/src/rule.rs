@@ -36,8 +36,31 @@ impl Severity {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleFile {
+    /// Also load the built-in rule pack.
+    #[serde(default)]
+    builtin: bool,
+    /// Values rules see as `settings.<name>` (the pack's knobs, and any of your own).
+    #[serde(default)]
+    settings: toml::Table,
     #[serde(default)]
     rule: Vec<RawRule>,
+}
+
+/// The built-in rule pack (see builtin.toml).
+pub const BUILTIN: &str = include_str!("builtin.toml");
+
+/// Defaults of the pack's settings; a file's [settings] overrides them one by one.
+fn default_settings() -> serde_json::Map<String, serde_json::Value> {
+    let value = serde_json::json!({
+        "service_accounts": [],
+        "superusers": ["postgres"],
+        "bulk_read_rows": 10000,
+        "business_hours": [8, 18],
+    });
+    match value {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("an object literal"),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,10 +113,12 @@ pub struct Rule {
     pub include_noise: bool,
 }
 
-/// The rules of one file.
+/// The rules of one file (and the built-in pack when it asks for it).
 #[derive(Debug)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
+    /// What rules see as `settings`.
+    pub settings: serde_json::Map<String, serde_json::Value>,
 }
 
 /// 1-based line of a byte offset.
@@ -130,10 +155,14 @@ fn complete_event() -> ActivityEvent {
 
 /// The event's fields as CEL variables. Times are strings in DAS format.
 pub(crate) fn event_fields(event: &ActivityEvent) -> serde_json::Map<String, serde_json::Value> {
+    use chrono::{Datelike, Timelike};
     match serde_json::to_value(event) {
         Ok(serde_json::Value::Object(mut map)) => {
             // Filled in by the identity issue; present (null) so rules may name it now.
             map.entry("identity").or_insert(serde_json::Value::Null);
+            // Derived: the hour (0-23) and weekday (0 Monday .. 6 Sunday) of logTime, UTC.
+            map.insert("logHourUtc".into(), event.log_time.hour().into());
+            map.insert("logWeekdayUtc".into(), event.log_time.weekday().num_days_from_monday().into());
             map
         }
         _ => serde_json::Map::new(),
@@ -172,12 +201,35 @@ impl RuleSet {
     pub fn parse(text: &str, file: &str) -> Result<RuleSet, RuleError> {
         let parsed: RuleFile =
             toml::from_str(text).map_err(|e| RuleError::Toml { file: file.to_owned(), message: e.to_string() })?;
-        let sample = event_fields(&complete_event());
+        let mut settings = default_settings();
+        for (name, value) in &parsed.settings {
+            let value = serde_json::to_value(value)
+                .map_err(|e| RuleError::Toml { file: file.to_owned(), message: format!("settings.{name}: {e}") })?;
+            settings.insert(name.clone(), value);
+        }
+        let mut rules = Vec::new();
+        if parsed.builtin {
+            let pack: RuleFile = toml::from_str(BUILTIN).expect("the built-in pack is valid TOML");
+            rules = Self::check(pack.rule, BUILTIN, "builtin rule pack", &settings, &mut HashSet::new())?;
+        }
+        let mut names: HashSet<String> = rules.iter().map(|r: &Rule| r.name.clone()).collect();
+        rules.extend(Self::check(parsed.rule, text, file, &settings, &mut names)?);
+        Ok(RuleSet { rules, settings })
+    }
+
+    fn check(
+        raw_rules: Vec<RawRule>,
+        text: &str,
+        file: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        names: &mut HashSet<String>,
+    ) -> Result<Vec<Rule>, RuleError> {
+        let mut sample = event_fields(&complete_event());
+        sample.insert("settings".into(), serde_json::Value::Object(settings.clone()));
         let known: HashSet<&str> = sample.keys().map(String::as_str).collect();
         let sample_context = context_for(&sample);
-        let mut names = HashSet::new();
-        let mut rules = Vec::with_capacity(parsed.rule.len());
-        for raw in parsed.rule {
+        let mut rules = Vec::with_capacity(raw_rules.len());
+        for raw in raw_rules {
             let name = raw.name.get_ref().trim().to_owned();
             let invalid = |span: std::ops::Range<usize>, message: String| RuleError::Invalid {
                 file: file.to_owned(),
@@ -255,7 +307,7 @@ impl RuleSet {
                 include_noise: raw.include_noise,
             });
         }
-        Ok(RuleSet { rules })
+        Ok(rules)
     }
 
     /// Reads and checks a rule file.

@@ -130,6 +130,7 @@ async fn the_alerting_consumer_alerts_live_and_resumes_without_duplicates() {
             .arg(&state)
             .arg("--output")
             .arg(&alerts)
+            .args(["--gap-secs", "2"])
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap()
@@ -155,6 +156,17 @@ async fn the_alerting_consumer_alerts_live_and_resumes_without_duplicates() {
     let all_after = wait_lines(&alerts, 2);
     assert_eq!(all_after.len(), 2, "no duplicate after the restart: {all_after:?}");
     assert_eq!(all[1]["event"]["commandText"], "CREATE TABLE second_table (id int)");
+
+    // Silence (the test capture's heartbeat comes every 5 s) beyond --gap-secs 2: a gap
+    // alert; the next record resolves it.
+    let gap = wait_lines(&alerts, 3);
+    assert_eq!((gap[2]["rule"].as_str(), gap[2]["status"].as_str()), (Some("gap in the stream"), Some("firing")));
+    assert_ok(&psql(&pg, &url, &["-c", "SELECT 1"]));
+    let resolved = wait_lines(&alerts, 4);
+    assert_eq!(
+        (resolved[3]["rule"].as_str(), resolved[3]["status"].as_str()),
+        (Some("gap in the stream"), Some("resolved"))
+    );
     signal(&consumer, "-TERM");
     assert!(consumer.wait().unwrap().success());
     capture.stop().await;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pgtrail_envelope::KeyRing;
-use pgtrail_rules::{Alert, Engine, RuleSet};
+use pgtrail_rules::{Alert, AlertStatus, Engine, RuleSet, Severity};
 
 use crate::tail::{EnvelopeReader, decode_inner};
 
@@ -26,6 +26,23 @@ pub struct AlertsRun {
     pub rules: RuleSet,
     /// The cursor file.
     pub state: PathBuf,
+    /// Alert when no record at all (not even a heartbeat) arrives for this long.
+    pub gap: Duration,
+}
+
+const GAP_RULE: &str = "gap in the stream";
+
+fn gap_alert(status: AlertStatus, reason: String) -> Alert {
+    Alert {
+        rule: GAP_RULE.into(),
+        severity: Severity::High,
+        status,
+        dedup_key: GAP_RULE.into(),
+        count: 0,
+        at: chrono::Utc::now(),
+        reason,
+        event: None,
+    }
 }
 
 fn read_cursor(path: &Path) -> anyhow::Result<u64> {
@@ -51,8 +68,15 @@ pub fn run(config: AlertsRun, ring: KeyRing, out: &mut dyn Write, stop: &dyn Fn(
     let mut engine = Engine::new(config.rules);
     let mut reader = EnvelopeReader::open(&config.journal, ring)?;
     let mut last_seq = 0u64;
+    let mut last_record = std::time::Instant::now();
+    let mut in_gap = false;
     loop {
         while let Some(opened) = reader.next_envelope()? {
+            last_record = std::time::Instant::now();
+            if in_gap {
+                in_gap = false;
+                emit(out, &[gap_alert(AlertStatus::Resolved, "records arrive again".into())])?;
+            }
             let live = opened.seq > cursor;
             for event in decode_inner(&opened.inner).with_context(|| format!("record {}", opened.seq))? {
                 let alerts = engine.process(&event);
@@ -73,6 +97,13 @@ pub fn run(config: AlertsRun, ring: KeyRing, out: &mut dyn Write, stop: &dyn Fn(
             // Caught up: quiet groups resolve on the wall clock.
             let alerts = engine.tick(chrono::Utc::now());
             emit(out, &alerts)?;
+            // Heartbeats come every few seconds from a live capture: silence means the
+            // capture (or its journal) has stopped, which is itself an alert.
+            if !in_gap && last_record.elapsed() >= config.gap {
+                in_gap = true;
+                let reason = format!("no record, not even a heartbeat, for {}s", config.gap.as_secs());
+                emit(out, &[gap_alert(AlertStatus::Firing, reason)])?;
+            }
             out.flush()?;
         }
         std::thread::sleep(Duration::from_millis(50));

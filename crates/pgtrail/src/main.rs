@@ -152,6 +152,9 @@ enum AlertsCommand {
         /// Append alerts to this file instead of standard output.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Alert when no record (not even a heartbeat) arrives for this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        gap_secs: u64,
     },
 }
 
@@ -347,7 +350,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rules(RulesCommand::Test { rules, events, json }) => rules_test(&rules, &events, json),
-        Command::Alerts(AlertsCommand::Run { journal, key, rules, state, output }) => {
+        Command::Alerts(AlertsCommand::Run { journal, key, rules, state, output, gap_secs }) => {
             let ring = keys::load_key_ring(&key)?;
             let rules = pgtrail_rules::RuleSet::load(&rules)?;
             let stop = Arc::new(AtomicBool::new(false));
@@ -368,7 +371,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     ),
                     None => Box::new(std::io::stdout()),
                 };
-                let config = pgtrail::alerts::AlertsRun { journal, rules, state };
+                let gap = std::time::Duration::from_secs(gap_secs.max(1));
+                let config = pgtrail::alerts::AlertsRun { journal, rules, state, gap };
                 pgtrail::alerts::run(config, ring, &mut out, &|| stop.load(Ordering::Relaxed))
             })
             .await

