@@ -162,6 +162,11 @@ impl Sealer {
         self.current = None;
     }
 
+    /// True once a data key has been made (the next new one is a rotation).
+    pub fn has_data_key(&self) -> bool {
+        self.current.is_some()
+    }
+
     /// True when the next [`Sealer::seal`] will make a new data key.
     pub fn rotation_due(&self) -> bool {
         match &self.current {

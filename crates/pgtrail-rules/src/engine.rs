@@ -188,6 +188,7 @@ impl Engine {
                     if groups.is_empty() { String::new() } else { format!(" for {}", groups.join(", ")) },
                     rule.threshold
                 ),
+                _ if !rule.description.is_empty() => rule.description.clone(),
                 _ => format!("event matched: {}", rule.condition_text),
             };
             alerts.push(Alert {

@@ -235,4 +235,6 @@ fn quickstart_smoke() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("psql \"postgres://postgres:pgtrail@127.0.0.1:"), "{stdout}");
     assert!(stdout.lines().any(|l| l.contains("READ") && l.contains("SELECT 1")), "{stdout}");
+    // The built-in rule pack ran on the events: postgres is a superuser.
+    assert!(stdout.lines().any(|l| l.starts_with("ALERT [medium] superuser session")), "{stdout}");
 }

@@ -64,6 +64,39 @@ fn save_cursor(path: &Path, seq: u64) -> anyhow::Result<()> {
 
 /// Runs until `stop` says so; every alert goes to `out` as a JSON line.
 pub fn run(config: AlertsRun, ring: KeyRing, out: &mut dyn Write, stop: &dyn Fn() -> bool) -> anyhow::Result<()> {
+    let mut json_lines = |alerts: &[Alert]| -> anyhow::Result<()> {
+        emit(out, alerts)?;
+        out.flush()?;
+        Ok(())
+    };
+    run_with(config, ring, &mut json_lines, stop)
+}
+
+/// One line for a person reading a terminal.
+pub fn alert_line(alert: &Alert) -> String {
+    let status = match alert.status {
+        AlertStatus::Firing => "ALERT",
+        AlertStatus::Resolved => "RESOLVED",
+    };
+    let detail = alert
+        .event
+        .as_ref()
+        .map(|e| {
+            let who = e.db_user_name.as_deref().unwrap_or("-");
+            let what = e.command_text.as_deref().unwrap_or(&e.command);
+            format!(" ({who}: {})", what.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
+        .unwrap_or_default();
+    format!("{status} [{}] {}: {}{detail}", alert.severity.as_str(), alert.rule, alert.reason)
+}
+
+/// As [`run`], handing each batch of alerts to `on_alerts`.
+pub fn run_with(
+    config: AlertsRun,
+    ring: KeyRing,
+    on_alerts: &mut dyn FnMut(&[Alert]) -> anyhow::Result<()>,
+    stop: &dyn Fn() -> bool,
+) -> anyhow::Result<()> {
     let cursor = read_cursor(&config.state)?;
     let mut engine = Engine::new(config.rules);
     let mut reader = EnvelopeReader::open(&config.journal, ring)?;
@@ -75,18 +108,17 @@ pub fn run(config: AlertsRun, ring: KeyRing, out: &mut dyn Write, stop: &dyn Fn(
             last_record = std::time::Instant::now();
             if in_gap {
                 in_gap = false;
-                emit(out, &[gap_alert(AlertStatus::Resolved, "records arrive again".into())])?;
+                on_alerts(&[gap_alert(AlertStatus::Resolved, "records arrive again".into())])?;
             }
             let live = opened.seq > cursor;
             for event in decode_inner(&opened.inner).with_context(|| format!("record {}", opened.seq))? {
                 let alerts = engine.process(&event);
-                if live {
-                    emit(out, &alerts)?;
+                if live && !alerts.is_empty() {
+                    on_alerts(&alerts)?;
                 }
             }
             last_seq = opened.seq;
             if live {
-                out.flush()?;
                 save_cursor(&config.state, last_seq)?;
             }
         }
@@ -96,15 +128,16 @@ pub fn run(config: AlertsRun, ring: KeyRing, out: &mut dyn Write, stop: &dyn Fn(
         if last_seq >= cursor {
             // Caught up: quiet groups resolve on the wall clock.
             let alerts = engine.tick(chrono::Utc::now());
-            emit(out, &alerts)?;
+            if !alerts.is_empty() {
+                on_alerts(&alerts)?;
+            }
             // Heartbeats come every few seconds from a live capture: silence means the
             // capture (or its journal) has stopped, which is itself an alert.
             if !in_gap && last_record.elapsed() >= config.gap {
                 in_gap = true;
                 let reason = format!("no record, not even a heartbeat, for {}s", config.gap.as_secs());
-                emit(out, &[gap_alert(AlertStatus::Firing, reason)])?;
+                on_alerts(&[gap_alert(AlertStatus::Firing, reason)])?;
             }
-            out.flush()?;
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -120,8 +120,9 @@ impl Capture {
             if let Some(next) = reloaded.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 sealer = next;
             }
-            let inner = if sealer.rotation_due() {
-                // The first record under a new data key says so itself.
+            let inner = if sealer.rotation_due() && sealer.has_data_key() {
+                // The first record under a new data key says so itself (the first key of
+                // a run is named by CAPTURE STARTED).
                 let mut with_note = Vec::with_capacity(events.len() + 1);
                 with_note.push(control_event("KEYS ROTATED", format!("new data key, wrapped to {}", sealer.key_id())));
                 with_note.extend_from_slice(events);

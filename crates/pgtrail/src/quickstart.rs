@@ -75,7 +75,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         keys_dir.display()
     );
     println!();
-    println!("Every connection, statement and disconnect appears below. Ctrl-C stops and cleans up.");
+    println!("Every connection, statement and disconnect appears below, and the built-in rule pack's");
+    println!("alerts (lines starting ALERT). Ctrl-C stops and cleans up.");
     println!();
     if args.smoke {
         return smoke(capture, pg, &journal, &ring_path, addr, &args.password).await;
@@ -91,6 +92,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             flag.load(Ordering::Relaxed)
         })
     });
+    // The alerting consumer with the built-in rule pack, as `pgtrail alerts run` runs it.
+    let alerts_stop = Arc::clone(&stop);
+    let alert_config = pgtrail::alerts::AlertsRun {
+        journal: journal.clone(),
+        rules: pgtrail_rules::RuleSet::parse("builtin = true\n", "built-in pack")?,
+        state: workdir.path().join("alerts.cursor"),
+        gap: std::time::Duration::from_secs(30),
+    };
+    let alert_ring = keys::load_key_ring(std::slice::from_ref(&ring_path))?;
+    let alerter = tokio::task::spawn_blocking(move || {
+        let mut print = |alerts: &[pgtrail_rules::Alert]| -> anyhow::Result<()> {
+            for alert in alerts {
+                println!("{}", pgtrail::alerts::alert_line(alert));
+            }
+            Ok(())
+        };
+        pgtrail::alerts::run_with(alert_config, alert_ring, &mut print, &|| alerts_stop.load(Ordering::Relaxed))
+    });
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     eprintln!("\nStopping: closing sessions, flushing the journal, removing the cluster...");
     capture.stop().await?;
@@ -98,6 +117,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     printer.await??;
+    alerter.await??;
     drop(pg);
     if let Some(dir) = &args.journal {
         eprintln!("The journal stays in {}.", dir.display());
@@ -133,11 +153,17 @@ async fn smoke(
     capture.stop().await?;
     let events = tail::read_all(journal, keys::load_key_ring(&[key.to_path_buf()])?)?;
     let mut out = std::io::stdout();
+    use std::io::Write;
     for e in &events {
-        use std::io::Write;
         writeln!(out, "{}", tail::table_row(e))?;
     }
     anyhow::ensure!(events.iter().any(|e| e.command == "SELECT"), "no SELECT event was recorded");
+    let mut engine = pgtrail_rules::Engine::new(pgtrail_rules::RuleSet::parse("builtin = true\n", "built-in pack")?);
+    for event in &events {
+        for alert in engine.process(event) {
+            writeln!(out, "{}", pgtrail::alerts::alert_line(&alert))?;
+        }
+    }
     drop(pg);
     Ok(())
 }
