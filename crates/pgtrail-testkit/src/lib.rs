@@ -286,6 +286,18 @@ pub fn wait_listening(port: u16) {
     }
 }
 
+/// Runs the real `pgtrail` binary to completion with `args`.
+pub fn run_pgtrail(args: &[&str]) -> Output {
+    Command::new(pgtrail_binary()).args(args).output().expect("pgtrail runs")
+}
+
+/// `pgtrail keys init --dir DIR`; asserts it succeeded and returns what it printed.
+pub fn keys_init(dir: &Path) -> String {
+    let out = run_pgtrail(&["keys", "init", "--dir", dir.to_str().expect("UTF-8 path")]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Sends a signal (`-TERM`, `-HUP`, `-KILL`...) to a child process.
 pub fn signal(child: &std::process::Child, sig: &str) {
     let status = Command::new("kill").args([sig, &child.id().to_string()]).status().expect("kill runs");

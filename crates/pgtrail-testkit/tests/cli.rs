@@ -30,14 +30,8 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     }
 }
 
-fn pgtrail(args: &[&str]) -> std::process::Output {
-    Command::new(pgtrail_binary()).args(args).output().unwrap()
-}
-
-fn keys_init(dir: &Path) {
-    let out = pgtrail(&["keys", "init", "--dir", dir.to_str().unwrap()]);
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
+fn keys_init_says_where_keys_go(dir: &Path) {
+    let text = keys_init(dir);
     assert!(text.contains("wrapping.key") && text.contains("off the proxy host"), "{text}");
 }
 
@@ -48,7 +42,7 @@ fn proxy_from_flags_then_sigterm_then_tail() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
     let keys = dir.path().join("keys");
-    keys_init(&keys);
+    keys_init_says_where_keys_go(&keys);
     let log = dir.path().join("pgtrail.log");
     let port = free_port();
     let args = vec![
@@ -83,9 +77,9 @@ fn proxy_from_flags_then_sigterm_then_tail() {
     let tail = |extra: &[&str]| {
         let mut args = vec!["tail", "--journal", j, "--key", key];
         args.extend_from_slice(extra);
-        pgtrail(&args)
+        run_pgtrail(&args)
     };
-    let no_key = pgtrail(&["tail", "--journal", j]);
+    let no_key = run_pgtrail(&["tail", "--journal", j]);
     assert!(!no_key.status.success() && String::from_utf8_lossy(&no_key.stderr).contains("--key"), "{no_key:?}");
     // Records are DAS records: nothing of the SQL text is visible in the segment files.
     for entry in std::fs::read_dir(&journal).unwrap() {
@@ -116,22 +110,22 @@ fn proxy_from_flags_then_sigterm_then_tail() {
 
     // verify needs only the public key, and passes; the clean shutdown left a checkpoint.
     let vkey = keys.join("verify.pub");
-    let verify = pgtrail(&["verify", "--journal", j, "--verify-key", vkey.to_str().unwrap()]);
+    let verify = run_pgtrail(&["verify", "--journal", j, "--verify-key", vkey.to_str().unwrap()]);
     let report = String::from_utf8_lossy(&verify.stdout).to_string();
     assert!(verify.status.success(), "{verify:?}");
     assert!(report.starts_with("OK:") && !report.contains("not yet signed"), "{report}");
 
     // export: jsonl matches tail --json; das lines are the records as written, and
     // `keys unwrap` gives each one's data key.
-    let jsonl = pgtrail(&["export", "--journal", j, "--key", key, "--format", "jsonl"]);
+    let jsonl = run_pgtrail(&["export", "--journal", j, "--key", key, "--format", "jsonl"]);
     assert!(jsonl.status.success(), "{jsonl:?}");
     assert_eq!(String::from_utf8_lossy(&jsonl.stdout), String::from_utf8_lossy(&tail(&["--json"]).stdout));
-    let das = pgtrail(&["export", "--journal", j, "--key", key, "--format", "das"]);
+    let das = run_pgtrail(&["export", "--journal", j, "--key", key, "--format", "das"]);
     let das = String::from_utf8(das.stdout).unwrap();
     let first: serde_json::Value = serde_json::from_str(das.lines().next().unwrap()).unwrap();
     assert_eq!(first["type"], "DatabaseActivityMonitoringRecords");
     assert_eq!(first["version"], "1.1");
-    let unwrap = pgtrail(&["keys", "unwrap", "--key", key, "--journal", j, "--seq", "1"]);
+    let unwrap = run_pgtrail(&["keys", "unwrap", "--key", key, "--journal", j, "--seq", "1"]);
     assert!(unwrap.status.success(), "{unwrap:?}");
     let data_key = String::from_utf8(unwrap.stdout).unwrap();
     assert_eq!(data_key.trim().len(), 64, "{data_key}");
@@ -151,7 +145,7 @@ fn proxy_from_flags_then_sigterm_then_tail() {
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[128 + 96 + 40] ^= 0x20; // inside record 1's payload
     std::fs::write(&segment, bytes).unwrap();
-    let verify = pgtrail(&["verify", "--journal", j, "--verify-key", vkey.to_str().unwrap()]);
+    let verify = run_pgtrail(&["verify", "--journal", j, "--verify-key", vkey.to_str().unwrap()]);
     assert_eq!(verify.status.code(), Some(1), "{verify:?}");
     let text = String::from_utf8_lossy(&verify.stdout);
     assert!(text.contains("FAILED: record 1 ") && text.contains("CRC32C"), "{text}");
@@ -162,7 +156,7 @@ fn config_file_and_shutdown_grace() {
     let pg = start_pg(HostAuth::Trust);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    keys_init(&dir.path().join("keys"));
+    keys_init_says_where_keys_go(&dir.path().join("keys"));
     let config = dir.path().join("pgtrail.toml");
     std::fs::write(
         &config,

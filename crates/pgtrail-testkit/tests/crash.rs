@@ -15,8 +15,7 @@ fn kill_9_during_pgbench_in_sync_mode_loses_no_completed_statement() {
     pg.psql("CREATE TABLE crash_log (client int, n int)").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (journal, keys) = (dir.path().join("journal"), dir.path().join("keys"));
-    let out = Command::new(pgtrail_binary()).args(["keys", "init", "--dir", keys.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{out:?}");
+    keys_init(&keys);
     let port = free_port();
     let config = dir.path().join("pgtrail.toml");
     write_proxy_config(&config, port, &pg, &journal, &keys, "[delivery]\nmode = \"sync\"\n");

@@ -27,13 +27,9 @@ fn esdk_python() -> PathBuf {
     python
 }
 
-fn pgtrail(args: &[&str]) -> std::process::Output {
-    Command::new(pgtrail_binary()).args(args).output().unwrap()
-}
-
 fn session_through_proxy(suite: &str, dir: &std::path::Path, pg: &LocalPg) -> (PathBuf, PathBuf) {
     let (journal, keys) = (dir.join(format!("journal-{suite}")), dir.join(format!("keys-{suite}")));
-    assert!(pgtrail(&["keys", "init", "--dir", keys.to_str().unwrap()]).status.success());
+    keys_init(&keys);
     let port = free_port();
     let config = dir.join(format!("pgtrail-{suite}.toml"));
     let envelope = format!("[envelope]\nsuite = \"{suite}\"\nrotate_after_records = 3\n");
@@ -72,7 +68,7 @@ fn the_aws_encryption_sdk_decrypts_what_the_proxy_wrote() {
         let (journal, keys) = session_through_proxy(suite, dir.path(), &pg);
         let (j, key) = (journal.to_str().unwrap(), keys.join("wrapping.key"));
         let key = key.to_str().unwrap();
-        let das = pgtrail(&["export", "--journal", j, "--key", key, "--format", "das"]);
+        let das = run_pgtrail(&["export", "--journal", j, "--key", key, "--format", "das"]);
         assert!(das.status.success(), "{das:?}");
         let records = String::from_utf8(das.stdout).unwrap();
         let mut distinct_keys = std::collections::HashSet::new();
@@ -111,7 +107,7 @@ fn the_aws_encryption_sdk_decrypts_what_the_proxy_wrote() {
         let by_sdk: Vec<serde_json::Value> =
             String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
 
-        let tail = pgtrail(&["tail", "--journal", j, "--key", key, "--json"]);
+        let tail = run_pgtrail(&["tail", "--journal", j, "--key", key, "--json"]);
         assert!(tail.status.success(), "{tail:?}");
         let by_tail: Vec<serde_json::Value> =
             String::from_utf8(tail.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();

@@ -3,18 +3,7 @@
 //! both verification keys; `pgtrail verify --witness` catches a journal cut short, which
 //! the chain alone cannot.
 
-use std::path::Path;
-use std::process::Command;
-
 use pgtrail_testkit::*;
-
-fn pgtrail(args: &[&str]) -> std::process::Output {
-    Command::new(pgtrail_binary()).args(args).output().unwrap()
-}
-
-fn keys_init(dir: &Path) {
-    assert!(pgtrail(&["keys", "init", "--dir", dir.to_str().unwrap()]).status.success());
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_keys_leave_old_records_readable_and_the_witness_catches_a_cut() {
@@ -41,11 +30,11 @@ async fn new_keys_leave_old_records_readable_and_the_witness_catches_a_cut() {
     let (old_key, new_key) = (old_keys.join("wrapping.key"), new_keys.join("wrapping.key"));
 
     // The new key alone cannot open the old records, and says which key they need.
-    let only_new = pgtrail(&["tail", "--journal", j, "--key", new_key.to_str().unwrap(), "--json"]);
+    let only_new = run_pgtrail(&["tail", "--journal", j, "--key", new_key.to_str().unwrap(), "--json"]);
     assert!(!only_new.status.success());
     assert!(String::from_utf8_lossy(&only_new.stderr).contains("pgtw-"), "{only_new:?}");
     // A key ring with both reads everything.
-    let both = pgtrail(&[
+    let both = run_pgtrail(&[
         "tail",
         "--journal",
         j,
@@ -62,10 +51,10 @@ async fn new_keys_leave_old_records_readable_and_the_witness_catches_a_cut() {
     // Checkpoints signed by both signing keys: verify needs both verification keys.
     let (old_verify, new_verify) = (old_keys.join("verify.pub"), new_keys.join("verify.pub"));
     let (ov, nv) = (old_verify.to_str().unwrap(), new_verify.to_str().unwrap());
-    let one = pgtrail(&["verify", "--journal", j, "--verify-key", nv]);
+    let one = run_pgtrail(&["verify", "--journal", j, "--verify-key", nv]);
     assert!(!one.status.success(), "an old checkpoint's key is unknown: {one:?}");
     let w = witness.to_str().unwrap();
-    let ok = pgtrail(&["verify", "--journal", j, "--verify-key", ov, "--verify-key", nv, "--witness", w]);
+    let ok = run_pgtrail(&["verify", "--journal", j, "--verify-key", ov, "--verify-key", nv, "--witness", w]);
     assert!(ok.status.success(), "{ok:?}");
     assert!(String::from_utf8_lossy(&ok.stdout).contains("witness:"), "{ok:?}");
 
@@ -80,9 +69,9 @@ async fn new_keys_leave_old_records_readable_and_the_witness_catches_a_cut() {
         at += 96 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
     }
     std::fs::write(&last, &bytes[..boundaries[boundaries.len() - 2]]).unwrap();
-    let chain_only = pgtrail(&["verify", "--journal", j, "--verify-key", ov, "--verify-key", nv]);
+    let chain_only = run_pgtrail(&["verify", "--journal", j, "--verify-key", ov, "--verify-key", nv]);
     assert!(chain_only.status.success(), "{chain_only:?}");
-    let cut = pgtrail(&["verify", "--journal", j, "--verify-key", ov, "--verify-key", nv, "--witness", w]);
+    let cut = run_pgtrail(&["verify", "--journal", j, "--verify-key", ov, "--verify-key", nv, "--witness", w]);
     assert_eq!(cut.status.code(), Some(1), "{cut:?}");
     assert!(String::from_utf8_lossy(&cut.stdout).contains("truncated"), "{cut:?}");
 }
@@ -115,9 +104,10 @@ fn sighup_brings_in_a_new_wrapping_key_and_says_so_in_the_stream() {
     assert!(log.contains("configuration reloaded"), "{log}");
 
     let j = journal.to_str().unwrap();
-    let old_only = pgtrail(&["tail", "--journal", j, "--key", dir.path().join("wrapping-old.key").to_str().unwrap()]);
+    let old_only =
+        run_pgtrail(&["tail", "--journal", j, "--key", dir.path().join("wrapping-old.key").to_str().unwrap()]);
     assert!(!old_only.status.success(), "records after the reload are wrapped to the new key");
-    let ring = pgtrail(&[
+    let ring = run_pgtrail(&[
         "tail",
         "--journal",
         j,

@@ -5,10 +5,6 @@ use std::process::Command;
 
 use pgtrail_testkit::*;
 
-fn pgtrail(args: &[&str]) -> std::process::Output {
-    Command::new(pgtrail_binary()).args(args).output().unwrap()
-}
-
 const RULES: &str = r#"
 [[rule]]
 name = "failed login burst"
@@ -47,7 +43,7 @@ async fn rules_test_shows_which_rules_fire_on_recorded_traffic() {
     assert_ok(&psql(&pg, &url, &["-c", "CREATE TABLE audit_me (id int)", "-c", "\\dt"]));
     capture.shutdown().await;
     let keys = capture.keys_dir();
-    let export = pgtrail(&[
+    let export = run_pgtrail(&[
         "export",
         "--journal",
         capture.journal_dir().to_str().unwrap(),
@@ -60,11 +56,11 @@ async fn rules_test_shows_which_rules_fire_on_recorded_traffic() {
     std::fs::write(&rules, RULES).unwrap();
     std::fs::write(&events, &export.stdout).unwrap();
 
-    let check = pgtrail(&["rules", "check", rules.to_str().unwrap()]);
+    let check = run_pgtrail(&["rules", "check", rules.to_str().unwrap()]);
     assert!(check.status.success(), "{check:?}");
     assert!(String::from_utf8_lossy(&check.stdout).contains("4 rules OK"));
 
-    let out = pgtrail(&["rules", "test", "--rules", rules.to_str().unwrap(), "--events", events.to_str().unwrap()]);
+    let out = run_pgtrail(&["rules", "test", "--rules", rules.to_str().unwrap(), "--events", events.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     let firing: Vec<&str> = text.lines().filter(|l| l.starts_with("FIRING")).collect();
@@ -89,7 +85,7 @@ async fn rules_test_shows_which_rules_fire_on_recorded_traffic() {
 
     // A broken rule: the line and the problem.
     std::fs::write(&rules, "[[rule]]\nname = \"bad\"\ncondition = 'rowcount > 5'\n").unwrap();
-    let check = pgtrail(&["rules", "check", rules.to_str().unwrap()]);
+    let check = run_pgtrail(&["rules", "check", rules.to_str().unwrap()]);
     assert_eq!(check.status.code(), Some(1));
     let err = String::from_utf8_lossy(&check.stderr);
     assert!(err.contains("rules.toml:3: rule \"bad\": condition names rowcount which is not an event field"), "{err}");
