@@ -77,7 +77,8 @@ struct RuleState {
 #[derive(Debug)]
 pub struct Engine {
     rules: Vec<Rule>,
-    settings: serde_json::Value,
+    /// `settings` as CEL sees it, converted once.
+    settings: cel::Value,
     state: Vec<RuleState>,
     /// Conditions that failed to evaluate (counted as no match).
     pub evaluation_errors: u64,
@@ -98,7 +99,12 @@ fn chrono_duration(d: std::time::Duration) -> chrono::Duration {
 impl Engine {
     pub fn new(rules: RuleSet) -> Engine {
         let state = rules.rules.iter().map(|_| RuleState::default()).collect();
-        Engine { rules: rules.rules, settings: serde_json::Value::Object(rules.settings), state, evaluation_errors: 0 }
+        Engine {
+            rules: rules.rules,
+            settings: crate::rule::cel_value(&serde_json::Value::Object(rules.settings)),
+            state,
+            evaluation_errors: 0,
+        }
     }
 
     pub fn rules(&self) -> impl Iterator<Item = (&str, Severity)> {
@@ -128,9 +134,9 @@ impl Engine {
     pub fn process(&mut self, event: &ActivityEvent) -> Vec<Alert> {
         let at = event.log_time;
         let mut alerts = self.tick(at);
-        let mut fields = event_fields(event);
-        fields.insert("settings".into(), self.settings.clone());
-        let context = context_for(&fields);
+        let fields = event_fields(event);
+        let mut context = context_for(&fields);
+        context.add_variable_from_value("settings", self.settings.clone());
         for (rule, state) in self.rules.iter().zip(self.state.iter_mut()) {
             state.seen_events = true;
             if event.noise && !rule.include_noise {

@@ -179,7 +179,7 @@ pub(crate) fn context_for(fields: &serde_json::Map<String, serde_json::Value>) -
 
 /// JSON to CEL, with whole numbers as signed integers, so that `rowCount + 1` and
 /// `rowCount > 100` work as a rule writer expects.
-fn cel_value(value: &serde_json::Value) -> Value {
+pub(crate) fn cel_value(value: &serde_json::Value) -> Value {
     match value {
         serde_json::Value::Null => Value::Null,
         serde_json::Value::Bool(b) => Value::Bool(*b),
