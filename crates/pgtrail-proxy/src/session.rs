@@ -20,8 +20,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::cancel::{ClientKey, UpstreamKey};
-use crate::config::Delivery;
-use crate::config::UpstreamTlsMode;
+use crate::config::{Delivery, UpstreamTlsMode};
 use crate::relay::{Ending, relay};
 use crate::server::Shared;
 use crate::stream::MaybeTls;
