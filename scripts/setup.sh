@@ -2,7 +2,7 @@
 # Installs what building and testing pgtrail needs on a fresh Debian machine:
 # PostgreSQL 15 (server, client, pgbench), pgbouncer (benchmarks), libclang (pg_query's
 # bindgen), python3-venv, cargo-nextest and cargo-fuzz, and the official AWS Encryption
-# SDK for Python in .venv-interop (the interoperability test decrypts our records with it).
+# SDK for Python, the Standard Webhooks library and aiosmtpd in .venv-interop (test counterparts).
 # Safe to run again.
 set -euo pipefail
 
@@ -25,9 +25,12 @@ fi
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cd "$(dirname "$0")/.."
-if ! .venv-interop/bin/python -c "import aws_encryption_sdk" 2>/dev/null; then
-  echo "setup: installing the AWS Encryption SDK for Python into .venv-interop"
-  python3 -m venv .venv-interop
-  .venv-interop/bin/pip install --quiet --disable-pip-version-check "aws-encryption-sdk==4.0.7"
+# Test counterparts in Python: the official AWS Encryption SDK (interop), the official
+# Standard Webhooks library (checks our webhook signatures) and aiosmtpd (a real SMTP server).
+python_packages=("aws-encryption-sdk==4.0.7" "standardwebhooks==1.1.0" "aiosmtpd==1.4.6")
+if ! .venv-interop/bin/python -c "import aws_encryption_sdk, standardwebhooks, aiosmtpd" 2>/dev/null; then
+  echo "setup: installing ${python_packages[*]} into .venv-interop"
+  [ -x .venv-interop/bin/pip ] || python3 -m venv .venv-interop
+  .venv-interop/bin/pip install --quiet --disable-pip-version-check "${python_packages[@]}"
 fi
 echo "setup: done"

@@ -42,6 +42,9 @@ fn each_rule_fires_on_its_case() {
     let mut service = dml.clone();
     service.db_user_name = Some("svc_app".into());
     assert!(fired(&service).is_empty());
+    let mut select = dml.clone();
+    (select.class, select.command) = (EventClass::Read, "SELECT".into());
+    assert_eq!(fired(&select), vec!["human DML on application tables"]);
 
     assert_eq!(fired(&event(EventClass::Role, "GRANT", "alice")), vec!["privilege change"]);
     let mut password = event(EventClass::Role, "ALTER ROLE", "alice");

@@ -313,3 +313,51 @@ pub fn pgtrail_binary() -> PathBuf {
     assert!(bin.is_file(), "{} not built: run `cargo build --bin pgtrail` first", bin.display());
     bin
 }
+
+/// The Python of `.venv-interop` (made by scripts/setup.sh: the AWS Encryption SDK, the
+/// official Standard Webhooks library and aiosmtpd), or the one PGTRAIL_VENV_PYTHON names.
+/// Panics with how to make it when it is missing: these tests never skip.
+pub fn venv_python(module: &str) -> PathBuf {
+    let python = std::env::var_os("PGTRAIL_VENV_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv-interop/bin/python"));
+    let check = Command::new(&python).args(["-c", &format!("import {module}")]).output();
+    assert!(
+        check.as_ref().is_ok_and(|o| o.status.success()),
+        "Python module {module} is needed at {} (scripts/setup.sh installs it): {check:?}",
+        python.display()
+    );
+    python
+}
+
+/// A child process that prints the port it listens on as its first line of stdout (the
+/// notifier tests' HTTP and SMTP servers); killed on drop.
+#[derive(Debug)]
+pub struct PortPrinter {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl PortPrinter {
+    pub fn spawn(command: &mut Command) -> PortPrinter {
+        use std::io::BufRead;
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("server starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("server prints its port");
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("server printed {line:?}, not a port"));
+        wait_listening(port);
+        PortPrinter { child, port }
+    }
+}
+
+impl Drop for PortPrinter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

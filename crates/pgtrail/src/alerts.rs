@@ -11,11 +11,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use pgtrail_envelope::KeyRing;
+use pgtrail_notify::{Notifier, NotifyConfig};
 use pgtrail_rules::{Alert, AlertStatus, Engine, RuleSet, Severity};
+use tracing::{info, warn};
 
 use crate::tail::{EnvelopeReader, decode_inner};
 
@@ -148,5 +152,90 @@ fn emit(out: &mut dyn Write, alerts: &[Alert]) -> anyhow::Result<()> {
         serde_json::to_writer(&mut *out, alert)?;
         out.write_all(b"\n")?;
     }
+    Ok(())
+}
+
+/// `pgtrail alerts run`: the consumer on a blocking thread, alerts as JSON lines to `output`
+/// (or stdout) and to the destinations, until `stop` is set.
+pub async fn serve(
+    config: AlertsRun,
+    ring: KeyRing,
+    output: Option<PathBuf>,
+    notify: Option<NotifyConfig>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let notifier = notify.as_ref().map(Notifier::start).transpose()?.map(Arc::new);
+    let sender = notifier.clone();
+    let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut out: Box<dyn Write> = match &output {
+            Some(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("cannot open {}", path.display()))?,
+            ),
+            None => Box::new(std::io::stdout()),
+        };
+        let mut deliver = |alerts: &[Alert]| -> anyhow::Result<()> {
+            emit(&mut out, alerts)?;
+            out.flush()?;
+            if let Some(notifier) = &sender {
+                for alert in alerts {
+                    notifier.notify(alert);
+                }
+            }
+            Ok(())
+        };
+        run_with(config, ring, &mut deliver, &|| stop.load(Ordering::Relaxed))
+    });
+    let result = consumer.await.context("alerting consumer failed")?;
+    if let Some(notifier) = notifier.and_then(Arc::into_inner) {
+        for stats in notifier.close(Duration::from_secs(10)).await {
+            if stats.queued > 0 {
+                warn!(destination = %stats.name, unsent = stats.queued, "stopped with notifications unsent");
+            }
+            info!(
+                destination = %stats.name,
+                sent = stats.sent,
+                failed = stats.failed,
+                retried = stats.retried,
+                dropped = stats.dropped,
+                "notifier stopped"
+            );
+        }
+    }
+    result
+}
+
+/// `pgtrail alerts test`: one test notification per destination, one line per result.
+pub async fn test_destinations(config: &NotifyConfig) -> anyhow::Result<()> {
+    if config.destinations.is_empty() {
+        anyhow::bail!("the destinations file names no [[destination]]");
+    }
+    println!("Sending a test notification to {} destinations...", config.destinations.len());
+    let results = pgtrail_notify::test_all(config).await?;
+    let mut failed = 0;
+    for result in &results {
+        for (step, outcome) in &result.outcomes {
+            let tries = if outcome.attempts == 1 { String::new() } else { format!(", {} attempts", outcome.attempts) };
+            match &outcome.result {
+                Ok(()) => println!(
+                    "  ok      {} ({}) {step}: delivered in {} ms{tries}",
+                    result.name,
+                    result.kind,
+                    outcome.elapsed.as_millis()
+                ),
+                Err(error) => println!("  FAILED  {} ({}) {step}: {error}{tries}", result.name, result.kind),
+            }
+        }
+        if !result.ok() {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} destinations failed", results.len());
+    }
+    println!("All {} destinations accepted the test notification.", results.len());
     Ok(())
 }

@@ -155,6 +155,18 @@ enum AlertsCommand {
         /// Alert when no record (not even a heartbeat) arrives for this many seconds.
         #[arg(long, value_name = "SECONDS", default_value_t = 30)]
         gap_secs: u64,
+        /// Destinations file (TOML, [[destination]] tables): also send each alert to
+        /// webhooks, Slack, PagerDuty, Opsgenie, email or syslog.
+        #[arg(long, value_name = "FILE")]
+        destinations: Option<PathBuf>,
+    },
+    /// Send a test notification to every destination in the file and report each result
+    /// (PagerDuty and Opsgenie test incidents are resolved right after). Exits 1 if any
+    /// destination failed.
+    Test {
+        /// Destinations file (TOML, [[destination]] tables).
+        #[arg(long, value_name = "FILE")]
+        destinations: PathBuf,
     },
 }
 
@@ -350,9 +362,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rules(RulesCommand::Test { rules, events, json }) => rules_test(&rules, &events, json),
-        Command::Alerts(AlertsCommand::Run { journal, key, rules, state, output, gap_secs }) => {
+        Command::Alerts(AlertsCommand::Run { journal, key, rules, state, output, gap_secs, destinations }) => {
             let ring = keys::load_key_ring(&key)?;
             let rules = pgtrail_rules::RuleSet::load(&rules)?;
+            let notify = destinations.as_deref().map(pgtrail_notify::NotifyConfig::load).transpose()?;
             let stop = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&stop);
             tokio::spawn(async move {
@@ -360,23 +373,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 flag.store(true, Ordering::Relaxed);
             });
             info!(rules = rules.rules.len(), "alerting consumer started");
-            tokio::task::spawn_blocking(move || {
-                let mut out: Box<dyn std::io::Write> = match &output {
-                    Some(path) => Box::new(
-                        std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(path)
-                            .with_context(|| format!("cannot open {}", path.display()))?,
-                    ),
-                    None => Box::new(std::io::stdout()),
-                };
-                let gap = std::time::Duration::from_secs(gap_secs.max(1));
-                let config = pgtrail::alerts::AlertsRun { journal, rules, state, gap };
-                pgtrail::alerts::run(config, ring, &mut out, &|| stop.load(Ordering::Relaxed))
-            })
-            .await
-            .context("alerts task failed")?
+            let gap = std::time::Duration::from_secs(gap_secs.max(1));
+            let config = pgtrail::alerts::AlertsRun { journal, rules, state, gap };
+            pgtrail::alerts::serve(config, ring, output, notify, Arc::clone(&stop)).await
+        }
+        Command::Alerts(AlertsCommand::Test { destinations }) => {
+            let config = pgtrail_notify::NotifyConfig::load(&destinations)?;
+            pgtrail::alerts::test_destinations(&config).await
         }
         Command::Keys(KeysCommand::Init { dir, force }) => {
             let ids = keys::init(&dir, force)?;

