@@ -42,6 +42,8 @@ pub enum NotifyError {
 
 #[derive(Debug, Default)]
 struct Counters {
+    /// Taken onto the queue.
+    accepted: AtomicU64,
     sent: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
@@ -57,7 +59,7 @@ pub struct DestinationStats {
     pub failed: u64,
     pub retried: u64,
     pub dropped: u64,
-    /// Waiting in the queue now.
+    /// Taken but not yet sent or given up on (waiting in the queue or being sent).
     pub queued: u64,
 }
 
@@ -130,7 +132,9 @@ impl Notifier {
             if !handle.destination.wants(&alert) {
                 continue;
             }
-            if handle.queue.try_send(Notice::new(Arc::clone(&alert))).is_err() {
+            if handle.queue.try_send(Notice::new(Arc::clone(&alert))).is_ok() {
+                handle.counters.accepted.fetch_add(1, Ordering::Relaxed);
+            } else {
                 handle.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 warn!(
                     destination = %handle.destination.name,
@@ -143,18 +147,7 @@ impl Notifier {
 
     /// Counters per destination, in configuration order.
     pub fn stats(&self) -> Vec<DestinationStats> {
-        self.handles
-            .iter()
-            .map(|h| DestinationStats {
-                name: h.destination.name.clone(),
-                kind: h.destination.kind.as_str(),
-                sent: h.counters.sent.load(Ordering::Relaxed),
-                failed: h.counters.failed.load(Ordering::Relaxed),
-                retried: h.counters.retried.load(Ordering::Relaxed),
-                dropped: h.counters.dropped.load(Ordering::Relaxed),
-                queued: (h.queue.max_capacity() - h.queue.capacity()) as u64,
-            })
-            .collect()
+        self.handles.iter().map(|h| h.counters.snapshot(&h.destination)).collect()
     }
 
     /// Stops taking alerts and gives queued ones up to `within` to go out. Returns the
@@ -164,28 +157,29 @@ impl Notifier {
         let mut stats = Vec::new();
         for handle in self.handles {
             let Handle { destination, queue, counters, mut task } = handle;
-            let left = |queue: &mpsc::Sender<Notice>| (queue.max_capacity() - queue.capacity()) as u64;
-            let weak = queue.downgrade();
             drop(queue);
-            let finished = tokio::time::timeout_at(deadline, &mut task).await.is_ok();
-            let queued = match weak.upgrade() {
-                Some(queue) if !finished => left(&queue),
-                _ => 0,
-            };
-            if !finished {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
                 task.abort();
             }
-            stats.push(DestinationStats {
-                name: destination.name.clone(),
-                kind: destination.kind.as_str(),
-                sent: counters.sent.load(Ordering::Relaxed),
-                failed: counters.failed.load(Ordering::Relaxed),
-                retried: counters.retried.load(Ordering::Relaxed),
-                dropped: counters.dropped.load(Ordering::Relaxed),
-                queued,
-            });
+            stats.push(counters.snapshot(&destination));
         }
         stats
+    }
+}
+
+impl Counters {
+    fn snapshot(&self, destination: &Destination) -> DestinationStats {
+        let sent = self.sent.load(Ordering::Relaxed);
+        let failed = self.failed.load(Ordering::Relaxed);
+        DestinationStats {
+            name: destination.name.clone(),
+            kind: destination.kind.as_str(),
+            sent,
+            failed,
+            retried: self.retried.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            queued: self.accepted.load(Ordering::Relaxed).saturating_sub(sent + failed),
+        }
     }
 }
 

@@ -303,3 +303,167 @@ fn a_bad_destinations_file_names_the_problem() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("destination \"x\": url must be https"), "{stderr}");
 }
+
+/// The seeds' scenarios, end to end: statements through the proxy, the alerting consumer
+/// with the built-in pack, webhook requests out. Also: a destination that fails twice is
+/// retried with the same webhook-id, and one that never answers delays no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_scenarios_alert_through_the_proxy_once_per_dedup_window() {
+    let pg = start_pg(HostAuth::ScramSha256);
+    for role in ["alice", "carol", "app_svc"] {
+        pg.psql(&format!("CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")).unwrap();
+    }
+    pg.psql(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int); \
+         INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 10) g; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON accounts TO alice, app_svc; \
+         CREATE TABLE app_owned (id int); ALTER TABLE app_owned OWNER TO app_svc",
+    )
+    .unwrap();
+    let mut capture = TestCapture::start(&pg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let http_log = dir.path().join("http.jsonl");
+    let http = http_recorder(&http_log, &["--fail", "/flaky=2", "--hang", "/stuck"]);
+    let base = format!("http://127.0.0.1:{}", http.port);
+    let destinations = dir.path().join("destinations.toml");
+    std::fs::write(
+        &destinations,
+        format!(
+            r#"
+[retry]
+first_backoff_ms = 100
+timeout_secs = 60
+
+[[destination]]
+name = "soc"
+kind = "webhook"
+url = "{base}/webhook"
+secret = "{WEBHOOK_SECRET}"
+
+[[destination]]
+name = "flaky"
+kind = "webhook"
+url = "{base}/flaky"
+secret = "{WEBHOOK_SECRET}"
+rules = ["privilege change"]
+
+[[destination]]
+name = "stuck"
+kind = "slack"
+url = "{base}/stuck"
+"#
+        ),
+    )
+    .unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, "builtin = true\n[settings]\nservice_accounts = [\"app_svc\"]\n").unwrap();
+    let alerts_out = dir.path().join("alerts.jsonl");
+    let consumer_log = dir.path().join("alerts.log");
+    let mut consumer = Command::new(pgtrail_binary())
+        .args(["alerts", "run", "--journal"])
+        .arg(capture.journal_dir())
+        .arg("--key")
+        .arg(capture.keys_dir().join("wrapping.key"))
+        .arg("--rules")
+        .arg(&rules)
+        .arg("--state")
+        .arg(dir.path().join("cursor"))
+        .arg("--output")
+        .arg(&alerts_out)
+        .arg("--destinations")
+        .arg(&destinations)
+        .stderr(std::fs::File::create(&consumer_log).unwrap())
+        .spawn()
+        .unwrap();
+
+    let dml = [
+        "-c",
+        "SELECT * FROM accounts WHERE id = 1",
+        "-c",
+        "INSERT INTO accounts VALUES (11, 5)",
+        "-c",
+        "UPDATE accounts SET balance = 0 WHERE id = 2",
+        "-c",
+        "DELETE FROM accounts WHERE id = 11",
+    ];
+    // A person, twice (two sessions), then the service account doing the same.
+    assert_ok(&psql(&pg, &capture.url("alice", PASSWORD, "postgres"), &dml));
+    assert_ok(&psql(&pg, &capture.url("alice", PASSWORD, "postgres"), &dml));
+    assert_ok(&psql(&pg, &capture.url("app_svc", PASSWORD, "postgres"), &dml));
+    // Another person who only looks around with psql's \d commands.
+    assert_ok(&psql(
+        &pg,
+        &capture.url("carol", PASSWORD, "postgres"),
+        &["-c", "\\d", "-c", "\\dt", "-c", "\\d accounts", "-c", "\\l"],
+    ));
+    // The application's account changes privileges.
+    let before_grant = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let app = capture.url("app_svc", PASSWORD, "postgres");
+    assert_ok(&psql(
+        &pg,
+        &app,
+        &["-c", "GRANT SELECT ON app_owned TO carol", "-c", "REVOKE SELECT ON app_owned FROM carol"],
+    ));
+
+    let webhook_alerts = || -> Vec<(Value, f64)> {
+        requests(&http_log)
+            .into_iter()
+            .filter(|r| r["path"] == "/webhook")
+            .map(|r| (body(&r)["data"].clone(), r["received"].as_f64().unwrap()))
+            .collect()
+    };
+    let privilege = |alerts: &[(Value, f64)]| {
+        alerts.iter().filter(|(a, _)| a["rule"] == "privilege change").cloned().collect::<Vec<_>>()
+    };
+    wait_until("two privilege alerts at the webhook", Duration::from_secs(20), || {
+        privilege(&webhook_alerts()).len() >= 2
+    });
+    // Anything that would still come has had time to.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(&consumer, "-TERM");
+    let status = consumer.wait().unwrap();
+    let log = std::fs::read_to_string(&consumer_log).unwrap();
+    assert!(status.success(), "{log}");
+    capture.shutdown().await;
+
+    let alerts = webhook_alerts();
+    let human: Vec<_> = alerts.iter().filter(|(a, _)| a["rule"] == "human DML on application tables").collect();
+    assert_eq!(human.len(), 1, "one alert per dedup window: {human:#?}");
+    assert_eq!(human[0].0["event"]["dbUserName"], "alice");
+    assert_eq!(human[0].0["severity"], "high");
+    for (alert, _) in &alerts {
+        let user = &alert["event"]["dbUserName"];
+        if alert["rule"] != "activity outside business hours" {
+            assert_ne!(user, "carol", "psql \\d raised {alert:#}");
+        }
+        if alert["rule"] == "human DML on application tables" {
+            assert_ne!(user, "app_svc", "the service account raised {alert:#}");
+        }
+    }
+    let privilege = privilege(&alerts);
+    let commands: Vec<_> = privilege.iter().map(|(a, _)| a["event"]["command"].as_str().unwrap()).collect();
+    assert_eq!(commands, ["GRANT", "REVOKE"]);
+    for (alert, received) in &privilege {
+        assert_eq!(alert["event"]["dbUserName"], "app_svc");
+        // The stuck destination (a request that never gets an answer) delays no other.
+        assert!(received - before_grant < 10.0, "privilege alert took {:.1}s", received - before_grant);
+    }
+    // Every webhook request verified with the official library.
+    let all = requests(&http_log);
+    assert!(all.iter().filter(|r| r["path"] != "/stuck").all(|r| r["webhook_verified"] == true), "{all:#?}");
+    // The flaky destination answered 503 twice: the first alert was retried with the same
+    // webhook-id, then both alerts went through.
+    let flaky: Vec<_> = all.iter().filter(|r| r["path"] == "/flaky").collect();
+    assert_eq!(flaky.len(), 4, "{flaky:#?}");
+    let ids: Vec<_> = flaky.iter().map(|r| r["headers"]["webhook-id"].as_str().unwrap()).collect();
+    assert!(ids[0] == ids[1] && ids[1] == ids[2] && ids[2] != ids[3], "{ids:?}");
+    assert_eq!(flaky[0]["answered"], 503);
+    assert_eq!(flaky[2]["answered"], Value::Null);
+    // The stuck destination got its first request and is still waiting on it.
+    assert_eq!(all.iter().filter(|r| r["path"] == "/stuck").count(), 1);
+    // The alert log has what the webhook got, and the counters were logged at the end.
+    let logged = std::fs::read_to_string(&alerts_out).unwrap();
+    assert_eq!(logged.lines().count(), alerts.len(), "{logged}");
+    assert!(log.contains("destination=flaky sent=2 failed=0 retried=2"), "{log}");
+    assert!(log.contains("stopped with notifications unsent"), "{log}");
+}
