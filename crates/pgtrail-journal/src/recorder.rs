@@ -76,6 +76,12 @@ pub struct RecorderStats {
     pub heartbeats: AtomicU64,
     pub fsyncs: AtomicU64,
     pub write_failures: AtomicU64,
+    /// Items (events, heartbeats) now durable in the journal.
+    pub items_written: AtomicU64,
+    /// Bytes appended to the journal (record headers and payloads).
+    pub bytes_written: AtomicU64,
+    /// When the last batch became durable, in µs since the epoch (0: not yet).
+    pub last_write_micros: AtomicU64,
 }
 
 /// Builds the loss item for `count` items dropped between two times (µs since epoch).
@@ -139,6 +145,12 @@ impl<T> Recorder<T> {
     /// False while the journal cannot make records durable (the writer is retrying).
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// The flag behind [`Recorder::healthy`], for readers that must not keep the recorder
+    /// alive (a readiness probe).
+    pub fn health_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.healthy)
     }
 
     pub fn stats(&self) -> &Arc<RecorderStats> {
@@ -328,6 +340,7 @@ impl<T> Writer<T> {
     fn write(&mut self, batch: Vec<Entry<T>>) -> Result<(), JournalError> {
         let mut items = Vec::with_capacity(batch.len() + 1);
         let mut acks = Vec::new();
+        let entries = batch.len() as u64;
         for entry in batch {
             items.push(entry.item);
             acks.extend(entry.ack);
@@ -359,6 +372,8 @@ impl<T> Writer<T> {
             info!("journal writes again: recovered");
         }
         self.last_write = Instant::now();
+        self.stats.items_written.fetch_add(entries, Ordering::Relaxed);
+        self.stats.last_write_micros.store(now_micros().max(0) as u64, Ordering::Relaxed);
         for ack in acks {
             let _ = ack.send(());
         }
@@ -378,6 +393,8 @@ impl<T> Writer<T> {
             .and_then(|()| self.journal.sync());
         if result.is_ok() {
             self.stats.records_written.fetch_add(payloads.len() as u64, Ordering::Relaxed);
+            let bytes: usize = payloads.iter().map(|p| p.len() + crate::format::RECORD_HEADER_LEN).sum();
+            self.stats.bytes_written.fetch_add(bytes as u64, Ordering::Relaxed);
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         } else {
             self.journal.rewind(mark)?;

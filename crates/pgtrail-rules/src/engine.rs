@@ -68,6 +68,8 @@ struct GroupState {
 
 #[derive(Debug, Default)]
 struct RuleState {
+    /// Events that matched the condition.
+    matches: u64,
     seen_events: bool,
     groups: HashMap<String, GroupState>,
     last_alert: HashMap<String, DateTime<Utc>>,
@@ -129,6 +131,11 @@ impl Engine {
             .collect()
     }
 
+    /// Each rule's name, matching events so far and alarm state.
+    pub fn rule_status(&self) -> Vec<(&str, u64, Alarm)> {
+        self.alarms().into_iter().zip(&self.state).map(|((name, alarm), state)| (name, state.matches, alarm)).collect()
+    }
+
     /// Runs every rule on one event; returns the alerts it fires (resolves come from
     /// [`Engine::tick`], which this also runs at the event's time).
     pub fn process(&mut self, event: &ActivityEvent) -> Vec<Alert> {
@@ -152,6 +159,7 @@ impl Engine {
             if !matched {
                 continue;
             }
+            state.matches += 1;
             let group_key: Vec<String> = rule.group_by.iter().map(|f| value_text(&fields, f)).collect();
             let group = state.groups.entry(group_key.join("\u{1f}")).or_default();
             group.window.push_back(at);

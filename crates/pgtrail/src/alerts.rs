@@ -9,18 +9,21 @@
 //! on start the consumer replays the journal up to its saved cursor without emitting
 //! (rebuilding windows, alarms and suppressions exactly), then emits from there on.
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use pgtrail_envelope::KeyRing;
 use pgtrail_notify::{Notifier, NotifyConfig};
-use pgtrail_rules::{Alert, AlertStatus, Engine, RuleSet, Severity};
+use pgtrail_rules::{Alarm, Alert, AlertStatus, Engine, RuleSet, Severity};
 use tracing::{info, warn};
 
+use crate::metrics::{EventCounts, Family};
 use crate::tail::{EnvelopeReader, decode_inner};
 
 /// Where `alerts run` reads and writes.
@@ -32,6 +35,112 @@ pub struct AlertsRun {
     pub state: PathBuf,
     /// Alert when no record at all (not even a heartbeat) arrives for this long.
     pub gap: Duration,
+    /// Live counters for the metrics endpoint.
+    pub status: Arc<ConsumerStatus>,
+}
+
+/// What the consumer has done, for `/metrics` and `/readyz`.
+#[derive(Debug, Default)]
+pub struct ConsumerStatus {
+    pub events: EventCounts,
+    pub records: AtomicU64,
+    /// Newest event time seen, µs since the epoch.
+    pub newest_event_micros: AtomicU64,
+    /// How old the last event was when the rules saw it, in µs.
+    pub processing_lag_micros: AtomicU64,
+    /// Replayed up to the cursor and following the journal live.
+    pub caught_up: AtomicBool,
+    /// Per rule: matches and alarm state.
+    pub rules: Mutex<Vec<(String, u64, Alarm)>>,
+    /// Alerts emitted, by (rule, status).
+    pub alerts: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+impl ConsumerStatus {
+    fn saw(&self, event: &pgtrail_event::ActivityEvent) {
+        self.events.count(event);
+        let at = event.end_time.unwrap_or(event.log_time).timestamp_micros().max(0) as u64;
+        self.newest_event_micros.fetch_max(at, Ordering::Relaxed);
+        let now = chrono::Utc::now().timestamp_micros().max(0) as u64;
+        self.processing_lag_micros.store(now.saturating_sub(at), Ordering::Relaxed);
+    }
+
+    fn alerted(&self, alerts: &[Alert]) {
+        let mut counts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
+        for alert in alerts {
+            let status = match alert.status {
+                AlertStatus::Firing => "firing",
+                AlertStatus::Resolved => "resolved",
+            };
+            *counts.entry((alert.rule.clone(), status)).or_default() += 1;
+        }
+    }
+
+    fn publish_rules(&self, engine: &Engine) {
+        let rules = engine.rule_status().into_iter().map(|(name, matches, alarm)| (name.to_string(), matches, alarm));
+        *self.rules.lock().unwrap_or_else(|p| p.into_inner()) = rules.collect();
+    }
+
+    /// The consumer's metric families.
+    pub fn families(&self) -> Vec<Family> {
+        let secs = |v: &AtomicU64| v.load(Ordering::Relaxed) as f64 / 1e6;
+        let mut families = vec![
+            self.events.family("pgtrail_alerts_events", "Events the alerting consumer has read, by class and source."),
+            Family::counter("pgtrail_alerts_journal_records", "Journal records the alerting consumer has read.")
+                .value(self.records.load(Ordering::Relaxed) as f64),
+            Family::gauge("pgtrail_alerts_last_event_timestamp_seconds", "Time of the newest event read.")
+                .value(secs(&self.newest_event_micros)),
+            Family::gauge("pgtrail_alerts_lag_seconds", "How old the last event was when the rules saw it.")
+                .value(secs(&self.processing_lag_micros)),
+            Family::gauge(
+                "pgtrail_alerts_caught_up",
+                "1 once the consumer has replayed to its cursor and follows live.",
+            )
+            .value(f64::from(u8::from(self.caught_up.load(Ordering::Relaxed)))),
+        ];
+        let rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        let mut matches = Family::counter("pgtrail_rule_matches", "Events that matched a rule's condition.");
+        let mut state = Family::gauge("pgtrail_rule_alarm_state", "Each rule's alarm state: 1 for the current state.");
+        for (name, count, alarm) in rules.iter() {
+            matches = matches.with(vec![("rule", name.clone())], *count as f64);
+            for candidate in [Alarm::Ok, Alarm::Alarm, Alarm::InsufficientData] {
+                let value = f64::from(u8::from(candidate == *alarm));
+                state = state.with(vec![("rule", name.clone()), ("state", candidate.as_str().to_string())], value);
+            }
+        }
+        families.push(matches);
+        families.push(state);
+        let mut alerts = Family::counter("pgtrail_alerts", "Alerts emitted, by rule and status (firing, resolved).");
+        for ((rule, status), count) in self.alerts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            alerts = alerts.with(vec![("rule", rule.clone()), ("status", status.to_string())], *count as f64);
+        }
+        families.push(alerts);
+        families
+    }
+}
+
+/// The notifiers' metric families.
+pub fn notifier_families(notifier: &Notifier) -> Vec<Family> {
+    let mut outcomes =
+        Family::counter("pgtrail_notifications", "Notifications by destination and outcome (sent, failed, dropped).");
+    let mut retries = Family::counter("pgtrail_notification_retries", "Send attempts after the first, by destination.");
+    let mut queued =
+        Family::gauge("pgtrail_notifications_queued", "Notifications waiting or being sent, by destination.");
+    for stats in notifier.stats() {
+        let labels = |extra: Option<&str>| {
+            let mut labels = vec![("destination", stats.name.clone()), ("kind", stats.kind.to_string())];
+            if let Some(outcome) = extra {
+                labels.push(("outcome", outcome.to_string()));
+            }
+            labels
+        };
+        for (outcome, value) in [("sent", stats.sent), ("failed", stats.failed), ("dropped", stats.dropped)] {
+            outcomes = outcomes.with(labels(Some(outcome)), value as f64);
+        }
+        retries = retries.with(labels(None), stats.retried as f64);
+        queued = queued.with(labels(None), stats.queued as f64);
+    }
+    vec![outcomes, retries, queued]
 }
 
 const GAP_RULE: &str = "gap in the stream";
@@ -102,6 +211,7 @@ pub fn run_with(
     stop: &dyn Fn() -> bool,
 ) -> anyhow::Result<()> {
     let cursor = read_cursor(&config.state)?;
+    let status = Arc::clone(&config.status);
     let mut engine = Engine::new(config.rules);
     let mut reader = EnvelopeReader::open(&config.journal, ring)?;
     let mut last_seq = 0u64;
@@ -112,27 +222,35 @@ pub fn run_with(
             last_record = std::time::Instant::now();
             if in_gap {
                 in_gap = false;
-                on_alerts(&[gap_alert(AlertStatus::Resolved, "records arrive again".into())])?;
+                let resolved = [gap_alert(AlertStatus::Resolved, "records arrive again".into())];
+                status.alerted(&resolved);
+                on_alerts(&resolved)?;
             }
             let live = opened.seq > cursor;
             for event in decode_inner(&opened.inner).with_context(|| format!("record {}", opened.seq))? {
+                status.saw(&event);
                 let alerts = engine.process(&event);
                 if live && !alerts.is_empty() {
+                    status.alerted(&alerts);
                     on_alerts(&alerts)?;
                 }
             }
+            status.records.fetch_add(1, Ordering::Relaxed);
             last_seq = opened.seq;
             if live {
                 save_cursor(&config.state, last_seq)?;
             }
         }
+        status.publish_rules(&engine);
         if stop() {
             return Ok(());
         }
         if last_seq >= cursor {
+            status.caught_up.store(true, Ordering::Relaxed);
             // Caught up: quiet groups resolve on the wall clock.
             let alerts = engine.tick(chrono::Utc::now());
             if !alerts.is_empty() {
+                status.alerted(&alerts);
                 on_alerts(&alerts)?;
             }
             // Heartbeats come every few seconds from a live capture: silence means the
@@ -140,7 +258,9 @@ pub fn run_with(
             if !in_gap && last_record.elapsed() >= config.gap {
                 in_gap = true;
                 let reason = format!("no record, not even a heartbeat, for {}s", config.gap.as_secs());
-                on_alerts(&[gap_alert(AlertStatus::Firing, reason)])?;
+                let gap = [gap_alert(AlertStatus::Firing, reason)];
+                status.alerted(&gap);
+                on_alerts(&gap)?;
             }
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -162,10 +282,27 @@ pub async fn serve(
     ring: KeyRing,
     output: Option<PathBuf>,
     notify: Option<NotifyConfig>,
+    metrics: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let notifier = notify.as_ref().map(Notifier::start).transpose()?.map(Arc::new);
     let sender = notifier.clone();
+    let _metrics = match metrics {
+        Some(addr) => {
+            let (status, ready_status, notifier) =
+                (Arc::clone(&config.status), Arc::clone(&config.status), notifier.clone());
+            let registry = crate::metrics::registry(move || {
+                let mut families = status.families();
+                if let Some(notifier) = &notifier {
+                    families.extend(notifier_families(notifier));
+                }
+                families
+            });
+            let ready: crate::metrics::ReadyFn = Arc::new(move || ready_status.caught_up.load(Ordering::Relaxed));
+            Some(crate::metrics::serve(addr, registry, ready).await?.1)
+        }
+        None => None,
+    };
     let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let mut out: Box<dyn Write> = match &output {
             Some(path) => Box::new(

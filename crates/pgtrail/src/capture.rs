@@ -15,18 +15,21 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::CaptureConfig;
+use crate::metrics::{EventCounts, Family};
 
-/// Hands proxy events to the recorder without ever waiting.
+/// Hands proxy events to the recorder without ever waiting, counting them by class.
 #[derive(Debug)]
-pub struct RecorderSink(pub Recorder<ActivityEvent>);
+pub struct RecorderSink(pub Recorder<ActivityEvent>, pub Arc<EventCounts>);
 
 impl EventSink for RecorderSink {
     fn emit(&self, event: ActivityEvent) {
+        self.1.count(&event);
         // A full queue is counted by the recorder and reported as a loss record.
         self.0.record(event);
     }
 
     fn emit_durable(&self, event: ActivityEvent) -> Durable {
+        self.1.count(&event);
         let durable = self.0.record_durable(event);
         Box::pin(async move { durable.await.is_ok() })
     }
@@ -77,6 +80,10 @@ pub struct Capture {
     pub addr: SocketAddr,
     pub stats: Arc<ProxyStats>,
     pub recorder_stats: Arc<RecorderStats>,
+    /// Events handed to the recorder, by class and source.
+    pub events: Arc<EventCounts>,
+    /// False while the journal cannot make records durable.
+    pub journal_healthy: Arc<std::sync::atomic::AtomicBool>,
     shutdown: Option<oneshot::Sender<()>>,
     proxy: JoinHandle<()>,
     recorder: JoinHandle<Result<(), JournalError>>,
@@ -149,7 +156,9 @@ impl Capture {
         }
         let control = recorder.clone();
         let recorder_stats = Arc::clone(recorder.stats());
-        let proxy = Proxy::bind(config.proxy.clone(), Arc::new(RecorderSink(recorder))).await?;
+        let journal_healthy = recorder.health_flag();
+        let events = Arc::new(EventCounts::default());
+        let proxy = Proxy::bind(config.proxy.clone(), Arc::new(RecorderSink(recorder, Arc::clone(&events)))).await?;
         let addr = proxy.local_addr();
         control.record(control_event(
             "CAPTURE STARTED",
@@ -171,6 +180,8 @@ impl Capture {
             addr,
             stats,
             recorder_stats,
+            events,
+            journal_healthy,
             shutdown: Some(tx),
             proxy: proxy_task,
             recorder: recorder_task,
@@ -249,4 +260,52 @@ impl Capture {
         (&mut self.recorder).await.context("recorder task failed")?.context("journal write failed")?;
         Ok(())
     }
+}
+
+impl Capture {
+    /// The proxy's metric families, read from live counters (see [`crate::metrics`]).
+    pub fn metric_families(&self) -> impl Fn() -> Vec<Family> + Send + Sync + 'static {
+        let (proxy, journal, events) =
+            (Arc::clone(&self.stats), Arc::clone(&self.recorder_stats), Arc::clone(&self.events));
+        let healthy = Arc::clone(&self.journal_healthy);
+        move || capture_families(&proxy, &journal, &events, healthy.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+fn capture_families(proxy: &ProxyStats, journal: &RecorderStats, events: &EventCounts, healthy: bool) -> Vec<Family> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let n = |v: &std::sync::atomic::AtomicU64| v.load(Relaxed) as f64;
+    let pending = (journal.recorded.load(Relaxed) + journal.heartbeats.load(Relaxed))
+        .saturating_sub(journal.items_written.load(Relaxed) + journal.dropped.load(Relaxed));
+    vec![
+        events.family("pgtrail_events", "Activity events captured, by class and source."),
+        Family::counter("pgtrail_sessions_accepted", "Client connections accepted.").value(n(&proxy.sessions_accepted)),
+        Family::gauge("pgtrail_sessions_active", "Client sessions open now.").value(n(&proxy.sessions_active)),
+        Family::counter("pgtrail_protocol_errors", "Sessions ended by a malformed or unexpected message.")
+            .value(n(&proxy.protocol_errors)),
+        Family::counter(
+            "pgtrail_statements_refused",
+            "Statements and logins refused because the journal could not record (fail-closed).",
+        )
+        .value(n(&proxy.refused)),
+        Family::counter(
+            "pgtrail_events_dropped",
+            "Events dropped because the recorder queue was full (each gap has a loss record).",
+        )
+        .value(n(&journal.dropped)),
+        Family::counter("pgtrail_loss_records", "Loss records written to the journal.").value(n(&journal.loss_records)),
+        Family::counter("pgtrail_heartbeats", "Heartbeat events written.").value(n(&journal.heartbeats)),
+        Family::counter("pgtrail_journal_records", "Journal records written.").value(n(&journal.records_written)),
+        Family::counter("pgtrail_journal_written_bytes", "Bytes appended to the journal.")
+            .value(n(&journal.bytes_written)),
+        Family::counter("pgtrail_journal_fsyncs", "Journal fsyncs.").value(n(&journal.fsyncs)),
+        Family::counter("pgtrail_journal_write_failures", "Failed journal writes (retried until they succeed).")
+            .value(n(&journal.write_failures)),
+        Family::gauge("pgtrail_journal_pending_events", "Events accepted but not yet durable in the journal.")
+            .value(pending as f64),
+        Family::gauge("pgtrail_journal_last_write_timestamp_seconds", "When the journal last made a batch durable.")
+            .value(journal.last_write_micros.load(Relaxed) as f64 / 1e6),
+        Family::gauge("pgtrail_journal_healthy", "1 while the journal can make records durable.")
+            .value(f64::from(u8::from(healthy))),
+    ]
 }

@@ -30,6 +30,16 @@ pub struct FileConfig {
     pub envelope: EnvelopeSection,
     #[serde(default)]
     pub delivery: DeliverySection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`: the Prometheus endpoint (/metrics, /livez, /readyz).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address to serve on, e.g. "127.0.0.1:9187"; absent: no endpoint.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,6 +268,8 @@ pub struct CaptureConfig {
     pub wrapping_public_key: PathBuf,
     /// The checkpoint signing key file.
     pub signing_key: PathBuf,
+    /// Where to serve /metrics, /livez and /readyz (none: not served).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Command-line values that override the file.
@@ -362,6 +374,7 @@ impl FileConfig {
             bail!("envelope.gzip_level must be 0 to 9 and the rotation limits positive");
         }
         Ok(CaptureConfig {
+            metrics_listen: self.metrics.listen,
             proxy,
             workers,
             journal_dir,

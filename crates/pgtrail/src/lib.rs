@@ -6,4 +6,5 @@ pub mod capture;
 pub mod config;
 pub mod keys;
 pub mod localpg;
+pub mod metrics;
 pub mod tail;

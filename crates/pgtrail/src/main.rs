@@ -159,6 +159,9 @@ enum AlertsCommand {
         /// webhooks, Slack, PagerDuty, Opsgenie, email or syslog.
         #[arg(long, value_name = "FILE")]
         destinations: Option<PathBuf>,
+        /// Serve Prometheus /metrics, /livez and /readyz on this address.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics: Option<SocketAddr>,
     },
     /// Send a test notification to every destination in the file and report each result
     /// (PagerDuty and Opsgenie test incidents are resolved right after). Exits 1 if any
@@ -301,8 +304,18 @@ async fn run_proxy(
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let workers = resolved.workers;
+    let metrics_listen = resolved.metrics_listen;
     let mut capture = Capture::start(resolved).await?;
     info!(listen = %capture.addr, workers, "pgtrail proxy ready");
+    let _metrics = match metrics_listen {
+        Some(addr) => {
+            let healthy = Arc::clone(&capture.journal_healthy);
+            let ready: pgtrail::metrics::ReadyFn = Arc::new(move || healthy.load(Ordering::Relaxed));
+            let registry = pgtrail::metrics::registry(capture.metric_families());
+            Some(pgtrail::metrics::serve(addr, registry, ready).await?.1)
+        }
+        None => None,
+    };
     let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -367,7 +380,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rules(RulesCommand::Test { rules, events, json }) => rules_test(&rules, &events, json),
-        Command::Alerts(AlertsCommand::Run { journal, key, rules, state, output, gap_secs, destinations }) => {
+        Command::Alerts(AlertsCommand::Run { journal, key, rules, state, output, gap_secs, destinations, metrics }) => {
             let ring = keys::load_key_ring(&key)?;
             let rules = pgtrail_rules::RuleSet::load(&rules)?;
             let notify = destinations.as_deref().map(pgtrail_notify::NotifyConfig::load).transpose()?;
@@ -379,8 +392,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             });
             info!(rules = rules.rules.len(), "alerting consumer started");
             let gap = std::time::Duration::from_secs(gap_secs.max(1));
-            let config = pgtrail::alerts::AlertsRun { journal, rules, state, gap };
-            pgtrail::alerts::serve(config, ring, output, notify, Arc::clone(&stop)).await
+            let status = Arc::default();
+            let config = pgtrail::alerts::AlertsRun { journal, rules, state, gap, status };
+            pgtrail::alerts::serve(config, ring, output, notify, metrics, Arc::clone(&stop)).await
         }
         Command::Alerts(AlertsCommand::Test { destinations }) => {
             let config = pgtrail_notify::NotifyConfig::load(&destinations)?;

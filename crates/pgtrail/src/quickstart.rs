@@ -99,6 +99,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rules: pgtrail_rules::RuleSet::parse("builtin = true\n", "built-in pack")?,
         state: workdir.path().join("alerts.cursor"),
         gap: std::time::Duration::from_secs(30),
+        status: Arc::default(),
     };
     let alert_ring = keys::load_key_ring(std::slice::from_ref(&ring_path))?;
     let alerter = tokio::task::spawn_blocking(move || {
