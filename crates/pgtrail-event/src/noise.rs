@@ -152,6 +152,9 @@ fn function_is_harmless(qualified: &[&str]) -> bool {
     }
     match qualified {
         [schema, _] if schema.eq_ignore_ascii_case("pg_catalog") => true,
+        // The information schema's own helpers (_pg_expandarray, _pg_char_max_length...),
+        // which the JDBC driver's metadata queries call.
+        [schema, _] if schema.eq_ignore_ascii_case("information_schema") => name.starts_with("_pg_"),
         [_] => {
             HARMLESS.contains(&name.as_str())
                 || name.starts_with("pg_get_")
@@ -334,6 +337,16 @@ mod tests {
     }
 
     #[test]
+    fn information_schema_helpers_are_catalog_functions() {
+        // The JDBC driver's getPrimaryKeys, as recorded through the proxy.
+        assert!(noise(
+            "SELECT a.attname FROM pg_catalog.pg_class ct JOIN pg_catalog.pg_attribute a ON ct.oid = a.attrelid \
+             JOIN (SELECT i.indrelid, information_schema._pg_expandarray(i.indkey) AS keys FROM pg_catalog.pg_index i) i \
+             ON a.attnum = (i.keys).x AND a.attrelid = i.indrelid WHERE i.indisprimary"
+        ));
+    }
+
+    #[test]
     fn data_files_state_and_writes_are_never_noise() {
         for sql in [
             "SELECT * FROM accounts",
@@ -345,6 +358,7 @@ mod tests {
             "SELECT pg_sleep(10)",
             "SELECT nextval('s')",
             "SELECT my_function()",
+            "SELECT information_schema.my_function()",
             "SELECT oid INTO stolen FROM pg_authid",
             "WITH d AS (DELETE FROM pg_authid RETURNING 1) SELECT count(*) FROM d",
             "SELECT * FROM pg_class FOR UPDATE",
