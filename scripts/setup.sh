@@ -4,7 +4,7 @@
 # bindgen), python3-venv, Java and the PostgreSQL JDBC driver (the noise test browses a
 # schema with it), cargo-nextest and cargo-fuzz, and the official AWS Encryption
 # SDK for Python, the Standard Webhooks library and aiosmtpd in .venv-interop (test counterparts).
-# Safe to run again.
+# pgAdmin 4 in .venv-pgadmin (the noise test browses a table with it). Safe to run again.
 set -euo pipefail
 
 SUDO=""
@@ -35,5 +35,11 @@ if ! .venv-interop/bin/python -c "import aws_encryption_sdk, standardwebhooks, a
   echo "setup: installing ${python_packages[*]} into .venv-interop"
   [ -x .venv-interop/bin/pip ] || python3 -m venv .venv-interop
   .venv-interop/bin/pip install --quiet --disable-pip-version-check "${python_packages[@]}"
+fi
+# A real pgAdmin 4 for the noise test (it browses a table through the proxy).
+if ! .venv-pgadmin/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('pgadmin4') is None)" 2>/dev/null; then
+  echo "setup: installing pgAdmin 4 (pgadmin4==9.18) into .venv-pgadmin"
+  [ -x .venv-pgadmin/bin/pip ] || python3 -m venv .venv-pgadmin
+  .venv-pgadmin/bin/pip install --quiet --disable-pip-version-check "pgadmin4==9.18"
 fi
 echo "setup: done"

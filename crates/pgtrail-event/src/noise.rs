@@ -143,6 +143,9 @@ const HARMLESS: &[&str] = &[
     "date_trunc",
     "extract",
     "date_part",
+    // Recorded from pgAdmin 4 browsing a table (tests/noise.rs).
+    "aclexplode",
+    "pg_show_all_settings",
 ];
 
 fn function_is_harmless(qualified: &[&str]) -> bool {
