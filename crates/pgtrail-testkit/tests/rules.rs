@@ -167,3 +167,61 @@ async fn the_alerting_consumer_alerts_live_and_resumes_without_duplicates() {
     assert!(consumer.wait().unwrap().success());
     capture.stop().await;
 }
+
+/// A resolve decided by the wall clock, and an open gap, are not sent again after a
+/// restart (the cursor remembers the last emitting tick and the open gap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wall_clock_resolves_and_gaps_are_not_repeated_after_a_restart() {
+    let pg = start_pg(HostAuth::Trust);
+    // No heartbeats: silence after the statements is a gap that stays open.
+    let capture = TestCapture::start_with(&pg, |c| c.recorder.heartbeat = None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, state, alerts) =
+        (dir.path().join("rules.toml"), dir.path().join("cursor"), dir.path().join("alerts.jsonl"));
+    std::fs::write(&rules, "[[rule]]\nname = \"ddl\"\ncondition = 'class == \"DDL\"'\nresolve_after_secs = 1\n")
+        .unwrap();
+    let key = capture.keys_dir().join("wrapping.key");
+    let start_consumer = || {
+        Command::new(pgtrail_binary())
+            .args(["alerts", "run", "--journal"])
+            .arg(capture.journal_dir())
+            .arg("--key")
+            .arg(&key)
+            .arg("--rules")
+            .arg(&rules)
+            .arg("--state")
+            .arg(&state)
+            .arg("--output")
+            .arg(&alerts)
+            .args(["--gap-secs", "3"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut consumer = start_consumer();
+    assert_ok(&psql(&pg, &capture.url("postgres", "", "postgres"), &["-c", "CREATE TABLE t (id int)"]));
+    // firing, resolved after a quiet second, then the gap after three silent seconds.
+    let before = wait_lines(&alerts, 3);
+    let seen = |lines: &[serde_json::Value]| {
+        lines
+            .iter()
+            .map(|l| format!("{} {}", l["rule"].as_str().unwrap(), l["status"].as_str().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(seen(&before), ["ddl firing", "ddl resolved", "gap in the stream firing"]);
+    signal(&consumer, "-TERM");
+    assert!(consumer.wait().unwrap().success());
+
+    consumer = start_consumer();
+    // Longer than resolve_after_secs and --gap-secs: nothing new may appear.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let after = wait_lines(&alerts, 3);
+    assert_eq!(seen(&after), seen(&before), "the restart repeated alerts");
+    // The open gap resolves once, when records come again.
+    assert_ok(&psql(&pg, &capture.url("postgres", "", "postgres"), &["-c", "SELECT 1"]));
+    let last = wait_lines(&alerts, 4);
+    assert_eq!(seen(&last)[3], "gap in the stream resolved");
+    signal(&consumer, "-TERM");
+    assert!(consumer.wait().unwrap().success());
+    capture.stop().await;
+}

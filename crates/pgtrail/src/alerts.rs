@@ -5,9 +5,12 @@
 //! sequence number of the last record it has handled) is saved after every record, by
 //! writing a temporary file and renaming it over the old one.
 //!
-//! Restarts give no duplicate alerts: the engine's state depends only on the events, so
-//! on start the consumer replays the journal up to its saved cursor without emitting
-//! (rebuilding windows, alarms and suppressions exactly), then emits from there on.
+//! Restarts give no duplicate alerts: the engine's state depends only on the events and
+//! the ticks of the wall clock, so on start the consumer replays the journal up to its saved
+//! cursor without emitting (rebuilding windows, alarms and suppressions exactly), replays
+//! the last tick that emitted (so resolves already sent stay sent), and emits from there
+//! on. The cursor also remembers an open gap alert. Replay reads the journal from its start:
+//! a snapshot of the engine's state would make restarts of a long journal cheaper.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -158,18 +161,55 @@ fn gap_alert(status: AlertStatus, reason: String) -> Alert {
     }
 }
 
-fn read_cursor(path: &Path) -> anyhow::Result<u64> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => text.trim().parse().with_context(|| format!("{} does not hold a sequence number", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
+/// Where the consumer stands, saved after every record and every emitted wall-clock alert.
+///
+/// The file is text: the sequence number of the last record handled on the first line
+/// (all a cursor file of older versions holds), then optional lines `ticked <µs>` (the
+/// wall-clock time of the last tick that emitted alerts) and `gap` (a gap alert is open).
+/// The engine's state is rebuilt by replaying records up to `seq`; replaying the tick too
+/// makes resolves that were already sent stay sent, and `gap` keeps an open gap from being
+/// raised twice.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Cursor {
+    seq: u64,
+    ticked: Option<chrono::DateTime<chrono::Utc>>,
+    in_gap: bool,
 }
 
-fn save_cursor(path: &Path, seq: u64) -> anyhow::Result<()> {
+fn read_cursor(path: &Path) -> anyhow::Result<Cursor> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Cursor::default()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let bad = || format!("{} is not a pgtrail alerts cursor", path.display());
+    let mut lines = text.lines();
+    let seq = lines.next().unwrap_or_default().trim().parse().with_context(bad)?;
+    let mut cursor = Cursor { seq, ..Cursor::default() };
+    for line in lines {
+        match line.split_once(' ') {
+            Some(("ticked", micros)) => {
+                let micros: i64 = micros.trim().parse().with_context(bad)?;
+                cursor.ticked = chrono::DateTime::from_timestamp_micros(micros);
+            }
+            None if line.trim() == "gap" => cursor.in_gap = true,
+            _ if line.trim().is_empty() => {}
+            _ => anyhow::bail!("{}: unknown line {line:?}", bad()),
+        }
+    }
+    Ok(cursor)
+}
+
+fn save_cursor(path: &Path, cursor: &Cursor) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    writeln!(file, "{seq}")?;
+    writeln!(file, "{}", cursor.seq)?;
+    if let Some(ticked) = cursor.ticked {
+        writeln!(file, "ticked {}", ticked.timestamp_micros())?;
+    }
+    if cursor.in_gap {
+        writeln!(file, "gap")?;
+    }
     file.sync_data()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
     Ok(())
@@ -210,23 +250,24 @@ pub fn run_with(
     on_alerts: &mut dyn FnMut(&[Alert]) -> anyhow::Result<()>,
     stop: &dyn Fn() -> bool,
 ) -> anyhow::Result<()> {
-    let cursor = read_cursor(&config.state)?;
+    let saved = read_cursor(&config.state)?;
+    let mut cursor = saved.clone();
     let status = Arc::clone(&config.status);
     let mut engine = Engine::new(config.rules);
     let mut reader = EnvelopeReader::open(&config.journal, ring)?;
     let mut last_seq = 0u64;
     let mut last_record = std::time::Instant::now();
-    let mut in_gap = false;
+    let mut replayed = saved.seq == 0;
     loop {
         while let Some(opened) = reader.next_envelope()? {
             last_record = std::time::Instant::now();
-            if in_gap {
-                in_gap = false;
+            let live = opened.seq > saved.seq;
+            if live && cursor.in_gap {
+                cursor.in_gap = false;
                 let resolved = [gap_alert(AlertStatus::Resolved, "records arrive again".into())];
                 status.alerted(&resolved);
                 on_alerts(&resolved)?;
             }
-            let live = opened.seq > cursor;
             for event in decode_inner(&opened.inner).with_context(|| format!("record {}", opened.seq))? {
                 status.saw(&event);
                 let alerts = engine.process(&event);
@@ -238,30 +279,44 @@ pub fn run_with(
             status.records.fetch_add(1, Ordering::Relaxed);
             last_seq = opened.seq;
             if live {
-                save_cursor(&config.state, last_seq)?;
+                cursor.seq = last_seq;
+                save_cursor(&config.state, &cursor)?;
             }
         }
         status.publish_rules(&engine);
         if stop() {
             return Ok(());
         }
-        if last_seq >= cursor {
-            status.caught_up.store(true, Ordering::Relaxed);
-            // Caught up: quiet groups resolve on the wall clock.
-            let alerts = engine.tick(chrono::Utc::now());
-            if !alerts.is_empty() {
-                status.alerted(&alerts);
-                on_alerts(&alerts)?;
+        if last_seq < saved.seq {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        if !replayed {
+            // Up to the cursor: resolves the previous run already sent stay sent.
+            replayed = true;
+            if let Some(ticked) = saved.ticked {
+                let _ = engine.tick(ticked);
             }
-            // Heartbeats come every few seconds from a live capture: silence means the
-            // capture (or its journal) has stopped, which is itself an alert.
-            if !in_gap && last_record.elapsed() >= config.gap {
-                in_gap = true;
-                let reason = format!("no record, not even a heartbeat, for {}s", config.gap.as_secs());
-                let gap = [gap_alert(AlertStatus::Firing, reason)];
-                status.alerted(&gap);
-                on_alerts(&gap)?;
-            }
+        }
+        status.caught_up.store(true, Ordering::Relaxed);
+        // Caught up: quiet groups resolve on the wall clock.
+        let now = chrono::Utc::now();
+        let alerts = engine.tick(now);
+        if !alerts.is_empty() {
+            status.alerted(&alerts);
+            on_alerts(&alerts)?;
+            cursor.ticked = Some(now);
+            save_cursor(&config.state, &cursor)?;
+        }
+        // Heartbeats come every few seconds from a live capture: silence means the
+        // capture (or its journal) has stopped, which is itself an alert (once).
+        if !cursor.in_gap && last_record.elapsed() >= config.gap {
+            let reason = format!("no record, not even a heartbeat, for {}s", config.gap.as_secs());
+            let gap = [gap_alert(AlertStatus::Firing, reason)];
+            status.alerted(&gap);
+            on_alerts(&gap)?;
+            cursor.in_gap = true;
+            save_cursor(&config.state, &cursor)?;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
