@@ -136,6 +136,10 @@ pub struct ActivityEvent {
     /// catalog introspection by client tools. Still recorded; rules skip it by default.
     #[serde(default)]
     pub noise: bool,
+    /// Whether the session's role is a superuser, as PostgreSQL reports it (ParameterStatus
+    /// is_superuser, also after SET ROLE); null when not known.
+    #[serde(default)]
+    pub superuser: Option<bool>,
 }
 
 impl ActivityEvent {
@@ -175,6 +179,7 @@ impl ActivityEvent {
             query_fingerprint: None,
             source: Some(EventSource::Proxy),
             noise: false,
+            superuser: None,
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct SessionFacts {
     pub application: Option<Arc<str>>,
     pub server_host: Option<Arc<str>>,
     pub server_version: Option<Arc<str>>,
+    /// PostgreSQL's is_superuser report for the session's current role.
+    pub superuser: Option<bool>,
     pub pid: Option<i32>,
     pub session_id: Option<Arc<str>>,
     /// When the client connected (the CONNECT event's startTime).
@@ -56,6 +58,7 @@ impl SessionFacts {
         e.client_application.clone_from(&self.application);
         e.server_host.clone_from(&self.server_host);
         e.server_version.clone_from(&self.server_version);
+        e.superuser = self.superuser;
         e.pid = self.pid;
         e.session_id.clone_from(&self.session_id);
         e
@@ -179,6 +182,7 @@ impl Tracker {
     pub fn on_parameter_status(&mut self, name: &str, value: &str) {
         match name {
             "server_version" => self.facts.server_version = Some(Arc::from(value)),
+            "is_superuser" => self.facts.superuser = Some(value == "on"),
             "standard_conforming_strings" => self.standard_conforming_strings = value != "off",
             _ => {}
         }

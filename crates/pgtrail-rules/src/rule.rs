@@ -131,6 +131,7 @@ fn complete_event() -> ActivityEvent {
     let now = chrono::Utc::now();
     let mut e = ActivityEvent::new(EventClass::Write, "UPDATE", now);
     e.client_application = Some("psql".into());
+    e.superuser = Some(false);
     e.command_text = Some("UPDATE t SET a = 1 WHERE id = 2".into());
     e.database_name = Some("app".into());
     e.db_user_name = Some("alice".into());

@@ -72,6 +72,12 @@ fn each_rule_fires_on_its_case() {
     assert_eq!(fired(&sunday), vec!["activity outside business hours"]);
 
     assert_eq!(fired(&event(EventClass::Connect, "CONNECT", "postgres")), vec!["superuser session"]);
+    // Any role PostgreSQL reports as a superuser, listed or not.
+    let mut admin = event(EventClass::Connect, "CONNECT", "dba_jane");
+    admin.superuser = Some(true);
+    assert_eq!(fired(&admin), vec!["superuser session"]);
+    admin.superuser = Some(false);
+    assert!(fired(&admin).is_empty());
     assert!(fired(&event(EventClass::Connect, "CONNECT", "alice")).is_empty());
     assert_eq!(fired(&event(EventClass::Ddl, "CREATE TABLE", "alice")), vec!["DDL"]);
 

@@ -101,3 +101,32 @@ async fn pgbench_modes_match_direct_and_every_statement_is_recorded() {
     let sum = pg.psql("SELECT sum(abalance) = (SELECT sum(delta) FROM pgbench_history) FROM pgbench_accounts").unwrap();
     assert_eq!(sum.trim(), "t");
 }
+
+/// Every event says whether the session's role is a superuser, as PostgreSQL reports it,
+/// including after SET ROLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_carry_the_superuser_flag_postgres_reports() {
+    let pg = start_pg(HostAuth::ScramSha256);
+    pg.psql(&format!("CREATE ROLE alice LOGIN PASSWORD '{PASSWORD}'; GRANT pg_read_all_data TO alice")).unwrap();
+    let capture = TestCapture::start(&pg).await;
+    assert_ok(&psql(&pg, &capture.url("alice", PASSWORD, "postgres"), &["-c", "SELECT 1 AS alice"]));
+    assert_ok(&psql(
+        &pg,
+        &capture.url("postgres", PASSWORD, "postgres"),
+        &["-c", "SELECT 2 AS admin", "-c", "SET ROLE alice", "-c", "SELECT 3 AS demoted"],
+    ));
+    let events = capture.stop().await;
+    let flag = |pred: &dyn Fn(&pgtrail_event::ActivityEvent) -> bool| {
+        events.iter().find(|e| pred(e)).unwrap_or_else(|| panic!("{}", describe(&events))).superuser
+    };
+    let connect_of = |user: &'static str| {
+        move |e: &pgtrail_event::ActivityEvent| {
+            e.class == EventClass::Connect && e.db_user_name.as_deref() == Some(user)
+        }
+    };
+    let text = |t: &'static str| move |e: &pgtrail_event::ActivityEvent| e.command_text.as_deref() == Some(t);
+    assert_eq!(flag(&connect_of("alice")), Some(false));
+    assert_eq!(flag(&connect_of("postgres")), Some(true));
+    assert_eq!(flag(&text("SELECT 2 AS admin")), Some(true));
+    assert_eq!(flag(&text("SELECT 3 AS demoted")), Some(false));
+}
