@@ -139,7 +139,9 @@ fn default_pagerduty_url() -> String {
 #[serde(deny_unknown_fields)]
 pub struct Opsgenie {
     pub api_key: String,
-    /// API base; `https://api.eu.opsgenie.com` for the EU instance.
+    /// API base (`/v2/alerts` is appended): `https://api.eu.opsgenie.com` for Opsgenie's EU
+    /// instance, `https://api.atlassian.com/jsm/ops/integration` for Jira Service
+    /// Management's integration API (same payloads and GenieKey authentication).
     #[serde(default = "default_opsgenie_url")]
     pub url: String,
     pub ca_file: Option<PathBuf>,
