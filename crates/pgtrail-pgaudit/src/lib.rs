@@ -19,12 +19,14 @@
 pub mod audit;
 pub mod csv;
 pub mod entry;
+pub mod follow;
 pub mod prefix;
 
 use pgtrail_event::{ActivityEvent, EventClass, EventSource, ExitCode, ObjectKind, ObjectRef};
 
 pub use audit::{AuditRecord, Logged};
 pub use entry::{Assembler, Format, LogEntry, ParseError};
+pub use follow::{Follower, Item, Position};
 pub use prefix::Prefix;
 
 /// The event an entry describes, if any.
