@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing pgtrail needs on a fresh Debian machine:
 # PostgreSQL 15 (server, client, pgbench), pgbouncer (benchmarks), libclang (pg_query's
-# bindgen), python3-venv, Java and the PostgreSQL JDBC driver (the noise test browses a
+# bindgen), pgaudit 1.7 (the ingest tests), python3-venv, Java and the PostgreSQL JDBC driver (the noise test browses a
 # schema with it), cargo-nextest and cargo-fuzz, and the official AWS Encryption
 # SDK for Python, the Standard Webhooks library and aiosmtpd in .venv-interop (test counterparts).
 # pgAdmin 4 in .venv-pgadmin (the noise test browses a table with it). Safe to run again.
@@ -11,7 +11,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 packages=(postgresql-15 postgresql-client-15 pgbouncer libclang-dev clang python3-venv
-  openjdk-17-jre-headless libpostgresql-jdbc-java)
+  openjdk-17-jre-headless libpostgresql-jdbc-java postgresql-15-pgaudit)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

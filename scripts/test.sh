@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every test (unit, integration against real
-# PostgreSQL 15, real clients), and a fixed-time fuzzing run of the wire decoder.
+# PostgreSQL 15, real clients), and a fixed-time fuzzing run of the wire decoder and the
+# pgAudit log reader.
 # Builds once and reuses the build for every step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +16,5 @@ echo "== build"
 cargo build --workspace --all-targets --locked
 echo "== tests"
 cargo nextest run --workspace --locked --no-fail-fast
-echo "== fuzz wire decoder (${FUZZ_SECONDS}s)"
+echo "== fuzz: wire decoder and pgAudit reader (${FUZZ_SECONDS}s in all)"
 scripts/fuzz.sh "$FUZZ_SECONDS"

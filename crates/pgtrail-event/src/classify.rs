@@ -299,26 +299,35 @@ pub fn redact_passwords(sql: &str) -> String {
     let Ok(tokens) = pg_query::scan_tokens(sql) else {
         return sql.to_owned();
     };
-    let starts_with_create_or_alter =
-        tokens.first().is_some_and(|t| t.token == Token::Create as i32 || t.token == Token::Alter as i32);
-    if !starts_with_create_or_alter {
-        return sql.to_owned();
-    }
+    // Each statement of a multi-statement text on its own: pgAudit repeats the whole text
+    // in every record, so a password in the third statement must go from all of them.
     let mut out = String::with_capacity(sql.len());
     let mut copied = 0usize;
-    for pair in tokens.windows(2) {
-        let (keyword, literal) = (&pair[0], &pair[1]);
-        if keyword.token == Token::Password as i32 && literal.token == Token::Sconst as i32 {
-            let (Ok(start), Ok(end)) = (usize::try_from(literal.start), usize::try_from(literal.end)) else {
-                continue;
-            };
-            if start < copied || end > sql.len() || !sql.is_char_boundary(start) || !sql.is_char_boundary(end) {
-                continue;
-            }
-            out.push_str(&sql[copied..start]);
-            out.push_str("<REDACTED>");
-            copied = end;
+    let mut statement_changes_a_role = false;
+    let mut at_statement_start = true;
+    for (i, token) in tokens.iter().enumerate() {
+        if at_statement_start {
+            statement_changes_a_role = token.token == Token::Create as i32 || token.token == Token::Alter as i32;
+            at_statement_start = false;
         }
+        if token.token == Token::Ascii59 as i32 {
+            at_statement_start = true;
+            continue;
+        }
+        let Some(literal) = tokens.get(i + 1) else { continue };
+        if !(statement_changes_a_role && token.token == Token::Password as i32 && literal.token == Token::Sconst as i32)
+        {
+            continue;
+        }
+        let (Ok(start), Ok(end)) = (usize::try_from(literal.start), usize::try_from(literal.end)) else {
+            continue;
+        };
+        if start < copied || end > sql.len() || !sql.is_char_boundary(start) || !sql.is_char_boundary(end) {
+            continue;
+        }
+        out.push_str(&sql[copied..start]);
+        out.push_str("<REDACTED>");
+        copied = end;
     }
     out.push_str(&sql[copied..]);
     out
@@ -420,6 +429,13 @@ mod tests {
         ] {
             assert_eq!(one(sql).text, expected);
         }
+        // In any statement of a multi-statement text (pgAudit repeats the whole text).
+        assert_eq!(
+            redact_passwords(
+                "SELECT 1; CREATE ROLE a PASSWORD 'x'; SELECT 'PASSWORD' || 'y'; ALTER USER b PASSWORD 'z'"
+            ),
+            "SELECT 1; CREATE ROLE a PASSWORD <REDACTED>; SELECT 'PASSWORD' || 'y'; ALTER USER b PASSWORD <REDACTED>"
+        );
         // Even when the grammar refuses the statement.
         let bad = one("CREATE ROLE app PASSWORD 'secret' NOSUCHOPTION");
         assert_eq!(bad.command, None);

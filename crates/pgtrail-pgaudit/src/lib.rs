@@ -63,7 +63,7 @@ pub fn to_event(entry: &LogEntry) -> Result<Option<ActivityEvent>, ParseError> {
         e
     } else if entry.severity == "ERROR" {
         let mut e = ActivityEvent::new(EventClass::Misc, "ERROR", time);
-        e.command_text.clone_from(&entry.statement);
+        e.command_text = entry.statement.as_deref().map(redact);
         e.sql_state.clone_from(&entry.sql_state);
         e.exit_code = entry.sql_state.clone().map(ExitCode::SqlState);
         e.error_message = Some(message.to_string());
@@ -86,13 +86,24 @@ pub fn to_event(entry: &LogEntry) -> Result<Option<ActivityEvent>, ParseError> {
     Ok(Some(event))
 }
 
+/// pgAudit redacts the password only in the record of the role statement itself; a
+/// multi-statement text repeats it in every other record (and PostgreSQL's STATEMENT line
+/// has it too). Passwords never reach the journal.
+fn redact(text: &str) -> String {
+    if text.to_ascii_lowercase().contains("password") {
+        pgtrail_event::redact_passwords(text)
+    } else {
+        text.to_string()
+    }
+}
+
 fn audit_event(record: &AuditRecord, time: chrono::DateTime<chrono::Utc>) -> ActivityEvent {
     let class = record.class.parse().unwrap_or(EventClass::Misc);
     let mut e = ActivityEvent::new(class, record.command.clone(), time);
     e.statement_id = record.statement_id;
     e.substatement_id = record.substatement_id;
     if let Logged::Value(statement) = &record.statement {
-        e.command_text = Some(statement.clone());
+        e.command_text = Some(redact(statement));
     }
     if let Logged::Value(parameters) = &record.parameters {
         e.param_list.clone_from(parameters);

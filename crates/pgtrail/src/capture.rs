@@ -106,54 +106,72 @@ pub struct Reloaded {
     pub need_restart: Vec<&'static str>,
 }
 
+/// The journal's writing side: the recorder that seals and appends events, its writer
+/// task, and the slot a configuration reload puts a new sealer in.
+#[derive(Debug)]
+pub struct JournalWriter {
+    pub recorder: Recorder<ActivityEvent>,
+    pub task: JoinHandle<Result<(), JournalError>>,
+    pub next_sealer: Arc<Mutex<Option<Sealer>>>,
+    pub wrapping_id: String,
+}
+
+/// Opens the journal (recovering a torn tail, which is then recorded as a control event)
+/// and starts the recorder: events handed to it are batched, sealed to the wrapping key and
+/// appended to the hash chain.
+pub async fn open_journal(config: &CaptureConfig) -> anyhow::Result<JournalWriter> {
+    let wrapping = crate::keys::load_wrapping_public(&config.wrapping_public_key)
+        .context("cannot load the wrapping public key")?;
+    let signer = crate::keys::load_signer(&config.signing_key).context("cannot load the checkpoint signing key")?;
+    let dir = config.journal_dir.clone();
+    let options = JournalOptions { signer: Some(signer), ..config.journal.clone() };
+    let journal = tokio::task::spawn_blocking(move || Journal::open(&dir, options))
+        .await?
+        .with_context(|| format!("cannot open the journal in {}", config.journal_dir.display()))?;
+    let (cluster, instance) = (config.cluster_id.clone(), config.instance_id.clone());
+    let recovery = journal.recovery().cloned();
+    let wrapping_id = wrapping.id().to_owned();
+    let mut sealer = Sealer::new(Arc::new(wrapping), config.envelope.clone());
+    let next_sealer: Arc<Mutex<Option<Sealer>>> = Arc::default();
+    let reloaded = Arc::clone(&next_sealer);
+    let encode = Box::new(move |events: &[ActivityEvent]| {
+        if let Some(next) = reloaded.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            sealer = next;
+        }
+        let inner = if sealer.rotation_due() && sealer.has_data_key() {
+            // The first record under a new data key says so itself (the first key of
+            // a run is named by CAPTURE STARTED).
+            let mut with_note = Vec::with_capacity(events.len() + 1);
+            with_note.push(control_event("KEYS ROTATED", format!("new data key, wrapped to {}", sealer.key_id())));
+            with_note.extend_from_slice(events);
+            pgtrail_event::activity_record_json(&cluster, &instance, &with_note)
+        } else {
+            pgtrail_event::activity_record_json(&cluster, &instance, events)
+        };
+        // The key was checked to wrap when it was loaded: sealing cannot fail.
+        sealer.seal(&inner).expect("sealing with a checked key").json.into_bytes()
+    });
+    let parts = WriterParts { encode, loss: Box::new(loss_event), heartbeat: Some(Box::new(heartbeat_event)) };
+    let (recorder, task) = Recorder::spawn_with(journal, config.recorder.clone(), parts);
+    if let Some(cut) = recovery {
+        recorder.record(control_event(
+            "JOURNAL RECOVERED",
+            format!(
+                "recovery truncated a torn tail: {} bytes cut at offset {} of {} ({})",
+                cut.bytes_cut,
+                cut.offset,
+                cut.segment.display(),
+                cut.reason
+            ),
+        ));
+    }
+    Ok(JournalWriter { recorder, task, next_sealer, wrapping_id })
+}
+
 impl Capture {
     /// Opens the journal (recovering a torn tail), starts the recorder and binds the proxy.
     pub async fn start(config: CaptureConfig) -> anyhow::Result<Self> {
-        let wrapping = crate::keys::load_wrapping_public(&config.wrapping_public_key)
-            .context("cannot load the wrapping public key")?;
-        let signer = crate::keys::load_signer(&config.signing_key).context("cannot load the checkpoint signing key")?;
-        let dir = config.journal_dir.clone();
-        let options = JournalOptions { signer: Some(signer), ..config.journal.clone() };
-        let journal = tokio::task::spawn_blocking(move || Journal::open(&dir, options))
-            .await?
-            .with_context(|| format!("cannot open the journal in {}", config.journal_dir.display()))?;
-        let (cluster, instance) = (config.cluster_id.clone(), config.instance_id.clone());
-        let recovery = journal.recovery().cloned();
-        let wrapping_id = wrapping.id().to_owned();
-        let mut sealer = Sealer::new(Arc::new(wrapping), config.envelope.clone());
-        let next_sealer: Arc<Mutex<Option<Sealer>>> = Arc::default();
-        let reloaded = Arc::clone(&next_sealer);
-        let encode = Box::new(move |events: &[ActivityEvent]| {
-            if let Some(next) = reloaded.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                sealer = next;
-            }
-            let inner = if sealer.rotation_due() && sealer.has_data_key() {
-                // The first record under a new data key says so itself (the first key of
-                // a run is named by CAPTURE STARTED).
-                let mut with_note = Vec::with_capacity(events.len() + 1);
-                with_note.push(control_event("KEYS ROTATED", format!("new data key, wrapped to {}", sealer.key_id())));
-                with_note.extend_from_slice(events);
-                pgtrail_event::activity_record_json(&cluster, &instance, &with_note)
-            } else {
-                pgtrail_event::activity_record_json(&cluster, &instance, events)
-            };
-            // The key was checked to wrap when it was loaded: sealing cannot fail.
-            sealer.seal(&inner).expect("sealing with a checked key").json.into_bytes()
-        });
-        let parts = WriterParts { encode, loss: Box::new(loss_event), heartbeat: Some(Box::new(heartbeat_event)) };
-        let (recorder, recorder_task) = Recorder::spawn_with(journal, config.recorder.clone(), parts);
-        if let Some(cut) = recovery {
-            recorder.record(control_event(
-                "JOURNAL RECOVERED",
-                format!(
-                    "recovery truncated a torn tail: {} bytes cut at offset {} of {} ({})",
-                    cut.bytes_cut,
-                    cut.offset,
-                    cut.segment.display(),
-                    cut.reason
-                ),
-            ));
-        }
+        let JournalWriter { recorder, task: recorder_task, next_sealer, wrapping_id } = open_journal(&config).await?;
         let control = recorder.clone();
         let recorder_stats = Arc::clone(recorder.stats());
         let journal_healthy = recorder.health_flag();

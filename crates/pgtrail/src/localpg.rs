@@ -206,6 +206,12 @@ impl LocalPg {
         self.dir.path().join("data")
     }
 
+    /// `log_directory = 'log'` (relative to the data directory), where the logging
+    /// collector writes when it is on.
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir().join("log")
+    }
+
     /// The directory of the Unix socket (and of the server's log).
     pub fn socket_dir(&self) -> &Path {
         self.dir.path()

@@ -31,6 +31,13 @@ struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFileFormat {
+    Stderr,
+    Csvlog,
+    Jsonlog,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -121,6 +128,36 @@ enum Command {
         /// Witness directory the proxy copied checkpoints to (journal.witness_dir).
         #[arg(long, value_name = "DIR")]
         witness: Option<PathBuf>,
+    },
+    /// Read pgAudit's records (and connections, disconnections, errors) from PostgreSQL's
+    /// log files into a journal: sealed, hash-chained and checkpointed like the proxy's.
+    ///
+    /// Follows the files of one format in the log directory across rotation and truncation;
+    /// the position is saved once the events are durable, so a restart neither repeats nor
+    /// skips. Lines it cannot read are counted, logged once per kind and recorded as LOG
+    /// PARSE ERROR control events naming file and line. Stops cleanly on SIGTERM or Ctrl-C.
+    Ingest {
+        /// PostgreSQL's log directory (log_directory).
+        #[arg(long, value_name = "DIR")]
+        log_dir: PathBuf,
+        /// Which files to read: stderr (*.log), csvlog (*.csv) or jsonlog (*.json).
+        #[arg(long, value_enum)]
+        format: LogFileFormat,
+        /// log_line_prefix of the stderr format, as in postgresql.conf.
+        #[arg(long, default_value = "%m [%p] %q%u@%d ")]
+        prefix: String,
+        /// Journal directory to write to.
+        #[arg(long, value_name = "DIR")]
+        journal: PathBuf,
+        /// Key directory (wrapping.pub and signing.key, from `pgtrail keys init`).
+        #[arg(long, value_name = "DIR")]
+        keys: PathBuf,
+        /// Position file (default: <journal>.ingest-position).
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// Configuration file for [journal], [instance], [envelope] and [recorder].
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Make and use keys.
     #[command(subcommand)]
@@ -399,6 +436,35 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Alerts(AlertsCommand::Test { destinations }) => {
             let config = pgtrail_notify::NotifyConfig::load(&destinations)?;
             pgtrail::alerts::test_destinations(&config).await
+        }
+        Command::Ingest { log_dir, format, prefix, journal, keys, state, config } => {
+            let format = match format {
+                LogFileFormat::Stderr => pgtrail_pgaudit::Format::Stderr(
+                    pgtrail_pgaudit::Prefix::compile(&prefix).context("--prefix is not a usable log_line_prefix")?,
+                ),
+                LogFileFormat::Csvlog => pgtrail_pgaudit::Format::Csvlog,
+                LogFileFormat::Jsonlog => pgtrail_pgaudit::Format::Jsonlog,
+            };
+            let file = match &config {
+                Some(path) => FileConfig::load(path)?,
+                None => FileConfig::default(),
+            };
+            // No proxy runs here: an upstream is only needed to satisfy the shared resolver.
+            let upstream = file.upstream.is_none().then(|| "postgres://127.0.0.1:5432".to_string());
+            let overrides = Overrides { listen: None, upstream, journal: Some(journal.clone()), keys: Some(keys) };
+            let resolved = file.resolve(&overrides)?;
+            let state = state.unwrap_or_else(|| journal.with_extension("ingest-position"));
+            let writer = pgtrail::capture::open_journal(&resolved).await?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&stop);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                flag.store(true, Ordering::Relaxed);
+            });
+            let ingest = pgtrail::ingest::IngestConfig { log_dir, format, state };
+            let result = pgtrail::ingest::run(writer.recorder, ingest, stop).await;
+            writer.task.await.context("journal writer failed")??;
+            result.map(drop)
         }
         Command::Keys(KeysCommand::Init { dir, force }) => {
             let ids = keys::init(&dir, force)?;

@@ -1,0 +1,110 @@
+//! `pgtrail ingest`: pgAudit's records from PostgreSQL's log files into the journal, through
+//! the same recorder, envelope and hash chain as the proxy's events.
+//!
+//! Each poll's events are made durable (the recorder's fsync) before the follower's position
+//! is saved, so a restart resumes after the last ingested entry. A line that cannot be read is
+//! counted, logged once per kind (without its content: it may hold SQL), and recorded as a
+//! `LOG PARSE ERROR` control event naming its file and line.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use pgtrail_event::ActivityEvent;
+use pgtrail_journal::Recorder;
+use pgtrail_pgaudit::{Follower, Format, to_event};
+use tracing::{info, warn};
+
+use crate::capture::control_event;
+
+/// What to ingest.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub log_dir: PathBuf,
+    pub format: Format,
+    /// Where the follower's position is saved.
+    pub state: PathBuf,
+}
+
+/// What an ingest run did.
+#[derive(Debug, Default, Clone)]
+pub struct IngestStats {
+    pub entries: u64,
+    pub events: u64,
+    pub parse_errors: u64,
+}
+
+/// Follows the log directory until `stop`, handing events to `recorder`.
+pub async fn run(
+    recorder: Recorder<ActivityEvent>,
+    config: IngestConfig,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<IngestStats> {
+    let follower = Follower::open(&config.log_dir, config.format.clone(), &config.state)
+        .with_context(|| format!("cannot start following {}", config.log_dir.display()))?;
+    recorder.record(control_event(
+        "INGEST STARTED",
+        format!(
+            "pgaudit logs in {} ({})",
+            config.log_dir.display(),
+            pgtrail_pgaudit::follow::extension(&config.format)
+        ),
+    ));
+    info!(log_dir = %config.log_dir.display(), "pgAudit ingest started");
+    let mut stats = IngestStats::default();
+    let mut kinds_logged: HashMap<&'static str, u64> = HashMap::new();
+    let mut follower = Some(follower);
+    loop {
+        let mut f = follower.take().expect("follower is put back every round");
+        let (f, polled) = tokio::task::spawn_blocking(move || {
+            let items = f.poll();
+            (f, items)
+        })
+        .await
+        .context("ingest task failed")?;
+        let items = polled.with_context(|| format!("cannot read {}", config.log_dir.display()))?;
+        let idle = items.is_empty();
+        let mut durable = Vec::new();
+        for item in items {
+            stats.entries += 1;
+            let event = item.entry.and_then(|entry| to_event(&entry));
+            match event {
+                Ok(Some(event)) => {
+                    stats.events += 1;
+                    durable.push(recorder.record_durable(event));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    stats.parse_errors += 1;
+                    let seen = kinds_logged.entry(error.kind).or_default();
+                    *seen += 1;
+                    if *seen == 1 {
+                        warn!(file = %item.file, line = error.line, kind = error.kind, "log line not understood; recorded as LOG PARSE ERROR (further ones of this kind are counted, not logged)");
+                    }
+                    let detail = format!("{}:{}: {}", item.file, error.line, error.kind);
+                    durable.push(recorder.record_durable(control_event("LOG PARSE ERROR", detail)));
+                }
+            }
+        }
+        for done in durable {
+            done.await.context("the journal did not make ingested events durable")?;
+        }
+        f.commit().with_context(|| format!("cannot save the ingest position in {}", config.state.display()))?;
+        follower = Some(f);
+        if stop.load(Ordering::Relaxed) {
+            info!(
+                entries = stats.entries,
+                events = stats.events,
+                parse_errors = stats.parse_errors,
+                "pgAudit ingest stopped"
+            );
+            return Ok(stats);
+        }
+        if idle {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
