@@ -31,7 +31,7 @@ fn fired(event: &ActivityEvent) -> Vec<String> {
 #[test]
 fn the_pack_loads_with_one_line() {
     let set = RuleSet::parse("builtin = true\n", "rules.toml").unwrap();
-    assert_eq!(set.rules.len(), 12);
+    assert_eq!(set.rules.len(), 13);
 }
 
 #[test]
@@ -102,4 +102,38 @@ fn a_burst_of_failed_logins_fires_per_user() {
     }
     let names: Vec<&str> = alerts.iter().map(|a| a.rule.as_str()).collect();
     assert_eq!(names, vec!["failed login burst per user"]);
+}
+
+/// Audit of the auditor: the statement texts as the proxy and pgAudit record them, with
+/// the command names PostgreSQL gives them.
+#[test]
+fn attempts_to_weaken_auditing_are_critical() {
+    let weakening = [
+        (EventClass::MiscSet, "SET", "SET pgaudit.log = 'none'"),
+        (EventClass::MiscSet, "RESET", "RESET pgaudit.log"),
+        (EventClass::Misc, "ALTER SYSTEM", "ALTER SYSTEM SET shared_preload_libraries = ''"),
+        (EventClass::Misc, "ALTER SYSTEM", "alter system set logging_collector = off"),
+        (EventClass::Misc, "ALTER SYSTEM", "ALTER SYSTEM SET log_destination = 'syslog'"),
+        (EventClass::Role, "ALTER ROLE", "ALTER ROLE app SET pgaudit.log TO 'none'"),
+        (EventClass::Ddl, "ALTER DATABASE", "ALTER DATABASE app SET log_statement = 'none'"),
+        (EventClass::Ddl, "DROP EXTENSION", "DROP EXTENSION pgaudit"),
+        (EventClass::Read, "SELECT", "SELECT pg_reload_conf()"),
+        (EventClass::Read, "SELECT", "SELECT set_config('pgaudit.log', 'none', false)"),
+    ];
+    for (class, command, text) in weakening {
+        let mut e = event(class, command, "mallory");
+        e.command_text = Some(text.into());
+        assert!(fired(&e).contains(&"auditing weakened".to_string()), "{text}: {:?}", fired(&e));
+    }
+    let harmless = [
+        (EventClass::MiscSet, "SET", "SET search_path = app"),
+        (EventClass::Read, "SELECT", "SELECT * FROM log_entries"),
+        (EventClass::Ddl, "DROP EXTENSION", "DROP EXTENSION pg_trgm"),
+        (EventClass::Misc, "SHOW", "SHOW pgaudit.log"),
+    ];
+    for (class, command, text) in harmless {
+        let mut e = event(class, command, "mallory");
+        e.command_text = Some(text.into());
+        assert!(!fired(&e).contains(&"auditing weakened".to_string()), "{text}");
+    }
 }

@@ -60,6 +60,20 @@ fn audited(events: &[ActivityEvent]) -> Vec<&ActivityEvent> {
     events.iter().filter(|e| e.source == Some(EventSource::Pgaudit) && e.statement_id > 0).collect()
 }
 
+/// The statements the built-in rule "auditing weakened" fires on.
+fn weakened(events: &[ActivityEvent]) -> Vec<String> {
+    let mut engine = pgtrail_rules::Engine::new(pgtrail_rules::RuleSet::parse("builtin = true\n", "pack").unwrap());
+    let mut texts = Vec::new();
+    for event in events {
+        for alert in engine.process(event) {
+            if alert.rule == "auditing weakened" {
+                texts.push(event.command_text.clone().unwrap_or_default());
+            }
+        }
+    }
+    texts
+}
+
 fn wait_for(journal: &Path, keys: &Path, what: &str, done: impl Fn(&[ActivityEvent]) -> bool) -> Vec<ActivityEvent> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -117,6 +131,12 @@ async fn ingest_reads_pgaudit_in_all_three_formats_through_rotation_and_restart(
             "SELECT count(*) FROM accounts; SELECT 'two'",
         ],
     ));
+    // Someone tries to weaken auditing, directly and through the proxy.
+    assert_ok(&psql(&pg, &url, &["-c", "ALTER SYSTEM SET pgaudit.log_catalog = off", "-c", "SELECT pg_reload_conf()"]));
+    let capture = TestCapture::start(&pg).await;
+    assert_ok(&psql(&pg, &capture.url("postgres", PASSWORD, "postgres"), &["-c", "SET pgaudit.log = 'none'"]));
+    let proxied = capture.stop().await;
+    assert_eq!(weakened(&proxied), ["SET pgaudit.log = 'none'"], "through the proxy");
     let failed = psql(&pg, &url, &["-c", "SELECT 1/0 AS boom"]);
     assert!(!failed.status.success());
     for (journal, format) in journals.iter().zip(formats) {
@@ -197,6 +217,12 @@ async fn ingest_reads_pgaudit_in_all_three_formats_through_rotation_and_restart(
         // The password of CREATE ROLE, repeated by pgAudit in every record of that
         // multi-statement query, is in none of them.
         assert!(!events.iter().any(|e| e.command_text.as_deref().is_some_and(|t| t.contains(PASSWORD))), "{format}");
+        // Audit of the auditor, from the logs: ALTER SYSTEM and the reload. The SET that
+        // switched pgAudit off in its session is not there: it took effect before pgAudit
+        // would have logged it. The proxy saw it (above).
+        let mut attempts = weakened(events);
+        attempts.sort();
+        assert_eq!(attempts, ["ALTER SYSTEM SET pgaudit.log_catalog = off", "SELECT pg_reload_conf()"], "{format}");
         // Nothing it could not read.
         assert!(!events.iter().any(|e| e.command == "LOG PARSE ERROR"), "{format}: {}", describe(events));
     }
