@@ -56,6 +56,8 @@ fn default_settings() -> serde_json::Map<String, serde_json::Value> {
         "superusers": ["postgres"],
         "bulk_read_rows": 10000,
         "business_hours": [8, 18],
+        "direct_allowed_roles": [],
+        "direct_allowed_local": false,
     });
     match value {
         serde_json::Value::Object(map) => map,

@@ -31,7 +31,7 @@ fn fired(event: &ActivityEvent) -> Vec<String> {
 #[test]
 fn the_pack_loads_with_one_line() {
     let set = RuleSet::parse("builtin = true\n", "rules.toml").unwrap();
-    assert_eq!(set.rules.len(), 13);
+    assert_eq!(set.rules.len(), 14);
 }
 
 #[test]
@@ -136,4 +136,24 @@ fn attempts_to_weaken_auditing_are_critical() {
         e.command_text = Some(text.into());
         assert!(!fired(&e).contains(&"auditing weakened".to_string()), "{text}");
     }
+}
+
+#[test]
+fn direct_connections_alert_unless_allowed() {
+    let direct = |user: &str, host: &str| {
+        let mut e = event(EventClass::Misc, "DIRECT CONNECTION", user);
+        e.remote_host = Some(host.into());
+        e
+    };
+    let rule = "direct connection bypassing pgtrail".to_string();
+    assert!(fired(&direct("alice", "10.0.0.7")).contains(&rule));
+    assert!(fired(&direct("postgres", "[local]")).contains(&rule), "local logins alert unless allowed");
+    let allowing = format!("{FILE}direct_allowed_roles = [\"replicator\"]\ndirect_allowed_local = true\n");
+    let mut engine = Engine::new(RuleSet::parse(&allowing, "rules.toml").unwrap());
+    for (user, host) in [("replicator", "10.0.0.9"), ("postgres", "[local]")] {
+        let names: Vec<String> = engine.process(&direct(user, host)).into_iter().map(|a| a.rule).collect();
+        assert!(!names.contains(&rule), "{user}@{host}: {names:?}");
+    }
+    let names: Vec<String> = engine.process(&direct("alice", "10.0.0.7")).into_iter().map(|a| a.rule).collect();
+    assert!(names.contains(&rule));
 }

@@ -24,6 +24,7 @@ fn pgaudit_cluster() -> LocalPg {
             "shared_preload_libraries = 'pgaudit'",
             "pgaudit.log = 'all'",
             "pgaudit.log_parameter = on",
+            "pgaudit.log_rows = on",
             "logging_collector = on",
             "log_destination = 'stderr,csvlog,jsonlog'",
             "log_directory = 'log'",
@@ -191,6 +192,12 @@ async fn ingest_reads_pgaudit_in_all_three_formats_through_rotation_and_restart(
         // Substatements of the DO block and of the function.
         assert!(audit.iter().any(|e| e.command == "UPDATE" && e.substatement_id > 1), "{format}: {}", describe(events));
         assert_eq!(find(&|e| e.command == "COPY"), 1, "{format}");
+        // pgaudit.log_rows: the INSERT of two accounts (pgAudit counts 0 for COPY TO STDOUT).
+        assert!(
+            audit.iter().any(|e| e.command == "INSERT" && e.row_count == Some(2)),
+            "{format}: {}",
+            describe(events)
+        );
         let multi: Vec<_> = audit
             .iter()
             .filter(|e| e.command_text.as_deref() == Some("SELECT count(*) FROM accounts; SELECT 'two'"))
@@ -237,4 +244,54 @@ async fn ingest_reads_pgaudit_in_all_three_formats_through_rotation_and_restart(
         ]);
         assert!(out.status.success(), "{out:?}");
     }
+}
+
+/// The ingester inside the proxy ([pgaudit]): pgAudit's events of a proxied session carry
+/// the proxy's session id and the real client's address; a session opened directly against
+/// PostgreSQL becomes a DIRECT CONNECTION event and raises the bypass alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxied_sessions_are_joined_and_a_direct_session_raises_the_bypass_alert() {
+    let pg = pgaudit_cluster();
+    pg.psql(&format!(
+        "CREATE EXTENSION pgaudit; CREATE ROLE app_user LOGIN PASSWORD '{PASSWORD}'; \
+         CREATE TABLE accounts (id int); GRANT SELECT ON accounts TO app_user"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (log_dir, state) = (pg.log_dir(), dir.path().join("position"));
+    let capture = TestCapture::start_with(&pg, move |c| {
+        c.pgaudit = Some(pgtrail::ingest::IngestConfig { log_dir, format: pgtrail_pgaudit::Format::Csvlog, state });
+    })
+    .await;
+    assert_ok(&psql(&pg, &capture.url("app_user", PASSWORD, "postgres"), &["-c", "SELECT * FROM accounts"]));
+    let direct = format!("postgres://app_user:{PASSWORD}@127.0.0.1:{}/postgres", pg.port());
+    assert_ok(&psql(&pg, &direct, &["-c", "SELECT 1 AS around_pgtrail"]));
+    capture.wait_for("the bypass event", |events| events.iter().any(|e| e.command == "DIRECT CONNECTION")).await;
+    let events = capture.stop().await;
+
+    let proxied_connect = events
+        .iter()
+        .find(|e| e.class == EventClass::Connect && e.source == Some(EventSource::Proxy))
+        .unwrap_or_else(|| panic!("{}", describe(&events)));
+    let in_engine = events
+        .iter()
+        .find(|e| e.source == Some(EventSource::Pgaudit) && e.command_text.as_deref() == Some("SELECT * FROM accounts"))
+        .unwrap_or_else(|| panic!("{}", describe(&events)));
+    assert_eq!(in_engine.session_id, proxied_connect.session_id, "joined to the proxy session");
+    assert_eq!(in_engine.remote_port, proxied_connect.remote_port, "the real client's port, not the proxy's");
+    let bypasses: Vec<_> = events.iter().filter(|e| e.command == "DIRECT CONNECTION").collect();
+    assert_eq!(bypasses.len(), 1, "{}", describe(&events));
+    assert_eq!(bypasses[0].db_user_name.as_deref(), Some("app_user"));
+    assert_ne!(bypasses[0].session_id, proxied_connect.session_id);
+    let direct_statement =
+        events.iter().find(|e| e.command_text.as_deref() == Some("SELECT 1 AS around_pgtrail")).unwrap();
+    assert_eq!(direct_statement.source, Some(EventSource::Pgaudit), "seen only in the engine");
+
+    let mut engine = pgtrail_rules::Engine::new(pgtrail_rules::RuleSet::parse("builtin = true\n", "pack").unwrap());
+    let alerts: Vec<_> = events
+        .iter()
+        .flat_map(|e| engine.process(e))
+        .filter(|a| a.rule == "direct connection bypassing pgtrail")
+        .collect();
+    assert_eq!(alerts.len(), 1);
 }

@@ -15,21 +15,25 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::CaptureConfig;
+use crate::correlate::{Correlator, ProxySessions};
 use crate::metrics::{EventCounts, Family};
 
-/// Hands proxy events to the recorder without ever waiting, counting them by class.
+/// Hands proxy events to the recorder without ever waiting, counting them by class and
+/// noting which backend serves which session (for the pgAudit ingester).
 #[derive(Debug)]
-pub struct RecorderSink(pub Recorder<ActivityEvent>, pub Arc<EventCounts>);
+pub struct RecorderSink(pub Recorder<ActivityEvent>, pub Arc<EventCounts>, pub Arc<ProxySessions>);
 
 impl EventSink for RecorderSink {
     fn emit(&self, event: ActivityEvent) {
         self.1.count(&event);
+        self.2.observe(&event);
         // A full queue is counted by the recorder and reported as a loss record.
         self.0.record(event);
     }
 
     fn emit_durable(&self, event: ActivityEvent) -> Durable {
         self.1.count(&event);
+        self.2.observe(&event);
         let durable = self.0.record_durable(event);
         Box::pin(async move { durable.await.is_ok() })
     }
@@ -92,6 +96,8 @@ pub struct Capture {
     control: Option<Recorder<ActivityEvent>>,
     /// A new sealer for the writer to pick up with its next record (configuration reload).
     next_sealer: Arc<Mutex<Option<Sealer>>>,
+    /// The pgAudit ingester ([pgaudit]): its stop flag and task.
+    ingest: Option<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<anyhow::Result<crate::ingest::IngestStats>>)>,
     /// The configuration running now.
     config: CaptureConfig,
     wrapping_id: String,
@@ -176,7 +182,16 @@ impl Capture {
         let recorder_stats = Arc::clone(recorder.stats());
         let journal_healthy = recorder.health_flag();
         let events = Arc::new(EventCounts::default());
-        let proxy = Proxy::bind(config.proxy.clone(), Arc::new(RecorderSink(recorder, Arc::clone(&events)))).await?;
+        let sessions = Arc::new(ProxySessions::default());
+        let started = chrono::Utc::now();
+        let ingest = config.pgaudit.clone().map(|pgaudit| {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let correlator = Correlator::new(Arc::clone(&sessions), started);
+            let task = tokio::spawn(crate::ingest::run(recorder.clone(), pgaudit, Arc::clone(&stop), Some(correlator)));
+            (stop, task)
+        });
+        let sink = RecorderSink(recorder, Arc::clone(&events), sessions);
+        let proxy = Proxy::bind(config.proxy.clone(), Arc::new(sink)).await?;
         let addr = proxy.local_addr();
         control.record(control_event(
             "CAPTURE STARTED",
@@ -205,6 +220,7 @@ impl Capture {
             recorder: recorder_task,
             control: Some(control),
             next_sealer,
+            ingest,
             config,
             wrapping_id,
         })
@@ -271,6 +287,16 @@ impl Capture {
     /// recorder to flush.
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         (&mut self.proxy).await.context("proxy task failed")?;
+        if let Some((stop, task)) = self.ingest.take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let stats = task.await.context("pgAudit ingest task failed")?.context("pgAudit ingest failed")?;
+            tracing::info!(
+                entries = stats.entries,
+                events = stats.events,
+                bypasses = stats.bypasses,
+                "pgAudit ingest stopped"
+            );
+        }
         if let Some(control) = self.control.take() {
             control.record(control_event("CAPTURE STOPPED", "clean shutdown".into()));
         }

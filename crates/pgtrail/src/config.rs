@@ -32,6 +32,27 @@ pub struct FileConfig {
     pub delivery: DeliverySection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    pub pgaudit: Option<PgauditSection>,
+}
+
+/// `[pgaudit]`: ingest pgAudit's log records in the proxy process, into the same journal,
+/// joined to the proxy's sessions (and noticing sessions that bypass the proxy).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgauditSection {
+    /// PostgreSQL's log directory.
+    pub log_dir: PathBuf,
+    /// "stderr", "csvlog" or "jsonlog" (csvlog and jsonlog carry the most session facts).
+    pub format: String,
+    /// log_line_prefix, for the stderr format.
+    #[serde(default = "default_log_line_prefix")]
+    pub log_line_prefix: String,
+    /// Position file (default: `<journal dir>.ingest-position`).
+    pub state: Option<PathBuf>,
+}
+
+fn default_log_line_prefix() -> String {
+    "%m [%p] %q%u@%d ".into()
 }
 
 /// `[metrics]`: the Prometheus endpoint (/metrics, /livez, /readyz).
@@ -270,6 +291,8 @@ pub struct CaptureConfig {
     pub signing_key: PathBuf,
     /// Where to serve /metrics, /livez and /readyz (none: not served).
     pub metrics_listen: Option<SocketAddr>,
+    /// pgAudit ingestion in the proxy process.
+    pub pgaudit: Option<crate::ingest::IngestConfig>,
 }
 
 /// Command-line values that override the file.
@@ -373,7 +396,23 @@ impl FileConfig {
         if e.gzip_level > 9 || e.rotate_after_records == 0 || e.rotate_after_secs == 0 {
             bail!("envelope.gzip_level must be 0 to 9 and the rotation limits positive");
         }
+        let pgaudit = match self.pgaudit {
+            Some(p) => {
+                let format = match p.format.as_str() {
+                    "stderr" => pgtrail_pgaudit::Format::Stderr(
+                        pgtrail_pgaudit::Prefix::compile(&p.log_line_prefix).context("pgaudit.log_line_prefix")?,
+                    ),
+                    "csvlog" => pgtrail_pgaudit::Format::Csvlog,
+                    "jsonlog" => pgtrail_pgaudit::Format::Jsonlog,
+                    other => bail!("pgaudit.format {other:?}: use \"stderr\", \"csvlog\" or \"jsonlog\""),
+                };
+                let state = p.state.unwrap_or_else(|| journal_dir.with_extension("ingest-position"));
+                Some(crate::ingest::IngestConfig { log_dir: p.log_dir, format, state })
+            }
+            None => None,
+        };
         Ok(CaptureConfig {
+            pgaudit,
             metrics_listen: self.metrics.listen,
             proxy,
             workers,

@@ -19,6 +19,7 @@ use pgtrail_pgaudit::{Follower, Format, to_event};
 use tracing::{info, warn};
 
 use crate::capture::control_event;
+use crate::correlate::Correlator;
 
 /// What to ingest.
 #[derive(Debug, Clone)]
@@ -35,13 +36,18 @@ pub struct IngestStats {
     pub entries: u64,
     pub events: u64,
     pub parse_errors: u64,
+    /// DIRECT CONNECTION events (with a correlator).
+    pub bypasses: u64,
 }
 
-/// Follows the log directory until `stop`, handing events to `recorder`.
+/// Follows the log directory until `stop`, handing events to `recorder`. With a
+/// correlator (the ingester inside the proxy), events of proxied backends take their proxy
+/// session, and logins no proxy session accounts for become DIRECT CONNECTION events.
 pub async fn run(
     recorder: Recorder<ActivityEvent>,
     config: IngestConfig,
     stop: Arc<AtomicBool>,
+    mut correlator: Option<Correlator>,
 ) -> anyhow::Result<IngestStats> {
     let follower = Follower::open(&config.log_dir, config.format.clone(), &config.state)
         .with_context(|| format!("cannot start following {}", config.log_dir.display()))?;
@@ -72,8 +78,11 @@ pub async fn run(
             stats.entries += 1;
             let event = item.entry.and_then(|entry| to_event(&entry));
             match event {
-                Ok(Some(event)) => {
+                Ok(Some(mut event)) => {
                     stats.events += 1;
+                    if let Some(correlator) = correlator.as_mut() {
+                        correlator.enrich(&mut event);
+                    }
                     durable.push(recorder.record_durable(event));
                 }
                 Ok(None) => {}
@@ -87,6 +96,12 @@ pub async fn run(
                     let detail = format!("{}:{}: {}", item.file, error.line, error.kind);
                     durable.push(recorder.record_durable(control_event("LOG PARSE ERROR", detail)));
                 }
+            }
+        }
+        if let Some(correlator) = correlator.as_mut() {
+            for bypass in correlator.judge() {
+                stats.bypasses += 1;
+                durable.push(recorder.record_durable(bypass));
             }
         }
         for done in durable {

@@ -462,7 +462,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 flag.store(true, Ordering::Relaxed);
             });
             let ingest = pgtrail::ingest::IngestConfig { log_dir, format, state };
-            let result = pgtrail::ingest::run(writer.recorder, ingest, stop).await;
+            // Standalone: no proxy sessions to correlate with (the proxy's [pgaudit] section does).
+            let result = pgtrail::ingest::run(writer.recorder, ingest, stop, None).await;
             writer.task.await.context("journal writer failed")??;
             result.map(drop)
         }
