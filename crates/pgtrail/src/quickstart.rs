@@ -30,9 +30,16 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("Starting a throwaway PostgreSQL cluster...");
-    let options =
+    let pgaudit = pgaudit_installed(&pgtrail::localpg::PgBinaries::find()?.bindir);
+    let mut options =
         LocalPgOptions { auth: HostAuth::ScramSha256, superuser_password: args.password.clone(), ..Default::default() };
+    if pgaudit {
+        options.settings = PGAUDIT_SETTINGS.iter().map(|s| s.to_string()).collect();
+    }
     let pg = tokio::task::spawn_blocking(move || LocalPg::start(&options)).await??;
+    if pgaudit {
+        pg.psql("CREATE EXTENSION pgaudit").context("CREATE EXTENSION pgaudit")?;
+    }
     let workdir = tempfile::Builder::new().prefix("pgtrail-quickstart-").tempdir()?;
     let journal = args.journal.clone().unwrap_or_else(|| workdir.path().join("journal"));
     // Keys next to a kept journal (so it stays readable), else in the temporary directory.
@@ -45,12 +52,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let ring_path = keys_dir.join(keys::WRAPPING_PRIVATE);
     let listen = pick_listen(args.port);
-    let config = FileConfig::default().resolve(&Overrides {
+    let mut config = FileConfig::default().resolve(&Overrides {
         listen: Some(listen),
         upstream: Some(format!("postgres://{}:{}", pg.host(), pg.port())),
         journal: Some(journal.clone()),
         keys: Some(keys_dir.clone()),
     })?;
+    if pgaudit {
+        config.pgaudit = Some(pgtrail::ingest::IngestConfig {
+            log_dir: pg.log_dir(),
+            format: pgtrail_pgaudit::Format::Csvlog,
+            state: workdir.path().join("ingest-position"),
+        });
+    }
     let capture = Capture::start(config).await?;
     let addr = capture.addr;
     println!();
@@ -75,11 +89,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         keys_dir.display()
     );
     println!();
+    if pgaudit {
+        println!("  pgAudit is on: statements inside functions and DO blocks are recorded from the server's");
+        println!("  log (source pgaudit), joined to the proxy's sessions; a session opened directly on port");
+        println!("  {} (around pgtrail) raises \"direct connection bypassing pgtrail\".", pg.port());
+    } else {
+        println!("  pgAudit is not installed: `sudo apt-get install postgresql-15-pgaudit` (Debian, Ubuntu)");
+        println!("  adds in-engine detail and the detection of sessions that bypass pgtrail.");
+    }
+    println!();
     println!("Every connection, statement and disconnect appears below, and the built-in rule pack's");
     println!("alerts (lines starting ALERT). Ctrl-C stops and cleans up.");
     println!();
     if args.smoke {
-        return smoke(capture, pg, &journal, &ring_path, addr, &args.password).await;
+        return smoke(capture, pg, &journal, &ring_path, addr, &args.password, pgaudit).await;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
@@ -127,6 +150,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the throwaway cluster runs with when pgAudit is there: every class audited, with
+/// parameters and rows, written to csvlog by the logging collector.
+const PGAUDIT_SETTINGS: [&str; 9] = [
+    "shared_preload_libraries = 'pgaudit'",
+    "pgaudit.log = 'all'",
+    "pgaudit.log_parameter = on",
+    "pgaudit.log_rows = on",
+    "logging_collector = on",
+    "log_destination = 'csvlog'",
+    "log_directory = 'log'",
+    "log_connections = on",
+    "log_disconnections = on",
+];
+
+/// pgaudit's extension files for this server (Debian's layout: bin in
+/// /usr/lib/postgresql/N/bin, extensions in /usr/share/postgresql/N/extension).
+fn pgaudit_installed(bindir: &std::path::Path) -> bool {
+    let Some(major) = bindir.parent().and_then(|p| p.file_name()) else { return false };
+    let control = std::path::Path::new("/usr/share/postgresql").join(major).join("extension/pgaudit.control");
+    let library = bindir.parent().map(|p| p.join("lib/pgaudit.so"));
+    control.is_file() && library.is_some_and(|l| l.is_file())
+}
+
 /// 127.0.0.1 on the requested port, or on a free port when it is taken.
 fn pick_listen(port: u16) -> SocketAddr {
     let wanted = SocketAddr::from(([127, 0, 0, 1], port));
@@ -146,11 +192,16 @@ async fn smoke(
     key: &std::path::Path,
     addr: SocketAddr,
     password: &str,
+    pgaudit: bool,
 ) -> anyhow::Result<()> {
     let psql = pg.binaries().bin("psql");
     let url = format!("postgres://postgres:{password}@{addr}/postgres");
     let status = tokio::process::Command::new(psql).args([url.as_str(), "-X", "-c", "SELECT 1"]).status().await?;
     anyhow::ensure!(status.success(), "psql through the proxy failed");
+    if pgaudit {
+        // Time for the ingester to read the server's log.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
     capture.stop().await?;
     let events = tail::read_all(journal, keys::load_key_ring(&[key.to_path_buf()])?)?;
     let mut out = std::io::stdout();
@@ -159,6 +210,13 @@ async fn smoke(
         writeln!(out, "{}", tail::table_row(e))?;
     }
     anyhow::ensure!(events.iter().any(|e| e.command == "SELECT"), "no SELECT event was recorded");
+    if pgaudit {
+        let from_log = events.iter().any(|e| {
+            e.source == Some(pgtrail_event::EventSource::Pgaudit) && e.command_text.as_deref() == Some("SELECT 1")
+        });
+        anyhow::ensure!(from_log, "pgAudit is installed but its SELECT 1 was not ingested");
+        writeln!(out, "pgaudit: on")?;
+    }
     let mut engine = pgtrail_rules::Engine::new(pgtrail_rules::RuleSet::parse("builtin = true\n", "built-in pack")?);
     for event in &events {
         for alert in engine.process(event) {
