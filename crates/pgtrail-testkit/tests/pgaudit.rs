@@ -295,3 +295,46 @@ async fn proxied_sessions_are_joined_and_a_direct_session_raises_the_bypass_aler
         .collect();
     assert_eq!(alerts.len(), 1);
 }
+
+/// A line the reader does not understand is recorded (file and line, not its content) and
+/// counted; the lines around it are ingested.
+#[test]
+fn unreadable_lines_are_recorded_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (logs, journal, keys) = (dir.path().join("log"), dir.path().join("journal"), dir.path().join("keys"));
+    std::fs::create_dir(&logs).unwrap();
+    keys_init(&keys);
+    std::fs::write(
+        logs.join("postgresql.log"),
+        "2026-11-21 22:09:51.203 UTC [9539] alice@db LOG:  AUDIT: SESSION,1,1,READ,SELECT,,,SELECT 1,<none>\n\
+         this line was not written by PostgreSQL\n\
+         2026-11-21 22:09:51.204 UTC [9539] alice@db LOG:  AUDIT: SESSION,2,1,READ,SELECT,,,SELECT 2,<none>\n\
+         2026-11-21 22:09:51.205 UTC [9539] alice@db LOG:  AUDIT: SESSION,x,1,READ,SELECT,,,SELECT 3,<none>\n",
+    )
+    .unwrap();
+    let log = dir.path().join("ingest.log");
+    let child = Command::new(pgtrail_binary())
+        .args(["ingest", "--format", "stderr", "--log-dir"])
+        .arg(&logs)
+        .arg("--journal")
+        .arg(&journal)
+        .arg("--keys")
+        .arg(&keys)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let events = wait_for(&journal, &keys, "the three entries", |events| {
+        events.iter().filter(|e| e.command == "LOG PARSE ERROR").count() == 2
+            && events.iter().filter(|e| e.statement_id > 0).count() == 2
+    });
+    stop(child);
+    let errors: Vec<_> =
+        events.iter().filter(|e| e.command == "LOG PARSE ERROR").filter_map(|e| e.command_text.clone()).collect();
+    assert_eq!(
+        errors,
+        ["postgresql.log:2: line does not match log_line_prefix", "postgresql.log:4: malformed AUDIT record"]
+    );
+    let process_log = std::fs::read_to_string(&log).unwrap();
+    assert!(!process_log.contains("not written by PostgreSQL") && !process_log.contains("SELECT 3"), "{process_log}");
+    assert!(process_log.contains("parse_errors=2"), "{process_log}");
+}
