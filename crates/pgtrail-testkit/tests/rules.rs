@@ -1,6 +1,7 @@
 //! Rules on real traffic, through the CLI: events recorded by the proxy, exported, and run
 //! through `pgtrail rules test`; `pgtrail rules check` on good and broken files.
 
+use std::path::Path;
 use std::process::Command;
 
 use pgtrail_testkit::*;
@@ -92,6 +93,25 @@ async fn rules_test_shows_which_rules_fire_on_recorded_traffic() {
 }
 
 /// Waits until `path` holds at least `n` lines; returns them.
+/// `pgtrail alerts run` on the capture's journal, with its process log discarded.
+fn consumer(capture: &TestCapture, rules: &Path, state: &Path, alerts: &Path, gap_secs: u32) -> std::process::Child {
+    Command::new(pgtrail_binary())
+        .args(["alerts", "run", "--journal"])
+        .arg(capture.journal_dir())
+        .arg("--key")
+        .arg(capture.keys_dir().join("wrapping.key"))
+        .arg("--rules")
+        .arg(rules)
+        .arg("--state")
+        .arg(state)
+        .arg("--output")
+        .arg(alerts)
+        .args(["--gap-secs", &gap_secs.to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn wait_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
@@ -113,24 +133,7 @@ async fn the_alerting_consumer_alerts_live_and_resumes_without_duplicates() {
     let (rules, state, alerts) =
         (dir.path().join("rules.toml"), dir.path().join("cursor"), dir.path().join("alerts.jsonl"));
     std::fs::write(&rules, "[[rule]]\nname = \"ddl\"\ncondition = 'class == \"DDL\"'\nseverity = \"high\"\n").unwrap();
-    let key = capture.keys_dir().join("wrapping.key");
-    let start_consumer = || {
-        Command::new(pgtrail_binary())
-            .args(["alerts", "run", "--journal"])
-            .arg(capture.journal_dir())
-            .arg("--key")
-            .arg(&key)
-            .arg("--rules")
-            .arg(&rules)
-            .arg("--state")
-            .arg(&state)
-            .arg("--output")
-            .arg(&alerts)
-            .args(["--gap-secs", "2"])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let start_consumer = || consumer(&capture, &rules, &state, &alerts, 2);
     let url = capture.url("postgres", "", "postgres");
     let mut consumer = start_consumer();
     let sent = std::time::Instant::now();
@@ -180,24 +183,7 @@ async fn wall_clock_resolves_and_gaps_are_not_repeated_after_a_restart() {
         (dir.path().join("rules.toml"), dir.path().join("cursor"), dir.path().join("alerts.jsonl"));
     std::fs::write(&rules, "[[rule]]\nname = \"ddl\"\ncondition = 'class == \"DDL\"'\nresolve_after_secs = 1\n")
         .unwrap();
-    let key = capture.keys_dir().join("wrapping.key");
-    let start_consumer = || {
-        Command::new(pgtrail_binary())
-            .args(["alerts", "run", "--journal"])
-            .arg(capture.journal_dir())
-            .arg("--key")
-            .arg(&key)
-            .arg("--rules")
-            .arg(&rules)
-            .arg("--state")
-            .arg(&state)
-            .arg("--output")
-            .arg(&alerts)
-            .args(["--gap-secs", "3"])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let start_consumer = || consumer(&capture, &rules, &state, &alerts, 3);
     let mut consumer = start_consumer();
     assert_ok(&psql(&pg, &capture.url("postgres", "", "postgres"), &["-c", "CREATE TABLE t (id int)"]));
     // firing, resolved after a quiet second, then the gap after three silent seconds.
