@@ -37,6 +37,8 @@ if [ "$(id -u)" -eq 0 ]; then chown postgres: "$work"; fi
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cleanup() {
   for pid in ${INGEST_PID:-} ${TAIL_PID:-}; do kill "$pid" 2>/dev/null || true; done
+  # The tail at the head of the reader's pipeline is not $!: stop it by its journal.
+  pkill -f -- "tail --journal $work/journal" 2>/dev/null || true
   as_pg "$BIN/pg_ctl" stop -D "$work/data" -m fast >/dev/null 2>&1 || true
   wait 2>/dev/null || true
   rm -rf "$work"
