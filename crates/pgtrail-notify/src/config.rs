@@ -107,6 +107,9 @@ pub struct Webhook {
     pub url: String,
     /// `whsec_` followed by the base64 of the key (24 to 64 bytes).
     pub secret: String,
+    /// The signing key decoded from `secret` (when the file is loaded).
+    #[serde(skip)]
+    pub key: Vec<u8>,
     /// Extra CA certificates (PEM) to trust for this URL.
     pub ca_file: Option<PathBuf>,
 }
@@ -316,7 +319,7 @@ fn resolve(kind: Kind) -> Result<Kind, String> {
         Kind::Webhook(mut w) => {
             w.url = check_url(&secret_value(&w.url, "url")?)?;
             w.secret = secret_value(&w.secret, "secret")?;
-            crate::format::webhook_key(&w.secret)?;
+            w.key = crate::format::webhook_key(&w.secret)?;
             Kind::Webhook(w)
         }
         Kind::Slack(mut s) => {

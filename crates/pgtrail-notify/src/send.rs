@@ -146,10 +146,9 @@ impl Channel {
         let include = self.destination.include_statement;
         match (&self.destination.kind, &mut self.transport) {
             (Kind::Webhook(w), Transport::Http(client)) => {
-                let key = format::webhook_key(&w.secret).unwrap_or_default();
                 let body = format::webhook_body(alert, include);
                 let timestamp = chrono::Utc::now().timestamp();
-                let signature = format::webhook_signature(&key, &notice.message_id, timestamp, &body);
+                let signature = format::webhook_signature(&w.key, &notice.message_id, timestamp, &body);
                 let request = client
                     .post(&w.url)
                     .header("content-type", "application/json")
@@ -168,11 +167,10 @@ impl Channel {
             (Kind::Opsgenie(o), Transport::Http(client)) => {
                 let auth = format!("GenieKey {}", o.api_key);
                 if alert.status == AlertStatus::Resolved {
-                    let mut url = reqwest::Url::parse(&format!("{}/v2/alerts", o.url)).map_err(|_| {
-                        Failure::Status { status: 0, body: "bad Opsgenie URL".into(), retry_after: None }
-                    })?;
+                    // The base was checked to be an http(s) URL when the file was loaded.
+                    let mut url = reqwest::Url::parse(&format!("{}/v2/alerts", o.url)).expect("checked at load");
                     url.path_segments_mut()
-                        .map_err(|_| Failure::Status { status: 0, body: "bad Opsgenie URL".into(), retry_after: None })?
+                        .expect("an http(s) URL has a path")
                         .push(&format::incident_key(alert, 512))
                         .push("close");
                     url.query_pairs_mut().append_pair("identifierType", "alias");

@@ -289,13 +289,8 @@ impl Capture {
         (&mut self.proxy).await.context("proxy task failed")?;
         if let Some((stop, task)) = self.ingest.take() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let stats = task.await.context("pgAudit ingest task failed")?.context("pgAudit ingest failed")?;
-            tracing::info!(
-                entries = stats.entries,
-                events = stats.events,
-                bypasses = stats.bypasses,
-                "pgAudit ingest stopped"
-            );
+            // It logs its own counts when it stops.
+            task.await.context("pgAudit ingest task failed")?.context("pgAudit ingest failed")?;
         }
         if let Some(control) = self.control.take() {
             control.record(control_event("CAPTURE STOPPED", "clean shutdown".into()));

@@ -6,7 +6,7 @@
 //! counted, logged once per kind (without its content: it may hold SQL), and recorded as a
 //! `LOG PARSE ERROR` control event naming its file and line.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,13 +61,13 @@ pub async fn run(
     ));
     info!(log_dir = %config.log_dir.display(), "pgAudit ingest started");
     let mut stats = IngestStats::default();
-    let mut kinds_logged: HashMap<&'static str, u64> = HashMap::new();
-    let mut follower = Some(follower);
+    let mut kinds_logged: HashSet<&'static str> = HashSet::new();
+    let mut follower = follower;
     loop {
-        let mut f = follower.take().expect("follower is put back every round");
-        let (f, polled) = tokio::task::spawn_blocking(move || {
-            let items = f.poll();
-            (f, items)
+        let polled;
+        (follower, polled) = tokio::task::spawn_blocking(move || {
+            let items = follower.poll();
+            (follower, items)
         })
         .await
         .context("ingest task failed")?;
@@ -88,9 +88,7 @@ pub async fn run(
                 Ok(None) => {}
                 Err(error) => {
                     stats.parse_errors += 1;
-                    let seen = kinds_logged.entry(error.kind).or_default();
-                    *seen += 1;
-                    if *seen == 1 {
+                    if kinds_logged.insert(error.kind) {
                         warn!(file = %item.file, line = error.line, kind = error.kind, "log line not understood; recorded as LOG PARSE ERROR (further ones of this kind are counted, not logged)");
                     }
                     let detail = format!("{}:{}: {}", item.file, error.line, error.kind);
@@ -107,13 +105,13 @@ pub async fn run(
         for done in durable {
             done.await.context("the journal did not make ingested events durable")?;
         }
-        f.commit().with_context(|| format!("cannot save the ingest position in {}", config.state.display()))?;
-        follower = Some(f);
+        follower.commit().with_context(|| format!("cannot save the ingest position in {}", config.state.display()))?;
         if stop.load(Ordering::Relaxed) {
             info!(
                 entries = stats.entries,
                 events = stats.events,
                 parse_errors = stats.parse_errors,
+                bypasses = stats.bypasses,
                 "pgAudit ingest stopped"
             );
             return Ok(stats);
