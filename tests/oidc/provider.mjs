@@ -6,7 +6,8 @@
 // - accounts for any login name: `name`, `email` (`<login>@example.com`) and `groups`
 //   (alice: dba, engineering; bob: analysts; carol: analysts, auditors);
 // - signing keys it generates at start; the RSA private key is written to
-//   `<dir>/signing-key.pem` so tests can also sign tokens the provider would never issue.
+//   `<dir>/signing-key.pem` so tests can also sign tokens the provider would never issue
+//   (with `public-key.pem`, and `other-key.pem`, a key it never published).
 //
 // A person normally signs in through a browser. To get tokens without one, the provider
 // serves `GET /dev/token?user=alice[&ttl=SECONDS]`: it runs the whole authorization code
@@ -43,6 +44,11 @@ const kid = crypto.randomBytes(8).toString('hex');
 const jwk = { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
 const keyFile = path.join(dir, 'signing-key.pem');
 fs.writeFileSync(keyFile, privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
+// For tests of forged tokens: the public key (an attacker has it) and a key the provider
+// never published.
+fs.writeFileSync(path.join(dir, 'public-key.pem'), crypto.createPublicKey(privateKey).export({ format: 'pem', type: 'spki' }));
+const other = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+fs.writeFileSync(path.join(dir, 'other-key.pem'), other.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
 
 // The lifetime of the next tokens issued (set per /dev/token call, which run one at a time).
 let nextTtl = 600;

@@ -74,6 +74,95 @@ pub struct ProxyConfig {
     pub shutdown_grace: Duration,
     /// When clients may see the outcome of what they did, relative to its event.
     pub delivery: Delivery,
+    /// How clients log in and how the proxy logs in to PostgreSQL.
+    pub auth: AuthConfig,
+    /// What the proxy refuses before PostgreSQL sees it.
+    pub policy: PolicyConfig,
+}
+
+/// `[auth]`: who may log in, and as whom the proxy connects upstream.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `passthrough` (default): PostgreSQL checks the client's own credentials, relayed.
+    /// `token`: the client sends an OIDC token or a pgtrail local token as its password
+    /// (asked for only over TLS); the proxy verifies it and logs in upstream itself.
+    #[serde(default)]
+    pub client: ClientAuth,
+    /// How the proxy logs in to PostgreSQL with `client = "token"`: `cert` (a short-lived
+    /// client certificate from the proxy's CA) or `secrets` (a per-user password file).
+    #[serde(default)]
+    pub upstream: UpstreamLogin,
+    /// The OIDC issuer whose tokens are accepted.
+    #[serde(default)]
+    pub oidc: Option<pgtrail_identity::OidcConfig>,
+    /// The public key (`token-signing.pub`) of `pgtrail token issue`; its tokens are accepted.
+    #[serde(default)]
+    pub local_token_key: Option<PathBuf>,
+    /// Which database users each person may use (OIDC tokens).
+    #[serde(default)]
+    pub mapping: pgtrail_identity::UserMapping,
+    /// `upstream = "cert"`: directory of the proxy's CA (`upstream-ca.key`, created 0600 on
+    /// first start, and `upstream-ca.crt`, PostgreSQL's `ssl_ca_file`).
+    #[serde(default)]
+    pub ca_dir: Option<PathBuf>,
+    /// Lifetime of a minted client certificate, in seconds.
+    #[serde(default = "default_cert_ttl")]
+    pub cert_ttl_secs: u64,
+    /// `upstream = "secrets"`: a TOML file of `user = "password"` lines, mode 0600.
+    #[serde(default)]
+    pub secrets_file: Option<PathBuf>,
+}
+
+fn default_cert_ttl() -> u64 {
+    600
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    Passthrough,
+    Token,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamLogin {
+    /// The client's own authentication exchange is relayed (only with `client = "passthrough"`).
+    #[default]
+    Passthrough,
+    Cert,
+    Secrets,
+}
+
+/// `[policy]`: statements refused in the proxy, with SQLSTATE 42501, before PostgreSQL
+/// sees them; each refusal is recorded with `verdict = "denied"`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Refuse CREATE/ALTER ROLE ... PASSWORD (and psql's \password) unless the database
+    /// user or the person (subject or email) is in `password_admins`. Defaults to on with
+    /// `auth.client = "token"` (nobody should hold a database password then), off otherwise.
+    #[serde(default)]
+    pub restrict_password_commands: Option<bool>,
+    #[serde(default)]
+    pub password_admins: Vec<String>,
+    /// Deny rules, checked in order; the first that matches refuses the statement.
+    #[serde(default)]
+    pub deny: Vec<DenyRule>,
+}
+
+/// One deny rule: a CEL condition over `statement` (class, command, objects, hasWhere,
+/// copyProgram, setsPassword), `identity` (null without token login), `user`, `database`
+/// and `application`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyRule {
+    pub name: String,
+    pub when: String,
+    /// What the client is told.
+    pub message: String,
 }
 
 /// Delivery mode: how the proxy's timing relates to the journal's.
@@ -115,6 +204,8 @@ impl ProxyConfig {
             startup_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             delivery: Delivery::default(),
+            auth: AuthConfig::default(),
+            policy: PolicyConfig::default(),
         }
     }
 }

@@ -7,8 +7,10 @@
 //! [`pgtrail_event::ActivityEvent`] per connection attempt, statement and disconnect.
 //! Events go to an [`EventSink`]; this crate neither formats nor stores them.
 
+mod auth;
 mod cancel;
 mod config;
+mod policy;
 mod relay;
 mod server;
 mod session;
@@ -18,7 +20,10 @@ pub mod tracker;
 
 use std::path::{Path, PathBuf};
 
-pub use config::{ClientTlsConfig, Delivery, ProxyConfig, UpstreamConfig, UpstreamTlsMode};
+pub use config::{
+    AuthConfig, ClientAuth, ClientTlsConfig, Delivery, DenyRule, PolicyConfig, ProxyConfig, UpstreamConfig,
+    UpstreamLogin, UpstreamTlsMode,
+};
 use pgtrail_event::ActivityEvent;
 pub use server::{Proxy, ProxyStats};
 

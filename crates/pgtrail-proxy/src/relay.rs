@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::Durable;
 use crate::config::Delivery;
+use crate::policy::{Denial, Policy};
 use crate::server::Shared;
 use crate::session::{SessionError, send_error};
 use crate::stream::MaybeTls;
@@ -283,24 +284,48 @@ async fn pump<M>(
     }
 }
 
-/// Fail-closed refusals: while the journal cannot make events durable, work the client
-/// starts is not forwarded. A simple Query (or FunctionCall) is replaced by a statement
-/// that raises SQLSTATE 58030, and an extended-protocol batch is dropped up to its Sync,
-/// which is replaced the same way: PostgreSQL itself then answers with ErrorResponse and
-/// ReadyForQuery, in order with everything in flight and with the right transaction state.
+/// Refusals. Fail-closed: while the journal cannot make events durable, work the client
+/// starts is not forwarded. Policy: a denied statement is not forwarded. A simple Query
+/// (or FunctionCall) is replaced by a statement that raises the error, and an
+/// extended-protocol batch is dropped up to its Sync, which is replaced the same way:
+/// PostgreSQL itself then answers with ErrorResponse and ReadyForQuery, in order with
+/// everything in flight and with the right transaction state (an open transaction is
+/// aborted, as by any error). Earlier statements of a denied batch fail with it.
 #[derive(Debug, Default)]
 struct Refusal {
     /// Inside an extended-protocol batch being dropped.
     dropping_batch: bool,
+    /// What replaces the Sync that ends it when policy denied the batch (fail-closed
+    /// makes its refusal event at the Sync).
+    denied_at_sync: Option<Bytes>,
 }
 
 const REFUSE_SQL: &str = "DO $pgtrail$BEGIN RAISE EXCEPTION USING ERRCODE = '58030', MESSAGE = \
     'pgtrail: the audit journal cannot record events; statements are refused until it recovers (delivery = sync_fail_closed)'; END$pgtrail$";
 
-fn refusal_query() -> Bytes {
+fn query_message(sql: &str) -> Bytes {
     let mut out = BytesMut::new();
-    FrontendMessage::Query { query: REFUSE_SQL.into() }.encode(&mut out);
+    FrontendMessage::Query { query: sql.into() }.encode(&mut out);
     out.freeze()
+}
+
+/// A statement that makes PostgreSQL raise SQLSTATE 42501 with the denial's message.
+fn denial_query(denial: &Denial) -> Bytes {
+    let text = format!("{} (denied by rule \"{}\")", denial.message, denial.rule);
+    // Inside a dollar-quoted body, in a standard string literal: double the quotes, and
+    // keep the body's delimiter out of it.
+    let literal = text.replace('\'', "''").replace("$pgtrail$", "$ pgtrail $");
+    query_message(&format!(
+        "DO $pgtrail$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '{literal}'; END$pgtrail$"
+    ))
+}
+
+/// The text a Query or Parse asks PostgreSQL to run.
+fn statement_text(msg: &FrontendMessage) -> Option<&str> {
+    match msg {
+        FrontendMessage::Query { query } | FrontendMessage::Parse { query, .. } => Some(query),
+        _ => None,
+    }
 }
 
 async fn client_to_server(
@@ -319,22 +344,52 @@ async fn client_to_server(
         closed: || Ending::ClientClosed,
     };
     let fail_closed = shared.config.delivery == Delivery::SyncFailClosed;
+    let session_key = shared.policy.as_ref().map(|_| Policy::session_key(&lock(tracker).facts));
     let mut refusal = Refusal::default();
     // Requests are tracked before they are forwarded: the reply can only come after.
     let visit = |tag, body: Option<Bytes>, _: &mut Vec<()>| {
-        if fail_closed
-            && (refusal.dropping_batch || !shared.sink.healthy())
-            && let Some(flow) = refuse(shared, &mut refusal, tag, tracker)
-        {
+        let refusing = refusal.dropping_batch || (fail_closed && !shared.sink.healthy());
+        if refusing && let Some(flow) = refuse(shared, &mut refusal, tag, tracker) {
             return Ok(flow);
         }
         let Some(body) = body else { return Ok(Flow::default()) };
         let msg = FrontendMessage::parse(tag, body).map_err(SessionError::ClientProtocol)?;
+        if let (Some(policy), Some(key), Some(text)) = (&shared.policy, &session_key, statement_text(&msg))
+            && policy.needs_check(text)
+            && let Some(flow) = deny(shared, policy, key, text, &msg, &mut refusal, tracker)
+        {
+            return Ok(flow);
+        }
         lock(tracker).on_frontend(&msg, Utc::now());
         // After Terminate the client closes; nothing more to relay.
         Ok(Flow { stop: matches!(msg, FrontendMessage::Terminate), ..Flow::default() })
     };
     pump(direction, rd, wr, buf, visit, |_| None, false).await
+}
+
+/// The flow for a Query or Parse that policy denies, or None to relay it.
+fn deny(
+    shared: &Shared,
+    policy: &Policy,
+    session_key: &std::sync::Arc<str>,
+    text: &str,
+    msg: &FrontendMessage,
+    refusal: &mut Refusal,
+    tracker: &Mutex<Tracker>,
+) -> Option<Flow> {
+    let mut t = lock(tracker);
+    let classified = shared.classifier.classify_with(text, t.standard_conforming_strings());
+    let (index, denial) = policy.check(&classified, &t.facts, session_key)?;
+    t.on_denied(&classified.statements[index], &denial.rule, &denial.message);
+    shared.stats.count_denied();
+    let replacement = denial_query(&denial);
+    if matches!(msg, FrontendMessage::Parse { .. }) {
+        refusal.dropping_batch = true;
+        refusal.denied_at_sync = Some(replacement);
+        Some(Flow { replace: Some(Bytes::new()), ..Flow::default() })
+    } else {
+        Some(Flow { replace: Some(replacement), ..Flow::default() })
+    }
 }
 
 /// The flow for a message while refusing, or None to relay it as usual.
@@ -344,7 +399,7 @@ fn refuse(shared: &Shared, refusal: &mut Refusal, tag: u8, tracker: &Mutex<Track
         // Best effort: the journal is failing; a dropped event is counted as a loss.
         shared.sink.emit(event);
         shared.stats.count_refused();
-        Flow { replace: Some(refusal_query()), ..Flow::default() }
+        Flow { replace: Some(query_message(REFUSE_SQL)), ..Flow::default() }
     };
     match tag {
         b'Q' | b'F' if !refusal.dropping_batch => Some(replace_with_error(tracker)),
@@ -354,7 +409,10 @@ fn refuse(shared: &Shared, refusal: &mut Refusal, tag: u8, tracker: &Mutex<Track
         }
         b'S' if refusal.dropping_batch => {
             refusal.dropping_batch = false;
-            Some(replace_with_error(tracker))
+            match refusal.denied_at_sync.take() {
+                Some(replacement) => Some(Flow { replace: Some(replacement), ..Flow::default() }),
+                None => Some(replace_with_error(tracker)),
+            }
         }
         _ => None,
     }

@@ -27,11 +27,17 @@ pub struct ProxyStats {
     pub protocol_errors: AtomicU64,
     /// Statements and batches refused because the journal could not record (fail-closed).
     pub refused: AtomicU64,
+    /// Statements denied by policy (deny rules, password restriction).
+    pub denied: AtomicU64,
 }
 
 impl ProxyStats {
     pub(crate) fn count_refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_denied(&self) {
+        self.denied.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_protocol_error(&self) {
@@ -52,6 +58,10 @@ pub(crate) struct Shared {
     pub(crate) upstream_tls: Option<Arc<ClientConfig>>,
     pub(crate) upstream_server_name: ServerName<'static>,
     pub(crate) stats: Arc<ProxyStats>,
+    /// Token login, when `auth.client = "token"`.
+    pub(crate) token_login: Option<crate::auth::TokenLogin>,
+    /// Deny rules and password restriction; None when there are none.
+    pub(crate) policy: Option<crate::policy::Policy>,
 }
 
 /// Binds with SO_REUSEADDR stated explicitly (not left to the defaults of the layers
@@ -81,6 +91,17 @@ impl Proxy {
         let client_tls = config.client_tls.as_ref().map(tls::server_config).transpose()?.map(TlsAcceptor::from);
         let upstream_tls = tls::upstream_config(&config.upstream)?;
         let upstream_server_name = tls::server_name(&config.upstream.host)?;
+        let token_login = crate::auth::TokenLogin::from_config(&config)?;
+        let policy = crate::policy::Policy::compile(&config.policy, token_login.is_some())?;
+        if let Some(oidc) = token_login.as_ref().and_then(|l| l.authenticator.oidc()) {
+            // Early, so a wrong issuer shows at start; logins retry if the IdP is down now.
+            match oidc.prefetch().await {
+                Ok(keys) => info!(issuer = %oidc.config().issuer, keys, "OIDC signing keys loaded"),
+                Err(e) => {
+                    warn!(issuer = %oidc.config().issuer, error = %e, "OIDC keys not loaded yet; logins will retry")
+                }
+            }
+        }
         let listener = listen(config.listen).map_err(|source| ProxyError::Listen { addr: config.listen, source })?;
         let backend_limits = Limits { small: config.limits.large, ..config.limits };
         let shared = Arc::new(Shared {
@@ -93,6 +114,8 @@ impl Proxy {
             upstream_tls,
             upstream_server_name,
             stats: Arc::new(ProxyStats::default()),
+            token_login,
+            policy,
         });
         Ok(Self { listener, shared })
     }

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::auth;
 use crate::cancel::{ClientKey, UpstreamKey};
 use crate::config::{Delivery, UpstreamTlsMode};
 use crate::relay::{Ending, relay};
@@ -63,6 +64,18 @@ pub(crate) enum SessionError {
         "the audit journal cannot record events; logins are refused until it recovers (delivery = sync_fail_closed)"
     )]
     JournalUnavailable,
+    #[error("no upstream secret for this database user in auth.secrets_file")]
+    NoUpstreamSecret,
+    #[error("could not mint the upstream client certificate: {0}")]
+    CertMint(String),
+    #[error(
+        "PostgreSQL asked the proxy for a password; with auth.upstream = \"cert\" its pg_hba.conf must use cert for the proxy's connections"
+    )]
+    UpstreamWantsPassword,
+    #[error(
+        "PostgreSQL's SCRAM exchange with the proxy failed (wrong secret, or the server could not prove it knows it)"
+    )]
+    UpstreamAuthFailed,
 }
 
 impl SessionError {
@@ -83,6 +96,10 @@ impl SessionError {
             Self::StartupTimeout => ("08P01", "pgtrail: startup packet not received in time".to_owned()),
             Self::UnsupportedAuth | Self::ChannelBindingAcrossTls => ("28000", format!("pgtrail: {self}")),
             Self::JournalStopped | Self::JournalUnavailable => ("58030", format!("pgtrail: {self}")),
+            Self::NoUpstreamSecret | Self::UpstreamWantsPassword | Self::UpstreamAuthFailed => {
+                ("28000", format!("pgtrail: {self}"))
+            }
+            Self::CertMint(_) => ("58000", format!("pgtrail: {self}")),
             Self::ClientIo(_) | Self::ClientClosed | Self::ClientTls(_) => return None,
         };
         Some(ErrorFields::new("FATAL", code, &message))
@@ -133,7 +150,50 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, t
         fail_connect(&shared, &mut client, &mut tracker, &SessionError::JournalUnavailable).await;
         return;
     }
-    let mut upstream = match connect_upstream(&shared).await {
+    let mut answer = None;
+    let mut upstream_tls = None;
+    if let Some(login) = &shared.token_login {
+        let user = tracker.facts.user.as_deref().unwrap_or_default().to_owned();
+        let attempt = tokio::time::timeout(
+            shared.config.startup_timeout,
+            auth::client_token_login(&shared, login, &mut client, &mut client_buf, &user),
+        )
+        .await
+        .unwrap_or(Err(SessionError::StartupTimeout));
+        let credentials = match attempt {
+            Ok(Ok(identity)) => {
+                tracker.facts.identity = Some(identity);
+                login.credentials_for(&user)
+            }
+            Ok(Err(refused)) => {
+                info!(%peer, user = ?tracker.facts.user, subject = ?refused.identity.as_ref().map(|i| &i.subject), reason = %refused.reason, "token login refused");
+                tracker.facts.identity = refused.identity;
+                send_error(&mut client, &refused.fields).await;
+                tracker.connect_event(Some(&refused.fields));
+                emit(&shared, &mut tracker);
+                return;
+            }
+            Err(e) => Err(e),
+        };
+        match credentials {
+            Ok(credentials) => {
+                if let auth::ProxyCredentials::Cert(config) = &credentials {
+                    upstream_tls = Some(Arc::clone(config));
+                }
+                answer = Some(auth::UpstreamAnswer::new(&user, &credentials));
+            }
+            Err(e) => {
+                if matches!(e, SessionError::ClientClosed) {
+                    info!(%peer, user = ?tracker.facts.user, "client closed the connection during authentication");
+                } else {
+                    warn!(%peer, error = %e, "token login failed");
+                }
+                fail_connect(&shared, &mut client, &mut tracker, &e).await;
+                return;
+            }
+        }
+    }
+    let mut upstream = match connect_upstream(&shared, upstream_tls).await {
         Ok(upstream) => {
             tracker.facts.backend_started = Some(Utc::now());
             upstream
@@ -153,6 +213,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, t
         &mut upstream_buf,
         &mut tracker,
         &startup,
+        answer,
     )
     .await
     {
@@ -302,7 +363,7 @@ async fn read_startup(shared: &Shared, mut client: MaybeTls, buf: &mut BytesMut)
     }
 }
 
-async fn read_client_message(
+pub(crate) async fn read_client_message(
     client: &mut MaybeTls,
     buf: &mut BytesMut,
     shared: &Shared,
@@ -332,7 +393,7 @@ async fn read_upstream_message(
     }
 }
 
-async fn write_message(stream: &mut MaybeTls, msg: &BackendMessage) -> Result<(), SessionError> {
+pub(crate) async fn write_message(stream: &mut MaybeTls, msg: &BackendMessage) -> Result<(), SessionError> {
     let mut out = BytesMut::new();
     msg.encode(&mut out);
     stream.write_all(&out).await.map_err(SessionError::ClientIo)?;
@@ -351,7 +412,9 @@ impl From<SessionError> for AuthEnd {
     }
 }
 
-/// Relays the startup packet and the authentication exchange until ReadyForQuery.
+/// Relays the startup packet and the authentication exchange until ReadyForQuery; with
+/// `answer` (token login) the proxy answers PostgreSQL's authentication requests itself.
+#[allow(clippy::too_many_arguments, reason = "the two connections with their buffers, and the session's parts")]
 async fn authenticate(
     shared: &Shared,
     client: &mut MaybeTls,
@@ -360,6 +423,7 @@ async fn authenticate(
     upstream_buf: &mut BytesMut,
     tracker: &mut Tracker,
     startup: &StartupMessage,
+    mut answer: Option<auth::UpstreamAnswer>,
 ) -> Result<(ClientKey, BytesMut), AuthEnd> {
     // Sync delivery: from AuthenticationOk on, messages are held here, not sent.
     let mut held: Option<BytesMut> = None;
@@ -371,6 +435,16 @@ async fn authenticate(
     loop {
         let msg = read_upstream_message(upstream, upstream_buf, shared).await?;
         let needs_reply = match &msg {
+            // Token login: the proxy answers PostgreSQL itself; the client sees only Ok.
+            BackendMessage::Authentication(request)
+                if !matches!(request, Authentication::Ok)
+                    && let Some(answer) = answer.as_mut() =>
+            {
+                if let Some(reply) = answer.reply(request)? {
+                    forward_auth_response(upstream, &reply).await?;
+                }
+                continue;
+            }
             BackendMessage::Authentication(auth) => match auth {
                 Authentication::CleartextPassword
                 | Authentication::Md5Password { .. }
@@ -495,7 +569,10 @@ fn check_scram_initial(reply: &FrontendMessage, upstream_tls: bool) -> Result<()
 }
 
 /// Opens the upstream connection and negotiates TLS as configured.
-pub(crate) async fn connect_upstream(shared: &Shared) -> Result<MaybeTls, SessionError> {
+pub(crate) async fn connect_upstream(
+    shared: &Shared,
+    tls_with_cert: Option<Arc<rustls::ClientConfig>>,
+) -> Result<MaybeTls, SessionError> {
     let upstream = &shared.config.upstream;
     let timeout = std::time::Duration::from_millis(upstream.connect_timeout_ms);
     let connect = TcpStream::connect((upstream.host.as_str(), upstream.port));
@@ -504,7 +581,7 @@ pub(crate) async fn connect_upstream(shared: &Shared) -> Result<MaybeTls, Sessio
         .map_err(|_| SessionError::UpstreamConnect(std::io::ErrorKind::TimedOut.into()))?
         .map_err(SessionError::UpstreamConnect)?;
     let _ = tcp.set_nodelay(true);
-    let Some(tls) = &shared.upstream_tls else {
+    let Some(tls) = tls_with_cert.as_ref().or(shared.upstream_tls.as_ref()) else {
         return Ok(MaybeTls::Plain(tcp));
     };
     let mut out = BytesMut::new();
@@ -534,7 +611,7 @@ async fn forward_cancel(shared: &Shared, pid: i32, secret: &[u8]) {
         return;
     };
     let result = async {
-        let mut upstream = connect_upstream(shared).await?;
+        let mut upstream = connect_upstream(shared, None).await?;
         let mut out = BytesMut::new();
         StartupMessage::CancelRequest { pid: key.pid, secret: key.secret.clone() }.encode(&mut out);
         upstream.write_all(&out).await.map_err(SessionError::UpstreamIo)?;

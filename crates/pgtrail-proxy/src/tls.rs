@@ -41,12 +41,31 @@ pub(crate) fn server_config(cfg: &ClientTlsConfig) -> Result<Arc<ServerConfig>, 
 
 /// The client configuration used toward PostgreSQL, or `None` for plain TCP.
 pub(crate) fn upstream_config(cfg: &UpstreamConfig) -> Result<Option<Arc<ClientConfig>>, ProxyError> {
-    let config = match cfg.tls {
+    Ok(upstream_builder(cfg)?.map(|b| Arc::new(b.with_no_client_auth())))
+}
+
+/// The same, presenting a client certificate (PostgreSQL `cert` authentication).
+pub(crate) fn upstream_config_with_cert(
+    cfg: &UpstreamConfig,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ClientConfig>, ProxyError> {
+    let builder = upstream_builder(cfg)?
+        .ok_or_else(|| ProxyError::Config("auth.upstream = \"cert\" needs upstream.tls other than disable".into()))?;
+    let config = builder
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| ProxyError::Config(format!("minted client certificate: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+fn upstream_builder(
+    cfg: &UpstreamConfig,
+) -> Result<Option<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>>, ProxyError> {
+    let builder = match cfg.tls {
         UpstreamTlsMode::Disable => return Ok(None),
-        UpstreamTlsMode::Prefer | UpstreamTlsMode::Require => ClientConfig::builder()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(EncryptOnly::new()))
-            .with_no_client_auth(),
+        UpstreamTlsMode::Prefer | UpstreamTlsMode::Require => {
+            ClientConfig::builder().dangerous().with_custom_certificate_verifier(Arc::new(EncryptOnly::new()))
+        }
         UpstreamTlsMode::VerifyFull => {
             let ca = cfg
                 .ca_file
@@ -56,10 +75,10 @@ pub(crate) fn upstream_config(cfg: &UpstreamConfig) -> Result<Option<Arc<ClientC
             for cert in read_certs(ca)? {
                 roots.add(cert).map_err(|e| ProxyError::tls(ca, e.to_string()))?;
             }
-            ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()
+            ClientConfig::builder().with_root_certificates(roots)
         }
     };
-    Ok(Some(Arc::new(config)))
+    Ok(Some(builder))
 }
 
 /// The server name for SNI and verification.

@@ -46,6 +46,8 @@ pub struct SessionFacts {
     /// When the upstream connection was made: the backend's start, as PostgreSQL's `%c`
     /// session id counts it.
     pub backend_started: Option<DateTime<Utc>>,
+    /// The person, when they logged in with a token.
+    pub identity: Option<Arc<pgtrail_event::Identity>>,
 }
 
 impl SessionFacts {
@@ -59,6 +61,7 @@ impl SessionFacts {
         e.server_host.clone_from(&self.server_host);
         e.server_version.clone_from(&self.server_version);
         e.superuser = self.superuser;
+        e.identity.clone_from(&self.identity);
         e.pid = self.pid;
         e.session_id.clone_from(&self.session_id);
         e
@@ -370,6 +373,31 @@ impl Tracker {
         e.sql_state = Some("58030".into());
         e.exit_code = Some(ExitCode::SqlState("58030".into()));
         e
+    }
+
+    /// The session's standard_conforming_strings, for classifying what the client sends.
+    pub fn standard_conforming_strings(&self) -> bool {
+        self.standard_conforming_strings
+    }
+
+    /// Policy refused `statement` (the client's Query, or the Parse of an extended batch):
+    /// records it with `verdict = denied`. The statement that replaces it upstream raises
+    /// the error, whose reply belongs to no client statement.
+    pub fn on_denied(&mut self, statement: &Statement, rule: &str, message: &str) {
+        self.owed.push_back(Owed::Refused);
+        let now = Utc::now();
+        let command = statement.command.clone().unwrap_or_else(|| "UNKNOWN".into());
+        let mut e = self.facts.event(statement.class.unwrap_or(EventClass::Misc), command, now);
+        e.statement_id = self.next_statement_id();
+        e.end_time = Some(now);
+        fill_statement(&mut e, statement);
+        e.noise = false;
+        e.error_message = Some(message.to_owned());
+        e.sql_state = Some("42501".into());
+        e.exit_code = Some(ExitCode::SqlState("42501".into()));
+        e.verdict = Some(pgtrail_event::Verdict::Denied);
+        e.denied_by = Some(rule.to_owned());
+        self.events.push(e);
     }
 
     /// The CONNECT event, successful (`error == None`) or failed.

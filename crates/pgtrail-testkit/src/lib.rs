@@ -361,3 +361,76 @@ impl Drop for PortPrinter {
         let _ = self.child.wait();
     }
 }
+
+/// The local OpenID Connect provider (`tests/oidc/provider.mjs`, the npm package
+/// oidc-provider), on a random loopback port; killed on drop.
+#[derive(Debug)]
+pub struct OidcProvider {
+    pub child: std::process::Child,
+    pub issuer: String,
+    pub kid: String,
+    /// Its RSA signing key (PKCS#8 PEM), and next to it public-key.pem and other-key.pem.
+    pub key_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OidcProvider {
+    pub fn start() -> Self {
+        use std::io::BufRead;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/oidc/provider.mjs");
+        assert!(
+            script.with_file_name("node_modules").exists(),
+            "tests/oidc/node_modules is missing: run scripts/setup.sh (npm ci --prefix tests/oidc)"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut child = Command::new("node")
+            .arg(&script)
+            .args(["--dir".as_ref(), dir.path().as_os_str()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("node runs the OIDC provider");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("provider line");
+        let ready: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("provider printed {line:?}"));
+        let text = |k: &str| ready[k].as_str().expect("field").to_owned();
+        Self { child, issuer: text("issuer"), kid: text("kid"), key_file: PathBuf::from(text("key_file")), _dir: dir }
+    }
+
+    /// Runs the authorization code flow for `user` and returns the token endpoint's answer
+    /// (`id_token`, `access_token`, ...); `ttl` is the tokens' lifetime in seconds.
+    pub fn tokens(&self, user: &str, ttl: u64) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let authority = self.issuer.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(authority).expect("connect to the provider");
+        write!(stream, "GET /dev/token?user={user}&ttl={ttl} HTTP/1.0\r\nHost: {authority}\r\n\r\n").expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"), "{response}");
+        serde_json::from_str(body).expect("JSON tokens")
+    }
+
+    pub fn id_token(&self, user: &str) -> String {
+        self.tokens(user, 600)["id_token"].as_str().expect("id_token").to_owned()
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A proxy process or other child killed on drop (so a failing test leaves none behind).
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

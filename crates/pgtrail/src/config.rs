@@ -33,6 +33,12 @@ pub struct FileConfig {
     #[serde(default)]
     pub metrics: MetricsSection,
     pub pgaudit: Option<PgauditSection>,
+    /// `[auth]`: token login (OIDC, local tokens) and upstream login without passwords.
+    #[serde(default)]
+    pub auth: pgtrail_proxy::AuthConfig,
+    /// `[policy]`: password restriction and deny rules, applied in the proxy.
+    #[serde(default)]
+    pub policy: pgtrail_proxy::PolicyConfig,
 }
 
 /// `[pgaudit]`: ingest pgAudit's log records in the proxy process, into the same journal,
@@ -360,6 +366,8 @@ impl FileConfig {
             startup_timeout: Duration::from_millis(p.startup_timeout_ms),
             shutdown_grace: Duration::from_millis(p.shutdown_grace_ms),
             delivery,
+            auth: self.auth,
+            policy: self.policy,
         };
         if self.journal.segment_max_bytes < 4096 {
             bail!("journal.segment_max_bytes must be at least 4096");

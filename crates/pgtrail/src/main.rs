@@ -168,6 +168,60 @@ enum Command {
     /// Alerting.
     #[command(subcommand)]
     Alerts(AlertsCommand),
+    /// pgtrail local tokens, for places without an identity provider.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a signed, short-lived token that the proxy (auth.client = "token", with
+    /// auth.local_token_key = DIR/token-signing.pub) accepts in place of a password:
+    ///
+    ///   PGPASSWORD=$(pgtrail token issue --user alice) psql "host=... sslmode=require user=alice"
+    ///
+    /// The signing key pair is created in DIR on first use (token-signing.key, mode 0600).
+    /// Every event of the session records the person: issuer pgtrail-local, subject, name,
+    /// email, groups, token id.
+    Issue {
+        /// The person (the token's subject); also the database user unless --db-user is given.
+        #[arg(long)]
+        user: String,
+        /// A database user the token may log in as (repeatable); defaults to --user.
+        #[arg(long = "db-user", value_name = "USER")]
+        db_users: Vec<String>,
+        /// How long the token is valid: e.g. 90s, 15m, 2h (at most 24h).
+        #[arg(long, default_value = "15m", value_parser = parse_ttl)]
+        ttl: u64,
+        /// The person's display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// The person's email address.
+        #[arg(long)]
+        email: Option<String>,
+        /// A group the person belongs to (repeatable).
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
+        /// Directory of the token signing key pair.
+        #[arg(long, value_name = "DIR", default_value = "pgtrail-keys")]
+        key_dir: PathBuf,
+    },
+}
+
+/// `90s`, `15m`, `2h` or plain seconds.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?}: expected a number with s, m or h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+    };
+    if secs == 0 || secs > pgtrail_identity::local::MAX_TTL_SECS {
+        return Err(format!("{text:?}: must be between 1s and 24h"));
+    }
+    Ok(secs)
 }
 
 #[derive(Debug, Subcommand)]
@@ -432,6 +486,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let status = Arc::default();
             let config = pgtrail::alerts::AlertsRun { journal, rules, state, gap, status };
             pgtrail::alerts::serve(config, ring, output, notify, metrics, Arc::clone(&stop)).await
+        }
+        Command::Token(TokenCommand::Issue { user, db_users, ttl, name, email, groups, key_dir }) => {
+            let (signer, created) = pgtrail_identity::local::LocalSigner::load_or_create(&key_dir)?;
+            if created {
+                eprintln!(
+                    "created the token signing key pair in {}; give the proxy auth.local_token_key = \"{}\"",
+                    key_dir.display(),
+                    key_dir.join(pgtrail_identity::local::PUBLIC_FILE).display()
+                );
+            }
+            let request =
+                pgtrail_identity::local::TokenRequest { subject: user, db_users, name, email, groups, ttl_secs: ttl };
+            println!("{}", signer.issue(&request)?);
+            Ok(())
         }
         Command::Alerts(AlertsCommand::Test { destinations }) => {
             let config = pgtrail_notify::NotifyConfig::load(&destinations)?;
