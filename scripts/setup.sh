@@ -4,7 +4,8 @@
 # bindgen), pgaudit 1.7 (the ingest tests), python3-venv, Java and the PostgreSQL JDBC driver (the noise test browses a
 # schema with it), cargo-nextest and cargo-fuzz, and the official AWS Encryption
 # SDK for Python, the Standard Webhooks library and aiosmtpd in .venv-interop (test counterparts).
-# pgAdmin 4 in .venv-pgadmin (the noise test browses a table with it). Safe to run again.
+# pgAdmin 4 in .venv-pgadmin (the noise test browses a table with it). Node.js and the npm
+# package oidc-provider in tests/oidc (the OIDC login tests and quickstart --oidc). Safe to run again.
 set -euo pipefail
 
 SUDO=""
@@ -41,5 +42,15 @@ if ! .venv-pgadmin/bin/python -c "import importlib.util, sys; sys.exit(importlib
   echo "setup: installing pgAdmin 4 (pgadmin4==9.18) into .venv-pgadmin"
   [ -x .venv-pgadmin/bin/pip ] || python3 -m venv .venv-pgadmin
   .venv-pgadmin/bin/pip install --quiet --disable-pip-version-check "pgadmin4==9.18"
+fi
+# A real OpenID Connect provider for the token login tests (versions pinned by package-lock.json).
+if ! command -v node >/dev/null; then
+  echo "setup: installing nodejs and npm"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if [ ! -d tests/oidc/node_modules/oidc-provider ]; then
+  echo "setup: installing oidc-provider into tests/oidc"
+  npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 fi
 echo "setup: done"

@@ -134,7 +134,7 @@ impl Policy {
         if self.restrict_passwords && statement.traits.sets_password && !self.is_password_admin(facts) {
             return Some(Denial {
                 rule: PASSWORD_RULE.into(),
-                message: "pgtrail: setting a password is restricted to the password admins \
+                message: "setting a password is restricted to the password admins \
                           (policy.restrict_password_commands)"
                     .into(),
             });

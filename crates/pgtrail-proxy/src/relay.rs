@@ -311,7 +311,7 @@ fn query_message(sql: &str) -> Bytes {
 
 /// A statement that makes PostgreSQL raise SQLSTATE 42501 with the denial's message.
 fn denial_query(denial: &Denial) -> Bytes {
-    let text = format!("{} (denied by rule \"{}\")", denial.message, denial.rule);
+    let text = format!("pgtrail: {} (denied by rule \"{}\")", denial.message, denial.rule);
     // Inside a dollar-quoted body, in a standard string literal: double the quotes, and
     // keep the body's delimiter out of it.
     let literal = text.replace('\'', "''").replace("$pgtrail$", "$ pgtrail $");

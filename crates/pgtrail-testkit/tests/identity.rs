@@ -306,3 +306,110 @@ async fn local_tokens_and_upstream_secrets() {
     assert!(identity.token_id.is_some());
     capture.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_denies_before_postgres_sees_it() {
+    let provider = OidcProvider::start();
+    let tls = TlsFiles::generate();
+    let ca_dir = tempfile::tempdir().expect("dir");
+    let pg = cert_only_pg(&tls, ca_dir.path());
+    pg.psql("ALTER SYSTEM SET log_statement = 'all'").expect("log statements");
+    pg.psql("SELECT pg_reload_conf()").expect("reload");
+    let policy: pgtrail_proxy::PolicyConfig = serde_json::from_value(serde_json::json!({
+        "password_admins": ["carol@example.com"],
+        "deny": [
+            {"name": "no DDL for humans", "when": "statement.class == \"DDL\" && identity != null",
+             "message": "people may not change the schema in production"},
+            {"name": "no COPY PROGRAM", "when": "statement.copyProgram", "message": "COPY PROGRAM is not allowed"},
+            {"name": "no unfiltered writes on accounts",
+             "when": "statement.command in [\"UPDATE\", \"DELETE\"] && !statement.hasWhere && statement.objects.exists(o, o == \"accounts\")",
+             "message": "UPDATE and DELETE on accounts need a WHERE clause"},
+        ],
+    }))
+    .expect("policy");
+    let capture = token_proxy(&pg, &tls, oidc_auth(&provider, ca_dir.path()), policy).await;
+    let alice = provider.id_token("alice");
+    let url = url(&capture, "alice", &alice);
+
+    // Simple protocol, one session: each denied statement fails with 42501 and the
+    // session goes on.
+    let out = psql(
+        &pg,
+        &url,
+        &[
+            "-v",
+            "ON_ERROR_STOP=0",
+            "-v",
+            "VERBOSITY=verbose",
+            "-At",
+            "-c",
+            "ALTER USER alice PASSWORD 'hunter2'",
+            "-c",
+            "CREATE TABLE t (x int)",
+            "-c",
+            "DELETE FROM accounts",
+            "-c",
+            "COPY accounts TO PROGRAM 'cat > /tmp/pgtrail-exfiltrated'",
+            "-c",
+            "DELETE FROM accounts WHERE id = 99",
+            "-c",
+            "SELECT 'still here'",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("ERROR:  42501: pgtrail:").count(), 4, "{stderr}");
+    assert!(stderr.contains("setting a password is restricted"), "{stderr}");
+    assert!(
+        stderr
+            .contains("pgtrail: people may not change the schema in production (denied by rule \"no DDL for humans\")"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("still here"), "{out:?}");
+
+    // Extended protocol (pgbench -M extended): the Parse is denied, the batch fails.
+    let script = ca_dir.path().join("delete-all.sql");
+    std::fs::write(&script, "DELETE FROM accounts;\n").expect("script");
+    let bench = std::process::Command::new(pg.binaries().bin("pgbench"))
+        .args(["-n", "-M", "extended", "-t", "1", "-f"])
+        .arg(&script)
+        .arg(&url)
+        .output()
+        .expect("pgbench runs");
+    assert!(!bench.status.success());
+    assert!(String::from_utf8_lossy(&bench.stderr).contains("need a WHERE clause"), "{bench:?}");
+
+    // PostgreSQL never saw the denied statements; it saw the allowed one.
+    let log = pg.log();
+    assert!(log.contains("DELETE FROM accounts WHERE id = 99"), "{log}");
+    for never in
+        ["hunter2", "CREATE TABLE t", "TO PROGRAM", "DELETE FROM accounts;", "statement: DELETE FROM accounts\n"]
+    {
+        assert!(!log.contains(never), "{never:?} reached PostgreSQL:\n{log}");
+    }
+    assert_eq!(pg.psql("SELECT count(*) FROM accounts").expect("count").trim(), "2");
+
+    let events = capture.wait_for("denied statements", |e| e.iter().filter(|e| e.verdict.is_some()).count() >= 5).await;
+    let denied: Vec<_> = events.iter().filter(|e| e.verdict.is_some()).collect();
+    let rules: Vec<_> = denied.iter().map(|e| e.denied_by.as_deref().unwrap_or("")).collect();
+    assert_eq!(
+        rules,
+        [
+            "restrict_password_commands",
+            "no DDL for humans",
+            "no unfiltered writes on accounts",
+            "no COPY PROGRAM",
+            "no unfiltered writes on accounts"
+        ],
+        "{}",
+        describe(&events)
+    );
+    for e in &denied {
+        assert_eq!(e.sql_state.as_deref(), Some("42501"));
+        assert_eq!(e.identity.as_ref().map(|i| i.subject.as_str()), Some("alice"));
+        assert!(!e.command_text.as_deref().unwrap_or("").contains("hunter2"), "{e:?}");
+    }
+    assert_eq!(denied[1].command, "CREATE TABLE");
+    // The allowed DELETE ran and was recorded as usual.
+    assert!(events.iter().any(|e| e.command == "DELETE" && e.verdict.is_none() && e.sql_state.is_none()));
+    capture.stop().await;
+}
