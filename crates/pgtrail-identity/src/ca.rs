@@ -126,6 +126,22 @@ impl UpstreamCa {
     }
 }
 
+impl UpstreamCa {
+    /// A TLS server certificate for `names` (host names or addresses), signed by this CA,
+    /// as PEM (certificate, key): for demos where the CA also vouches for the servers.
+    pub fn mint_server(&self, names: &[&str]) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate().map_err(cert_err("server key"))?;
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).map_err(cert_err("server certificate"))?;
+        params.distinguished_name.push(DnType::CommonName, "pgtrail demo server");
+        let now = time_now();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + time::Duration::days(1);
+        let cert = params.signed_by(&key, &self.issuer).map_err(cert_err("server certificate"))?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("no subject alt names");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

@@ -232,3 +232,16 @@ fn quickstart_smoke() {
     // The built-in rule pack ran on the events: postgres is a superuser.
     assert!(stdout.lines().any(|l| l.starts_with("ALERT [medium] superuser session")), "{stdout}");
 }
+
+/// `quickstart --oidc`: a real OIDC provider, token login over TLS, certificate upstream;
+/// the smoke run logs in as alice with an ID token from the provider.
+#[test]
+fn quickstart_oidc_smoke() {
+    let out = Command::new(pgtrail_binary()).args(["quickstart", "--oidc", "--smoke", "--port", "0"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("/dev/token?user=alice"), "{stdout}");
+    assert!(stdout.contains("sslmode=require"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.contains("alice") && l.contains("READ") && l.contains("SELECT 1")), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("identity: alice alice@example.com (http://127.0.0.1:")), "{stdout}");
+}

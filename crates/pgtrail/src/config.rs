@@ -502,6 +502,25 @@ mod tests {
         assert_eq!(config.proxy.upstream.port, 5432);
     }
 
+    /// The commented [auth] and [policy] examples, uncommented, are valid.
+    #[test]
+    fn the_example_auth_and_policy_sections_parse() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pgtrail.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text.find("# [auth]").unwrap();
+        let block: String = text[start..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let config: FileConfig = toml::from_str(&block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        assert_eq!(config.auth.client, pgtrail_proxy::ClientAuth::Token);
+        assert_eq!(config.auth.oidc.unwrap().max_token_age_secs, 900);
+        assert_eq!(config.auth.mapping.groups["dba"], vec!["postgres".to_owned()]);
+        assert_eq!(config.policy.deny.len(), 2);
+    }
+
     #[test]
     fn flags_replace_the_file() {
         let overrides = Overrides {
