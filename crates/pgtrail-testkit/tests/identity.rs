@@ -413,3 +413,32 @@ async fn policy_denies_before_postgres_sees_it() {
     assert!(events.iter().any(|e| e.command == "DELETE" && e.verdict.is_none() && e.sql_state.is_none()));
     capture.stop().await;
 }
+
+/// `token = "access_token"`: the API's audience, and the person's id from `sub`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_tokens_when_configured() {
+    let provider = OidcProvider::start();
+    let tls = TlsFiles::generate();
+    let ca_dir = tempfile::tempdir().expect("dir");
+    let pg = cert_only_pg(&tls, ca_dir.path());
+    let mut auth = oidc_auth(&provider, ca_dir.path());
+    let oidc = auth.oidc.as_mut().expect("oidc");
+    oidc.audience = "urn:pgtrail:proxy".into();
+    oidc.token = pgtrail_identity::TokenKind::AccessToken;
+    auth.mapping.user_claim = Some("sub".into());
+    let capture = token_proxy(&pg, &tls, auth, Default::default()).await;
+    let tokens = provider.tokens("bob", 600);
+    let access = tokens["access_token"].as_str().expect("access_token");
+    let (ok, out) = login(&pg, &capture, "bob", access, "SELECT current_user");
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "bob");
+    // Its ID token is for another audience now.
+    let (ok, out) = login(&pg, &capture, "bob", tokens["id_token"].as_str().expect("id_token"), "SELECT 1");
+    assert!(!ok && out.contains("audience"), "{out}");
+    let events = capture.wait_for("bob's statement", |e| !statements(e).is_empty()).await;
+    let identity = statements(&events)[0].identity.as_deref().expect("identity");
+    assert_eq!((identity.subject.as_str(), identity.email.as_deref()), ("bob", Some("bob@example.com")));
+    assert!(identity.token_id.is_some(), "access tokens carry a jti");
+    assert_eq!(identity.groups, vec!["analysts".to_owned()]);
+    capture.stop().await;
+}
