@@ -29,6 +29,8 @@ pub struct ProxyStats {
     pub refused: AtomicU64,
     /// Statements denied by policy (deny rules, password restriction).
     pub denied: AtomicU64,
+    /// Token logins refused: a bad token, or a user the person may not use.
+    pub token_logins_refused: AtomicU64,
 }
 
 impl ProxyStats {

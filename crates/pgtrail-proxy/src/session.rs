@@ -168,6 +168,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, t
             Ok(Err(refused)) => {
                 info!(%peer, user = ?tracker.facts.user, subject = ?refused.identity.as_ref().map(|i| &i.subject), reason = %refused.reason, "token login refused");
                 tracker.facts.identity = refused.identity;
+                shared.stats.token_logins_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 send_error(&mut client, &refused.fields).await;
                 tracker.connect_event(Some(&refused.fields));
                 emit(&shared, &mut tracker);

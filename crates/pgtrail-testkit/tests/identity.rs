@@ -227,6 +227,8 @@ async fn bad_tokens_are_refused_and_reach_nothing() {
         assert!(!ok, "{case}: logged in");
         assert!(out.contains(message), "{case}: {out}");
     }
+    let refused = capture.proxy_stats().token_logins_refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused, cases.len() as u64);
     // Nothing of a refused login reached PostgreSQL: the proxy did not even connect.
     assert_eq!(connections_received(&pg), received_before, "{}", pg.log());
 
@@ -366,6 +368,23 @@ async fn policy_denies_before_postgres_sees_it() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("still here"), "{out:?}");
 
+    // psql's \password: psql hashes the new password itself and sends ALTER USER ...
+    // PASSWORD 'SCRAM-SHA-256$...'. Run without a controlling terminal (setsid), psql reads
+    // the new password from stdin.
+    let mut child = std::process::Command::new("setsid")
+        .arg(pg.binaries().bin("psql"))
+        .arg(&url)
+        .args(["-X", "-v", "VERBOSITY=verbose", "-c", "\\password"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql runs");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"new-secret\nnew-secret\n").expect("write");
+    let out = child.wait_with_output().expect("psql ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("42501") && stderr.contains("setting a password is restricted"), "{out:?}");
+
     // Extended protocol (pgbench -M extended): the Parse is denied, the batch fails.
     let script = ca_dir.path().join("delete-all.sql");
     std::fs::write(&script, "DELETE FROM accounts;\n").expect("script");
@@ -398,6 +417,7 @@ async fn policy_denies_before_postgres_sees_it() {
             "no DDL for humans",
             "no unfiltered writes on accounts",
             "no COPY PROGRAM",
+            "restrict_password_commands",
             "no unfiltered writes on accounts"
         ],
         "{}",
@@ -406,9 +426,11 @@ async fn policy_denies_before_postgres_sees_it() {
     for e in &denied {
         assert_eq!(e.sql_state.as_deref(), Some("42501"));
         assert_eq!(e.identity.as_ref().map(|i| i.subject.as_str()), Some("alice"));
-        assert!(!e.command_text.as_deref().unwrap_or("").contains("hunter2"), "{e:?}");
+        let text = e.command_text.as_deref().unwrap_or("");
+        assert!(!text.contains("hunter2") && !text.contains("SCRAM-SHA-256$"), "{e:?}");
     }
     assert_eq!(denied[1].command, "CREATE TABLE");
+    assert_eq!(capture.proxy_stats().denied.load(std::sync::atomic::Ordering::Relaxed), 6);
     // The allowed DELETE ran and was recorded as usual.
     assert!(events.iter().any(|e| e.command == "DELETE" && e.verdict.is_none() && e.sql_state.is_none()));
     capture.stop().await;

@@ -327,6 +327,13 @@ fn capture_families(proxy: &ProxyStats, journal: &RecorderStats, events: &EventC
             "Statements and logins refused because the journal could not record (fail-closed).",
         )
         .value(n(&proxy.refused)),
+        Family::counter("pgtrail_statements_denied", "Statements denied by policy (deny rules, password restriction).")
+            .value(n(&proxy.denied)),
+        Family::counter(
+            "pgtrail_token_logins_refused",
+            "Token logins refused (bad token, or a user the person may not use).",
+        )
+        .value(n(&proxy.token_logins_refused)),
         Family::counter(
             "pgtrail_events_dropped",
             "Events dropped because the recorder queue was full (each gap has a loss record).",

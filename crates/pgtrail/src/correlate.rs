@@ -3,7 +3,8 @@
 //! The proxy's CONNECT event names the upstream backend's pid; pgAudit's log lines name the
 //! pid and the backend's start. A log event whose pid belongs to a proxy session that was
 //! open around that backend's start is that session's: it takes the proxy's session id, the
-//! real client's address and the application name (pgAudit sees the proxy as its client).
+//! real client's address, the application name (pgAudit sees the proxy as its client) and
+//! the person who logged in with a token.
 //!
 //! A backend that logs in after the capture started and that no proxy session accounts for,
 //! within a grace period (the proxy writes its CONNECT after PostgreSQL logs the
@@ -32,6 +33,7 @@ struct Known {
     remote_host: Option<std::sync::Arc<str>>,
     remote_port: Option<std::sync::Arc<str>>,
     application: Option<std::sync::Arc<str>>,
+    identity: Option<std::sync::Arc<pgtrail_event::Identity>>,
 }
 
 /// The proxy's sessions by upstream backend pid, fed from the proxy's own events.
@@ -63,6 +65,7 @@ impl ProxySessions {
                     remote_host: event.remote_host.clone(),
                     remote_port: event.remote_port.clone(),
                     application: event.client_application.clone(),
+                    identity: event.identity.clone(),
                 });
             }
             EventClass::Disconnect => {
@@ -114,6 +117,7 @@ impl Correlator {
             if known.application.is_some() {
                 event.client_application = known.application;
             }
+            event.identity = known.identity;
             return;
         }
         let successful_login = event.class == EventClass::Connect && event.exit_code.is_none();

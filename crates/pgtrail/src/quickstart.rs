@@ -250,6 +250,16 @@ async fn smoke(
         let person = events.iter().find_map(|e| e.identity.as_ref().filter(|_| e.command == "SELECT"));
         let person = person.context("the SELECT event names no person")?;
         writeln!(out, "identity: {} {} ({})", person.subject, person.email.as_deref().unwrap_or(""), person.issuer)?;
+        if pgaudit {
+            // pgAudit's record of the same statement is joined to the session, and its person.
+            let joined = events.iter().any(|e| {
+                e.source == Some(pgtrail_event::EventSource::Pgaudit)
+                    && e.command == "SELECT"
+                    && e.identity.as_ref().is_some_and(|i| i.subject == person.subject)
+            });
+            anyhow::ensure!(joined, "the pgAudit SELECT event was not joined to alice's session");
+            writeln!(out, "pgaudit identity: joined")?;
+        }
     }
     let mut engine = pgtrail_rules::Engine::new(pgtrail_rules::RuleSet::parse("builtin = true\n", "built-in pack")?);
     for event in &events {
