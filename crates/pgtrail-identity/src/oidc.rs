@@ -278,3 +278,109 @@ fn without_url(e: &reqwest::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use base64::Engine;
+    use jsonwebtoken::{EncodingKey, Header};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// An ES256 key with its JWK.
+    struct TestKey {
+        encoding: EncodingKey,
+        jwk: serde_json::Value,
+        kid: String,
+    }
+
+    fn key(kid: &str) -> TestKey {
+        let pair = rcgen::KeyPair::generate().expect("P-256 key");
+        let raw = pair.public_key_raw();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwk = serde_json::json!({
+            "kty": "EC", "crv": "P-256", "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
+            "kid": kid, "alg": "ES256", "use": "sig",
+        });
+        let encoding = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).expect("EC key");
+        TestKey { encoding, jwk, kid: kid.into() }
+    }
+
+    /// A discovery document and a JWKS that the test can change, counting JWKS fetches.
+    async fn issuer(jwks: Arc<Mutex<Vec<serde_json::Value>>>, fetches: Arc<AtomicUsize>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let issuer = format!("http://{}", listener.local_addr().expect("addr"));
+        let base = issuer.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let mut request = vec![0u8; 4096];
+                let n = stream.read(&mut request).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&request[..n]).to_string();
+                let body = if request.starts_with("GET /.well-known/openid-configuration") {
+                    serde_json::json!({"issuer": base, "jwks_uri": format!("{base}/jwks")}).to_string()
+                } else {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    serde_json::json!({"keys": *jwks.lock().await}).to_string()
+                };
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+        issuer
+    }
+
+    fn token(key: &TestKey, issuer: &str) -> String {
+        let now = crate::now_secs();
+        let claims = serde_json::json!({"iss": issuer, "aud": "pgtrail", "sub": "alice", "iat": now, "exp": now + 60});
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &key.encoding).expect("sign")
+    }
+
+    #[tokio::test]
+    async fn an_unknown_key_id_fetches_the_jwks_again_at_most_once_per_interval() {
+        let (k1, k2, k3) = (key("k1"), key("k2"), key("k3"));
+        let jwks = Arc::new(Mutex::new(vec![k1.jwk.clone()]));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let issuer = issuer(Arc::clone(&jwks), Arc::clone(&fetches)).await;
+
+        let mut config = OidcConfig::new(&issuer, "pgtrail");
+        config.jwks_refresh_secs = 0;
+        let verifier = OidcVerifier::new(config.clone()).expect("verifier");
+        assert_eq!(verifier.prefetch().await.expect("keys"), 1);
+        assert_eq!(verifier.verify(&token(&k1, &issuer)).await.expect("k1")["sub"], "alice");
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "a known key needs no fetch");
+
+        // The provider rotates: k2 appears; the first token signed with it fetches again.
+        jwks.lock().await.push(k2.jwk.clone());
+        assert!(verifier.verify(&token(&k2, &issuer)).await.is_ok());
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+
+        // With the interval not yet over, unknown key ids do not make the proxy hammer the
+        // provider: refused without a fetch.
+        config.jwks_refresh_secs = 3600;
+        let patient = OidcVerifier::new(config).expect("verifier");
+        patient.prefetch().await.expect("keys");
+        let before = fetches.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            assert_eq!(patient.verify(&token(&k3, &issuer)).await, Err(TokenError::UnknownKey("k3".into())));
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), before);
+    }
+
+    #[test]
+    fn issuers_must_be_https_except_on_loopback() {
+        assert!(OidcConfig::new("https://idp.example", "a").validate().is_ok());
+        assert!(OidcConfig::new("http://127.0.0.1:8080", "a").validate().is_ok());
+        assert!(OidcConfig::new("http://[::1]:8080", "a").validate().is_ok());
+        assert!(OidcConfig::new("http://idp.example", "a").validate().is_err());
+        assert!(OidcConfig::new("https://idp.example", "").validate().is_err());
+    }
+}
