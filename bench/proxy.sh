@@ -17,63 +17,29 @@ REPEATS="${REPEATS:-3}"
 CLIENTS="${CLIENTS:-8}"
 THREADS="${THREADS:-2}"
 SCALE="${SCALE:-10}"
-BIN=/usr/lib/postgresql/15/bin
+. bench/lib.sh
 
 command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed: run scripts/setup.sh" >&2; exit 1; }
 echo "building pgtrail (release)..." >&2
 cargo build --release --locked --bin pgtrail >&2
 PGTRAIL="$PWD/target/release/pgtrail"
 
-work=$(mktemp -d /tmp/pgtrail-bench.XXXXXX)
-chmod 755 "$work"
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-if [ "$(id -u)" -eq 0 ]; then chown postgres: "$work"; fi
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+make_work pgtrail-bench
 PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); TRAIL_PORT=$(free_port); SYNC_PORT=$(free_port)
 
 cleanup() {
   [ -n "${TRAIL_PID:-}" ] && kill "$TRAIL_PID" 2>/dev/null || true
   [ -n "${SYNC_PID:-}" ] && kill "$SYNC_PID" 2>/dev/null || true
-  # runuser forks, so stop pgbouncer itself through its pid file.
-  [ -f "$work/pgbouncer.pid" ] && kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true
-  [ -n "${BOUNCER_PID:-}" ] && kill "$BOUNCER_PID" 2>/dev/null || true
-  as_pg "$BIN/pg_ctl" stop -D "$work/data" -m fast >/dev/null 2>&1 || true
+  stop_pgbouncer
+  stop_pg
   wait 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-echo "starting PostgreSQL 15 on $PG_PORT..." >&2
-as_pg "$BIN/initdb" -D "$work/data" -U postgres --auth=trust --no-sync >/dev/null
-cat >> "$work/data/postgresql.auto.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $PG_PORT
-unix_socket_directories = '$work'
-max_connections = 100
-shared_buffers = 256MB
-CONF
-as_pg "$BIN/pg_ctl" start -D "$work/data" -l "$work/pg.log" -w >/dev/null
+start_pg "$PG_PORT" "max_connections = 100" "shared_buffers = 256MB"
 "$BIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
-
-cat > "$work/pgbouncer.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-auth_type = trust
-auth_file = $work/userlist.txt
-pool_mode = session
-max_client_conn = 100
-default_pool_size = 20
-logfile = $work/pgbouncer.log
-pidfile = $work/pgbouncer.pid
-INI
-echo '"postgres" ""' > "$work/userlist.txt"
-if [ "$(id -u)" -eq 0 ]; then chown postgres: "$work/pgbouncer.ini" "$work/userlist.txt"; fi
-as_pg pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
-BOUNCER_PID=$!
+start_pgbouncer "$BOUNCER_PORT" "$PG_PORT"
 "$PGTRAIL" keys init --dir "$work/keys" >/dev/null
 PGTRAIL_LOG=warn "$PGTRAIL" proxy --listen "127.0.0.1:$TRAIL_PORT" --upstream "postgres://127.0.0.1:$PG_PORT" \
   --journal "$work/journal" --keys "$work/keys" 2>"$work/pgtrail.log" &
@@ -93,16 +59,7 @@ mode = "sync"
 TOML
 PGTRAIL_LOG=warn "$PGTRAIL" proxy --config "$work/sync.toml" 2>"$work/pgtrail-sync.log" &
 SYNC_PID=$!
-for port in "$BOUNCER_PORT" "$TRAIL_PORT" "$SYNC_PORT"; do
-  for _ in $(seq 100); do "$BIN/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.1; done
-done
-
-run() { # port, extra args -> tps
-  local port=$1; shift
-  "$BIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" "$@" postgres 2>/dev/null \
-    | awk '/^tps = /{print $3; exit}'
-}
-median() { sort -n | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+wait_ready "$BOUNCER_PORT" "$TRAIL_PORT" "$SYNC_PORT"
 
 printf '%-11s %9s %9s %9s %9s %8s %8s %8s %8s\n' workload direct pgbouncer async sync \
   "as/dir" "as/bnc" "sy/dir" "sy/bnc"
@@ -111,10 +68,10 @@ for workload in select-only tpcb-like; do
   : > "$work/direct"; : > "$work/bouncer"; : > "$work/trail"; : > "$work/sync"
   for r in $(seq "$REPEATS"); do
     echo "  $workload repeat $r/$REPEATS..." >&2
-    run "$PG_PORT" "${args[@]}" >> "$work/direct"
-    run "$BOUNCER_PORT" "${args[@]}" >> "$work/bouncer"
-    run "$TRAIL_PORT" "${args[@]}" >> "$work/trail"
-    run "$SYNC_PORT" "${args[@]}" >> "$work/sync"
+    pgbench_tps "$PG_PORT" "${args[@]}" >> "$work/direct"
+    pgbench_tps "$BOUNCER_PORT" "${args[@]}" >> "$work/bouncer"
+    pgbench_tps "$TRAIL_PORT" "${args[@]}" >> "$work/trail"
+    pgbench_tps "$SYNC_PORT" "${args[@]}" >> "$work/sync"
   done
   d=$(median < "$work/direct"); b=$(median < "$work/bouncer"); t=$(median < "$work/trail"); y=$(median < "$work/sync")
   awk -v w="$workload" -v d="$d" -v b="$b" -v t="$t" -v y="$y" \

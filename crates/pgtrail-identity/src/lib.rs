@@ -70,6 +70,12 @@ impl TokenError {
     }
 }
 
+/// A value from an unverified token, fit for an error message and a log line: printable
+/// ASCII only, at most 64 characters.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars().filter(char::is_ascii_graphic).take(64).collect()
+}
+
 /// Seconds since the epoch.
 pub(crate) fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()

@@ -206,7 +206,7 @@ impl LocalVerifier {
             return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
         }
         if header.kid.as_deref() != Some(self.kid.as_str()) {
-            return Err(TokenError::UnknownKey(header.kid.unwrap_or_default().chars().take(64).collect()));
+            return Err(TokenError::UnknownKey(crate::printable(&header.kid.unwrap_or_default())));
         }
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.leeway = self.skew;

@@ -264,7 +264,7 @@ impl OidcVerifier {
                 .collect(),
         };
         if keys.is_empty() {
-            return Err(TokenError::UnknownKey(kid.unwrap_or("none").chars().take(64).collect()));
+            return Err(TokenError::UnknownKey(crate::printable(kid.unwrap_or("none"))));
         }
         Ok(keys)
     }

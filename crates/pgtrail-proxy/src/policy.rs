@@ -205,6 +205,7 @@ fn context_for(statement: &Statement, facts: &SessionFacts) -> Context<'static> 
                 ("name", text(i.name.as_deref())),
                 ("email", text(i.email.as_deref())),
                 ("groups", Value::from(groups)),
+                ("tokenId", text(i.token_id.as_deref())),
                 ("authMethod", text(Some(&i.auth_method))),
             ]
             .into_iter()

@@ -155,6 +155,11 @@ pub fn table_row(e: &ActivityEvent) -> String {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");
+    // Refused by pgtrail's policy before PostgreSQL saw it: say so first.
+    let text = match &e.denied_by {
+        Some(rule) => format!("DENIED by {rule:?}: {text}"),
+        None => text,
+    };
     // Control events and heartbeats are about pgtrail itself: their type says so.
     let class = match e.kind.as_ref() {
         "record" => e.class.as_str().to_owned(),

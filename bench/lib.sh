@@ -1,0 +1,74 @@
+# Shared by the benchmark scripts (sourced): a throwaway PostgreSQL 15 and pgbouncer on
+# free loopback ports, owned by the postgres user when run as root, and medians.
+BIN=/usr/lib/postgresql/15/bin
+
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+median() { sort -n | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+
+# Sets $work to a new temporary directory the postgres user can use. $1: name prefix.
+make_work() {
+  work=$(mktemp -d "/tmp/$1.XXXXXX")
+  chmod 755 "$work"
+  if [ "$(id -u)" -eq 0 ]; then chown postgres: "$work"; fi
+}
+
+# Starts a trust-auth cluster in $work/data on port $1; further arguments are extra
+# postgresql.conf lines.
+start_pg() {
+  local port=$1; shift
+  echo "starting PostgreSQL 15 on $port..." >&2
+  as_pg "$BIN/initdb" -D "$work/data" -U postgres --auth=trust --no-sync >/dev/null
+  {
+    echo "listen_addresses = '127.0.0.1'"
+    echo "port = $port"
+    echo "unix_socket_directories = '$work'"
+    for line in "$@"; do echo "$line"; done
+  } >> "$work/data/postgresql.auto.conf"
+  as_pg "$BIN/pg_ctl" start -D "$work/data" -l "$work/pg.log" -w >/dev/null
+}
+
+stop_pg() { as_pg "$BIN/pg_ctl" stop -D "$work/data" -m fast >/dev/null 2>&1 || true; }
+
+# pgbouncer in session mode on port $1 in front of the cluster on port $2 (trust).
+start_pgbouncer() {
+  cat > "$work/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$2 dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $1
+auth_type = trust
+auth_file = $work/userlist.txt
+pool_mode = session
+max_client_conn = 100
+default_pool_size = 20
+logfile = $work/pgbouncer.log
+pidfile = $work/pgbouncer.pid
+INI
+  echo '"postgres" ""' > "$work/userlist.txt"
+  if [ "$(id -u)" -eq 0 ]; then chown postgres: "$work/pgbouncer.ini" "$work/userlist.txt"; fi
+  as_pg pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
+  BOUNCER_PID=$!
+}
+
+# pgbouncer forks under runuser: stop it through its pid file too.
+stop_pgbouncer() {
+  [ -f "$work/pgbouncer.pid" ] && kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true
+  [ -n "${BOUNCER_PID:-}" ] && kill "$BOUNCER_PID" 2>/dev/null || true
+}
+
+# Waits until something accepts PostgreSQL connections on each port given.
+wait_ready() {
+  for port in "$@"; do
+    for _ in $(seq 100); do "$BIN/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.1; done
+  done
+}
+
+# TPS of pgbench against port $1 (further arguments go to pgbench); uses $CLIENTS,
+# $THREADS and $DURATION.
+pgbench_tps() {
+  local port=$1; shift
+  "$BIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" "$@" postgres 2>/dev/null \
+    | awk '/^tps = /{print $3; exit}'
+}
