@@ -5,6 +5,7 @@
 //! of a refused login reaches PostgreSQL.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,13 +19,14 @@ use pgtrail_wire::{Authentication, BackendMessage, ErrorFields, FrontendMessage}
 use rustls::ClientConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Deserialize;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::ProxyError;
 use crate::config::{ClientAuth, ProxyConfig, UpstreamConfig, UpstreamLogin};
 use crate::server::Shared;
-use crate::session::{SessionError, read_client_message, write_message};
+use crate::session::{SessionError, emit, fail_connect, read_client_message, send_error, write_message};
 use crate::stream::MaybeTls;
+use crate::tracker::Tracker;
 
 /// How the proxy proves itself to PostgreSQL for token logins.
 pub(crate) enum UpstreamCredentials {
@@ -217,6 +219,66 @@ pub(crate) async fn client_token_login(
             };
             let fields = ErrorFields::new("FATAL", e.sqlstate(), &format!("pgtrail: login refused: {e}"));
             Ok(Err(LoginRefused { fields, identity, reason: e.to_string() }))
+        }
+    }
+}
+
+/// How the proxy logs in upstream after a token login.
+pub(crate) struct LoggedIn {
+    pub(crate) answer: UpstreamAnswer,
+    /// The client certificate's TLS configuration (`auth.upstream = "cert"`).
+    pub(crate) upstream_tls: Option<Arc<ClientConfig>>,
+}
+
+/// Asks for and checks the client's token; on refusal tells the client, records the failed
+/// login and returns None (the session is over).
+pub(crate) async fn token_login(
+    shared: &Shared,
+    login: &TokenLogin,
+    client: &mut MaybeTls,
+    client_buf: &mut BytesMut,
+    tracker: &mut Tracker,
+    peer: SocketAddr,
+) -> Option<LoggedIn> {
+    let user = tracker.facts.user.as_deref().unwrap_or_default().to_owned();
+    let attempt = tokio::time::timeout(
+        shared.config.startup_timeout,
+        client_token_login(shared, login, client, client_buf, &user),
+    )
+    .await
+    .unwrap_or(Err(SessionError::StartupTimeout));
+    let credentials = match attempt {
+        Ok(Ok(identity)) => {
+            tracker.facts.identity = Some(identity);
+            login.credentials_for(&user)
+        }
+        Ok(Err(refused)) => {
+            info!(%peer, user = ?tracker.facts.user, subject = ?refused.identity.as_ref().map(|i| &i.subject), reason = %refused.reason, "token login refused");
+            tracker.facts.identity = refused.identity;
+            shared.stats.token_logins_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            send_error(client, &refused.fields).await;
+            tracker.connect_event(Some(&refused.fields));
+            emit(shared, tracker);
+            return None;
+        }
+        Err(e) => Err(e),
+    };
+    match credentials {
+        Ok(credentials) => {
+            let upstream_tls = match &credentials {
+                ProxyCredentials::Cert(config) => Some(Arc::clone(config)),
+                ProxyCredentials::Password(_) => None,
+            };
+            Some(LoggedIn { answer: UpstreamAnswer::new(&user, &credentials), upstream_tls })
+        }
+        Err(e) => {
+            if matches!(e, SessionError::ClientClosed) {
+                info!(%peer, user = ?tracker.facts.user, "client closed the connection during authentication");
+            } else {
+                warn!(%peer, error = %e, "token login failed");
+            }
+            fail_connect(shared, client, tracker, &e).await;
+            None
         }
     }
 }

@@ -150,50 +150,16 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, t
         fail_connect(&shared, &mut client, &mut tracker, &SessionError::JournalUnavailable).await;
         return;
     }
-    let mut answer = None;
-    let mut upstream_tls = None;
-    if let Some(login) = &shared.token_login {
-        let user = tracker.facts.user.as_deref().unwrap_or_default().to_owned();
-        let attempt = tokio::time::timeout(
-            shared.config.startup_timeout,
-            auth::client_token_login(&shared, login, &mut client, &mut client_buf, &user),
-        )
-        .await
-        .unwrap_or(Err(SessionError::StartupTimeout));
-        let credentials = match attempt {
-            Ok(Ok(identity)) => {
-                tracker.facts.identity = Some(identity);
-                login.credentials_for(&user)
-            }
-            Ok(Err(refused)) => {
-                info!(%peer, user = ?tracker.facts.user, subject = ?refused.identity.as_ref().map(|i| &i.subject), reason = %refused.reason, "token login refused");
-                tracker.facts.identity = refused.identity;
-                shared.stats.token_logins_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                send_error(&mut client, &refused.fields).await;
-                tracker.connect_event(Some(&refused.fields));
-                emit(&shared, &mut tracker);
-                return;
-            }
-            Err(e) => Err(e),
-        };
-        match credentials {
-            Ok(credentials) => {
-                if let auth::ProxyCredentials::Cert(config) = &credentials {
-                    upstream_tls = Some(Arc::clone(config));
-                }
-                answer = Some(auth::UpstreamAnswer::new(&user, &credentials));
-            }
-            Err(e) => {
-                if matches!(e, SessionError::ClientClosed) {
-                    info!(%peer, user = ?tracker.facts.user, "client closed the connection during authentication");
-                } else {
-                    warn!(%peer, error = %e, "token login failed");
-                }
-                fail_connect(&shared, &mut client, &mut tracker, &e).await;
-                return;
+    // Token login: the person is checked before anything reaches PostgreSQL.
+    let (answer, upstream_tls) = match &shared.token_login {
+        None => (None, None),
+        Some(login) => {
+            match auth::token_login(&shared, login, &mut client, &mut client_buf, &mut tracker, peer).await {
+                Some(auth::LoggedIn { answer, upstream_tls }) => (Some(answer), upstream_tls),
+                None => return,
             }
         }
-    }
+    };
     let mut upstream = match connect_upstream(&shared, upstream_tls).await {
         Ok(upstream) => {
             tracker.facts.backend_started = Some(Utc::now());
@@ -277,13 +243,13 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, t
     debug!(session = ?tracker.facts.session_id, "session ended");
 }
 
-fn emit(shared: &Shared, tracker: &mut Tracker) {
+pub(crate) fn emit(shared: &Shared, tracker: &mut Tracker) {
     for event in tracker.take_events() {
         shared.sink.emit(event);
     }
 }
 
-async fn fail_connect(shared: &Shared, client: &mut MaybeTls, tracker: &mut Tracker, e: &SessionError) {
+pub(crate) async fn fail_connect(shared: &Shared, client: &mut MaybeTls, tracker: &mut Tracker, e: &SessionError) {
     let fields = e.client_error().unwrap_or_else(|| ErrorFields::new("FATAL", "08006", &format!("pgtrail: {e}")));
     send_error(client, &fields).await;
     tracker.connect_event(Some(&fields));
