@@ -129,7 +129,9 @@ async fn oidc_tokens_log_in_as_the_mapped_user_and_events_name_the_person() {
     assert!(String::from_utf8_lossy(&plain.stderr).contains("token login needs TLS"), "{plain:?}");
 
     let events = capture
-        .wait_for("both sessions", |e| e.iter().filter(|e| e.class == EventClass::Disconnect).count() >= 2)
+        .wait_for("both sessions and the refused one", |e| {
+            e.iter().filter(|e| e.class == EventClass::Disconnect).count() >= 2 && !failed_logins(e).is_empty()
+        })
         .await;
     let expected = Identity {
         issuer: provider.issuer.clone(),
