@@ -165,12 +165,19 @@ async fn bad_tokens_are_refused_and_reach_nothing() {
     let key_dir = provider.key_file.parent().expect("dir").to_path_buf();
 
     // A short-lived real token works while valid...
-    let short = provider.tokens("alice", 2)["id_token"].as_str().expect("id_token").to_owned();
+    let short = provider.tokens("alice", 5)["id_token"].as_str().expect("id_token").to_owned();
     let (ok, out) = login(&pg, &capture, "alice", &short, "SELECT 1");
     assert!(ok, "{out}");
     let received_before = connections_received(&pg);
     assert!(received_before > 0, "log_connections shows the proxy's logins: {}", pg.log());
-    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    // ... and is refused once its exp has passed (clock skew 0 in this test).
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(short.split('.').nth(1).expect("payload"));
+    let exp = serde_json::from_slice::<serde_json::Value>(&payload.expect("base64")).expect("claims")["exp"]
+        .as_i64()
+        .expect("exp");
+    while now() <= exp {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 
     let valid = provider.id_token("alice");
     let mut parts: Vec<String> = valid.split('.').map(str::to_owned).collect();
