@@ -384,7 +384,10 @@ mod oidc {
             println!();
             println!("  PostgreSQL accepts only certificates; pgtrail mints one per login from its CA in");
             println!("  {}, so no database password exists. Events name the person.", self.ca_dir.display());
-            println!("  Try: ALTER USER alice PASSWORD 'x';  CREATE TABLE t (x int); DROP TABLE t;  (denied, 42501)");
+            println!("  Try: ALTER USER alice PASSWORD 'x';  and  CREATE TABLE t (x int); DROP TABLE t;");
+            println!(
+                "  The password change and the DROP are denied by policy (SQLSTATE 42501) before PostgreSQL sees them."
+            );
         }
 
         /// An ID token for `user`, from the provider's token endpoint.
