@@ -27,8 +27,12 @@ pub(crate) struct Denial {
     pub(crate) message: Arc<str>,
 }
 
-/// (session key, statement fingerprint) -> verdict.
-type VerdictCache = HashMap<(Arc<str>, String), Option<Denial>>;
+/// Session key -> statement fingerprint -> verdict; `entries` bounds the total.
+#[derive(Default)]
+struct VerdictCache {
+    sessions: HashMap<Arc<str>, HashMap<String, Option<Denial>>>,
+    entries: usize,
+}
 
 struct CompiledRule {
     name: Arc<str>,
@@ -84,7 +88,7 @@ impl Policy {
             restrict_passwords,
             password_admins: config.password_admins.iter().cloned().collect(),
             rules,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(VerdictCache::default()),
         }))
     }
 
@@ -117,16 +121,18 @@ impl Policy {
     fn check_statement(&self, statement: &Statement, facts: &SessionFacts, session_key: &Arc<str>) -> Option<Denial> {
         // Text the parser rejected: PostgreSQL rejects it too.
         let fingerprint = statement.fingerprint.as_ref()?;
-        let key = (Arc::clone(session_key), fingerprint.clone());
-        if let Some(hit) = self.lock().get(&key) {
+        // Looked up by reference: a hit allocates nothing.
+        if let Some(hit) = self.lock().sessions.get(session_key).and_then(|s| s.get(fingerprint.as_str())) {
             return hit.clone();
         }
         let verdict = self.decide(statement, facts);
         let mut cache = self.lock();
-        if cache.len() >= CACHE_CAPACITY {
-            cache.clear();
+        if cache.entries >= CACHE_CAPACITY {
+            // Crude but bounded, like the classifier's cache.
+            *cache = VerdictCache::default();
         }
-        cache.insert(key, verdict.clone());
+        cache.entries += 1;
+        cache.sessions.entry(Arc::clone(session_key)).or_default().insert(fingerprint.clone(), verdict.clone());
         verdict
     }
 

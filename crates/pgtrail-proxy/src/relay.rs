@@ -354,21 +354,32 @@ async fn client_to_server(
         }
         let Some(body) = body else { return Ok(Flow::default()) };
         let msg = FrontendMessage::parse(tag, body).map_err(SessionError::ClientProtocol)?;
+        let mut classified = None;
         if let (Some(policy), Some(key), Some(text)) = (&shared.policy, &session_key, statement_text(&msg))
             && policy.needs_check(text)
-            && let Some(flow) = deny(shared, policy, key, text, &msg, &mut refusal, tracker)
         {
-            return Ok(flow);
+            match check_policy(shared, policy, key, text, &msg, &mut refusal, tracker) {
+                Checked::Denied(flow) => return Ok(flow),
+                Checked::Allowed(analysis) => classified = Some(analysis),
+            }
         }
-        lock(tracker).on_frontend(&msg, Utc::now());
+        lock(tracker).on_frontend_classified(&msg, Utc::now(), classified);
         // After Terminate the client closes; nothing more to relay.
         Ok(Flow { stop: matches!(msg, FrontendMessage::Terminate), ..Flow::default() })
     };
     pump(direction, rd, wr, buf, visit, |_| None, false).await
 }
 
-/// The flow for a Query or Parse that policy denies, or None to relay it.
-fn deny(
+/// What policy made of a Query or Parse.
+enum Checked {
+    /// Refused: send this instead.
+    Denied(Flow),
+    /// Relayed; the classification is kept for the statement's event.
+    Allowed(std::sync::Arc<pgtrail_event::Classified>),
+}
+
+/// Checks a Query or Parse against the policy.
+fn check_policy(
     shared: &Shared,
     policy: &Policy,
     session_key: &std::sync::Arc<str>,
@@ -376,19 +387,21 @@ fn deny(
     msg: &FrontendMessage,
     refusal: &mut Refusal,
     tracker: &Mutex<Tracker>,
-) -> Option<Flow> {
+) -> Checked {
     let mut t = lock(tracker);
     let classified = shared.classifier.classify_with(text, t.standard_conforming_strings());
-    let (index, denial) = policy.check(&classified, &t.facts, session_key)?;
+    let Some((index, denial)) = policy.check(&classified, &t.facts, session_key) else {
+        return Checked::Allowed(classified);
+    };
     t.on_denied(&classified.statements[index], &denial.rule, &denial.message);
     shared.stats.count_denied();
     let replacement = denial_query(&denial);
     if matches!(msg, FrontendMessage::Parse { .. }) {
         refusal.dropping_batch = true;
         refusal.denied_at_sync = Some(replacement);
-        Some(Flow { replace: Some(Bytes::new()), ..Flow::default() })
+        Checked::Denied(Flow { replace: Some(Bytes::new()), ..Flow::default() })
     } else {
-        Some(Flow { replace: Some(replacement), ..Flow::default() })
+        Checked::Denied(Flow { replace: Some(replacement), ..Flow::default() })
     }
 }
 

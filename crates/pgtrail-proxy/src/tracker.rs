@@ -22,8 +22,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use pgtrail_event::{
-    ActivityEvent, Classifier, EventClass, ExitCode, Statement, class_from_tag, rows_from_completion, session_id,
-    tag_from_completion,
+    ActivityEvent, Classified, Classifier, EventClass, ExitCode, Statement, class_from_tag, rows_from_completion,
+    session_id, tag_from_completion,
 };
 use pgtrail_wire::{ErrorFields, FrontendMessage, TargetKind};
 
@@ -83,11 +83,13 @@ struct Prepared {
     standard_conforming_strings: bool,
     /// False for placeholders of statements pgtrail never saw (nothing to classify).
     seen: bool,
+    /// The classification made when the statement was sent (policy needed it then).
+    classified: Option<Arc<Classified>>,
 }
 
 impl Prepared {
     fn unseen(text: String) -> Self {
-        Self { text: Arc::from(text), standard_conforming_strings: true, seen: false }
+        Self { text: Arc::from(text), standard_conforming_strings: true, seen: false, classified: None }
     }
 }
 
@@ -177,8 +179,13 @@ impl Tracker {
         std::mem::take(&mut self.events)
     }
 
-    fn prepare(&self, text: &str) -> Prepared {
-        Prepared { text: Arc::from(text), standard_conforming_strings: self.standard_conforming_strings, seen: true }
+    fn prepare(&self, text: &str, classified: Option<Arc<Classified>>) -> Prepared {
+        Prepared {
+            text: Arc::from(text),
+            standard_conforming_strings: self.standard_conforming_strings,
+            seen: true,
+            classified,
+        }
     }
 
     /// ParameterStatus, at startup or when the session changes a reported setting.
@@ -193,13 +200,24 @@ impl Tracker {
 
     /// A message from the client, before it is forwarded.
     pub fn on_frontend(&mut self, msg: &FrontendMessage, now: DateTime<Utc>) {
+        self.on_frontend_classified(msg, now, None);
+    }
+
+    /// The same, with the Query's or Parse's classification when the caller already has it
+    /// (the policy check), so it is not looked up again when the statement completes.
+    pub fn on_frontend_classified(
+        &mut self,
+        msg: &FrontendMessage,
+        now: DateTime<Utc>,
+        classified: Option<Arc<Classified>>,
+    ) {
         match msg {
             FrontendMessage::Query { query } => {
-                let statement = self.prepare(query);
+                let statement = self.prepare(query, classified);
                 self.owed.push_back(Owed::Query { statement, next: 0, started: now, rows: 0, failed: false });
             }
             FrontendMessage::Parse { name, query, .. } => {
-                let statement = self.prepare(query);
+                let statement = self.prepare(query, classified);
                 self.prepared.insert(name.clone(), statement.clone());
                 self.owed.push_back(Owed::Parse { statement, started: now });
             }
@@ -448,8 +466,9 @@ impl Tracker {
         error: Option<&ErrorFields>,
         params: Vec<Option<String>>,
     ) {
-        let classified =
-            prepared.seen.then(|| self.classifier.classify_with(&prepared.text, prepared.standard_conforming_strings));
+        let classified = prepared.classified.clone().or_else(|| {
+            prepared.seen.then(|| self.classifier.classify_with(&prepared.text, prepared.standard_conforming_strings))
+        });
         let statement = classified.as_ref().and_then(|c| c.statements.get(index));
         let command = match (completion, statement) {
             (Some(tag), _) => tag_from_completion(tag).to_owned(),
