@@ -32,6 +32,24 @@ fn cert_only_pg(tls: &TlsFiles, ca_dir: &Path) -> LocalPg {
     pg
 }
 
+/// The OIDC provider, TLS files, the proxy's CA and a PostgreSQL that trusts only it.
+struct Setup {
+    provider: OidcProvider,
+    tls: TlsFiles,
+    ca_dir: tempfile::TempDir,
+    pg: LocalPg,
+}
+
+impl Setup {
+    fn start() -> Self {
+        let provider = OidcProvider::start();
+        let tls = TlsFiles::generate();
+        let ca_dir = tempfile::tempdir().expect("dir");
+        let pg = cert_only_pg(&tls, ca_dir.path());
+        Self { provider, tls, ca_dir, pg }
+    }
+}
+
 fn oidc_auth(provider: &OidcProvider, ca_dir: &Path) -> AuthConfig {
     let mut oidc = pgtrail_identity::OidcConfig::new(&provider.issuer, "pgtrail");
     oidc.clock_skew_secs = 0;
@@ -107,10 +125,7 @@ fn failed_logins(events: &[ActivityEvent]) -> Vec<&ActivityEvent> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_tokens_log_in_as_the_mapped_user_and_events_name_the_person() {
-    let provider = OidcProvider::start();
-    let tls = TlsFiles::generate();
-    let ca_dir = tempfile::tempdir().expect("dir");
-    let pg = cert_only_pg(&tls, ca_dir.path());
+    let Setup { provider, tls, ca_dir, pg } = Setup::start();
     let capture = token_proxy(&pg, &tls, oidc_auth(&provider, ca_dir.path()), Default::default()).await;
 
     // A real ID token from the provider's token endpoint (authorization code flow).
@@ -157,10 +172,7 @@ async fn oidc_tokens_log_in_as_the_mapped_user_and_events_name_the_person() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_are_refused_and_reach_nothing() {
-    let provider = OidcProvider::start();
-    let tls = TlsFiles::generate();
-    let ca_dir = tempfile::tempdir().expect("dir");
-    let pg = cert_only_pg(&tls, ca_dir.path());
+    let Setup { provider, tls, ca_dir, pg } = Setup::start();
     let capture = token_proxy(&pg, &tls, oidc_auth(&provider, ca_dir.path()), Default::default()).await;
     let key_dir = provider.key_file.parent().expect("dir").to_path_buf();
 
@@ -320,10 +332,7 @@ async fn local_tokens_and_upstream_secrets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_denies_before_postgres_sees_it() {
-    let provider = OidcProvider::start();
-    let tls = TlsFiles::generate();
-    let ca_dir = tempfile::tempdir().expect("dir");
-    let pg = cert_only_pg(&tls, ca_dir.path());
+    let Setup { provider, tls, ca_dir, pg } = Setup::start();
     pg.psql("ALTER SYSTEM SET log_statement = 'all'").expect("log statements");
     pg.psql("SELECT pg_reload_conf()").expect("reload");
     let policy: pgtrail_proxy::PolicyConfig = serde_json::from_value(serde_json::json!({
@@ -448,10 +457,7 @@ async fn policy_denies_before_postgres_sees_it() {
 /// `token = "access_token"`: the API's audience, and the person's id from `sub`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_tokens_when_configured() {
-    let provider = OidcProvider::start();
-    let tls = TlsFiles::generate();
-    let ca_dir = tempfile::tempdir().expect("dir");
-    let pg = cert_only_pg(&tls, ca_dir.path());
+    let Setup { provider, tls, ca_dir, pg } = Setup::start();
     let mut auth = oidc_auth(&provider, ca_dir.path());
     let oidc = auth.oidc.as_mut().expect("oidc");
     oidc.audience = "urn:pgtrail:proxy".into();
