@@ -83,8 +83,8 @@ impl UpstreamCa {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
             let key = KeyPair::generate().map_err(cert_err("CA key"))?;
             let cert = ca_params().self_signed(&key).map_err(cert_err("CA certificate"))?;
-            write_new(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
-            write_new(&cert_path, cert.pem().as_bytes(), 0o644).map_err(io(&cert_path))?;
+            crate::write_new(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
+            crate::write_new(&cert_path, cert.pem().as_bytes(), 0o644).map_err(io(&cert_path))?;
         }
         let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
         let cert_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
@@ -92,7 +92,7 @@ impl UpstreamCa {
         // Minted certificates name the CA by its subject and key identifier, both derived
         // from the same parameters and key as the stored certificate.
         let issuer = Issuer::new(ca_params(), key);
-        let cert_der = pem_body(&cert_pem).ok_or_else(|| CaError::Io {
+        let cert_der = crate::pem_der(&cert_pem).ok_or_else(|| CaError::Io {
             path: cert_path.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not a PEM certificate"),
         })?;
@@ -155,20 +155,6 @@ fn ca_params() -> CertificateParams {
 
 fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
-}
-
-fn pem_body(pem: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD.decode(body.trim()).ok()
-}
-
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 #[cfg(test)]

@@ -76,6 +76,39 @@ pub(crate) fn printable(text: &str) -> String {
     text.chars().filter(char::is_ascii_graphic).take(64).collect()
 }
 
+/// The checks every token gets, whatever its issuer: this algorithm only, `exp` and `nbf`
+/// within `skew`, the issuer, the audience, and `exp`, `iss`, `aud`, `sub` present.
+pub(crate) fn validation(
+    alg: jsonwebtoken::Algorithm,
+    skew: u64,
+    issuer: &str,
+    audience: &str,
+) -> jsonwebtoken::Validation {
+    let mut validation = jsonwebtoken::Validation::new(alg);
+    validation.leeway = skew;
+    validation.validate_nbf = true;
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    validation
+}
+
+/// Creates `path` (it must not exist) with `mode`, writes `bytes` and syncs them.
+pub(crate) fn write_new(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// The DER inside a single-object PEM text.
+pub(crate) fn pem_der(pem: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD.decode(body.trim()).ok()
+}
+
 /// Seconds since the epoch.
 pub(crate) fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()

@@ -6,13 +6,12 @@
 //! (the person), `iat`/`nbf`/`exp`, a random `jti`, optional `name`, `email`, `groups`, and
 //! `pgtrail_users`: the database users the token may log in as.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde::Serialize;
 
 use crate::{Claims, TokenError, check_times, now_secs};
@@ -107,12 +106,12 @@ impl LocalSigner {
             let pem = signing
                 .to_pkcs8_pem(LineEnding::LF)
                 .map_err(|e| LocalKeyError::Key { path: private.clone(), message: e.to_string() })?;
-            write_new(&private, pem.as_bytes(), 0o600)?;
+            crate::write_new(&private, pem.as_bytes(), 0o600).map_err(io(&private))?;
             let public = signing
                 .verifying_key()
                 .to_public_key_pem(LineEnding::LF)
                 .map_err(|e| LocalKeyError::Key { path: private.clone(), message: e.to_string() })?;
-            write_new(&dir.join(PUBLIC_FILE), public.as_bytes(), 0o644)?;
+            crate::write_new(&dir.join(PUBLIC_FILE), public.as_bytes(), 0o644).map_err(io(&dir.join(PUBLIC_FILE)))?;
             true
         };
         let pem = std::fs::read(&private).map_err(io(&private))?;
@@ -152,18 +151,9 @@ impl LocalSigner {
     }
 }
 
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), LocalKeyError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(io(path))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io(path))
-}
-
 fn public_der(pem: &[u8], path: &Path) -> Result<Vec<u8>, LocalKeyError> {
-    let text = std::str::from_utf8(pem).unwrap_or("");
-    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(body.trim())
-        .map_err(|e| LocalKeyError::Key { path: path.to_path_buf(), message: e.to_string() })
+    crate::pem_der(std::str::from_utf8(pem).unwrap_or(""))
+        .ok_or_else(|| LocalKeyError::Key { path: path.to_path_buf(), message: "not a PEM public key".into() })
 }
 
 /// The verifying side, in the proxy.
@@ -208,12 +198,7 @@ impl LocalVerifier {
         if header.kid.as_deref() != Some(self.kid.as_str()) {
             return Err(TokenError::UnknownKey(crate::printable(&header.kid.unwrap_or_default())));
         }
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.leeway = self.skew;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[ISSUER]);
-        validation.set_audience(&[AUDIENCE]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let validation = crate::validation(Algorithm::EdDSA, self.skew, ISSUER, AUDIENCE);
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &validation)
             .map_err(|e| TokenError::from_jwt(&e, ISSUER, AUDIENCE))?;
         check_times(&data.claims, self.skew, MAX_TTL_SECS)?;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
@@ -220,12 +220,7 @@ impl OidcVerifier {
         }
         let candidates = self.keys_for(header.kid.as_deref(), header.alg).await?;
         let skew = self.config.clock_skew_secs;
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = skew;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&self.config.issuer]);
-        validation.set_audience(&[&self.config.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let validation = crate::validation(header.alg, skew, &self.config.issuer, &self.config.audience);
         let mut last = TokenError::Signature;
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key, &validation) {
