@@ -47,8 +47,6 @@ pub enum CaError {
 pub struct ClientCert {
     pub cert_der: Vec<u8>,
     pub key_pkcs8_der: Vec<u8>,
-    /// When it stops being valid.
-    pub not_after: chrono::DateTime<chrono::Utc>,
 }
 
 /// The CA.
@@ -99,6 +97,11 @@ impl UpstreamCa {
         Ok((Self { issuer, cert_der, ttl }, created))
     }
 
+    /// The lifetime of minted client certificates.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// The CA certificate (DER), for a chain.
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
@@ -121,8 +124,7 @@ impl UpstreamCa {
         serial[0] &= 0x7f;
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let cert = params.signed_by(&key, &self.issuer).map_err(cert_err("client certificate"))?;
-        let not_after = chrono::Utc::now() + chrono::Duration::from_std(self.ttl).unwrap_or_default();
-        Ok(ClientCert { cert_der: cert.der().to_vec(), key_pkcs8_der: key.serialize_der(), not_after })
+        Ok(ClientCert { cert_der: cert.der().to_vec(), key_pkcs8_der: key.serialize_der() })
     }
 }
 

@@ -30,8 +30,9 @@ pub struct OidcConfig {
     /// The audience tokens must be for: the client id for ID tokens, the API's resource
     /// identifier for access tokens.
     pub audience: String,
-    /// Which token clients send as their password: `id_token` or `access_token`. Only the
-    /// audience differs; recorded for the operator's sake and checked at startup.
+    /// Which token clients send as their password: `id_token` or `access_token`. It states
+    /// the deployment's intent; the checks are the same for both, and `audience` is what
+    /// tells them apart (the client id, or the API's identifier).
     #[serde(default)]
     pub token: TokenKind,
     /// Tolerated clock difference with the issuer, in seconds.

@@ -92,8 +92,7 @@ impl TokenLogin {
                 if created {
                     info!(ca = %dir.join(pgtrail_identity::ca::CA_CERT_FILE).display(), "created the upstream login CA; give PostgreSQL this file as ssl_ca_file");
                 }
-                let minter =
-                    CertMinter { ca, upstream: config.upstream.clone(), ttl, cache: Mutex::new(HashMap::new()) };
+                let minter = CertMinter { ca, upstream: config.upstream.clone(), cache: Mutex::new(HashMap::new()) };
                 // Fails now, not at the first login, when upstream TLS is off.
                 if config.upstream.tls == crate::config::UpstreamTlsMode::Disable {
                     return cfg_err("auth.upstream = \"cert\" needs upstream.tls = \"require\" or \"verify-full\"");
@@ -142,7 +141,6 @@ fn read_secrets(path: &Path) -> Result<HashMap<String, String>, ProxyError> {
 pub(crate) struct CertMinter {
     ca: UpstreamCa,
     upstream: UpstreamConfig,
-    ttl: Duration,
     cache: Mutex<HashMap<String, (Arc<ClientConfig>, Instant)>>,
 }
 
@@ -150,7 +148,7 @@ impl CertMinter {
     fn config_for(&self, user: &str) -> Result<Arc<ClientConfig>, SessionError> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((config, minted)) = cache.get(user)
-            && minted.elapsed() < self.ttl / 2
+            && minted.elapsed() < self.ca.ttl() / 2
         {
             return Ok(Arc::clone(config));
         }
@@ -265,11 +263,11 @@ pub(crate) async fn token_login(
     };
     match credentials {
         Ok(credentials) => {
-            let upstream_tls = match &credentials {
-                ProxyCredentials::Cert(config) => Some(Arc::clone(config)),
-                ProxyCredentials::Password(_) => None,
+            let (upstream_tls, password) = match credentials {
+                ProxyCredentials::Cert(config) => (Some(config), None),
+                ProxyCredentials::Password(password) => (None, Some(password)),
             };
-            Some(LoggedIn { answer: UpstreamAnswer::new(&user, &credentials), upstream_tls })
+            Some(LoggedIn { answer: UpstreamAnswer { user, password, scram: None }, upstream_tls })
         }
         Err(e) => {
             if matches!(e, SessionError::ClientClosed) {
@@ -283,7 +281,8 @@ pub(crate) async fn token_login(
     }
 }
 
-/// The proxy's side of PostgreSQL's authentication exchange, answering with `password`.
+/// The proxy's side of PostgreSQL's authentication exchange, answering with `password`
+/// (None with a client certificate: PostgreSQL then asks for nothing).
 pub(crate) struct UpstreamAnswer {
     user: String,
     password: Option<String>,
@@ -291,14 +290,6 @@ pub(crate) struct UpstreamAnswer {
 }
 
 impl UpstreamAnswer {
-    pub(crate) fn new(user: &str, credentials: &ProxyCredentials) -> Self {
-        let password = match credentials {
-            ProxyCredentials::Password(p) => Some(p.clone()),
-            ProxyCredentials::Cert(_) => None,
-        };
-        Self { user: user.to_owned(), password, scram: None }
-    }
-
     /// The reply to an authentication request from PostgreSQL (None: nothing to send).
     pub(crate) fn reply(&mut self, request: &Authentication) -> Result<Option<FrontendMessage>, SessionError> {
         use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
