@@ -96,7 +96,7 @@ pub fn envelope_json(message: &[u8], wrapped_key_b64: &str) -> String {
 }
 
 /// When the sealing side makes a new data key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealerConfig {
     pub suite: Suite,
     /// A new data key after this many records.

@@ -9,12 +9,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use pg_query::protobuf::Token;
 use pg_query::{NodeEnum, NodeRef, ParserOptions};
 
 use crate::command::{describe, object_type_name};
 use crate::event::{EventClass, ObjectKind, ObjectRef};
 use crate::normalize::normalize;
+use crate::password::redact_passwords_with;
 
 /// What one statement is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,9 +117,10 @@ impl Classifier {
         if let Some(shape) = &shape {
             let key = shape_key(&shape.key, standard_conforming_strings);
             if let Some(template) = self.lock().shapes.get(&key) {
-                return Arc::new(Classified { statements: vec![from_template(template, sql, shape.statement_end)] });
+                let statement = from_template(template, sql, shape.statement_end, standard_conforming_strings);
+                return Arc::new(Classified { statements: vec![statement] });
             }
-        } else if cacheable && let Some(hit) = self.lock().exact.get(sql) {
+        } else if cacheable && let Some(hit) = self.lock().exact.get(&exact_key(sql, standard_conforming_strings)) {
             return Arc::clone(hit);
         }
         let classified = Arc::new(classify_uncached(sql, standard_conforming_strings));
@@ -139,8 +140,7 @@ impl Classifier {
                 if cache.exact.len() >= self.capacity {
                     cache.exact.clear();
                 }
-                let key = if standard_conforming_strings { sql.to_owned() } else { format!("\0{sql}") };
-                cache.exact.insert(key, Arc::clone(&classified));
+                cache.exact.insert(exact_key(sql, standard_conforming_strings), Arc::clone(&classified));
             }
         }
         classified
@@ -152,6 +152,15 @@ impl Classifier {
     }
 }
 
+/// The exact-text cache key: the same text reads differently with backslash escapes, so
+/// the setting is part of the key (regression: a parse made with it on was reused off).
+fn exact_key(sql: &str, standard_conforming_strings: bool) -> String {
+    let mut out = String::with_capacity(sql.len() + 1);
+    out.push(if standard_conforming_strings { 's' } else { 'b' });
+    out.push_str(sql);
+    out
+}
+
 fn shape_key(key: &str, standard_conforming_strings: bool) -> String {
     let mut out = String::with_capacity(key.len() + 1);
     out.push(if standard_conforming_strings { 's' } else { 'b' });
@@ -160,14 +169,14 @@ fn shape_key(key: &str, standard_conforming_strings: bool) -> String {
 }
 
 /// The analysis of a same-shape statement, with this text's own statement text.
-fn from_template(template: &Statement, sql: &str, statement_end: usize) -> Statement {
+fn from_template(
+    template: &Statement,
+    sql: &str,
+    statement_end: usize,
+    standard_conforming_strings: bool,
+) -> Statement {
     let text = sql.get(..statement_end).unwrap_or(sql).trim();
-    let text = if is_role_command(template.command.as_deref()) { redact_passwords(text) } else { text.to_owned() };
-    Statement { text, ..template.clone() }
-}
-
-fn is_role_command(command: Option<&str>) -> bool {
-    matches!(command, Some("CREATE ROLE" | "ALTER ROLE"))
+    Statement { text: redact_passwords_with(text, standard_conforming_strings), ..template.clone() }
 }
 
 fn parser_options(standard_conforming_strings: bool) -> ParserOptions {
@@ -181,7 +190,7 @@ fn parser_options(standard_conforming_strings: bool) -> ParserOptions {
 fn classify_uncached(sql: &str, standard_conforming_strings: bool) -> Classified {
     let options = parser_options(standard_conforming_strings);
     let Ok(parsed) = pg_query::parse(sql, options) else {
-        return Classified { statements: vec![unparsed(sql)] };
+        return Classified { statements: vec![unparsed(sql, standard_conforming_strings)] };
     };
     let raw = &parsed.protobuf.stmts;
     if raw.is_empty() {
@@ -194,7 +203,7 @@ fn classify_uncached(sql: &str, standard_conforming_strings: bool) -> Classified
         let Some(node) = stmt.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
             continue;
         };
-        statements.push(classify_statement(text, node, options));
+        statements.push(classify_statement(text, node, standard_conforming_strings));
     }
     Classified { statements }
 }
@@ -210,9 +219,9 @@ fn statement_text(sql: &str, location: i32, len: i32) -> &str {
     sql.get(start..end).unwrap_or(sql).trim()
 }
 
-fn unparsed(sql: &str) -> Statement {
+fn unparsed(sql: &str, standard_conforming_strings: bool) -> Statement {
     Statement {
-        text: redact_passwords(sql),
+        text: redact_passwords_with(sql, standard_conforming_strings),
         command: None,
         class: None,
         object_type: None,
@@ -224,7 +233,8 @@ fn unparsed(sql: &str) -> Statement {
     }
 }
 
-fn classify_statement(text: &str, node: &NodeEnum, options: ParserOptions) -> Statement {
+fn classify_statement(text: &str, node: &NodeEnum, standard_conforming_strings: bool) -> Statement {
+    let options = parser_options(standard_conforming_strings);
     let (command, class) = describe(node);
     let objects = referenced_objects(node);
     let object_type = objects.first().map(|o| match o.kind {
@@ -233,7 +243,7 @@ fn classify_statement(text: &str, node: &NodeEnum, options: ParserOptions) -> St
     });
     let object_name = objects.first().map(|o| o.name.clone());
     let fingerprint = pg_query::fingerprint(text, options, 0).ok().map(|f| f.hex);
-    let text = if is_role_command(Some(&command)) { redact_passwords(text) } else { text.to_owned() };
+    let text = redact_passwords_with(text, standard_conforming_strings);
     let noise = crate::noise::is_noise(node);
     let traits = traits_of(node);
     Statement {
@@ -322,47 +332,6 @@ fn qualified_name(parts: &[pg_query::Node]) -> String {
         })
         .collect();
     names.join(".")
-}
-
-/// Replaces the string literal after `PASSWORD` in `CREATE`/`ALTER` statements (CREATE ROLE,
-/// ALTER USER ... PASSWORD, psql's \password) with `<REDACTED>`. Works on scanner tokens,
-/// so it also covers statements the grammar rejects.
-pub fn redact_passwords(sql: &str) -> String {
-    let Ok(tokens) = pg_query::scan_tokens(sql) else {
-        return sql.to_owned();
-    };
-    // Each statement of a multi-statement text on its own: pgAudit repeats the whole text
-    // in every record, so a password in the third statement must go from all of them.
-    let mut out = String::with_capacity(sql.len());
-    let mut copied = 0usize;
-    let mut statement_changes_a_role = false;
-    let mut at_statement_start = true;
-    for (i, token) in tokens.iter().enumerate() {
-        if at_statement_start {
-            statement_changes_a_role = token.token == Token::Create as i32 || token.token == Token::Alter as i32;
-            at_statement_start = false;
-        }
-        if token.token == Token::Ascii59 as i32 {
-            at_statement_start = true;
-            continue;
-        }
-        let Some(literal) = tokens.get(i + 1) else { continue };
-        if !(statement_changes_a_role && token.token == Token::Password as i32 && literal.token == Token::Sconst as i32)
-        {
-            continue;
-        }
-        let (Ok(start), Ok(end)) = (usize::try_from(literal.start), usize::try_from(literal.end)) else {
-            continue;
-        };
-        if start < copied || end > sql.len() || !sql.is_char_boundary(start) || !sql.is_char_boundary(end) {
-            continue;
-        }
-        out.push_str(&sql[copied..start]);
-        out.push_str("<REDACTED>");
-        copied = end;
-    }
-    out.push_str(&sql[copied..]);
-    out
 }
 
 #[cfg(test)]
@@ -461,13 +430,11 @@ mod tests {
         ] {
             assert_eq!(one(sql).text, expected);
         }
-        // In any statement of a multi-statement text (pgAudit repeats the whole text).
-        assert_eq!(
-            redact_passwords(
-                "SELECT 1; CREATE ROLE a PASSWORD 'x'; SELECT 'PASSWORD' || 'y'; ALTER USER b PASSWORD 'z'"
-            ),
-            "SELECT 1; CREATE ROLE a PASSWORD <REDACTED>; SELECT 'PASSWORD' || 'y'; ALTER USER b PASSWORD <REDACTED>"
-        );
+        // Inside a DO block, in every text of its shape (all DO blocks share one).
+        let c = Classifier::new(10);
+        c.classify("DO $$ BEGIN PERFORM 1; END $$");
+        let hidden = c.classify("DO $$ BEGIN EXECUTE 'ALTER ROLE a PASSWORD ''secret'''; END $$");
+        assert!(!hidden.statements[0].text.contains("secret"), "{}", hidden.statements[0].text);
         // Even when the grammar refuses the statement.
         let bad = one("CREATE ROLE app PASSWORD 'secret' NOSUCHOPTION");
         assert_eq!(bad.command, None);
@@ -531,6 +498,19 @@ mod tests {
         assert_eq!(off.statements.len(), 1, "{off:?}");
         let on = c.classify_with("SELECT 'a\\' ; DROP TABLE x; --'", true);
         assert_eq!(on.statements.len(), 2, "{on:?}");
+    }
+
+    /// Issue 12.1: a multi-statement text parsed with standard_conforming_strings on was
+    /// found in the exact-text cache by its text alone when the session had it off.
+    #[test]
+    fn regression_exact_cache_reused_a_parse_made_under_the_other_string_mode() {
+        let c = Classifier::new(100);
+        let text = "SELECT 1; SELECT 'a\\'' ; DROP TABLE victim; -- '";
+        let on = c.classify_with(text, true);
+        assert_eq!(on.statements.len(), 2, "{on:?}");
+        let off = c.classify_with(text, false);
+        assert_eq!(off.statements.len(), 3, "{off:?}");
+        assert_eq!(off.statements[2].command.as_deref(), Some("DROP TABLE"));
     }
 
     #[test]

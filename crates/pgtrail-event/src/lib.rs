@@ -8,12 +8,15 @@
 mod classify;
 mod command;
 mod event;
+mod literals;
 pub mod noise;
 mod normalize;
+mod password;
 
-pub use classify::{Classified, Classifier, Statement, Traits, redact_passwords};
+pub use classify::{Classified, Classifier, Statement, Traits};
 pub use command::{class_from_tag, rows_from_completion, tag_from_completion};
 pub use event::{
     ActivityEvent, ActivityRecord, EventClass, EventSource, ExitCode, Identity, ObjectKind, ObjectRef, Verdict,
     activity_record_json, format_das_time, parse_das_time, session_id,
 };
+pub use password::{password_change_in_literals, redact_passwords, redact_passwords_with};

@@ -50,6 +50,15 @@ pub struct CheckpointSigner {
     key: SigningKey,
 }
 
+/// Two signers are the same when they hold the same key.
+impl PartialEq for CheckpointSigner {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.key.to_bytes() == other.key.to_bytes()
+    }
+}
+
+impl Eq for CheckpointSigner {}
+
 impl std::fmt::Debug for CheckpointSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CheckpointSigner").field("id", &self.id).finish_non_exhaustive()

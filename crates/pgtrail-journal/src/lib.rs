@@ -36,12 +36,17 @@
 //! the one before it; a segment's first record has the sequence number in its file name;
 //! only the last segment is ever appended to; a checkpoint signs the record just before it.
 //!
-//! Recovery: when a journal is opened for writing, the last segment is scanned. The first
-//! record that is incomplete, fails its CRC or hash, or breaks the sequence or the chain
-//! marks a torn tail (a crash during a write): the file is truncated there, a warning
-//! names the segment, the offset and the number of bytes cut, and [`Journal::recovery`]
-//! reports it so the capture side can record it in the journal itself. Earlier segments
-//! are never modified; damage there is reported by readers and `verify`, not repaired.
+//! Recovery: when a journal is opened for writing, the last segment is scanned. A torn
+//! tail is what a crash during a write leaves: an incomplete last record (or zeros) with
+//! no valid record after it. It is truncated, a warning names the segment, the offset and
+//! the number of bytes cut, and [`Journal::recovery`] reports it so the capture side can
+//! record it in the journal itself. Anything else is damage or tampering: a complete
+//! record that fails its CRC or hash or breaks the sequence or the chain, or any bad
+//! record with a valid record after it. Then opening fails with
+//! [`JournalError::Damaged`], naming the record, and nothing is changed; only with
+//! [`JournalOptions::set_aside_damage`] is the damaged segment moved aside intact and the
+//! journal continued after its last valid record. Checkpointed records are never deleted.
+//! Earlier segments are never modified; damage there is reported by readers and `verify`.
 
 pub mod checkpoint;
 mod format;
@@ -76,6 +81,13 @@ pub enum JournalError {
     PayloadTooLarge { len: usize, max: usize },
     #[error("the recorder has stopped")]
     RecorderStopped,
+    #[error(
+        "the journal is damaged: record {seq} in {path} at offset {offset} fails its checks ({what}). \
+         This is damage or tampering, not a torn write, and nothing was changed. `pgtrail verify` shows it; \
+         starting with --set-aside-damaged-journal moves the segment aside intact and continues after record {}",
+        seq.saturating_sub(1)
+    )]
+    Damaged { path: PathBuf, offset: u64, seq: u64, what: String },
     #[error("journal instance {0:?} must be 1 to 64 bytes")]
     BadInstance(String),
     #[error("{path} belongs to instance {found:?}, not the configured {configured:?}")]

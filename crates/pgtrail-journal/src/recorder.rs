@@ -33,7 +33,7 @@ use tracing::{error, info, warn};
 use crate::{Journal, JournalError, MAX_PAYLOAD, now_micros};
 
 /// Batching and queueing limits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecorderConfig {
     /// A batch is written once it holds this many items...
     pub max_batch_items: usize,

@@ -15,7 +15,7 @@ use crate::format::{
 use crate::{JournalError, io_err, now_micros};
 
 /// Tunables of the writer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalOptions {
     /// A new segment is started once the current one reaches this size.
     pub segment_max_bytes: u64,
@@ -30,6 +30,11 @@ pub struct JournalOptions {
     pub checkpoint_every: Duration,
     /// Where a copy of every checkpoint is appended (another mount or host).
     pub witness_dir: Option<PathBuf>,
+    /// When the last segment is damaged (a complete record fails its checks and valid
+    /// records follow it), set it aside intact as `<segment>.damaged-<unix seconds>`
+    /// and continue in a new segment holding the valid records before the damage,
+    /// instead of refusing to open. Reported by [`Journal::recovery`].
+    pub set_aside_damage: bool,
 }
 
 impl Default for JournalOptions {
@@ -41,6 +46,7 @@ impl Default for JournalOptions {
             checkpoint_every_records: 1000,
             checkpoint_every: Duration::from_secs(10),
             witness_dir: None,
+            set_aside_damage: false,
         }
     }
 }
@@ -55,13 +61,16 @@ pub struct Mark {
     records_since_checkpoint: u64,
 }
 
-/// What recovery cut from a torn tail when the journal was opened.
+/// What recovery did when the journal was opened: cut a torn tail, or (with
+/// [`JournalOptions::set_aside_damage`]) set a damaged segment aside.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovery {
     pub segment: PathBuf,
     pub offset: u64,
     pub bytes_cut: u64,
     pub reason: String,
+    /// Where the damaged segment was moved, intact; `None` for a torn tail.
+    pub set_aside: Option<PathBuf>,
 }
 
 /// An open journal, ready to append. Only one may be open per directory at a time
@@ -94,7 +103,7 @@ impl Journal {
             let start = genesis_hash(&options.instance);
             return Self::create_segment(dir, options, 1, start);
         };
-        let recovered = recover_segment(&path, first_seq, &options.instance)?;
+        let recovered = recover_segment(&path, first_seq, &options)?;
         let file = OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
         Ok(Self {
             dir,
@@ -286,8 +295,12 @@ struct Recovered {
     cut: Option<Recovery>,
 }
 
-/// Scans the last segment and truncates it after its last valid record.
-fn recover_segment(path: &Path, first_seq: u64, instance: &str) -> Result<Recovered, JournalError> {
+/// Scans the last segment and truncates a torn tail: a last record that is incomplete (or
+/// a run of zeros a crash left). A complete record that fails its CRC, hash, sequence or
+/// link, or any bad record with a valid record after it, is damage or tampering: the
+/// segment is left as it is and opening fails, unless `set_aside_damage`.
+fn recover_segment(path: &Path, first_seq: u64, options: &JournalOptions) -> Result<Recovered, JournalError> {
+    let instance = options.instance.as_str();
     let mut bytes = Vec::new();
     File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(path))?;
     let header = match SegmentHeader::decode(&bytes) {
@@ -324,15 +337,43 @@ fn recover_segment(path: &Path, first_seq: u64, instance: &str) -> Result<Recove
                 records = if record.kind == RecordKind::Checkpoint { 0 } else { records + 1 };
             }
             Decoded::Record(record, _) if record.seq != expected => {
-                break Some(format!("sequence {} where {expected} was expected", record.seq));
+                break Some((format!("sequence {} where {expected} was expected", record.seq), false));
             }
-            Decoded::Record(..) => break Some("record does not link to the previous hash".to_owned()),
-            Decoded::Incomplete => break Some("incomplete record".to_owned()),
-            Decoded::Corrupt(what) => break Some(what),
+            Decoded::Record(..) => break Some(("record does not link to the previous hash".to_owned(), false)),
+            Decoded::Incomplete => break Some(("incomplete record".to_owned(), true)),
+            Decoded::Corrupt(_) if bytes[offset..].iter().all(|&b| b == 0) => {
+                break Some(("zeros after the last record".to_owned(), true));
+            }
+            Decoded::Corrupt(what) => break Some((what, false)),
         }
     };
     let mut cut = None;
-    if let Some(reason) = reason {
+    if let Some((reason, incomplete)) = reason {
+        let follows = valid_record_after(&bytes, offset);
+        // A record the witness holds a checkpoint for was durable: it cannot be torn.
+        let witnessed = last_witnessed(options).filter(|&durable| durable >= expected);
+        if !incomplete || follows.is_some() || witnessed.is_some() {
+            let damage = JournalError::Damaged {
+                path: path.to_path_buf(),
+                offset: offset as u64,
+                seq: expected,
+                what: match (follows, witnessed) {
+                    (Some(at), _) => format!("{reason}; a valid record follows at offset {at}"),
+                    (None, Some(durable)) => format!("{reason}; the witness holds a checkpoint of record {durable}"),
+                    (None, None) => format!("{reason}; the record is complete, so this is no torn write"),
+                },
+            };
+            if !options.set_aside_damage {
+                return Err(damage);
+            }
+            return set_aside(path, &bytes[..offset], damage).map(|cut| Recovered {
+                len: offset as u64,
+                next_seq: expected,
+                last_hash,
+                records,
+                cut: Some(cut),
+            });
+        }
         let bytes_cut = (bytes.len() - offset) as u64;
         warn!(
             segment = %path.display(),
@@ -344,9 +385,62 @@ fn recover_segment(path: &Path, first_seq: u64, instance: &str) -> Result<Recove
         let file = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
         file.set_len(offset as u64).map_err(io_err(path))?;
         file.sync_all().map_err(io_err(path))?;
-        cut = Some(Recovery { segment: path.to_path_buf(), offset: offset as u64, bytes_cut, reason });
+        cut = Some(Recovery { segment: path.to_path_buf(), offset: offset as u64, bytes_cut, reason, set_aside: None });
     }
     Ok(Recovered { len: offset as u64, next_seq: expected, last_hash, records, cut })
+}
+
+/// The last record the witness knows was durable (a checkpoint's own record follows the
+/// one it signs), if there is a witness with checkpoints.
+fn last_witnessed(options: &JournalOptions) -> Option<u64> {
+    let dir = options.witness_dir.as_ref()?;
+    let checkpoints = crate::checkpoint::read_witness(dir, &options.instance).ok()?;
+    checkpoints.iter().map(|c| c.seq + 1).max()
+}
+
+/// The offset of the first record after `from` that decodes (CRC and hash good), if any:
+/// what tells damage in the middle of a segment from a torn tail at its end, even when the
+/// damage is in a length field.
+fn valid_record_after(bytes: &[u8], from: usize) -> Option<usize> {
+    (from + 1..bytes.len().saturating_sub(crate::format::RECORD_HEADER_LEN - 1)).find(|&at| {
+        let header = &bytes[at..];
+        // Cheap filters first: a known kind and zero reserved bytes.
+        matches!(header[8], 1 | 2)
+            && header[9..16].iter().all(|&b| b == 0)
+            && matches!(decode_record(header), Decoded::Record(..))
+    })
+}
+
+/// Moves a damaged segment aside intact and writes, in its place, a segment holding only
+/// its valid records before the damage, so the journal continues from there.
+fn set_aside(path: &Path, valid_prefix: &[u8], damage: JournalError) -> Result<Recovery, JournalError> {
+    let JournalError::Damaged { offset, seq, what, .. } = &damage else { return Err(damage) };
+    let seconds = now_micros() / 1_000_000;
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".damaged-{seconds}"));
+    let aside = PathBuf::from(aside);
+    let staging = path.with_extension("seg.repairing");
+    std::fs::write(&staging, valid_prefix).map_err(io_err(&staging))?;
+    File::open(&staging).and_then(|f| f.sync_all()).map_err(io_err(&staging))?;
+    std::fs::rename(path, &aside).map_err(io_err(path))?;
+    std::fs::rename(&staging, path).map_err(io_err(path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+    let bytes_cut = std::fs::metadata(&aside).map(|m| m.len()).unwrap_or(0).saturating_sub(*offset);
+    warn!(
+        segment = %path.display(),
+        set_aside = %aside.display(),
+        record = seq,
+        offset,
+        "journal damage set aside; continuing after the last valid record"
+    );
+    Ok(Recovery {
+        segment: path.to_path_buf(),
+        offset: *offset,
+        bytes_cut,
+        reason: format!("record {seq} is damaged ({what})"),
+        set_aside: Some(aside),
+    })
 }
 
 /// The last segment's header was torn: rewrite it from the end of the previous segment.
@@ -379,6 +473,7 @@ fn recreate_torn_segment(path: &Path, first_seq: u64, instance: &str, what: &str
             offset: 0,
             bytes_cut: 0,
             reason: "segment header torn".into(),
+            set_aside: None,
         }),
     })
 }

@@ -33,6 +33,7 @@ fn write_journal(dir: &Path, witness: &Path, signer: &CheckpointSigner, seed: u6
         checkpoint_every_records: 4,
         checkpoint_every: std::time::Duration::from_secs(3600),
         witness_dir: Some(witness.to_path_buf()),
+        set_aside_damage: false,
     };
     let mut rng = StdRng::seed_from_u64(seed);
     let mut j = Journal::open(dir, options).unwrap();

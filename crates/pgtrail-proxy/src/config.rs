@@ -151,6 +151,20 @@ pub struct PolicyConfig {
     /// Deny rules, checked in order; the first that matches refuses the statement.
     #[serde(default)]
     pub deny: Vec<DenyRule>,
+    /// What a text the parser cannot read gets while deny rules exist: `deny` (default; a
+    /// rule cannot judge what it cannot read) or `allow` (PostgreSQL, whose grammar is
+    /// older than the parser's, will reject it anyway).
+    #[serde(default)]
+    pub on_unparsable: Unparsable,
+}
+
+/// `policy.on_unparsable`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unparsable {
+    #[default]
+    Deny,
+    Allow,
 }
 
 /// One deny rule: a CEL condition over `statement` (class, command, objects, hasWhere,

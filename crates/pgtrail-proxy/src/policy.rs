@@ -2,20 +2,33 @@
 //! but the password admins (like RDS's `rds.restrict_password_commands`), and the
 //! operator's deny rules, CEL conditions over the parsed statement and the session.
 //!
-//! A verdict depends only on the statement's analysis (class, command, objects, traits),
-//! which same-shape statements share, and on the session's user, database, application
-//! and identity. It is cached under the statement's fingerprint and a key of those session
-//! facts, so a repeated statement costs a hash lookup after its classification (itself
-//! cached). Without a `[policy]` the relay never calls in here.
+//! A text is judged by every way PostgreSQL could read it, not only by the reading the
+//! proxy believes the session uses: the session's `standard_conforming_strings` can change
+//! in the same write as the query (a pipelined `SET`), and the proxy learns of it only from
+//! the server's reply. So a text with a backslash is also read with backslash escapes the
+//! other way round, and a text with a backslash right after a character the proxy could
+//! not decode as UTF-8 (the trail byte of a Shift-JIS, Big5, GBK or UHC character is a
+//! backslash to anyone who does not know the encoding) is also read without that
+//! backslash. If any reading is denied, the text is denied. (`backslash_quote` and
+//! `escape_string_warning` only make the server reject or warn about a text, never read
+//! it otherwise.) A text that no reading parses is denied when deny rules exist
+//! (`on_unparsable = "deny"`, the default): a rule cannot judge what it cannot read, and
+//! the parser's grammar, newer than the server's, rejects nothing the server would run.
+//!
+//! A verdict depends only on the statement's analysis (class, command, objects, traits)
+//! and on the session's user, database, application and identity. It is cached under that
+//! analysis and a key of those session facts, so a repeated statement costs a hash lookup
+//! after its classification (itself cached). Without a `[policy]` the relay never calls
+//! in here.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use cel::{Context, Program, Value};
-use pgtrail_event::{Classified, Statement};
+use pgtrail_event::{Classified, Classifier, Statement};
 
 use crate::ProxyError;
-use crate::config::{DenyRule, PolicyConfig};
+use crate::config::{DenyRule, PolicyConfig, Unparsable};
 use crate::tracker::SessionFacts;
 
 /// Why a statement is refused.
@@ -43,6 +56,7 @@ struct CompiledRule {
 /// The compiled policy.
 pub(crate) struct Policy {
     restrict_passwords: bool,
+    deny_unparsable: bool,
     password_admins: HashSet<String>,
     rules: Vec<CompiledRule>,
     cache: Mutex<VerdictCache>,
@@ -56,6 +70,46 @@ impl std::fmt::Debug for Policy {
 
 const CACHE_CAPACITY: usize = 10_000;
 pub(crate) const PASSWORD_RULE: &str = "restrict_password_commands";
+pub(crate) const UNPARSABLE_RULE: &str = "on_unparsable";
+
+/// What the policy made of a Query or Parse text.
+#[derive(Debug)]
+pub(crate) enum Judgement {
+    /// Relay it; the classification is the session's own reading, for the event.
+    Allowed(Arc<Classified>),
+    /// Refuse it: the statement that was denied (in the reading that denied it), and why.
+    Denied(Statement, Denial),
+}
+
+/// One way PostgreSQL may read a text.
+struct Reading<'a> {
+    text: std::borrow::Cow<'a, str>,
+    standard_conforming_strings: bool,
+}
+
+/// Every reading of `text` that could differ from the session's (see the module doc).
+fn readings(text: &str, standard_conforming_strings: bool) -> Vec<Reading<'_>> {
+    let mut out = vec![Reading { text: text.into(), standard_conforming_strings }];
+    if !text.contains('\\') {
+        return out;
+    }
+    out.push(Reading { text: text.into(), standard_conforming_strings: !standard_conforming_strings });
+    let mut previous_non_ascii = false;
+    let without_trail_backslashes: String = text
+        .chars()
+        .map(|c| {
+            let swallowed = c == '\\' && previous_non_ascii;
+            previous_non_ascii = !c.is_ascii();
+            if swallowed { 'x' } else { c }
+        })
+        .collect();
+    if without_trail_backslashes != text {
+        for scs in [true, false] {
+            out.push(Reading { text: without_trail_backslashes.clone().into(), standard_conforming_strings: scs });
+        }
+    }
+    out
+}
 
 impl Policy {
     /// Compiles the configuration; `None` when there is nothing to check.
@@ -86,6 +140,7 @@ impl Policy {
         }
         Ok(Some(Self {
             restrict_passwords,
+            deny_unparsable: !config.deny.is_empty() && config.on_unparsable == Unparsable::Deny,
             password_admins: config.password_admins.iter().cloned().collect(),
             rules,
             cache: Mutex::new(VerdictCache::default()),
@@ -96,6 +151,55 @@ impl Policy {
     pub(crate) fn session_key(facts: &SessionFacts) -> Arc<str> {
         let identity = facts.identity.as_ref().map(|i| serde_json::to_string(i).unwrap_or_default());
         Arc::from(format!("{:?}\0{:?}\0{:?}\0{:?}", facts.user, facts.database, facts.application, identity))
+    }
+
+    /// Judges a Query or Parse text by every reading PostgreSQL may give it.
+    pub(crate) fn judge(
+        &self,
+        classifier: &Classifier,
+        text: &str,
+        standard_conforming_strings: bool,
+        facts: &SessionFacts,
+        session_key: &Arc<str>,
+    ) -> Judgement {
+        let own = classifier.classify_with(text, standard_conforming_strings);
+        let mut any_parsed = false;
+        for (i, reading) in readings(text, standard_conforming_strings).into_iter().enumerate() {
+            let classified = if i == 0 {
+                Arc::clone(&own)
+            } else {
+                classifier.classify_with(&reading.text, reading.standard_conforming_strings)
+            };
+            // A reading the parser rejects is one the server rejects too.
+            if classified.statements.iter().any(|s| s.command.is_none()) {
+                continue;
+            }
+            any_parsed = true;
+            if let Some((index, denial)) = self.check(&classified, facts, session_key) {
+                return Judgement::Denied(classified.statements[index].clone(), denial);
+            }
+            if self.restrict_passwords
+                && !self.is_password_admin(facts)
+                && let Some(index) =
+                    pgtrail_event::password_change_in_literals(&reading.text, reading.standard_conforming_strings)
+            {
+                let statement = classified.statements.get(index).or(classified.statements.last());
+                return Judgement::Denied(
+                    statement.cloned().unwrap_or_else(|| own_statement(&own, text)),
+                    password_denial(),
+                );
+            }
+        }
+        if !any_parsed && self.deny_unparsable {
+            let denial = Denial {
+                rule: UNPARSABLE_RULE.into(),
+                message: "the statement could not be parsed, and deny rules cannot judge what they cannot read \
+                          (policy.on_unparsable)"
+                    .into(),
+            };
+            return Judgement::Denied(own_statement(&own, text), denial);
+        }
+        Judgement::Allowed(own)
     }
 
     /// The first statement of `classified` to refuse (its index) and why, if there is one.
@@ -112,17 +216,13 @@ impl Policy {
             .find_map(|(i, s)| Some((i, self.check_statement(s, facts, session_key)?)))
     }
 
-    /// Whether `text` could set a password, cheaply: only such texts need classifying
-    /// when password restriction is the whole policy.
-    pub(crate) fn needs_check(&self, text: &str) -> bool {
-        !self.rules.is_empty() || (self.restrict_passwords && contains_ignore_case(text, b"password"))
-    }
-
     fn check_statement(&self, statement: &Statement, facts: &SessionFacts, session_key: &Arc<str>) -> Option<Denial> {
         // Text the parser rejected: PostgreSQL rejects it too.
         let fingerprint = statement.fingerprint.as_ref()?;
-        // Looked up by reference: a hit allocates nothing.
-        if let Some(hit) = self.lock().sessions.get(session_key).and_then(|s| s.get(fingerprint.as_str())) {
+        // Everything a verdict depends on, not only the fingerprint: two readings of one
+        // text must never share a verdict unless their analyses are equal.
+        let analysis = analysis_key(fingerprint, statement);
+        if let Some(hit) = self.lock().sessions.get(session_key).and_then(|s| s.get(&analysis)) {
             return hit.clone();
         }
         let verdict = self.decide(statement, facts);
@@ -132,18 +232,13 @@ impl Policy {
             *cache = VerdictCache::default();
         }
         cache.entries += 1;
-        cache.sessions.entry(Arc::clone(session_key)).or_default().insert(fingerprint.clone(), verdict.clone());
+        cache.sessions.entry(Arc::clone(session_key)).or_default().insert(analysis, verdict.clone());
         verdict
     }
 
     fn decide(&self, statement: &Statement, facts: &SessionFacts) -> Option<Denial> {
         if self.restrict_passwords && statement.traits.sets_password && !self.is_password_admin(facts) {
-            return Some(Denial {
-                rule: PASSWORD_RULE.into(),
-                message: "setting a password is restricted to the password admins \
-                          (policy.restrict_password_commands)"
-                    .into(),
-            });
+            return Some(password_denial());
         }
         if self.rules.is_empty() {
             return None;
@@ -177,8 +272,38 @@ impl Policy {
     }
 }
 
-fn contains_ignore_case(haystack: &str, needle: &[u8]) -> bool {
-    haystack.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+fn password_denial() -> Denial {
+    Denial {
+        rule: PASSWORD_RULE.into(),
+        message: "setting a password is restricted to the password admins (policy.restrict_password_commands)".into(),
+    }
+}
+
+/// The statement to record for a denial when the reading that denied it has none to name.
+fn own_statement(own: &Classified, text: &str) -> Statement {
+    own.statements.first().cloned().unwrap_or_else(|| Statement {
+        text: pgtrail_event::redact_passwords(text),
+        command: None,
+        class: None,
+        object_type: None,
+        object_name: None,
+        objects: Vec::new(),
+        fingerprint: None,
+        noise: false,
+        traits: pgtrail_event::Traits::default(),
+    })
+}
+
+/// The verdict cache's statement key: the fingerprint and what rules see.
+fn analysis_key(fingerprint: &str, statement: &Statement) -> String {
+    let objects: Vec<&str> = statement.objects.iter().map(|o| o.name.as_str()).collect();
+    format!(
+        "{fingerprint}\0{:?}\0{:?}\0{:?}\0{}",
+        statement.command,
+        statement.class,
+        statement.traits,
+        objects.join("\0")
+    )
 }
 
 fn text(value: Option<&str>) -> Value {
@@ -259,13 +384,94 @@ mod tests {
                 .iter()
                 .map(|(name, when)| DenyRule { name: (*name).into(), when: (*when).into(), message: "no".into() })
                 .collect(),
+            ..PolicyConfig::default()
         };
         Policy::compile(&config, false).expect("compiles").expect("something to check")
     }
 
     fn check(policy: &Policy, sql: &str, facts: &SessionFacts) -> Option<String> {
-        let classified = pgtrail_event::Classifier::new(10).classify(sql);
-        policy.check(&classified, facts, &Policy::session_key(facts)).map(|(_, d)| d.rule.to_string())
+        judge(policy, &Classifier::new(10), sql, true, facts)
+    }
+
+    fn judge(policy: &Policy, classifier: &Classifier, sql: &str, scs: bool, facts: &SessionFacts) -> Option<String> {
+        match policy.judge(classifier, sql, scs, facts, &Policy::session_key(facts)) {
+            Judgement::Allowed(_) => None,
+            Judgement::Denied(_, denial) => Some(denial.rule.to_string()),
+        }
+    }
+
+    /// Issue 12.1: a text judged by the reading the proxy believed the session had
+    /// (standard_conforming_strings on) ran under the other one (a pipelined SET), and a
+    /// parse cached under one setting was reused under the other.
+    #[test]
+    fn regression_deny_rule_bypassed_through_standard_conforming_strings() {
+        let p = policy(&[("no drop", r#"statement.command == "DROP TABLE""#)], Some(false), &[]);
+        let facts = SessionFacts { user: Some("app".into()), ..SessionFacts::default() };
+        let text = "SELECT 1; SELECT 'a\\'' ; DROP TABLE victim; -- '";
+        let shared = Classifier::new(100);
+        for scs in [true, false, true] {
+            assert_eq!(judge(&p, &shared, text, scs, &facts).as_deref(), Some("no drop"), "scs {scs}");
+        }
+        // The one-statement form that hides the DROP from the other reading.
+        assert_eq!(
+            judge(&p, &shared, "SELECT 'a\\' ; DROP TABLE victim; --'", true, &facts).as_deref(),
+            Some("no drop")
+        );
+        assert_eq!(
+            judge(&p, &shared, "SELECT 'a\\' ; DROP TABLE victim; --'", false, &facts).as_deref(),
+            Some("no drop")
+        );
+        // Backslashes that change nothing are allowed in both readings.
+        assert_eq!(judge(&p, &shared, "SELECT 'C:\\temp'", true, &facts), None);
+    }
+
+    /// Issue 12.1: in Shift-JIS (and Big5, GBK, UHC) the second byte of a character can be
+    /// a backslash; read as UTF-8 it escapes the quote that really ends the literal.
+    #[test]
+    fn regression_deny_rule_bypassed_through_a_multibyte_trail_backslash() {
+        let p = policy(&[("no drop", r#"statement.command == "DROP TABLE""#)], Some(false), &[]);
+        let facts = SessionFacts { user: Some("app".into()), ..SessionFacts::default() };
+        // What the proxy sees of E'<0x83 0x5C>' ; DROP TABLE victim; --' (lossy UTF-8).
+        let text = "SELECT E'\u{fffd}\\' ; DROP TABLE victim; --'";
+        assert_eq!(judge(&p, &Classifier::new(10), text, true, &facts).as_deref(), Some("no drop"));
+    }
+
+    #[test]
+    fn unparsable_text_is_denied_while_deny_rules_exist() {
+        let facts = SessionFacts { user: Some("app".into()), ..SessionFacts::default() };
+        let p = policy(&[("no drop", r#"statement.command == "DROP TABLE""#)], Some(false), &[]);
+        assert_eq!(check(&p, "selec 1", &facts).as_deref(), Some(UNPARSABLE_RULE));
+        assert_eq!(check(&p, "-- only a comment", &facts), None);
+        let config = PolicyConfig {
+            deny: vec![DenyRule { name: "r".into(), when: "false".into(), message: "m".into() }],
+            on_unparsable: Unparsable::Allow,
+            ..PolicyConfig::default()
+        };
+        let allow = Policy::compile(&config, false).expect("compiles").expect("policy");
+        assert_eq!(check(&allow, "selec 1", &facts), None);
+        // The password restriction alone lets the server reject what it cannot parse.
+        let restriction = policy(&[], Some(true), &[]);
+        assert_eq!(check(&restriction, "selec 1", &facts), None);
+    }
+
+    /// Issue 12.3: a DO block or function body that changes a password, directly or
+    /// through dynamic SQL, escaped the restriction.
+    #[test]
+    fn regression_password_restriction_escaped_through_do_blocks_and_functions() {
+        let p = policy(&[], Some(true), &["postgres"]);
+        let alice = SessionFacts { user: Some("alice".into()), ..SessionFacts::default() };
+        let postgres = SessionFacts { user: Some("postgres".into()), ..SessionFacts::default() };
+        for sql in [
+            "DO $$ BEGIN EXECUTE 'ALTER ROLE alice PASSWORD ''y'''; END $$",
+            "DO $$ BEGIN EXECUTE 'ALTER ROLE alice PASS'||'WORD ''y'''; END $$",
+            "DO $$ BEGIN EXECUTE format('ALTER ROLE %I PASSWORD %L', 'alice', 'y'); END $$",
+            "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $f$BEGIN EXECUTE 'ALTER ROLE alice PASSWORD ''y'''; END$f$",
+            "SELECT 1; DO $$ BEGIN ALTER ROLE alice PASSWORD 'y'; END $$",
+        ] {
+            assert_eq!(check(&p, sql, &alice).as_deref(), Some(PASSWORD_RULE), "{sql}");
+            assert_eq!(check(&p, sql, &postgres), None, "{sql}");
+        }
+        assert_eq!(check(&p, "DO $$ BEGIN RAISE NOTICE 'hi'; END $$", &alice), None);
     }
 
     fn human() -> SessionFacts {

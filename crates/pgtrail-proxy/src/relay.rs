@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::Durable;
 use crate::config::Delivery;
-use crate::policy::{Denial, Policy};
+use crate::policy::{Denial, Judgement, Policy};
 use crate::server::Shared;
 use crate::session::{SessionError, send_error};
 use crate::stream::MaybeTls;
@@ -355,9 +355,7 @@ async fn client_to_server(
         let Some(body) = body else { return Ok(Flow::default()) };
         let msg = FrontendMessage::parse(tag, body).map_err(SessionError::ClientProtocol)?;
         let mut classified = None;
-        if let (Some(policy), Some(key), Some(text)) = (&shared.policy, &session_key, statement_text(&msg))
-            && policy.needs_check(text)
-        {
+        if let (Some(policy), Some(key), Some(text)) = (&shared.policy, &session_key, statement_text(&msg)) {
             match check_policy(shared, policy, key, text, &msg, &mut refusal, tracker) {
                 Checked::Denied(flow) => return Ok(flow),
                 Checked::Allowed(analysis) => classified = Some(analysis),
@@ -389,11 +387,12 @@ fn check_policy(
     tracker: &Mutex<Tracker>,
 ) -> Checked {
     let mut t = lock(tracker);
-    let classified = shared.classifier.classify_with(text, t.standard_conforming_strings());
-    let Some((index, denial)) = policy.check(&classified, &t.facts, session_key) else {
-        return Checked::Allowed(classified);
+    let scs = t.standard_conforming_strings();
+    let (statement, denial) = match policy.judge(&shared.classifier, text, scs, &t.facts, session_key) {
+        Judgement::Allowed(classified) => return Checked::Allowed(classified),
+        Judgement::Denied(statement, denial) => (statement, denial),
     };
-    t.on_denied(&classified.statements[index], &denial.rule, &denial.message);
+    t.on_denied(&statement, &denial.rule, &denial.message);
     shared.stats.count_denied();
     let replacement = denial_query(&denial);
     if matches!(msg, FrontendMessage::Parse { .. }) {

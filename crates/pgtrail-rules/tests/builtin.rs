@@ -31,7 +31,7 @@ fn fired(event: &ActivityEvent) -> Vec<String> {
 #[test]
 fn the_pack_loads_with_one_line() {
     let set = RuleSet::parse("builtin = true\n", "rules.toml").unwrap();
-    assert_eq!(set.rules.len(), 14);
+    assert_eq!(set.rules.len(), 15);
 }
 
 #[test]

@@ -160,18 +160,55 @@ pub async fn open_journal(config: &CaptureConfig) -> anyhow::Result<JournalWrite
     let parts = WriterParts { encode, loss: Box::new(loss_event), heartbeat: Some(Box::new(heartbeat_event)) };
     let (recorder, task) = Recorder::spawn_with(journal, config.recorder.clone(), parts);
     if let Some(cut) = recovery {
-        recorder.record(control_event(
-            "JOURNAL RECOVERED",
-            format!(
-                "recovery truncated a torn tail: {} bytes cut at offset {} of {} ({})",
-                cut.bytes_cut,
-                cut.offset,
-                cut.segment.display(),
-                cut.reason
+        let event = match &cut.set_aside {
+            None => control_event(
+                "JOURNAL RECOVERED",
+                format!(
+                    "recovery truncated a torn tail: {} bytes cut at offset {} of {} ({})",
+                    cut.bytes_cut,
+                    cut.offset,
+                    cut.segment.display(),
+                    cut.reason
+                ),
             ),
-        ));
+            Some(aside) => control_event(
+                "JOURNAL REPAIRED",
+                format!(
+                    "{}: the segment was set aside intact as {} ({} bytes from offset {}), and the journal continues \
+                     after the last valid record before the damage",
+                    cut.reason,
+                    aside.display(),
+                    cut.bytes_cut,
+                    cut.offset
+                ),
+            ),
+        };
+        // Durable before anything else can fail (binding the port, say): a recovery that
+        // changed the journal is never left unrecorded.
+        recorder.record_durable(event).await.context("the journal recovery could not be recorded in the journal")?;
+    }
+    if config.journal.witness_dir.is_none() {
+        tracing::warn!(
+            "journal.witness_dir is not set: a journal cut short (its last records or segment deleted) \
+             cannot be detected by `pgtrail verify`; set it to a directory on another mount or host"
+        );
     }
     Ok(JournalWriter { recorder, task, next_sealer, wrapping_id })
+}
+
+/// The settings that differ between two configurations and take effect only after a
+/// restart. Typed comparisons: Debug text would differ with HashMap order (regression,
+/// issue 12.8: an unchanged `[auth.mapping]` read as a change needing a restart).
+fn needing_restart(old: &CaptureConfig, new: &CaptureConfig) -> Vec<&'static str> {
+    let restart: [(&'static str, bool); 6] = [
+        ("proxy", old.proxy != new.proxy || old.workers != new.workers),
+        ("journal", old.journal_dir != new.journal_dir || old.journal != new.journal),
+        ("recorder", old.recorder != new.recorder),
+        ("instance", old.cluster_id != new.cluster_id || old.instance_id != new.instance_id),
+        ("signing key", old.signing_key != new.signing_key),
+        ("delivery", old.proxy.delivery != new.proxy.delivery),
+    ];
+    restart.iter().filter(|(_, c)| *c).map(|(name, _)| *name).collect()
 }
 
 impl Capture {
@@ -229,34 +266,28 @@ impl Capture {
     /// Applies a new configuration. The wrapping key and the envelope settings take effect
     /// with the next record (a new data key, wrapped to the new key); other changes need a
     /// restart and are reported as such. A control event in the stream says what happened.
-    pub fn reload(&mut self, new: CaptureConfig) -> anyhow::Result<Reloaded> {
+    pub fn reload(&mut self, mut new: CaptureConfig) -> anyhow::Result<Reloaded> {
+        // A start-time action (--set-aside-damaged-journal), not a setting.
+        new.journal.set_aside_damage = self.config.journal.set_aside_damage;
         let old = &self.config;
         let mut report = Reloaded::default();
-        let changed = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
         // The key file may have been replaced in place: compare what it holds now.
         let wrapping = crate::keys::load_wrapping_public(&new.wrapping_public_key)
             .context("cannot load the wrapping public key")?;
         let key_changed = wrapping.id() != self.wrapping_id;
-        if key_changed || changed(&old.envelope, &new.envelope) {
+        let envelope_changed = old.envelope != new.envelope;
+        if key_changed || envelope_changed {
             self.wrapping_id = wrapping.id().to_owned();
             *self.next_sealer.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(Sealer::new(Arc::new(wrapping), new.envelope.clone()));
             if key_changed {
                 report.applied.push("wrapping key");
             }
-            if changed(&old.envelope, &new.envelope) {
+            if envelope_changed {
                 report.applied.push("envelope");
             }
         }
-        let restart: [(&'static str, bool); 6] = [
-            ("proxy", changed(&old.proxy, &new.proxy) || old.workers != new.workers),
-            ("journal", old.journal_dir != new.journal_dir || changed(&old.journal, &new.journal)),
-            ("recorder", changed(&old.recorder, &new.recorder)),
-            ("instance", old.cluster_id != new.cluster_id || old.instance_id != new.instance_id),
-            ("signing key", old.signing_key != new.signing_key),
-            ("delivery", old.proxy.delivery != new.proxy.delivery),
-        ];
-        report.need_restart = restart.iter().filter(|(_, c)| *c).map(|(name, _)| *name).collect();
+        report.need_restart = needing_restart(old, &new);
         if let Some(control) = &self.control {
             control.record(control_event(
                 "CONFIGURATION RELOADED",
@@ -354,4 +385,39 @@ fn capture_families(proxy: &ProxyStats, journal: &RecorderStats, events: &EventC
         Family::gauge("pgtrail_journal_healthy", "1 while the journal can make records durable.")
             .value(f64::from(u8::from(healthy))),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(text: &str) -> CaptureConfig {
+        let file: crate::config::FileConfig = toml::from_str(text).expect("valid configuration");
+        let overrides = crate::config::Overrides {
+            journal: Some("/nonexistent/journal".into()),
+            keys: Some("/nonexistent/keys".into()),
+            ..crate::config::Overrides::default()
+        };
+        file.resolve(&overrides).expect("resolves")
+    }
+
+    /// Issue 12.8: SIGHUP with an unchanged configuration whose [auth.mapping] has two or
+    /// more entries reported "changed but needing a restart: proxy" (Debug text of
+    /// HashMaps, whose order differs between two loads).
+    #[test]
+    fn regression_sighup_reported_an_unchanged_mapping_as_needing_a_restart() {
+        let mut text = String::from("[upstream]\nhost = \"127.0.0.1\"\n[auth.mapping.users]\n");
+        for i in 0..12 {
+            text.push_str(&format!("\"person{i}@example.com\" = [\"app{i}\", \"report{i}\"]\n"));
+        }
+        text.push_str("[auth.mapping.groups]\n");
+        for i in 0..12 {
+            text.push_str(&format!("group{i} = [\"app{i}\"]\n"));
+        }
+        for _ in 0..20 {
+            assert_eq!(needing_restart(&resolve(&text), &resolve(&text)), Vec::<&str>::new());
+        }
+        let changed = text.replace("app3\"", "app33\"");
+        assert_eq!(needing_restart(&resolve(&text), &resolve(&changed)), vec!["proxy"]);
+    }
 }

@@ -433,6 +433,7 @@ impl FileConfig {
                 checkpoint_every_records: self.journal.checkpoint_every_records,
                 checkpoint_every: Duration::from_secs(self.journal.checkpoint_every_secs),
                 witness_dir: self.journal.witness_dir.clone(),
+                set_aside_damage: false,
             },
             recorder: RecorderConfig {
                 max_batch_items: self.recorder.max_batch_events,

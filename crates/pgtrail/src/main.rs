@@ -69,6 +69,13 @@ enum Command {
         /// Directory with wrapping.pub and signing.key (from `pgtrail keys init`).
         #[arg(long, value_name = "DIR")]
         keys: Option<PathBuf>,
+        /// When the journal's last segment is damaged or tampered with (the proxy refuses
+        /// to start on it, naming the record), move that segment aside intact as
+        /// <segment>.damaged-<time>, continue after its last valid record, and record the
+        /// repair in the stream (JOURNAL REPAIRED, a critical alert). Run `pgtrail verify`
+        /// first and keep the set-aside file as evidence.
+        #[arg(long)]
+        set_aside_damaged_journal: bool,
     },
     /// Print the events in a journal, oldest first (decrypting, checking the hash chain).
     Tail {
@@ -365,13 +372,14 @@ fn main() -> std::process::ExitCode {
 fn run_blocking(command: Command) -> anyhow::Result<()> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if let Command::Proxy { config, listen, upstream, journal, keys } = command {
+    if let Command::Proxy { config, listen, upstream, journal, keys, set_aside_damaged_journal } = command {
         let file = match &config {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
         let overrides = Overrides { listen, upstream, journal, keys };
-        let resolved = file.resolve(&overrides)?;
+        let mut resolved = file.resolve(&overrides)?;
+        resolved.journal.set_aside_damage = set_aside_damaged_journal;
         // One worker: a current-thread scheduler, like pgbouncer's single event loop (no
         // work-stealing bookkeeping on every wake-up). The journal writer has its own thread.
         let runtime = if resolved.workers == 1 {
@@ -595,11 +603,27 @@ fn export(
     Ok(())
 }
 
+/// Damaged segments a repair moved aside (`<segment>.damaged-<time>`).
+fn set_aside_segments(journal: &std::path::Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(journal) else { return Vec::new() };
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".seg.damaged-")))
+        .collect();
+    out.sort();
+    out
+}
+
 fn verify(journal: &std::path::Path, keys: &VerifierSet, witness: Option<&std::path::Path>) -> anyhow::Result<()> {
     match pgtrail_journal::verify_dir(journal, keys, witness)? {
         Ok(report) => {
+            let truncation = if witness.is_some() {
+                "truncation checked against the witness"
+            } else {
+                "truncation NOT checked: without --witness, deleted trailing records or segments cannot be detected"
+            };
             println!(
-                "OK: instance {}, {} records in {} segments ({} envelopes, {} checkpoints), last record {}",
+                "OK: instance {}, {} records in {} segments ({} envelopes, {} checkpoints), last record {}; {truncation}",
                 report.instance,
                 report.last_seq,
                 report.segments,
@@ -607,6 +631,12 @@ fn verify(journal: &std::path::Path, keys: &VerifierSet, witness: Option<&std::p
                 report.checkpoints,
                 report.last_seq
             );
+            for aside in set_aside_segments(journal) {
+                println!(
+                    "note: {} is a damaged segment set aside by --set-aside-damaged-journal; its records are not in the chain",
+                    aside.display()
+                );
+            }
             if let Some(hash) = report.last_hash {
                 println!("chain head: {}", hex::encode(hash));
             }
