@@ -1,0 +1,144 @@
+//! Regression tests, end to end against real PostgreSQL 15 and real clients, each named
+//! after the bug it pins (issue and item in the docs). Each was written to fail before
+//! its fix.
+
+use pgtrail_event::{ActivityEvent, EventSource, Verdict};
+use pgtrail_testkit::*;
+
+fn policy(json: serde_json::Value) -> pgtrail_proxy::PolicyConfig {
+    serde_json::from_value(json).expect("policy")
+}
+
+fn denied<'a>(events: &'a [ActivityEvent], rule: &str) -> Vec<&'a ActivityEvent> {
+    events.iter().filter(|e| e.verdict == Some(Verdict::Denied) && e.denied_by.as_deref() == Some(rule)).collect()
+}
+
+fn table_exists(pg: &LocalPg, name: &str) -> bool {
+    pg.psql(&format!("SELECT to_regclass('{name}') IS NOT NULL")).expect("query").trim() == "t"
+}
+
+/// Issue 12.1: with a rule denying DROP TABLE, a text whose DROP is hidden inside a
+/// literal when standard_conforming_strings is on ran its DROP once the session turned it
+/// off: the proxy reused its parse made with it on, and learnt of a pipelined SET only
+/// from the server's reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_1_deny_rule_bypassed_through_standard_conforming_strings() {
+    let pg = start_pg(HostAuth::Trust);
+    pg.psql("CREATE TABLE victim (id int); INSERT INTO victim VALUES (1)").expect("setup");
+    let capture = TestCapture::start_with(&pg, |c| {
+        c.proxy.policy = policy(serde_json::json!({
+            "deny": [{"name": "no drop", "when": "statement.command == \"DROP TABLE\"", "message": "no dropping"}],
+        }));
+    })
+    .await;
+    let url = capture.url("postgres", "x", "postgres");
+    let hidden = "SELECT 1; SELECT 'a\\'' ; DROP TABLE victim; -- '";
+
+    // Sequential, as in the report: psql -c Q -c "SET standard_conforming_strings = off" -c Q.
+    let out = psql(
+        &pg,
+        &url,
+        &["-v", "ON_ERROR_STOP=0", "-c", hidden, "-c", "SET standard_conforming_strings = off", "-c", hidden],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("denied by rule \"no drop\"").count(), 2, "{stderr}");
+    assert!(table_exists(&pg, "victim"), "the DROP ran: {stderr}");
+
+    // Pipelined: the SET and the text in one write, before the SET's reply is back.
+    let client = connect(&url).await.expect("connects");
+    let fresh = "SELECT 'b\\'' ; DROP TABLE victim; -- '";
+    let (set, run) =
+        tokio::join!(client.simple_query("SET standard_conforming_strings = off"), client.simple_query(fresh));
+    set.expect("SET runs");
+    let error = run.expect_err("the hidden DROP is denied");
+    assert_eq!(error.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{error}");
+    drop(client);
+    assert!(table_exists(&pg, "victim"), "the pipelined DROP ran");
+
+    let events = capture.stop().await;
+    let denials = denied(&events, "no drop");
+    assert_eq!(denials.len(), 3, "{}", describe(&events));
+    assert!(denials.iter().all(|e| e.command == "DROP TABLE"), "{}", describe(&events));
+}
+
+/// Issue 12.3: with restrict_password_commands on, a user not in password_admins changed a
+/// password through a DO block (EXECUTE of a literal, a concatenation, format()), a
+/// function body, and the trick of 12.1; the texts were journaled with the password in
+/// clear. SQL built at run time stays out of the proxy's reach: pgAudit's record of it
+/// (and the "password change" rule) sees it after the fact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_3_password_restriction_escaped_through_do_blocks_and_functions() {
+    let pg = start_pg_with(LocalPgOptions {
+        auth: HostAuth::ScramSha256,
+        superuser_password: PASSWORD.into(),
+        settings: ["shared_preload_libraries = 'pgaudit'", "pgaudit.log = 'all'", "logging_collector = on"]
+            .into_iter()
+            .chain([
+                "log_destination = 'csvlog'",
+                "log_directory = 'log'",
+                "log_connections = on",
+                "log_timezone = 'UTC'",
+            ])
+            .map(String::from)
+            .collect(),
+        ..Default::default()
+    });
+    pg.psql("CREATE EXTENSION pgaudit; CREATE ROLE alice LOGIN PASSWORD 'old-password'").expect("setup");
+    let dir = tempfile::tempdir().unwrap();
+    let (log_dir, state) = (pg.log_dir(), dir.path().join("position"));
+    let capture = TestCapture::start_with(&pg, move |c| {
+        c.proxy.policy = policy(serde_json::json!({
+            "restrict_password_commands": true,
+            "password_admins": ["postgres"],
+        }));
+        c.pgaudit = Some(pgtrail::ingest::IngestConfig { log_dir, format: pgtrail_pgaudit::Format::Csvlog, state });
+    })
+    .await;
+    let url = capture.url("alice", "old-password", "postgres");
+    let attempts = [
+        "DO $$ BEGIN EXECUTE 'ALTER ROLE alice PASSWORD ''leaked-1'''; END $$",
+        "DO $$ BEGIN EXECUTE 'ALTER ROLE alice PASS' || 'WORD ''leaked-2'''; END $$",
+        "DO $$ BEGIN EXECUTE format('ALTER ROLE %I PASSWORD %L', 'alice', 'leaked-3'); END $$",
+        "CREATE FUNCTION set_pw() RETURNS void LANGUAGE plpgsql AS $f$BEGIN EXECUTE 'ALTER ROLE alice PASSWORD ''leaked-4'''; END$f$",
+        "SELECT set_pw()",
+        "SET standard_conforming_strings = off",
+        "SELECT 'a\\'' ; ALTER ROLE alice PASSWORD 'leaked-5'; -- '",
+    ];
+    let mut args = vec!["-v", "ON_ERROR_STOP=0"];
+    for attempt in &attempts {
+        args.extend(["-c", attempt]);
+    }
+    let out = psql(&pg, &url, &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("setting a password is restricted").count(), 5, "{stderr}");
+    assert!(stderr.contains("function set_pw() does not exist"), "{stderr}");
+    // The password is still the old one.
+    let direct = format!("postgres://alice:old-password@127.0.0.1:{}/postgres", pg.port());
+    assert_ok(&psql(&pg, &direct, &["-c", "SELECT 'old password still works'"]));
+
+    // Built at run time: out of reach before it runs, recorded by pgAudit after.
+    let runtime = "DO $$ BEGIN EXECUTE 'ALTER ROLE alice ' || chr(80) || 'ASSWORD ''runtime-pw'''; END $$";
+    assert_ok(&psql(&pg, &url, &["-c", runtime]));
+    capture
+        .wait_for("pgAudit's record of the run-time ALTER ROLE", |events| {
+            events.iter().any(|e| e.source == Some(EventSource::Pgaudit) && e.command == "ALTER ROLE")
+        })
+        .await;
+    let events = capture.stop().await;
+    for event in &events {
+        let text = event.command_text.as_deref().unwrap_or_default();
+        for i in 1..=5 {
+            assert!(!text.contains(&format!("leaked-{i}")), "password in the trail: {text}");
+        }
+    }
+    assert_eq!(denied(&events, "restrict_password_commands").len(), 5, "{}", describe(&events));
+    let in_engine = events
+        .iter()
+        .find(|e| e.source == Some(EventSource::Pgaudit) && e.command == "ALTER ROLE")
+        .expect("pgAudit's record");
+    let text = in_engine.command_text.as_deref().unwrap_or_default();
+    assert!(!text.contains("runtime-pw"), "{text}");
+    let mut engine = pgtrail_rules::Engine::new(pgtrail_rules::RuleSet::parse("builtin = true\n", "pack").unwrap());
+    let fired: Vec<String> = engine.process(in_engine).into_iter().map(|a| a.rule).collect();
+    assert!(fired.iter().any(|r| r == "password change"), "{fired:?} for {text}");
+}
