@@ -70,6 +70,14 @@ pub struct ProxyConfig {
     pub limits: Limits,
     /// How long a client may take to send its startup packet.
     pub startup_timeout: Duration,
+    /// How long a client may take from connecting to being logged in.
+    pub authentication_timeout: Duration,
+    /// Size limits for messages from clients that are not logged in yet.
+    pub auth_limits: Limits,
+    /// Client connections at once; more are refused with 53300.
+    pub max_client_connections: usize,
+    /// Bytes all sessions together may hold for large messages read whole.
+    pub max_buffered_message_bytes: usize,
     /// On shutdown, how long sessions may go on before they are terminated.
     pub shutdown_grace: Duration,
     /// When clients may see the outcome of what they did, relative to its event.
@@ -216,6 +224,10 @@ impl ProxyConfig {
             client_tls: None,
             limits: Limits::default(),
             startup_timeout: Duration::from_secs(60),
+            authentication_timeout: Duration::from_secs(60),
+            auth_limits: Limits { small: 16 * 1024, large: 16 * 1024, startup: 10_000 },
+            max_client_connections: 1000,
+            max_buffered_message_bytes: 256 << 20,
             shutdown_grace: Duration::from_secs(10),
             delivery: Delivery::default(),
             auth: AuthConfig::default(),

@@ -8,6 +8,7 @@
 //! Events go to an [`EventSink`]; this crate neither formats nor stores them.
 
 mod auth;
+mod budget;
 mod cancel;
 mod config;
 mod policy;

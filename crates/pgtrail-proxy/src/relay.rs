@@ -7,7 +7,7 @@
 //! fit in memory. Messages whose body it needs (Query, Bind, CommandComplete,
 //! ErrorResponse, ...) are bounded by the configured limits before anything is buffered.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
 use chrono::Utc;
@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::Durable;
+use crate::budget::{BufferBudget, COUNTED_ABOVE, Reservation};
 use crate::config::Delivery;
 use crate::policy::{Denial, Judgement, Policy};
 use crate::server::Shared;
@@ -38,6 +39,10 @@ pub(crate) enum Ending {
 struct Scanner {
     /// Bytes of a streamed message body still to forward before the next header.
     passthrough: usize,
+    /// Counts large messages read whole against the proxy-wide budget (client side).
+    budget: Option<Arc<BufferBudget>>,
+    /// What the message being read whole holds of the budget, until it is complete.
+    reservation: Option<Reservation>,
 }
 
 impl Scanner {
@@ -68,10 +73,18 @@ impl Scanner {
             let Some(header) = header else { return Ok(pos) };
             if needs_body(header.tag) {
                 if buf.len() - pos < header.total_len {
+                    if header.total_len > COUNTED_ABOVE
+                        && self.reservation.is_none()
+                        && let Some(budget) = &self.budget
+                    {
+                        let reserved = budget.reserve(header.total_len).ok_or(SessionError::BufferBudgetExceeded)?;
+                        self.reservation = Some(reserved);
+                    }
                     return Ok(pos);
                 }
                 let body = Bytes::copy_from_slice(&buf[pos + 5..pos + header.total_len]);
                 visit(header.tag, Some(body), pos)?;
+                self.reservation = None;
                 pos += header.total_len;
             } else {
                 visit(header.tag, None, pos)?;
@@ -82,6 +95,9 @@ impl Scanner {
         }
     }
 }
+
+/// A buffer grown past this for one large message is replaced once the message is gone.
+const SHRINK_ABOVE: usize = 1 << 20;
 
 fn frontend_needs_body(tag: u8) -> bool {
     // Flush has no body, but a refused batch drops it whole (see `Refusal`).
@@ -176,6 +192,8 @@ enum Reply {
 /// What differs between the two directions of the relay.
 struct Direction {
     side: Side,
+    /// The proxy-wide budget large messages of this direction are counted against.
+    budget: Option<Arc<BufferBudget>>,
     limits: Limits,
     needs_body: fn(u8) -> bool,
     read_error: fn(std::io::Error) -> SessionError,
@@ -222,7 +240,7 @@ async fn pump<M>(
     mut process: impl FnMut(&mut Vec<M>) -> Option<Durable>,
     hold_completions: bool,
 ) -> Result<Ending, SessionError> {
-    let mut scanner = Scanner::default();
+    let mut scanner = Scanner { budget: direction.budget.clone(), ..Scanner::default() };
     let mut later = Vec::new();
     let mut edits: Vec<(usize, usize, Bytes)> = Vec::new();
     loop {
@@ -276,6 +294,12 @@ async fn pump<M>(
             if stop {
                 return Ok((direction.closed)());
             }
+        }
+        if buf.capacity() > SHRINK_ABOVE && buf.len() <= COUNTED_ABOVE {
+            // A large message has gone through: give its memory back.
+            let mut fresh = BytesMut::with_capacity(8192.max(buf.len()));
+            fresh.extend_from_slice(&buf);
+            buf = fresh;
         }
         // `read_buf` is cancel-safe: if the select in `relay` drops us here, nothing was read.
         if rd.read_buf(&mut buf).await.map_err(direction.read_error)? == 0 {
@@ -337,6 +361,7 @@ async fn client_to_server(
 ) -> Result<Ending, SessionError> {
     let direction = Direction {
         side: Side::Frontend,
+        budget: Some(Arc::clone(&shared.buffer_budget)),
         limits: shared.config.limits,
         needs_body: frontend_needs_body,
         read_error: SessionError::ClientIo,
@@ -439,6 +464,7 @@ async fn server_to_client(
 ) -> Result<Ending, SessionError> {
     let direction = Direction {
         side: Side::Backend,
+        budget: None,
         limits: shared.backend_limits,
         needs_body: backend_needs_body,
         read_error: SessionError::UpstreamIo,

@@ -31,6 +31,10 @@ pub struct ProxyStats {
     pub denied: AtomicU64,
     /// Token logins refused: a bad token, or a user the person may not use.
     pub token_logins_refused: AtomicU64,
+    /// Connections refused because proxy.max_client_connections were open (53300).
+    pub connections_refused: AtomicU64,
+    /// Bytes held now for large messages read whole, across sessions (the budget's use).
+    pub buffered_message_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ProxyStats {
@@ -64,6 +68,8 @@ pub(crate) struct Shared {
     pub(crate) token_login: Option<crate::auth::TokenLogin>,
     /// Deny rules and password restriction; None when there are none.
     pub(crate) policy: Option<crate::policy::Policy>,
+    /// What all sessions together may buffer for large messages read whole.
+    pub(crate) buffer_budget: Arc<crate::budget::BufferBudget>,
 }
 
 /// Binds with SO_REUSEADDR stated explicitly (not left to the defaults of the layers
@@ -106,6 +112,10 @@ impl Proxy {
         }
         let listener = listen(config.listen).map_err(|source| ProxyError::Listen { addr: config.listen, source })?;
         let backend_limits = Limits { small: config.limits.large, ..config.limits };
+        let config_budget = config.max_buffered_message_bytes;
+        let stats = Arc::new(ProxyStats::default());
+        let buffer_budget =
+            Arc::new(crate::budget::BufferBudget::new(config_budget, Arc::clone(&stats.buffered_message_bytes)));
         let shared = Arc::new(Shared {
             config,
             backend_limits,
@@ -115,7 +125,8 @@ impl Proxy {
             client_tls,
             upstream_tls,
             upstream_server_name,
-            stats: Arc::new(ProxyStats::default()),
+            stats,
+            buffer_budget,
             token_login,
             policy,
         });
@@ -142,6 +153,12 @@ impl Proxy {
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
+                    Ok((tcp, peer)) if self.shared.stats.sessions_active.load(Ordering::Relaxed) as usize >= self.shared.config.max_client_connections => {
+                        // Like PostgreSQL's "sorry, too many clients already": told, not kept.
+                        self.shared.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                        warn!(%peer, limit = self.shared.config.max_client_connections, "connection refused: proxy.max_client_connections reached");
+                        tokio::spawn(session::refuse_connection(tcp));
+                    }
                     Ok((tcp, peer)) => {
                         let shared = Arc::clone(&self.shared);
                         let terminate = terminate_rx.clone();

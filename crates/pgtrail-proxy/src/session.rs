@@ -52,6 +52,12 @@ pub(crate) enum SessionError {
     ClientTls(#[source] std::io::Error),
     #[error("startup packet not received in time")]
     StartupTimeout,
+    #[error("login not completed in time (proxy.authentication_timeout_ms)")]
+    AuthenticationTimeout,
+    #[error(
+        "too many large messages are buffered across all sessions (proxy.max_buffered_message_bytes); try again later"
+    )]
+    BufferBudgetExceeded,
     #[error("the authentication method requested by the server is not supported by pgtrail")]
     UnsupportedAuth,
     #[error(
@@ -94,6 +100,8 @@ impl SessionError {
             }
             Self::UpstreamConnect(_) | Self::UpstreamRefusedTls => ("08006", format!("pgtrail: {self}")),
             Self::StartupTimeout => ("08P01", "pgtrail: startup packet not received in time".to_owned()),
+            Self::AuthenticationTimeout => ("08P01", format!("pgtrail: {self}")),
+            Self::BufferBudgetExceeded => ("53200", format!("pgtrail: {self}")),
             Self::UnsupportedAuth | Self::ChannelBindingAcrossTls => ("28000", format!("pgtrail: {self}")),
             Self::JournalStopped | Self::JournalUnavailable => ("58030", format!("pgtrail: {self}")),
             Self::NoUpstreamSecret | Self::UpstreamWantsPassword | Self::UpstreamAuthFailed => {
@@ -118,9 +126,10 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, t
     };
     let mut client_buf = BytesMut::with_capacity(8192);
     let mut shutting_down = terminate.clone();
+    let login_deadline = tokio::time::Instant::now() + shared.config.authentication_timeout;
     let startup = tokio::select! {
         startup = tokio::time::timeout(
-            shared.config.startup_timeout,
+            shared.config.startup_timeout.min(shared.config.authentication_timeout),
             read_startup(&shared, MaybeTls::Plain(tcp), &mut client_buf),
         ) => startup.unwrap_or(Err(SessionError::StartupTimeout)),
         // A connection that has not even sent its startup packet is simply closed.
@@ -145,60 +154,19 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, t
     tracker.facts.database = startup.param("database").map(Arc::from).or_else(|| tracker.facts.user.clone());
     tracker.facts.application = startup.param("application_name").map(Arc::from);
 
-    if shared.config.delivery == Delivery::SyncFailClosed && !shared.sink.healthy() {
-        warn!(%peer, "login refused: the journal cannot record events (fail-closed)");
-        fail_connect(&shared, &mut client, &mut tracker, &SessionError::JournalUnavailable).await;
-        return;
-    }
-    // Token login: the person is checked before anything reaches PostgreSQL.
-    let (answer, upstream_tls) = match &shared.token_login {
-        None => (None, None),
-        Some(login) => {
-            match auth::token_login(&shared, login, &mut client, &mut client_buf, &mut tracker, peer).await {
-                Some(auth::LoggedIn { answer, upstream_tls }) => (Some(answer), upstream_tls),
-                None => return,
-            }
-        }
-    };
-    let mut upstream = match connect_upstream(&shared, upstream_tls).await {
-        Ok(upstream) => {
-            tracker.facts.backend_started = Some(Utc::now());
-            upstream
-        }
-        Err(e) => {
-            warn!(%peer, error = %e, cause = ?std::error::Error::source(&e).map(ToString::to_string), "upstream connection failed");
-            fail_connect(&shared, &mut client, &mut tracker, &e).await;
-            return;
-        }
-    };
-    let mut upstream_buf = BytesMut::with_capacity(8192);
-    let (key, held) = match authenticate(
-        &shared,
-        &mut client,
-        &mut client_buf,
-        &mut upstream,
-        &mut upstream_buf,
-        &mut tracker,
-        &startup,
-        answer,
+    // The whole login, from the first byte on, has one deadline: a client that goes idle
+    // half-way through authentication holds nothing for long.
+    let login = tokio::time::timeout_at(
+        login_deadline,
+        login(&shared, &mut client, &mut client_buf, &mut tracker, &startup, peer),
     )
-    .await
-    {
-        Ok(done) => done,
-        Err(AuthEnd::Rejected(fields)) => {
-            info!(%peer, user = ?tracker.facts.user, sqlstate = ?fields.code(), "login rejected by PostgreSQL");
-            tracker.connect_event(Some(&fields));
-            emit(&shared, &mut tracker);
-            return;
-        }
-        Err(AuthEnd::Failed(e)) => {
-            if matches!(e, SessionError::ClientClosed) {
-                // psql does this to prompt for a password, then connects again.
-                info!(%peer, user = ?tracker.facts.user, "client closed the connection during authentication");
-            } else {
-                warn!(%peer, error = %e, "authentication relay failed");
-            }
-            fail_connect(&shared, &mut client, &mut tracker, &e).await;
+    .await;
+    let LoggedIn { upstream, upstream_buf, key, held } = match login {
+        Ok(Some(logged_in)) => logged_in,
+        Ok(None) => return,
+        Err(_) => {
+            warn!(%peer, user = ?tracker.facts.user, "login not completed in time (proxy.authentication_timeout_ms)");
+            fail_connect(&shared, &mut client, &mut tracker, &SessionError::AuthenticationTimeout).await;
             return;
         }
     };
@@ -243,6 +211,76 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, t
     debug!(session = ?tracker.facts.session_id, "session ended");
 }
 
+/// A session whose login is done: the upstream connection, what it sent after the login,
+/// the client's cancel key, and (sync delivery) the login's last messages, held back.
+struct LoggedIn {
+    upstream: MaybeTls,
+    upstream_buf: BytesMut,
+    key: ClientKey,
+    held: BytesMut,
+}
+
+/// Logs the client in: fail-closed check, token login, the upstream connection and the
+/// authentication exchange. `None` when the login failed (the client was told, and the
+/// failed CONNECT recorded).
+///
+/// Cancel safety: dropping this future (the login deadline) drops the upstream connection,
+/// which closes it; nothing has been recorded yet then.
+async fn login(
+    shared: &Shared,
+    client: &mut MaybeTls,
+    client_buf: &mut BytesMut,
+    tracker: &mut Tracker,
+    startup: &StartupMessage,
+    peer: SocketAddr,
+) -> Option<LoggedIn> {
+    if shared.config.delivery == Delivery::SyncFailClosed && !shared.sink.healthy() {
+        warn!(%peer, "login refused: the journal cannot record events (fail-closed)");
+        fail_connect(shared, client, tracker, &SessionError::JournalUnavailable).await;
+        return None;
+    }
+    // Token login: the person is checked before anything reaches PostgreSQL.
+    let (answer, upstream_tls) = match &shared.token_login {
+        None => (None, None),
+        Some(login) => {
+            let auth::LoggedIn { answer, upstream_tls } =
+                auth::token_login(shared, login, client, client_buf, tracker, peer).await?;
+            (Some(answer), upstream_tls)
+        }
+    };
+    let mut upstream = match connect_upstream(shared, upstream_tls).await {
+        Ok(upstream) => {
+            tracker.facts.backend_started = Some(Utc::now());
+            upstream
+        }
+        Err(e) => {
+            warn!(%peer, error = %e, cause = ?std::error::Error::source(&e).map(ToString::to_string), "upstream connection failed");
+            fail_connect(shared, client, tracker, &e).await;
+            return None;
+        }
+    };
+    let mut upstream_buf = BytesMut::with_capacity(8192);
+    match authenticate(shared, client, client_buf, &mut upstream, &mut upstream_buf, tracker, startup, answer).await {
+        Ok((key, held)) => Some(LoggedIn { upstream, upstream_buf, key, held }),
+        Err(AuthEnd::Rejected(fields)) => {
+            info!(%peer, user = ?tracker.facts.user, sqlstate = ?fields.code(), "login rejected by PostgreSQL");
+            tracker.connect_event(Some(&fields));
+            emit(shared, tracker);
+            None
+        }
+        Err(AuthEnd::Failed(e)) => {
+            if matches!(e, SessionError::ClientClosed) {
+                // psql does this to prompt for a password, then connects again.
+                info!(%peer, user = ?tracker.facts.user, "client closed the connection during authentication");
+            } else {
+                warn!(%peer, error = %e, "authentication relay failed");
+            }
+            fail_connect(shared, client, tracker, &e).await;
+            None
+        }
+    }
+}
+
 pub(crate) fn emit(shared: &Shared, tracker: &mut Tracker) {
     for event in tracker.take_events() {
         shared.sink.emit(event);
@@ -254,6 +292,16 @@ pub(crate) async fn fail_connect(shared: &Shared, client: &mut MaybeTls, tracker
     send_error(client, &fields).await;
     tracker.connect_event(Some(&fields));
     emit(shared, tracker);
+}
+
+/// Refuses a connection beyond proxy.max_client_connections with SQLSTATE 53300, as
+/// PostgreSQL does, without reading what the client sent.
+pub(crate) async fn refuse_connection(tcp: TcpStream) {
+    let mut client = MaybeTls::Plain(tcp);
+    let fields =
+        ErrorFields::new("FATAL", "53300", "sorry, too many clients already (pgtrail: proxy.max_client_connections)");
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), send_error(&mut client, &fields)).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.shutdown()).await;
 }
 
 /// Writes an ErrorResponse and flushes; the connection may already be gone.
@@ -336,7 +384,8 @@ pub(crate) async fn read_client_message(
     shared: &Shared,
 ) -> Result<FrontendMessage, SessionError> {
     loop {
-        if let Some(msg) = decode_frontend(buf, &shared.config.limits).map_err(SessionError::ClientProtocol)? {
+        // Only called before the login is done: a stranger gets the small limits.
+        if let Some(msg) = decode_frontend(buf, &shared.config.auth_limits).map_err(SessionError::ClientProtocol)? {
             return Ok(msg);
         }
         if client.read_buf(buf).await.map_err(SessionError::ClientIo)? == 0 {

@@ -9,10 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use pgtrail::capture::Capture;
 use pgtrail::config::{CaptureConfig, FileConfig, Overrides};
 pub use pgtrail::localpg::{HostAuth, LocalPg, LocalPgOptions};
 use pgtrail_event::{ActivityEvent, EventClass};
+use pgtrail_wire::{BackendMessage, Limits, PROTOCOL_V3, StartupMessage, decode_backend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The password every test role gets unless a test says otherwise.
 pub const PASSWORD: &str = "s3cret-pw";
@@ -432,5 +436,50 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Reads backend messages until the server (or proxy) closes the connection.
+pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<BackendMessage> {
+    let mut buf = BytesMut::new();
+    let mut messages = Vec::new();
+    loop {
+        while let Some(msg) = decode_backend(&mut buf, &Limits::default()).expect("valid backend messages") {
+            messages.push(msg);
+        }
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_buf(&mut buf)).await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return messages,
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("connection not closed; got {messages:?}"),
+        }
+    }
+}
+
+pub fn fatal_code(messages: &[BackendMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        BackendMessage::ErrorResponse(f) if f.is_fatal() => f.code().map(str::to_owned),
+        _ => None,
+    })
+}
+
+/// Connects a raw client (user postgres, trust auth) and waits for ReadyForQuery.
+pub async fn logged_in(addr: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut out = BytesMut::new();
+    StartupMessage::Startup {
+        version: PROTOCOL_V3,
+        params: vec![("user".into(), "postgres".into()), ("database".into(), "postgres".into())],
+    }
+    .encode(&mut out);
+    stream.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        stream.read_buf(&mut buf).await.unwrap();
+        while let Some(msg) = decode_backend(&mut buf, &Limits::default()).unwrap() {
+            if matches!(msg, BackendMessage::ReadyForQuery { .. }) {
+                return stream;
+            }
+        }
     }
 }

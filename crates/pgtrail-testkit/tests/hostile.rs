@@ -1,59 +1,12 @@
 //! Hostile and broken clients: each gets an error for itself, the other sessions keep
 //! working, and the journal stays readable.
 
-use std::time::Duration;
-
 use bytes::BytesMut;
 use pgtrail_event::{EventClass, ExitCode};
 use pgtrail_testkit::*;
-use pgtrail_wire::{BackendMessage, Limits, PROTOCOL_V3, StartupMessage, decode_backend};
+use pgtrail_wire::{BackendMessage, Limits, decode_backend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Reads backend messages until the server (or proxy) closes the connection.
-async fn read_until_closed(stream: &mut TcpStream) -> Vec<BackendMessage> {
-    let mut buf = BytesMut::new();
-    let mut messages = Vec::new();
-    loop {
-        while let Some(msg) = decode_backend(&mut buf, &Limits::default()).expect("valid backend messages") {
-            messages.push(msg);
-        }
-        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_buf(&mut buf)).await;
-        match read {
-            Ok(Ok(0)) | Ok(Err(_)) => return messages,
-            Ok(Ok(_)) => {}
-            Err(_) => panic!("connection not closed; got {messages:?}"),
-        }
-    }
-}
-
-fn fatal_code(messages: &[BackendMessage]) -> Option<String> {
-    messages.iter().find_map(|m| match m {
-        BackendMessage::ErrorResponse(f) if f.is_fatal() => f.code().map(str::to_owned),
-        _ => None,
-    })
-}
-
-/// Connects with trust auth and waits for ReadyForQuery.
-async fn logged_in(addr: std::net::SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut out = BytesMut::new();
-    StartupMessage::Startup {
-        version: PROTOCOL_V3,
-        params: vec![("user".into(), "postgres".into()), ("database".into(), "postgres".into())],
-    }
-    .encode(&mut out);
-    stream.write_all(&out).await.unwrap();
-    let mut buf = BytesMut::new();
-    loop {
-        stream.read_buf(&mut buf).await.unwrap();
-        while let Some(msg) = decode_backend(&mut buf, &Limits::default()).unwrap() {
-            if matches!(msg, BackendMessage::ReadyForQuery { .. }) {
-                return stream;
-            }
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_get_errors_and_others_carry_on() {

@@ -2,8 +2,17 @@
 //! after the bug it pins (issue and item in the docs). Each was written to fail before
 //! its fix.
 
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
 use pgtrail_event::{ActivityEvent, EventSource, Verdict};
 use pgtrail_testkit::*;
+use pgtrail_wire::{
+    Authentication, BackendMessage, FrontendMessage, Limits, PROTOCOL_V3, StartupMessage, decode_backend,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 fn policy(json: serde_json::Value) -> pgtrail_proxy::PolicyConfig {
     serde_json::from_value(json).expect("policy")
@@ -141,4 +150,134 @@ async fn issue12_3_password_restriction_escaped_through_do_blocks_and_functions(
     let mut engine = pgtrail_rules::Engine::new(pgtrail_rules::RuleSet::parse("builtin = true\n", "pack").unwrap());
     let fired: Vec<String> = engine.process(in_engine).into_iter().map(|a| a.rule).collect();
     assert!(fired.iter().any(|r| r == "password change"), "{fired:?} for {text}");
+}
+
+/// Sends a startup packet for `user` and reads up to the server's first request.
+async fn start_login(addr: std::net::SocketAddr, user: &str) -> (TcpStream, BackendMessage) {
+    let mut stream = TcpStream::connect(addr).await.expect("connects");
+    let mut out = BytesMut::new();
+    StartupMessage::Startup {
+        version: PROTOCOL_V3,
+        params: vec![("user".into(), user.into()), ("database".into(), "postgres".into())],
+    }
+    .encode(&mut out);
+    stream.write_all(&out).await.expect("startup sent");
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(msg) = decode_backend(&mut buf, &Limits::default()).expect("valid") {
+            return (stream, msg);
+        }
+        assert!(stream.read_buf(&mut buf).await.expect("reads") > 0, "closed during login");
+    }
+}
+
+/// Logs in with a cleartext password and reads up to ReadyForQuery.
+async fn password_login(addr: std::net::SocketAddr, password: &str) -> TcpStream {
+    let (mut stream, request) = start_login(addr, "postgres").await;
+    assert!(matches!(request, BackendMessage::Authentication(Authentication::CleartextPassword)), "{request:?}");
+    let mut out = BytesMut::new();
+    let mut body = password.as_bytes().to_vec();
+    body.push(0);
+    FrontendMessage::AuthResponse(body.into()).encode(&mut out);
+    stream.write_all(&out).await.expect("password sent");
+    let mut buf = BytesMut::new();
+    loop {
+        stream.read_buf(&mut buf).await.expect("reads");
+        while let Some(msg) = decode_backend(&mut buf, &Limits::default()).expect("valid") {
+            if matches!(msg, BackendMessage::ReadyForQuery { .. }) {
+                return stream;
+            }
+        }
+    }
+}
+
+/// Polls `condition` every 10 ms for up to 10 s.
+async fn until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Issue 12.4: the startup timeout covered only the first packet, so clients that sent
+/// most of a password message and went idle held a socket and up to 1 MB each for as
+/// long as they liked; there was no limit on client connections; and large messages read
+/// whole could make the proxy hold gigabytes across sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_4_logins_that_never_time_out_and_unbounded_buffers() {
+    let pg = start_pg(HostAuth::Password);
+    let capture = TestCapture::start_with(&pg, |c| {
+        c.proxy.authentication_timeout = Duration::from_millis(1500);
+        c.proxy.max_client_connections = 3;
+        c.proxy.max_buffered_message_bytes = 3 << 20;
+    })
+    .await;
+    let stats = capture.proxy_stats();
+
+    // Most of a password message, then silence: refused once the login deadline passes.
+    let started = Instant::now();
+    let (mut stalled, _) = start_login(capture.addr, "postgres").await;
+    stalled.write_all(&[b'p', 0, 0, 0x10, 0, b'h', b'u', b'n']).await.expect("partial password");
+    let messages = read_until_closed(&mut stalled).await;
+    assert_eq!(fatal_code(&messages).as_deref(), Some("08P01"), "{messages:?}");
+    assert!(started.elapsed() >= Duration::from_millis(1400), "{:?}", started.elapsed());
+
+    // A password message larger than any login needs is refused from its header alone.
+    let (mut big, _) = start_login(capture.addr, "postgres").await;
+    big.write_all(&[b'p', 0, 0x10, 0, 0]).await.expect("header of a 1 MiB password");
+    assert_eq!(fatal_code(&read_until_closed(&mut big).await).as_deref(), Some("08P01"));
+    let events = capture
+        .wait_for("two failed logins", |events| {
+            events
+                .iter()
+                .filter(|e| e.class == pgtrail_event::EventClass::Connect && e.sql_state.as_deref() == Some("08P01"))
+                .count()
+                == 2
+        })
+        .await;
+    assert!(!events.iter().any(|e| e.class == pgtrail_event::EventClass::Disconnect), "{}", describe(&events));
+
+    // The connection limit: three idle connections, the fourth is refused with 53300.
+    until("no sessions", || stats.sessions_active.load(Ordering::Relaxed) == 0).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(capture.addr).await.expect("connects"));
+    }
+    until("three sessions", || stats.sessions_active.load(Ordering::Relaxed) == 3).await;
+    let mut fourth = TcpStream::connect(capture.addr).await.expect("connects");
+    assert_eq!(fatal_code(&read_until_closed(&mut fourth).await).as_deref(), Some("53300"));
+    assert_eq!(stats.connections_refused.load(Ordering::Relaxed), 1);
+    drop(idle);
+    until("the idle connections to go", || stats.sessions_active.load(Ordering::Relaxed) == 0).await;
+
+    // The buffer budget (3 MiB): one session holds most of a 2 MiB Query, a second one's
+    // 2 MiB Query is refused with 53200, and the first one completes and runs.
+    let mut holder = password_login(capture.addr, PASSWORD).await;
+    let text = format!("SELECT 'held' /* {} */", "x".repeat(2 << 20));
+    let mut query = BytesMut::new();
+    FrontendMessage::Query { query: text }.encode(&mut query);
+    holder.write_all(&query[..1 << 20]).await.expect("first half");
+    until("the first half to be buffered", || stats.buffered_message_bytes.load(Ordering::Relaxed) >= 2 << 20).await;
+    let mut refused = password_login(capture.addr, PASSWORD).await;
+    refused.write_all(&query[..1 << 20]).await.expect("first half");
+    let messages = read_until_closed(&mut refused).await;
+    assert_eq!(fatal_code(&messages).as_deref(), Some("53200"), "{messages:?}");
+    holder.write_all(&query[1 << 20..]).await.expect("second half");
+    let mut buf = BytesMut::new();
+    let mut rows = Vec::new();
+    'reply: loop {
+        holder.read_buf(&mut buf).await.expect("reads");
+        while let Some(msg) = decode_backend(&mut buf, &Limits::default()).expect("valid") {
+            match msg {
+                BackendMessage::DataRow(values) => rows.push(values),
+                BackendMessage::ReadyForQuery { .. } => break 'reply,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(rows.len(), 1);
+    until("the budget to be given back", || stats.buffered_message_bytes.load(Ordering::Relaxed) == 0).await;
+    drop(holder);
+    capture.stop().await;
 }

@@ -109,6 +109,14 @@ pub struct ProxySection {
     pub max_data_message_bytes: u32,
     #[serde(default = "default_startup_timeout")]
     pub startup_timeout_ms: u64,
+    #[serde(default = "default_authentication_timeout")]
+    pub authentication_timeout_ms: u64,
+    #[serde(default = "default_max_auth_message")]
+    pub max_auth_message_bytes: u32,
+    #[serde(default = "default_max_client_connections")]
+    pub max_client_connections: usize,
+    #[serde(default = "default_max_buffered_message")]
+    pub max_buffered_message_bytes: usize,
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_ms: u64,
     /// Threads relaying client traffic; 0 means half the CPUs (at least one).
@@ -124,6 +132,10 @@ impl Default for ProxySection {
             max_message_bytes: default_max_message(),
             max_data_message_bytes: default_max_data_message(),
             startup_timeout_ms: default_startup_timeout(),
+            authentication_timeout_ms: default_authentication_timeout(),
+            max_auth_message_bytes: default_max_auth_message(),
+            max_client_connections: default_max_client_connections(),
+            max_buffered_message_bytes: default_max_buffered_message(),
             shutdown_grace_ms: default_shutdown_grace(),
             workers: 0,
         }
@@ -141,6 +153,18 @@ fn default_max_data_message() -> u32 {
 }
 fn default_startup_timeout() -> u64 {
     60_000
+}
+fn default_authentication_timeout() -> u64 {
+    60_000
+}
+fn default_max_auth_message() -> u32 {
+    16 * 1024
+}
+fn default_max_client_connections() -> usize {
+    1000
+}
+fn default_max_buffered_message() -> usize {
+    256 << 20
 }
 fn default_shutdown_grace() -> u64 {
     10_000
@@ -364,6 +388,10 @@ impl FileConfig {
             client_tls: p.tls,
             limits: Limits { small: p.max_message_bytes, large: p.max_data_message_bytes, startup: 10_000 },
             startup_timeout: Duration::from_millis(p.startup_timeout_ms),
+            authentication_timeout: Duration::from_millis(p.authentication_timeout_ms),
+            auth_limits: Limits { small: p.max_auth_message_bytes, large: p.max_auth_message_bytes, startup: 10_000 },
+            max_client_connections: p.max_client_connections,
+            max_buffered_message_bytes: p.max_buffered_message_bytes,
             shutdown_grace: Duration::from_millis(p.shutdown_grace_ms),
             delivery,
             auth: self.auth,
