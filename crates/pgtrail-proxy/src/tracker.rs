@@ -11,7 +11,9 @@
 //! - extended protocol: one event per Execute, with the parameters of the Bind that made
 //!   its portal; an ErrorResponse fails the request at the head and the server skips
 //!   everything up to Sync, so those requests are dropped from the queue;
-//! - FunctionCall: one event when its result arrives.
+//! - FunctionCall: one event when its FunctionCallResponse or ErrorResponse arrives; like
+//!   a simple Query it is answered by ReadyForQuery whatever happened (an error does not
+//!   make the server skip to a Sync), so it stays owed until then.
 //!
 //! The tracker does no I/O and no formatting: the session passes messages in, takes
 //! events out.
@@ -129,6 +131,8 @@ enum Owed {
     FunctionCall {
         oid: u32,
         started: DateTime<Utc>,
+        /// Its result or error has come (and its event is written); ReadyForQuery follows.
+        answered: bool,
     },
     Sync,
     /// Work the proxy refused (fail-closed) and replaced by a statement that raises; its
@@ -254,7 +258,7 @@ impl Tracker {
             }
             FrontendMessage::Sync => self.owed.push_back(Owed::Sync),
             FrontendMessage::FunctionCall { oid, .. } => {
-                self.owed.push_back(Owed::FunctionCall { oid: *oid, started: now });
+                self.owed.push_back(Owed::FunctionCall { oid: *oid, started: now, answered: false });
             }
             FrontendMessage::Terminate => self.terminated = true,
             FrontendMessage::Flush
@@ -340,6 +344,13 @@ impl Tracker {
                     self.emit_statement(&statement, index, started, now, None, Some(fields), Vec::new());
                 }
             }
+            Some(Owed::FunctionCall { oid, started, answered }) => {
+                if !*answered {
+                    *answered = true;
+                    let (oid, started) = (*oid, *started);
+                    self.emit_function_call(oid, started, Some(fields));
+                }
+            }
             Some(Owed::Sync | Owed::Refused) | None => {}
             Some(_) => {
                 let failed = self.owed.pop_front().expect("front checked");
@@ -350,7 +361,6 @@ impl Tracker {
                     Owed::Bind { portal, started } | Owed::Execute { portal, started, .. } => {
                         self.emit_execute(&portal, started, None, None, Some(fields));
                     }
-                    Owed::FunctionCall { oid, started } => self.emit_function_call(oid, started, Some(fields)),
                     _ => {}
                 }
                 // The server ignores everything until Sync: those requests get no reply.
@@ -363,8 +373,9 @@ impl Tracker {
 
     /// FunctionCallResponse.
     pub fn on_function_result(&mut self) {
-        if let Some(Owed::FunctionCall { .. }) = self.owed.front() {
-            let Some(Owed::FunctionCall { oid, started }) = self.owed.pop_front() else { unreachable!() };
+        if let Some(Owed::FunctionCall { oid, started, answered: answered @ false }) = self.owed.front_mut() {
+            *answered = true;
+            let (oid, started) = (*oid, *started);
             self.emit_function_call(oid, started, None);
         }
     }

@@ -281,3 +281,62 @@ async fn issue12_4_logins_that_never_time_out_and_unbounded_buffers() {
     drop(holder);
     capture.stop().await;
 }
+
+/// Reads backend messages until `count` ReadyForQuery have arrived.
+async fn read_replies(stream: &mut TcpStream, count: usize) -> Vec<BackendMessage> {
+    let mut buf = BytesMut::new();
+    let mut messages = Vec::new();
+    let mut ready = 0;
+    while ready < count {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_buf(&mut buf)).await;
+        assert!(read.expect("replies in time").expect("reads") > 0, "closed; got {messages:?}");
+        while let Some(msg) = decode_backend(&mut buf, &Limits::default()).expect("valid") {
+            ready += usize::from(matches!(msg, BackendMessage::ReadyForQuery { .. }));
+            messages.push(msg);
+        }
+    }
+    messages
+}
+
+/// Issue 12.5: a FunctionCallResponse popped its call, and the ReadyForQuery after it then
+/// popped the next pipelined request; an error in a FunctionCall drained every pipelined
+/// request up to a Sync. Events were lost or given to the wrong request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_5_pipelined_function_calls_lost_the_requests_after_them() {
+    let pg = start_pg(HostAuth::Trust);
+    let oid: u32 = pg.psql("SELECT 'pg_backend_pid'::regproc::oid").expect("oid").trim().parse().expect("number");
+    let capture = TestCapture::start(&pg).await;
+    let mut s = logged_in(capture.addr).await;
+    let call = |oid: u32| FrontendMessage::FunctionCall { oid, arg_formats: vec![], args: vec![], result_format: 0 };
+    let mut out = BytesMut::new();
+    for msg in [
+        call(oid),
+        FrontendMessage::Query { query: "SELECT 'after the call'".into() },
+        call(1),
+        FrontendMessage::Query { query: "SELECT 'after the failed call'".into() },
+        call(oid),
+    ] {
+        msg.encode(&mut out);
+    }
+    s.write_all(&out).await.expect("one write");
+    let replies = read_replies(&mut s, 5).await;
+    assert_eq!(replies.iter().filter(|m| matches!(m, BackendMessage::DataRow(_))).count(), 2, "{replies:?}");
+    drop(s);
+    let events = capture.wait_for("the DISCONNECT", |e| e.iter().any(|e| e.command == "DISCONNECT")).await;
+    let seen: Vec<(String, Option<String>, Option<String>)> =
+        statements(&events).iter().map(|e| (e.command.clone(), e.command_text.clone(), e.sql_state.clone())).collect();
+    let call_text = format!("<function call oid={oid}>");
+    assert_eq!(
+        seen,
+        vec![
+            ("FUNCTION CALL".into(), Some(call_text.clone()), None),
+            ("SELECT".into(), Some("SELECT 'after the call'".into()), None),
+            ("FUNCTION CALL".into(), Some("<function call oid=1>".into()), Some("42883".into())),
+            ("SELECT".into(), Some("SELECT 'after the failed call'".into()), None),
+            ("FUNCTION CALL".into(), Some(call_text), None),
+        ],
+        "{}",
+        describe(&events)
+    );
+    capture.stop().await;
+}
