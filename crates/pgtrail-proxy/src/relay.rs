@@ -7,6 +7,7 @@
 //! fit in memory. Messages whose body it needs (Query, Bind, CommandComplete,
 //! ErrorResponse, ...) are bounded by the configured limits before anything is buffered.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -120,17 +121,20 @@ pub(crate) async fn relay(
 ) -> (Ending, Tracker) {
     let tracker = Mutex::new(tracker);
     let bufs = (client_buf, upstream_buf);
+    let client_mid_message = Arc::new(AtomicBool::new(false));
     let ending = match (&mut client, &mut upstream) {
         // Plain TCP on both sides: borrowed halves, no lock between reader and writer.
         (MaybeTls::Plain(c), MaybeTls::Plain(u)) => {
             let (mut cr, mut cw) = c.split();
             let (mut ur, mut uw) = u.split();
-            both_directions(shared, (&mut cr, &mut cw), (&mut ur, &mut uw), bufs, &tracker, &mut terminate).await
+            let (client, upstream) = ((&mut cr, &mut cw), (&mut ur, &mut uw));
+            both_directions(shared, client, upstream, bufs, &tracker, &mut terminate, &client_mid_message).await
         }
         (c, u) => {
             let (mut cr, mut cw) = tokio::io::split(c);
             let (mut ur, mut uw) = tokio::io::split(u);
-            both_directions(shared, (&mut cr, &mut cw), (&mut ur, &mut uw), bufs, &tracker, &mut terminate).await
+            let (client, upstream) = ((&mut cr, &mut cw), (&mut ur, &mut uw));
+            both_directions(shared, client, upstream, bufs, &tracker, &mut terminate, &client_mid_message).await
         }
     };
     let farewell = match &ending {
@@ -148,7 +152,12 @@ pub(crate) async fn relay(
         )),
         Ending::ClientClosed | Ending::UpstreamClosed => None,
     };
-    if let Some(fields) = farewell {
+    // Only at a message boundary: an ErrorResponse after part of a DataRow is garbage to
+    // the client (regression, issue 12.6). In the middle of a message the client only
+    // sees the connection close.
+    if let Some(fields) = farewell
+        && !client_mid_message.load(Ordering::Acquire)
+    {
         send_error(&mut client, &fields).await;
     }
     let _ = client.shutdown().await;
@@ -165,9 +174,10 @@ async fn both_directions(
     (client_buf, upstream_buf): (BytesMut, BytesMut),
     tracker: &Mutex<Tracker>,
     terminate: &mut watch::Receiver<bool>,
+    client_mid_message: &Arc<AtomicBool>,
 ) -> Ending {
     let to_server = client_to_server(shared, client.0, upstream.1, client_buf, tracker);
-    let to_client = server_to_client(shared, upstream.0, client.1, upstream_buf, tracker);
+    let to_client = server_to_client(shared, upstream.0, client.1, upstream_buf, tracker, client_mid_message);
     tokio::pin!(to_server, to_client);
     tokio::select! {
         end = &mut to_server => end.unwrap_or_else(Ending::Error),
@@ -192,6 +202,9 @@ enum Reply {
 /// What differs between the two directions of the relay.
 struct Direction {
     side: Side,
+    /// Set while the bytes written to the peer end inside a message (or a write is under
+    /// way): nothing of the proxy's own may be written then.
+    mid_message: Option<Arc<AtomicBool>>,
     /// The proxy-wide budget large messages of this direction are counted against.
     budget: Option<Arc<BufferBudget>>,
     limits: Limits,
@@ -245,6 +258,11 @@ async fn pump<M>(
     let mut edits: Vec<(usize, usize, Bytes)> = Vec::new();
     loop {
         if !buf.is_empty() {
+            // A write may be cut off half-way (the session ends while it waits): until it is
+            // done, the peer's stream is not at a message boundary.
+            if let Some(flag) = &direction.mid_message {
+                flag.store(true, Ordering::Release);
+            }
             let mut stop = false;
             let mut barrier = None;
             let forward =
@@ -278,6 +296,10 @@ async fn pump<M>(
                     (Some(durable), at) => {
                         let at = at.unwrap_or(0).min(forward);
                         write_flushed(wr, &buf[..at], direction.write_error).await?;
+                        // `at` is where a message starts: a boundary while the wait lasts.
+                        if let Some(flag) = &direction.mid_message {
+                            flag.store(false, Ordering::Release);
+                        }
                         if !durable.await {
                             return Err(SessionError::JournalStopped);
                         }
@@ -290,6 +312,9 @@ async fn pump<M>(
                 write_flushed(wr, &buf[..forward], direction.write_error).await?;
                 buf.advance(forward);
                 process(&mut later);
+            }
+            if let Some(flag) = &direction.mid_message {
+                flag.store(scanner.passthrough > 0, Ordering::Release);
             }
             if stop {
                 return Ok((direction.closed)());
@@ -361,6 +386,7 @@ async fn client_to_server(
 ) -> Result<Ending, SessionError> {
     let direction = Direction {
         side: Side::Frontend,
+        mid_message: None,
         budget: Some(Arc::clone(&shared.buffer_budget)),
         limits: shared.config.limits,
         needs_body: frontend_needs_body,
@@ -461,9 +487,11 @@ async fn server_to_client(
     wr: &mut (impl AsyncWrite + Unpin),
     buf: BytesMut,
     tracker: &Mutex<Tracker>,
+    client_mid_message: &Arc<AtomicBool>,
 ) -> Result<Ending, SessionError> {
     let direction = Direction {
         side: Side::Backend,
+        mid_message: Some(Arc::clone(client_mid_message)),
         budget: None,
         limits: shared.backend_limits,
         needs_body: backend_needs_body,

@@ -340,3 +340,46 @@ async fn issue12_5_pipelined_function_calls_lost_the_requests_after_them() {
     );
     capture.stop().await;
 }
+
+/// Issue 12.6: the farewell ErrorResponse (57P01 at shutdown, 08P01 after a protocol
+/// violation, 08006 when the upstream closes) was written after part of a DataRow, inside
+/// the row's bytes, where no client can parse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_6_farewell_written_inside_a_data_row() {
+    let pg = start_pg(HostAuth::Trust);
+    let capture = TestCapture::start(&pg).await;
+    let mut s = logged_in(capture.addr).await;
+    const ROW: usize = 48 << 20;
+    let mut out = BytesMut::new();
+    FrontendMessage::Query { query: format!("SELECT repeat('x', {ROW})") }.encode(&mut out);
+    s.write_all(&out).await.expect("query sent");
+    // Read the start of the row, then stop reading: the proxy is left writing the row.
+    let mut received = BytesMut::new();
+    while received.len() < 64 * 1024 {
+        assert!(s.read_buf(&mut received).await.expect("reads") > 0);
+    }
+    // A protocol violation ends the session while the row is half-way through.
+    s.write_all(&[b'S', 0, 0, 0, 2]).await.expect("garbage sent");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), s.read_buf(&mut received)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the proxy did not close the connection"),
+        }
+    }
+    // RowDescription, then the DataRow's header: everything after it must be the row's own
+    // bytes, however much of it arrived.
+    let row_start = received.iter().position(|&b| b == b'D').expect("a DataRow started");
+    let body = &received[row_start + 5 + 2 + 4..];
+    assert!(body.len() < ROW, "the whole row arrived; the test did not cut it");
+    let foreign = body.iter().position(|&b| b != b'x');
+    assert_eq!(
+        foreign,
+        None,
+        "bytes that are not the row's inside the row: {:?}",
+        foreign.map(|at| String::from_utf8_lossy(&body[at..(at + 60).min(body.len())]).into_owned())
+    );
+    let events = capture.stop().await;
+    let ended = events.iter().find(|e| e.command == "DISCONNECT").expect("DISCONNECT");
+    assert_eq!(ended.sql_state.as_deref(), Some("08P01"), "still recorded: {}", describe(&events));
+}
