@@ -18,22 +18,26 @@ use crate::config::CaptureConfig;
 use crate::correlate::{Correlator, ProxySessions};
 use crate::metrics::{EventCounts, Family};
 
-/// Hands proxy events to the recorder without ever waiting, counting them by class and
-/// noting which backend serves which session (for the pgAudit ingester).
+/// Hands proxy events to the recorder without ever waiting, counting them by class and,
+/// when pgAudit is ingested, noting which backend serves which session (for correlation).
 #[derive(Debug)]
-pub struct RecorderSink(pub Recorder<ActivityEvent>, pub Arc<EventCounts>, pub Arc<ProxySessions>);
+pub struct RecorderSink(pub Recorder<ActivityEvent>, pub Arc<EventCounts>, pub Option<Arc<ProxySessions>>);
 
 impl EventSink for RecorderSink {
     fn emit(&self, event: ActivityEvent) {
         self.1.count(&event);
-        self.2.observe(&event);
+        if let Some(sessions) = &self.2 {
+            sessions.observe(&event);
+        }
         // A full queue is counted by the recorder and reported as a loss record.
         self.0.record(event);
     }
 
     fn emit_durable(&self, event: ActivityEvent) -> Durable {
         self.1.count(&event);
-        self.2.observe(&event);
+        if let Some(sessions) = &self.2 {
+            sessions.observe(&event);
+        }
         let durable = self.0.record_durable(event);
         Box::pin(async move { durable.await.is_ok() })
     }
@@ -219,11 +223,12 @@ impl Capture {
         let recorder_stats = Arc::clone(recorder.stats());
         let journal_healthy = recorder.health_flag();
         let events = Arc::new(EventCounts::default());
-        let sessions = Arc::new(ProxySessions::default());
+        // The map of sessions is kept only for correlation (regression, issue 12.7).
+        let sessions = config.pgaudit.is_some().then(|| Arc::new(ProxySessions::default()));
         let started = chrono::Utc::now();
-        let ingest = config.pgaudit.clone().map(|pgaudit| {
+        let ingest = config.pgaudit.clone().zip(sessions.clone()).map(|(pgaudit, sessions)| {
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let correlator = Correlator::new(Arc::clone(&sessions), started);
+            let correlator = Correlator::new(sessions, started);
             let task = tokio::spawn(crate::ingest::run(recorder.clone(), pgaudit, Arc::clone(&stop), Some(correlator)));
             (stop, task)
         });

@@ -36,10 +36,35 @@ struct Known {
     identity: Option<std::sync::Arc<pgtrail_event::Identity>>,
 }
 
-/// The proxy's sessions by upstream backend pid, fed from the proxy's own events.
+/// Ended sessions are pruned from the whole map at most this often.
+const PRUNE_EVERY_SECS: i64 = 10;
+
+/// The proxy's sessions by upstream backend pid, fed from the proxy's own events. Kept only
+/// while pgAudit is ingested; ended sessions leave it after [`KEEP_ENDED_SECS`].
 #[derive(Debug, Default)]
 pub struct ProxySessions {
-    by_pid: Mutex<HashMap<i32, Vec<Known>>>,
+    by_pid: Mutex<ByPid>,
+}
+
+#[derive(Debug, Default)]
+struct ByPid {
+    sessions: HashMap<i32, Vec<Known>>,
+    last_pruned: Option<DateTime<Utc>>,
+}
+
+impl ByPid {
+    /// Drops sessions that ended longer ago than the correlation window, and pids with
+    /// none left (regression, issue 12.7: they were dropped only when a pid was reused).
+    fn prune(&mut self, now: DateTime<Utc>) {
+        if self.last_pruned.is_some_and(|t| (now - t).num_seconds() < PRUNE_EVERY_SECS) {
+            return;
+        }
+        self.last_pruned = Some(now);
+        self.sessions.retain(|_, known| {
+            known.retain(|k| k.ended.is_none_or(|t| (now - t).num_seconds() < KEEP_ENDED_SECS));
+            !known.is_empty()
+        });
+    }
 }
 
 impl ProxySessions {
@@ -53,12 +78,10 @@ impl ProxySessions {
             return;
         }
         let mut by_pid = self.by_pid.lock().unwrap_or_else(|p| p.into_inner());
+        by_pid.prune(Utc::now());
         match event.class {
             EventClass::Connect if event.exit_code.is_none() && event.sql_state.is_none() => {
-                let sessions = by_pid.entry(pid).or_default();
-                let now = Utc::now();
-                sessions.retain(|k| k.ended.is_none_or(|t| (now - t).num_seconds() < KEEP_ENDED_SECS));
-                sessions.push(Known {
+                by_pid.sessions.entry(pid).or_default().push(Known {
                     started: event.start_time,
                     ended: None,
                     session_id: event.session_id.clone(),
@@ -69,7 +92,8 @@ impl ProxySessions {
                 });
             }
             EventClass::Disconnect => {
-                if let Some(open) = by_pid.get_mut(&pid).and_then(|s| s.iter_mut().rev().find(|k| k.ended.is_none())) {
+                let sessions = by_pid.sessions.get_mut(&pid);
+                if let Some(open) = sessions.and_then(|s| s.iter_mut().rev().find(|k| k.ended.is_none())) {
                     open.ended = Some(event.end_time.unwrap_or(event.log_time));
                 }
             }
@@ -83,6 +107,7 @@ impl ProxySessions {
         let by_pid = self.by_pid.lock().unwrap_or_else(|p| p.into_inner());
         let slack = chrono::Duration::seconds(TOLERANCE_SECS);
         by_pid
+            .sessions
             .get(&pid)?
             .iter()
             .rev()
@@ -162,4 +187,36 @@ fn bypass_event(login: &ActivityEvent) -> ActivityEvent {
     e.session_id.clone_from(&login.session_id);
     e.command_text = Some("a backend session that no pgtrail proxy session accounts for".into());
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session_event(class: EventClass, pid: i32, at: DateTime<Utc>) -> ActivityEvent {
+        let command = if class == EventClass::Connect { "CONNECT" } else { "DISCONNECT" };
+        let mut e = ActivityEvent::new(class, command, at);
+        e.pid = Some(pid);
+        e.source = Some(EventSource::Proxy);
+        e.end_time = Some(at);
+        e
+    }
+
+    /// Issue 12.7: every proxy session stayed in the map until its pid was reused.
+    #[test]
+    fn regression_ended_sessions_stayed_in_the_correlation_map() {
+        let sessions = ProxySessions::default();
+        let long_ago = Utc::now() - chrono::Duration::seconds(KEEP_ENDED_SECS + 60);
+        for pid in 1..=1000 {
+            sessions.observe(&session_event(EventClass::Connect, pid, long_ago));
+            sessions.observe(&session_event(EventClass::Disconnect, pid, long_ago));
+        }
+        sessions.by_pid.lock().unwrap().last_pruned = None;
+        let recent = Utc::now();
+        sessions.observe(&session_event(EventClass::Connect, 5000, recent));
+        let by_pid = sessions.by_pid.lock().unwrap();
+        assert_eq!(by_pid.sessions.len(), 1, "only the open session is left");
+        drop(by_pid);
+        assert!(sessions.find(5000, recent).is_some());
+    }
 }
