@@ -357,8 +357,8 @@ mod tests {
     #[test]
     fn reads_aurora_events() {
         // The det_* plaintexts are Aurora-shaped records made outside pgtrail.
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata/das/det_0178_mixed3.plaintext.json");
-        let text = std::fs::read_to_string(path).expect("shared testdata is beside the repository");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/das/det_0178_mixed3.plaintext.json");
+        let text = std::fs::read_to_string(path).expect("the repository's testdata/das");
         let record: ActivityRecord = serde_json::from_str(&text).unwrap();
         assert_eq!(record.database_activity_event_list.len(), 3);
         let select = &record.database_activity_event_list[1];

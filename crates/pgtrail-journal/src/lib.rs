@@ -58,7 +58,9 @@ mod writer;
 pub use checkpoint::{Checkpoint, CheckpointSigner, CheckpointVerifier, VerifierSet};
 pub use format::{Hash, MAX_PAYLOAD, Record, RecordKind, genesis_hash};
 pub use reader::JournalReader;
-pub use recorder::{Durable, EncodeFn, HeartbeatFn, LossFn, Recorder, RecorderConfig, RecorderStats, WriterParts};
+pub use recorder::{
+    Durable, EncodeFn, HeartbeatFn, LossCause, LossFn, Recorder, RecorderConfig, RecorderStats, WriterParts,
+};
 pub use verify::{VerifyFailure, VerifyReport, verify_dir, verify_segments};
 pub use writer::{Journal, JournalOptions, Mark, Recovery};
 

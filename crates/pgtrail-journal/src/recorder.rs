@@ -85,7 +85,75 @@ pub struct RecorderStats {
 }
 
 /// Builds the loss item for `count` items dropped between two times (µs since epoch).
-pub type LossFn<T> = Box<dyn Fn(u64, i64, i64) -> T + Send>;
+pub type LossFn<T> = Box<dyn Fn(u64, i64, i64, &LossCause) -> T + Send>;
+
+/// Why items were lost, as the loss item says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LossCause {
+    /// The queue was full: items came faster than the journal wrote them.
+    QueueFull,
+    /// The journal could not write (disk full, I/O error); the queue filled while the
+    /// writer retried. Holds the write error.
+    JournalFailing(String),
+    /// The writer had stopped.
+    WriterStopped,
+    /// One item was too large for any journal record.
+    TooLarge,
+}
+
+impl std::fmt::Display for LossCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::QueueFull => f.write_str("the recorder queue was full"),
+            Self::JournalFailing(error) => {
+                write!(f, "the journal could not write ({error}) and the recorder queue filled while it retried")
+            }
+            Self::WriterStopped => f.write_str("the journal writer had stopped"),
+            Self::TooLarge => f.write_str("an event was larger than a journal record can hold"),
+        }
+    }
+}
+
+impl LossCause {
+    /// Which cause a loss record names when several occurred in its window: the most
+    /// serious (a failing journal explains a full queue, not the other way round).
+    fn rank(&self) -> u8 {
+        match self {
+            Self::QueueFull => 1,
+            Self::TooLarge => 2,
+            Self::JournalFailing(_) => 3,
+            Self::WriterStopped => 4,
+        }
+    }
+}
+
+/// What producers and the writer share about losses and health.
+#[derive(Debug, Default)]
+struct LossState {
+    /// The most serious cause of the current loss window ([`LossCause::rank`]), 0 for
+    /// none: a drop takes the lock below only when it would raise this.
+    rank: std::sync::atomic::AtomicU8,
+    /// That cause.
+    cause: std::sync::Mutex<Option<LossCause>>,
+    /// The last journal write error, while the journal is failing.
+    write_error: std::sync::Mutex<Option<String>>,
+}
+
+/// An error and its causes, `a: b: c`, as the operator and the loss record need them.
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 /// Turns a batch into one record payload.
 pub type EncodeFn<T> = Box<dyn FnMut(&[T]) -> Vec<u8> + Send>;
 /// Makes a heartbeat item.
@@ -105,6 +173,7 @@ pub struct Recorder<T> {
     stats: Arc<RecorderStats>,
     first_drop_micros: Arc<AtomicU64>,
     healthy: Arc<AtomicBool>,
+    losses: Arc<LossState>,
     /// Held by every producer; the writer sees the producers are gone when it cannot
     /// upgrade its weak copy (even while it is busy retrying a write).
     alive: Arc<()>,
@@ -123,6 +192,7 @@ impl<T> Clone for Recorder<T> {
             stats: Arc::clone(&self.stats),
             first_drop_micros: Arc::clone(&self.first_drop_micros),
             healthy: Arc::clone(&self.healthy),
+            losses: Arc::clone(&self.losses),
             alive: Arc::clone(&self.alive),
         }
     }
@@ -142,6 +212,28 @@ impl<T> std::fmt::Debug for WriterParts<T> {
 }
 
 impl<T> Recorder<T> {
+    /// The first drop of a loss window, or one with a more serious cause than before: the
+    /// operator hears of it now, with the cause (at most a few lines per window).
+    fn note_loss_cause(&self, rank: u8) {
+        let cause = match rank {
+            4 => LossCause::WriterStopped,
+            3 => LossCause::JournalFailing(
+                locked(&self.losses.write_error).clone().unwrap_or_else(|| "write error".into()),
+            ),
+            _ => LossCause::QueueFull,
+        };
+        let mut current = locked(&self.losses.cause);
+        let first = current.is_none();
+        if current.as_ref().is_none_or(|c| c.rank() < cause.rank()) {
+            if first {
+                warn!(%cause, "events are being dropped; a loss record will say how many");
+            } else {
+                warn!(%cause, "events are still being dropped, for a more serious reason");
+            }
+            *current = Some(cause);
+        }
+    }
+
     /// False while the journal cannot make records durable (the writer is retrying).
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
@@ -180,6 +272,7 @@ impl<T: Send + 'static> Recorder<T> {
         let stats = Arc::new(RecorderStats::default());
         let first_drop_micros = Arc::new(AtomicU64::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
+        let losses = Arc::new(LossState::default());
         let alive = Arc::new(());
         let writer = Writer {
             journal,
@@ -189,12 +282,13 @@ impl<T: Send + 'static> Recorder<T> {
             stats: Arc::clone(&stats),
             first_drop_micros: Arc::clone(&first_drop_micros),
             healthy: Arc::clone(&healthy),
+            losses: Arc::clone(&losses),
             alive: Arc::downgrade(&alive),
             reported_drops: 0,
             last_write: Instant::now(),
         };
         let handle = tokio::task::spawn_blocking(move || writer.run());
-        (Self { tx, stats, first_drop_micros, healthy, alive }, handle)
+        (Self { tx, stats, first_drop_micros, healthy, losses, alive }, handle)
     }
 
     /// Queues an item without waiting. Returns false if it was dropped (queue full or the
@@ -205,13 +299,21 @@ impl<T: Send + 'static> Recorder<T> {
                 self.stats.recorded.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            Err(error) => {
                 let _ = self.first_drop_micros.compare_exchange(
                     0,
                     now_micros().max(1) as u64,
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 );
+                let rank = match error {
+                    TrySendError::Disconnected(_) => LossCause::WriterStopped.rank(),
+                    TrySendError::Full(_) if !self.healthy() => LossCause::JournalFailing(String::new()).rank(),
+                    TrySendError::Full(_) => LossCause::QueueFull.rank(),
+                };
+                if self.losses.rank.fetch_max(rank, Ordering::Relaxed) < rank {
+                    self.note_loss_cause(rank);
+                }
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 false
             }
@@ -251,6 +353,7 @@ struct Writer<T> {
     stats: Arc<RecorderStats>,
     first_drop_micros: Arc<AtomicU64>,
     healthy: Arc<AtomicBool>,
+    losses: Arc<LossState>,
     alive: Weak<()>,
     reported_drops: u64,
     last_write: Instant,
@@ -326,10 +429,15 @@ impl<T> Writer<T> {
         if new == 0 {
             return;
         }
+        let cause = {
+            let mut cause = locked(&self.losses.cause);
+            self.losses.rank.store(0, Ordering::Relaxed);
+            cause.take().unwrap_or(LossCause::QueueFull)
+        };
         let from = self.first_drop_micros.swap(0, Ordering::Relaxed) as i64;
         let to = now_micros();
-        warn!(dropped = new, "recorder queue full: events dropped; a loss record is written");
-        batch.push((self.parts.loss)(new, from, to));
+        warn!(dropped = new, %cause, "events were dropped; a loss record is written");
+        batch.push((self.parts.loss)(new, from, to, &cause));
         self.reported_drops = dropped;
         self.stats.loss_records.fetch_add(1, Ordering::Relaxed);
     }
@@ -357,6 +465,7 @@ impl<T> Writer<T> {
                 Err(e) => {
                     attempts += 1;
                     self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                    *locked(&self.losses.write_error) = Some(with_sources(&e));
                     if self.healthy.swap(false, Ordering::Relaxed) {
                         error!(error = %e, "journal write failed: events wait in memory; retrying every second");
                     }
@@ -369,6 +478,7 @@ impl<T> Writer<T> {
             }
         }
         if !self.healthy.swap(true, Ordering::Relaxed) {
+            *locked(&self.losses.write_error) = None;
             info!("journal writes again: recovered");
         }
         self.last_write = Instant::now();
@@ -414,7 +524,7 @@ impl<T> Writer<T> {
             error!(bytes = payload.len(), "an event exceeds the journal record limit; a loss record replaces it");
             self.stats.loss_records.fetch_add(1, Ordering::Relaxed);
             let now = now_micros();
-            let loss = (self.parts.loss)(1, now, now);
+            let loss = (self.parts.loss)(1, now, now, &LossCause::TooLarge);
             return vec![(self.parts.encode)(&[loss])];
         }
         let (left, right) = batch.split_at(batch.len() / 2);

@@ -105,7 +105,7 @@ async fn recorder_batches_and_reports_every_drop() {
         journal,
         config,
         Box::new(|batch: &[String]| batch.join(",").into_bytes()),
-        Box::new(|count, _from, _to| format!("LOST {count}")),
+        Box::new(|count, _from, _to, _cause: &LossCause| format!("LOST {count}")),
     );
     // A burst far larger than the queue: some items must be dropped.
     let accepted: Vec<String> = (0..20_000).map(|i| format!("e{i}")).filter(|e| recorder.record(e.clone())).collect();
@@ -138,7 +138,7 @@ async fn oversized_batches_are_split_across_records() {
         journal,
         config,
         Box::new(|batch: &[Vec<u8>]| batch.concat()),
-        Box::new(|count, _from, _to| format!("LOST {count}").into_bytes()),
+        Box::new(|count, _from, _to, _cause: &LossCause| format!("LOST {count}").into_bytes()),
     );
     // Five items of 20 MiB: one batch of 100 MiB would exceed the 64 MiB record limit.
     for i in 0..5u8 {

@@ -483,3 +483,39 @@ pub async fn logged_in(addr: std::net::SocketAddr) -> TcpStream {
         }
     }
 }
+
+/// A tmpfs mounted for one test, unmounted on drop.
+#[derive(Debug)]
+pub struct Tmpfs(pub std::path::PathBuf);
+
+impl Tmpfs {
+    /// A small tmpfs of its own, so the test can fill the journal's disk. Needs root (CI
+    /// runs as root); a clear failure otherwise, never a silent skip.
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::Builder::new().prefix("pgtrail-tmpfs-").tempdir().unwrap().keep();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "this test mounts a tmpfs and needs root: {out:?}");
+        Tmpfs(dir)
+    }
+
+    /// Fills the file system with one file; returns it.
+    pub fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -77,40 +77,6 @@ async fn concurrent_sync_sessions_share_fsyncs() {
     assert!(fsyncs < statements, "{fsyncs} fsyncs for {statements} statements");
 }
 
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    /// A small tmpfs of its own, so the test can fill the journal's disk. Needs root (CI
-    /// runs as root); a clear failure otherwise, never a silent skip.
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::Builder::new().prefix("pgtrail-tmpfs-").tempdir().unwrap().keep();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "this test mounts a tmpfs and needs root: {out:?}");
-        Tmpfs(dir)
-    }
-
-    /// Fills the file system with one file; returns it.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.0.join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 4096];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_closed_refuses_while_the_disk_is_full_and_recovers_by_itself() {
     let pg = start_pg(HostAuth::Trust);

@@ -383,3 +383,106 @@ async fn issue12_6_farewell_written_inside_a_data_row() {
     let ended = events.iter().find(|e| e.command == "DISCONNECT").expect("DISCONNECT");
     assert_eq!(ended.sql_state.as_deref(), Some("08P01"), "still recorded: {}", describe(&events));
 }
+
+/// Issue 12.9: `pgtrail verify ... | head -1` panicked with a backtrace when the reader
+/// closed the pipe; every command must end quietly on EPIPE.
+#[test]
+fn issue12_9_broken_pipe_panicked_with_a_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    keys_init(&keys);
+    let journal = dir.path().join("journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    let vkey = keys.join("verify.pub");
+    for args in [
+        vec!["verify", "--journal", journal.to_str().unwrap(), "--verify-key", vkey.to_str().unwrap()],
+        vec!["keys", "init", "--help"],
+    ] {
+        // A pipe whose reader is closed before the command writes anything.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = std::process::Command::new(pgtrail_binary())
+            .args(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+    }
+}
+
+/// Issue 12.9: after the journal's disk filled, the loss record blamed "the recorder queue
+/// was full" instead of the failing journal, and nothing was logged while events were
+/// being dropped.
+#[test]
+fn issue12_9_loss_record_blamed_the_queue_for_a_full_disk() {
+    let pg = start_pg(HostAuth::Trust);
+    let disk = Tmpfs::mount("2m");
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, keys) = (disk.0.join("journal"), dir.path().join("keys"));
+    keys_init(&keys);
+    let port = free_port();
+    let config = dir.path().join("pgtrail.toml");
+    write_proxy_config(&config, port, &pg, &journal, &keys, "[recorder]\nqueue_capacity = 4\n");
+    let log = dir.path().join("proxy.log");
+    let mut proxy = spawn_proxy_with_config(&config, &log, port);
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    assert_ok(&psql(&pg, &url, &["-c", "SELECT 'before the disk filled'"]));
+
+    let filler = disk.fill();
+    // Async delivery: statements go on; their events wait, then overflow the queue.
+    let script = dir.path().join("many.sql");
+    // Text that does not compress, so the events need more room than the disk has left.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut noise = || {
+        (0..64)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                format!("{:016x}", state)
+            })
+            .collect::<String>()
+    };
+    let statements: String = (0..400).map(|i| format!("SELECT 'while full {i} {}';\n", noise())).collect();
+    std::fs::write(&script, statements).unwrap();
+    assert_ok(&psql(&pg, &url, &["-q", "-f", script.to_str().unwrap()]));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("journal write failed") {
+        assert!(Instant::now() < deadline, "the journal never failed to write");
+        assert_ok(&psql(&pg, &url, &["-q", "-f", script.to_str().unwrap()]));
+    }
+    // More work while it fails: these drops are the failing journal's.
+    assert_ok(&psql(&pg, &url, &["-q", "-f", script.to_str().unwrap()]));
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("journal writes again") {
+        assert!(Instant::now() < deadline, "the journal did not recover");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_ok(&psql(&pg, &url, &["-c", "SELECT 'after the disk had room'"]));
+    signal(&proxy, "-TERM");
+    assert!(proxy.wait().unwrap().success());
+
+    let events = read_events_with(&journal, &keys);
+    let losses: Vec<&ActivityEvent> = events.iter().filter(|e| e.kind == "loss").collect();
+    assert!(!losses.is_empty(), "events were dropped: {}", describe(&events));
+    let causes: Vec<&str> = losses.iter().map(|e| e.error_message.as_deref().unwrap_or_default()).collect();
+    // Drops while the journal was failing name the failure (earlier ones, before the
+    // first write failed, may name the full queue: a queue of 4 fills at once).
+    assert!(
+        causes.iter().any(|why| why.contains("the journal could not write") && why.contains("No space left")),
+        "{causes:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    let started_dropping = log_text.lines().filter(|l| l.contains("events are being dropped")).count();
+    assert_eq!(started_dropping, losses.len(), "one line when each loss window starts:\n{log_text}");
+    assert!(
+        log_text.lines().any(|l| l.contains("dropped") && l.contains("No space left")),
+        "the log names the cause:\n{log_text}"
+    );
+    assert!(events.iter().any(|e| e.command_text.as_deref() == Some("SELECT 'after the disk had room'")));
+}

@@ -66,7 +66,7 @@ pub fn heartbeat_event() -> ActivityEvent {
 }
 
 /// The event written in place of events the recorder had to drop.
-pub fn loss_event(count: u64, from_micros: i64, to_micros: i64) -> ActivityEvent {
+pub fn loss_event(count: u64, from_micros: i64, to_micros: i64, cause: &pgtrail_journal::LossCause) -> ActivityEvent {
     let from = DateTime::from_timestamp_micros(from_micros).unwrap_or_default();
     let to = DateTime::from_timestamp_micros(to_micros).unwrap_or_default();
     let mut e = ActivityEvent::new(EventClass::Misc, "EVENTS LOST", from);
@@ -74,7 +74,7 @@ pub fn loss_event(count: u64, from_micros: i64, to_micros: i64) -> ActivityEvent
     e.log_time = to;
     e.end_time = Some(to);
     e.row_count = Some(count);
-    e.error_message = Some(format!("pgtrail dropped {count} events: the recorder queue was full"));
+    e.error_message = Some(format!("pgtrail dropped {count} events: {cause}"));
     e
 }
 
