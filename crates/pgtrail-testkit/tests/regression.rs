@@ -486,3 +486,51 @@ fn issue12_9_loss_record_blamed_the_queue_for_a_full_disk() {
     );
     assert!(events.iter().any(|e| e.command_text.as_deref() == Some("SELECT 'after the disk had room'")));
 }
+
+/// Issue 12.10: quickstart's event printer held stdout's lock for its whole life, so the
+/// alert consumer's lines waited for it: no ALERT line appeared until Ctrl-C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_10_quickstart_held_its_alerts_back_until_ctrl_c() {
+    let mut child = std::process::Command::new(pgtrail_binary())
+        .args(["quickstart", "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("quickstart starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let quickstart = KillOnDrop(child);
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let url = loop {
+        let line = next_line(&mut lines).await;
+        if let Some(rest) = line.split("psql \"").nth(1) {
+            break rest.trim_end_matches('"').to_owned();
+        }
+    };
+    // A superuser session, kept open: "superuser session" fires on its CONNECT.
+    let client = connect(&url).await.expect("connects through quickstart's proxy");
+    client.simple_query("SELECT 'a statement in an open session'").await.expect("runs");
+    let alert = loop {
+        let line = next_line(&mut lines).await;
+        if line.starts_with("ALERT") && line.contains("superuser session") {
+            break line;
+        }
+    };
+    assert!(!client.is_closed(), "the session is still open when the alert shows: {alert}");
+    drop(client);
+    signal(&quickstart.0, "-INT");
+    drop(quickstart);
+}
+
+/// The next line a child printed, within 60 s.
+async fn next_line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.recv()).await;
+    line.expect("printed nothing for 60 s").expect("the process ended")
+}

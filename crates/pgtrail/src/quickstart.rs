@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::io::Write;
+
 use anyhow::Context;
 use pgtrail::capture::Capture;
 use pgtrail::config::{FileConfig, Overrides};
@@ -131,9 +133,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let flag = Arc::clone(&stop);
     let journal_dir = journal.clone();
     let ring = keys::load_key_ring(std::slice::from_ref(&ring_path))?;
+    // Events and alerts share stdout line by line (regression, issue 12.10: the event
+    // printer held stdout's lock for its whole life, so alerts came out only at Ctrl-C).
     let printer = tokio::task::spawn_blocking(move || {
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
+        let mut out = tail::SharedStdout::default();
         tail::run(&journal_dir, ring, &tail::Filter::default(), tail::Format::Table, true, &mut out, &|| {
             flag.load(Ordering::Relaxed)
         })
@@ -149,9 +152,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let alert_ring = keys::load_key_ring(std::slice::from_ref(&ring_path))?;
     let alerter = tokio::task::spawn_blocking(move || {
+        let mut out = tail::SharedStdout::default();
         let mut print = |alerts: &[pgtrail_rules::Alert]| -> anyhow::Result<()> {
             for alert in alerts {
-                println!("{}", pgtrail::alerts::alert_line(alert));
+                writeln!(out, "{}", pgtrail::alerts::alert_line(alert))?;
             }
             Ok(())
         };

@@ -123,6 +123,34 @@ pub fn run(
     }
 }
 
+/// Standard output shared line by line: each writer keeps its own partial line and writes
+/// complete lines under stdout's lock, so two writers (events and alerts in quickstart)
+/// interleave whole lines and neither holds the lock while it waits for more.
+#[derive(Debug, Default)]
+pub struct SharedStdout {
+    partial: Vec<u8>,
+}
+
+impl Write for SharedStdout {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.partial.extend_from_slice(bytes);
+        if let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&self.partial[..=end])?;
+            stdout.flush()?;
+            self.partial.drain(..=end);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&self.partial)?;
+        self.partial.clear();
+        stdout.flush()
+    }
+}
+
 pub fn table_header() -> String {
     format!(
         "{:<26} {:<16} {:<12} {:<10} {:<10} {:<22} {:>6} {:<7} {}",
