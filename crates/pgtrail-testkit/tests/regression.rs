@@ -534,3 +534,78 @@ async fn next_line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> 
     let line = tokio::time::timeout(Duration::from_secs(60), lines.recv()).await;
     line.expect("printed nothing for 60 s").expect("the process ended")
 }
+
+/// Issue 12.2, end to end with the binary: one flipped byte in the middle of the last
+/// segment, and the next start cut it and every valid record after it (checkpoints
+/// included), after which verify said OK; a start that then failed (the port taken) left
+/// not even a control event.
+#[test]
+fn issue12_2_restart_erased_tampered_evidence() {
+    let pg = start_pg(HostAuth::Trust);
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, keys) = (dir.path().join("journal"), dir.path().join("keys"));
+    keys_init(&keys);
+    let port = free_port();
+    let config = dir.path().join("pgtrail.toml");
+    write_proxy_config(&config, port, &pg, &journal, &keys, "");
+    let log = dir.path().join("proxy.log");
+    let mut proxy = spawn_proxy_with_config(&config, &log, port);
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    for i in 0..20 {
+        assert_ok(&psql(&pg, &url, &["-c", &format!("SELECT 'evidence {i}'")]));
+    }
+    signal(&proxy, "-TERM");
+    assert!(proxy.wait().unwrap().success());
+    let (j, vkey) = (journal.to_str().unwrap(), keys.join("verify.pub"));
+    let verify = || run_pgtrail(&["verify", "--journal", j, "--verify-key", vkey.to_str().unwrap()]);
+    let intact = verify();
+    assert!(intact.status.success(), "{intact:?}");
+    assert!(String::from_utf8_lossy(&intact.stdout).contains("truncation NOT checked"), "{intact:?}");
+
+    let segment = std::fs::read_dir(&journal).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+    assert_eq!(verify().status.code(), Some(1));
+
+    // The start refuses, names the record and leaves the journal as it was.
+    let refused =
+        std::process::Command::new(pgtrail_binary()).args(["proxy", "--config"]).arg(&config).output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("the journal is damaged: record") && stderr.contains("--set-aside-damaged-journal"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nothing was cut");
+    assert_eq!(verify().status.code(), Some(1), "verify still fails");
+
+    // Set aside on request, with the port taken: the start fails after the repair, and
+    // the repair is in the journal all the same.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let failed = std::process::Command::new(pgtrail_binary())
+        .args(["proxy", "--set-aside-damaged-journal", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!failed.status.success(), "the port is taken");
+    drop(taken);
+    let aside: Vec<_> = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), bytes, "the damaged segment is kept intact");
+    let events = read_events_with(&journal, &keys);
+    let repaired = events.iter().find(|e| e.command == "JOURNAL REPAIRED").expect("the repair is recorded");
+    assert!(repaired.command_text.as_deref().unwrap_or_default().contains("set aside intact"), "{repaired:?}");
+    let mut engine = pgtrail_rules::Engine::new(pgtrail_rules::RuleSet::parse("builtin = true\n", "pack").unwrap());
+    let alerts: Vec<String> =
+        engine.process(repaired).into_iter().map(|a| format!("{:?} {}", a.severity, a.rule)).collect();
+    assert!(alerts.iter().any(|a| a.contains("journal damaged")), "{alerts:?}");
+    let after = verify();
+    let report = String::from_utf8_lossy(&after.stdout);
+    assert!(after.status.success() && report.contains("set aside"), "{after:?}");
+}

@@ -70,6 +70,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         journal: Some(journal.clone()),
         keys: Some(keys_dir.clone()),
     })?;
+    // The safe way is the easy way: a witness copy of every checkpoint, so `verify` also
+    // catches a journal cut short.
+    let witness = journal.with_extension("witness");
+    config.journal.witness_dir = Some(witness.clone());
     if pgaudit {
         config.pgaudit = Some(pgtrail::ingest::IngestConfig {
             log_dir: pg.log_dir(),
@@ -98,9 +102,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ring_path.display()
     );
     println!(
-        "  Check its integrity:         {me} verify --journal {} --verify-key {}",
+        "  Check its integrity:         {me} verify --journal {} --verify-key {} --witness {}",
         journal.display(),
-        keys_dir.join(keys::VERIFY_PUBLIC).display()
+        keys_dir.join(keys::VERIFY_PUBLIC).display(),
+        witness.display()
     );
     println!();
     println!("  Records are DAS records (gzip, AWS Encryption SDK, suite 0x0178) in a hash-chained");
