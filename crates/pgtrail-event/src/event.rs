@@ -151,6 +151,12 @@ pub struct ActivityEvent {
     /// The policy rule that denied it (with `verdict = denied`).
     #[serde(default)]
     pub denied_by: Option<String>,
+    /// On a pgAudit record of a statement the proxy recorded too: the `statementId` of the
+    /// proxy's event in the same session, which this record confirms. Such a record is
+    /// kept (the journal is complete) but is not a second statement: rules skip it, and
+    /// `tail` shows it only when asked. Null on every other event.
+    #[serde(default)]
+    pub confirms: Option<u64>,
 }
 
 /// A person verified from a token.
@@ -219,6 +225,7 @@ impl ActivityEvent {
             identity: None,
             verdict: None,
             denied_by: None,
+            confirms: None,
         }
     }
 }

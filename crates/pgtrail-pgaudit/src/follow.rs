@@ -38,6 +38,9 @@ pub struct Position {
 pub struct Item {
     pub file: String,
     pub entry: Result<LogEntry, ParseError>,
+    /// A position to read again from that yields this entry (for a caller that has not
+    /// finished with it when it saves its position: see [`Follower::commit_at`]).
+    pub start: Position,
 }
 
 #[derive(Debug)]
@@ -50,6 +53,12 @@ struct Current {
     line: u64,
     /// Where an entry still being assembled starts: the position to save.
     safe: (u64, u64),
+}
+
+impl Current {
+    fn safe_position(&self) -> Position {
+        Position { file: self.name.clone(), inode: self.inode, offset: self.safe.0, line: self.safe.1 }
+    }
 }
 
 /// Follows the log files of one format in a directory.
@@ -139,10 +148,16 @@ impl Follower {
     /// Saves the position (write a temporary file, fsync, rename).
     pub fn commit(&self) -> std::io::Result<()> {
         let Some(position) = self.position() else { return Ok(()) };
+        self.commit_at(&position)
+    }
+
+    /// Saves `position` (an item's [`Item::start`]): reading again starts there, so the
+    /// entries from it on are handed out again after a restart.
+    pub fn commit_at(&self, position: &Position) -> std::io::Result<()> {
         let tmp = self.state.with_extension("tmp");
         {
             let mut file = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut file, serde_json::to_string(&position).unwrap_or_default().as_bytes())?;
+            std::io::Write::write_all(&mut file, serde_json::to_string(position).unwrap_or_default().as_bytes())?;
             file.sync_data()?;
         }
         std::fs::rename(&tmp, &self.state)
@@ -205,7 +220,8 @@ impl Follower {
     fn flush_into(&mut self, items: &mut Vec<Item>) {
         if let Some(entry) = self.assembler.flush() {
             let current = self.current.as_mut().expect("a file is open");
-            items.push(Item { file: current.name.clone(), entry });
+            let start = current.safe_position();
+            items.push(Item { file: current.name.clone(), entry, start });
         }
         if let Some(current) = self.current.as_mut() {
             current.safe = (current.offset, current.line);
@@ -227,8 +243,10 @@ impl Follower {
             current.line += 1;
             let done = self.assembler.push_line(line, current.line);
             let completed = !done.is_empty();
+            // Entries completed by this line started at or after the last safe point.
+            let from = current.safe_position();
             for entry in done {
-                items.push(Item { file: current.name.clone(), entry });
+                items.push(Item { file: current.name.clone(), entry, start: from.clone() });
             }
             start = end + 1;
             if !self.assembler.has_pending() {

@@ -137,10 +137,15 @@ impl Engine {
     }
 
     /// Runs every rule on one event; returns the alerts it fires (resolves come from
-    /// [`Engine::tick`], which this also runs at the event's time).
+    /// [`Engine::tick`], which this also runs at the event's time). A pgAudit record that
+    /// confirms a proxy event (`confirms`) is the same statement seen twice: no rule runs
+    /// on it, so nothing fires twice.
     pub fn process(&mut self, event: &ActivityEvent) -> Vec<Alert> {
         let at = event.log_time;
         let mut alerts = self.tick(at);
+        if event.confirms.is_some() {
+            return alerts;
+        }
         let fields = event_fields(event);
         let mut context = context_for(&fields);
         context.add_variable_from_value("settings", self.settings.clone());

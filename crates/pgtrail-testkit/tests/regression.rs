@@ -609,3 +609,117 @@ fn issue12_2_restart_erased_tampered_evidence() {
     let report = String::from_utf8_lossy(&after.stdout);
     assert!(after.status.success() && report.contains("set aside"), "{after:?}");
 }
+
+/// Issue 12.11: with pgAudit ingest on, every statement was shown twice (once from the
+/// proxy, once from pgAudit) and every alert rule fired twice for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_11_every_statement_counted_twice_with_pgaudit_on() {
+    let pg = start_pg_with(LocalPgOptions {
+        auth: HostAuth::ScramSha256,
+        superuser_password: PASSWORD.into(),
+        settings: [
+            "shared_preload_libraries = 'pgaudit'",
+            "pgaudit.log = 'all'",
+            "pgaudit.log_parameter = on",
+            "logging_collector = on",
+            "log_destination = 'csvlog'",
+            "log_directory = 'log'",
+            "log_connections = on",
+            "log_timezone = 'UTC'",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    });
+    pg.psql("CREATE EXTENSION pgaudit").expect("pgaudit");
+    let dir = tempfile::tempdir().unwrap();
+    let (log_dir, state) = (pg.log_dir(), dir.path().join("position"));
+    let capture = TestCapture::start_with(&pg, move |c| {
+        c.pgaudit = Some(pgtrail::ingest::IngestConfig { log_dir, format: pgtrail_pgaudit::Format::Csvlog, state });
+    })
+    .await;
+    let url = capture.url("postgres", PASSWORD, "postgres");
+    let statements = [
+        "CREATE TABLE phonebook (id serial PRIMARY KEY, name text, phone text)",
+        "INSERT INTO phonebook (name, phone) VALUES ('Alice', '555-0100'), ('Bob', '555-0101')",
+        "SELECT * FROM phonebook ORDER BY name",
+        "ALTER USER postgres PASSWORD 'pgtrail'",
+        "DO $$ BEGIN PERFORM count(*) FROM phonebook; END $$",
+        "COPY (SELECT name FROM phonebook) TO STDOUT",
+        "SELECT * FROM no_such_table",
+    ];
+    let mut args = vec!["-v", "ON_ERROR_STOP=0"];
+    for statement in &statements {
+        args.extend(["-c", statement]);
+    }
+    psql(&pg, &url, &args);
+    // pgAudit's record of the DO block's inner statement is the last one it writes.
+    capture
+        .wait_for("pgAudit's records", |events| {
+            events.iter().any(|e| {
+                e.source == Some(EventSource::Pgaudit)
+                    && e.command_text.as_deref() == Some("SELECT count(*) FROM phonebook")
+            })
+        })
+        .await;
+    let mut capture = capture;
+    capture.shutdown().await;
+    let events = capture.events();
+
+    // What tail shows: one event per statement, each from the proxy.
+    let shown: Vec<&ActivityEvent> = events
+        .iter()
+        .filter(|e| {
+            e.confirms.is_none()
+                && !matches!(e.class, pgtrail_event::EventClass::Connect | pgtrail_event::EventClass::Disconnect)
+        })
+        .collect();
+    for statement in statements {
+        let expected = statement.replace("'pgtrail'", "<REDACTED>");
+        let count = shown.iter().filter(|e| e.command_text.as_deref() == Some(expected.as_str())).count();
+        assert_eq!(count, 1, "{statement}:\n{}", describe(&events));
+    }
+    // Every pgAudit record of those statements confirms the proxy event of its session.
+    let do_event = shown.iter().find(|e| e.command == "DO").expect("the DO block");
+    let confirmations: Vec<&ActivityEvent> = events.iter().filter(|e| e.confirms.is_some()).collect();
+    assert!(confirmations.len() >= statements.len() - 1, "{}", describe(&events));
+    for confirmation in &confirmations {
+        let named = events.iter().any(|e| {
+            e.source == Some(EventSource::Proxy)
+                && Some(e.statement_id) == confirmation.confirms
+                && e.session_id == confirmation.session_id
+        });
+        assert!(named, "{confirmation:?} names no proxy event");
+    }
+    // The DO block's inner SELECT appears once, linked to its DO.
+    let inner: Vec<&&ActivityEvent> =
+        shown.iter().filter(|e| e.command_text.as_deref() == Some("SELECT count(*) FROM phonebook")).collect();
+    assert_eq!(inner.len(), 1, "{}", describe(&events));
+    assert_eq!(inner[0].source, Some(EventSource::Pgaudit));
+    assert_eq!(
+        (inner[0].session_id.clone(), inner[0].statement_id),
+        (do_event.session_id.clone(), do_event.statement_id)
+    );
+    assert!(inner[0].substatement_id > 1);
+
+    // One alert per statement: "DDL" for the CREATE TABLE, "password change" for ALTER USER.
+    let mut engine = pgtrail_rules::Engine::new(pgtrail_rules::RuleSet::parse("builtin = true\n", "pack").unwrap());
+    // (The log also holds the direct session that created the extension: not counted.)
+    let session = do_event.session_id.clone();
+    let fired: Vec<String> =
+        events.iter().filter(|e| e.session_id == session).flat_map(|e| engine.process(e)).map(|a| a.rule).collect();
+    assert_eq!(fired.iter().filter(|r| *r == "DDL").count(), 1, "{fired:?}");
+    assert_eq!(fired.iter().filter(|r| *r == "password change").count(), 1, "{fired:?}");
+
+    // tail hides the confirmations unless asked.
+    let j = capture.journal_dir().to_str().unwrap().to_owned();
+    let key = capture.keys_dir().join("wrapping.key");
+    let tail = |extra: &[&str]| {
+        let mut args = vec!["tail", "--journal", j.as_str(), "--key", key.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let out = run_pgtrail(&args);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().lines().count()
+    };
+    assert_eq!(tail(&[]) + confirmations.len(), tail(&["--confirmations"]));
+}

@@ -78,12 +78,15 @@ pub async fn run(
             stats.entries += 1;
             let event = item.entry.and_then(|entry| to_event(&entry));
             match event {
-                Ok(Some(mut event)) => {
+                Ok(Some(event)) => {
                     stats.events += 1;
-                    if let Some(correlator) = correlator.as_mut() {
-                        correlator.enrich(&mut event);
+                    let ready = match correlator.as_mut() {
+                        Some(correlator) => correlator.enrich(event, item.start),
+                        None => Some(event),
+                    };
+                    if let Some(event) = ready {
+                        durable.push(recorder.record_durable(event));
                     }
-                    durable.push(recorder.record_durable(event));
                 }
                 Ok(None) => {}
                 Err(error) => {
@@ -96,17 +99,28 @@ pub async fn run(
                 }
             }
         }
+        let stopping = stop.load(Ordering::Relaxed);
         if let Some(correlator) = correlator.as_mut() {
-            for bypass in correlator.judge() {
-                stats.bypasses += 1;
-                durable.push(recorder.record_durable(bypass));
+            for ready in correlator.judge() {
+                stats.bypasses += u64::from(ready.command == "DIRECT CONNECTION");
+                durable.push(recorder.record_durable(ready));
+            }
+            if stopping {
+                for ready in correlator.release_all() {
+                    durable.push(recorder.record_durable(ready));
+                }
             }
         }
         for done in durable {
             done.await.context("the journal did not make ingested events durable")?;
         }
-        follower.commit().with_context(|| format!("cannot save the ingest position in {}", config.state.display()))?;
-        if stop.load(Ordering::Relaxed) {
+        // Never past a record that waits for its proxy event: a restart reads it again.
+        let saved = match correlator.as_ref().and_then(Correlator::held_from) {
+            Some(from) => follower.commit_at(from),
+            None => follower.commit(),
+        };
+        saved.with_context(|| format!("cannot save the ingest position in {}", config.state.display()))?;
+        if stopping {
             info!(
                 entries = stats.entries,
                 events = stats.events,

@@ -101,6 +101,11 @@ enum Command {
         /// Show heartbeat events too.
         #[arg(long)]
         heartbeats: bool,
+        /// Show pgAudit's records of statements the proxy recorded too (each names the
+        /// proxy event it confirms in `confirms`); hidden by default, as they are the same
+        /// statements seen twice.
+        #[arg(long)]
+        confirmations: bool,
     },
     /// Start a throwaway PostgreSQL behind the proxy and show its events live.
     ///
@@ -468,9 +473,9 @@ async fn run_proxy(
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Proxy { .. } => unreachable!("the proxy is started by run_blocking"),
-        Command::Tail { journal, key, follow, user, class, json, heartbeats } => {
+        Command::Tail { journal, key, follow, user, class, json, heartbeats, confirmations } => {
             let ring = keys::load_key_ring(&key)?;
-            let filter = tail::Filter { user, class, heartbeats };
+            let filter = tail::Filter { user, class, heartbeats, confirmations };
             let format = if json { tail::Format::Json } else { tail::Format::Table };
             let stop = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&stop);

@@ -16,6 +16,9 @@ pub struct Filter {
     pub class: Option<EventClass>,
     /// Show heartbeats too (hidden by default: they say only that the stream is alive).
     pub heartbeats: bool,
+    /// Show pgAudit records that confirm a proxy event too (hidden by default: the same
+    /// statement, seen a second time).
+    pub confirmations: bool,
 }
 
 impl Filter {
@@ -23,6 +26,7 @@ impl Filter {
         self.user.as_ref().is_none_or(|u| e.db_user_name.as_deref() == Some(u.as_str()))
             && self.class.is_none_or(|c| e.class == c && e.kind == "record")
             && (self.heartbeats || e.kind != "heartbeat")
+            && (self.confirmations || e.confirms.is_none())
     }
 }
 
