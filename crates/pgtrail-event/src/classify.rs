@@ -220,16 +220,23 @@ fn statement_text(sql: &str, location: i32, len: i32) -> &str {
 }
 
 fn unparsed(sql: &str, standard_conforming_strings: bool) -> Statement {
-    Statement {
-        text: redact_passwords_with(sql, standard_conforming_strings),
-        command: None,
-        class: None,
-        object_type: None,
-        object_name: None,
-        objects: Vec::new(),
-        fingerprint: None,
-        noise: false,
-        traits: Traits::default(),
+    Statement::unparsed(sql, standard_conforming_strings)
+}
+
+impl Statement {
+    /// A text the parser could not read: kept (passwords redacted), nothing known of it.
+    pub fn unparsed(sql: &str, standard_conforming_strings: bool) -> Self {
+        Statement {
+            text: redact_passwords_with(sql, standard_conforming_strings),
+            command: None,
+            class: None,
+            object_type: None,
+            object_name: None,
+            objects: Vec::new(),
+            fingerprint: None,
+            noise: false,
+            traits: Traits::default(),
+        }
     }
 }
 
@@ -413,23 +420,10 @@ mod tests {
         assert!(classify_uncached("  -- nothing\n", true).statements.is_empty());
     }
 
+    /// Statement texts are redacted as they are classified (the cases are password.rs's).
     #[test]
     fn passwords_are_redacted() {
-        for (sql, expected) in [
-            ("CREATE ROLE app LOGIN PASSWORD 'hunter2'", "CREATE ROLE app LOGIN PASSWORD <REDACTED>"),
-            (
-                "ALTER USER app WITH ENCRYPTED PASSWORD 'SCRAM-SHA-256$4096:abc'",
-                "ALTER USER app WITH ENCRYPTED PASSWORD <REDACTED>",
-            ),
-            (
-                "create user x password 'a''b' valid until 'infinity'",
-                "create user x password <REDACTED> valid until 'infinity'",
-            ),
-            ("ALTER ROLE app PASSWORD NULL", "ALTER ROLE app PASSWORD NULL"),
-            ("SELECT 'password' AS password", "SELECT 'password' AS password"),
-        ] {
-            assert_eq!(one(sql).text, expected);
-        }
+        assert_eq!(one("CREATE ROLE app LOGIN PASSWORD 'hunter2'").text, "CREATE ROLE app LOGIN PASSWORD <REDACTED>");
         // Inside a DO block, in every text of its shape (all DO blocks share one).
         let c = Classifier::new(10);
         c.classify("DO $$ BEGIN PERFORM 1; END $$");

@@ -47,12 +47,24 @@ pub(crate) enum Token<'a> {
     Other,
 }
 
-fn is_ident_start(b: u8) -> bool {
+pub(crate) fn is_ident_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
 }
 
-fn is_ident_cont(b: u8) -> bool {
+pub(crate) fn is_ident_cont(b: u8) -> bool {
     is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+}
+
+/// The opening delimiter of a dollar-quoted literal (`$$` or `$tag$`) at `i`, as a byte
+/// range, or `None` when the `$` there is an operator character.
+pub(crate) fn dollar_delimiter(b: &[u8], i: usize) -> Option<std::ops::RangeInclusive<usize>> {
+    let mut j = i + 1;
+    if b.get(j).is_some_and(|c| is_ident_start(*c)) {
+        while j < b.len() && is_ident_cont(b[j]) && b[j] != b'$' {
+            j += 1;
+        }
+    }
+    (b.get(j) == Some(&b'$')).then_some(i..=j)
 }
 
 /// Lexes `sql`; comments and whitespace are left out.
@@ -195,18 +207,9 @@ fn quoted(sql: &str, start: usize, quote: usize, quoting: Quoting) -> (Literal, 
 
 /// `$tag$...$tag$` at `i`, or `None` when the `$` starts no such literal.
 fn dollar_quoted(sql: &str, i: usize) -> Option<(Literal, usize)> {
-    let b = sql.as_bytes();
-    let mut j = i + 1;
-    if b.get(j).is_some_and(|c| is_ident_start(*c)) {
-        while j < b.len() && is_ident_cont(b[j]) && b[j] != b'$' {
-            j += 1;
-        }
-    }
-    if b.get(j) != Some(&b'$') {
-        return None;
-    }
-    let delimiter = &sql[i..=j];
-    let body = j + 1;
+    let range = dollar_delimiter(sql.as_bytes(), i)?;
+    let body = range.end() + 1;
+    let delimiter = &sql[range];
     let (content_end, end) = match sql[body..].find(delimiter) {
         Some(n) => (body + n, body + n + delimiter.len()),
         None => (sql.len(), sql.len()),

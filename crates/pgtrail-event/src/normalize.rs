@@ -17,13 +17,7 @@ pub(crate) struct Normalized {
     pub(crate) statement_end: usize,
 }
 
-fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
-}
-
-fn is_ident_cont(b: u8) -> bool {
-    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
-}
+use crate::literals::{dollar_delimiter, is_ident_cont, is_ident_start};
 
 /// Lexes `sql` as PostgreSQL does for the purpose of finding literals. With
 /// `standard_conforming_strings` off, backslashes escape in plain '...' strings too.
@@ -157,17 +151,9 @@ fn skip_block_comment(b: &[u8], mut i: usize) -> Option<usize> {
 
 /// `$$...$$` or `$tag$...$tag$`. A `$` that starts neither is an operator character.
 fn skip_dollar_quoted(b: &[u8], i: usize) -> Option<usize> {
-    let mut j = i + 1;
-    if b.get(j).is_some_and(|c| is_ident_start(*c)) {
-        while j < b.len() && is_ident_cont(b[j]) && b[j] != b'$' {
-            j += 1;
-        }
-    }
-    if b.get(j) != Some(&b'$') {
-        return None;
-    }
-    let delimiter = &b[i..=j];
-    let body = j + 1;
+    let range = dollar_delimiter(b, i)?;
+    let body = range.end() + 1;
+    let delimiter = &b[range];
     let end = b[body..].windows(delimiter.len()).position(|w| w == delimiter)?;
     Some(body + end + delimiter.len())
 }

@@ -281,17 +281,7 @@ fn password_denial() -> Denial {
 
 /// The statement to record for a denial when the reading that denied it has none to name.
 fn own_statement(own: &Classified, text: &str) -> Statement {
-    own.statements.first().cloned().unwrap_or_else(|| Statement {
-        text: pgtrail_event::redact_passwords(text),
-        command: None,
-        class: None,
-        object_type: None,
-        object_name: None,
-        objects: Vec::new(),
-        fingerprint: None,
-        noise: false,
-        traits: pgtrail_event::Traits::default(),
-    })
+    own.statements.first().cloned().unwrap_or_else(|| Statement::unparsed(text, true))
 }
 
 /// The verdict cache's statement key: the fingerprint and what rules see.

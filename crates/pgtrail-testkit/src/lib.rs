@@ -31,6 +31,37 @@ pub fn start_pg_with(options: LocalPgOptions) -> LocalPg {
     LocalPg::start(&options).unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}"))
 }
 
+/// Starts a SCRAM cluster with pgaudit 1.7 auditing everything (parameters and rows too)
+/// into `log/` in the given `log_destination` formats, connections and disconnections
+/// logged. Fails clearly when pgaudit is not installed.
+pub fn start_pgaudit_pg(log_destination: &str) -> LocalPg {
+    let control = Path::new("/usr/share/postgresql/15/extension/pgaudit.control");
+    assert!(
+        control.is_file(),
+        "pgaudit is needed ({} missing): scripts/setup.sh installs postgresql-15-pgaudit",
+        control.display()
+    );
+    let settings = [
+        "shared_preload_libraries = 'pgaudit'",
+        "pgaudit.log = 'all'",
+        "pgaudit.log_parameter = on",
+        "pgaudit.log_rows = on",
+        "logging_collector = on",
+        &format!("log_destination = '{log_destination}'"),
+        "log_directory = 'log'",
+        "log_line_prefix = '%m [%p] %q%u@%d '",
+        "log_connections = on",
+        "log_disconnections = on",
+        "log_timezone = 'UTC'",
+    ];
+    start_pg_with(LocalPgOptions {
+        auth: HostAuth::ScramSha256,
+        superuser_password: PASSWORD.into(),
+        settings: settings.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    })
+}
+
 /// The proxy and recorder in front of a cluster, writing to a journal in a temp dir.
 #[derive(Debug)]
 pub struct TestCapture {

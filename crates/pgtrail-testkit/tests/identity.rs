@@ -425,7 +425,7 @@ async fn policy_denies_before_postgres_sees_it() {
     }
     assert_eq!(pg.psql("SELECT count(*) FROM accounts").expect("count").trim(), "2");
 
-    let events = capture.wait_for("denied statements", |e| e.iter().filter(|e| e.verdict.is_some()).count() >= 5).await;
+    let events = capture.wait_for("denied statements", |e| e.iter().filter(|e| e.verdict.is_some()).count() >= 6).await;
     let denied: Vec<_> = events.iter().filter(|e| e.verdict.is_some()).collect();
     let rules: Vec<_> = denied.iter().map(|e| e.denied_by.as_deref().unwrap_or("")).collect();
     assert_eq!(

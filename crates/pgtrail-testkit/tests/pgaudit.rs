@@ -11,32 +11,7 @@ use pgtrail_event::{ActivityEvent, EventClass, EventSource};
 use pgtrail_testkit::*;
 
 fn pgaudit_cluster() -> LocalPg {
-    let dir = std::path::Path::new("/usr/share/postgresql/15/extension/pgaudit.control");
-    assert!(
-        dir.is_file(),
-        "pgaudit is needed ({} missing): scripts/setup.sh installs postgresql-15-pgaudit",
-        dir.display()
-    );
-    start_pg_with(LocalPgOptions {
-        auth: HostAuth::ScramSha256,
-        superuser_password: PASSWORD.into(),
-        settings: [
-            "shared_preload_libraries = 'pgaudit'",
-            "pgaudit.log = 'all'",
-            "pgaudit.log_parameter = on",
-            "pgaudit.log_rows = on",
-            "logging_collector = on",
-            "log_destination = 'stderr,csvlog,jsonlog'",
-            "log_directory = 'log'",
-            "log_line_prefix = '%m [%p] %q%u@%d '",
-            "log_connections = on",
-            "log_disconnections = on",
-            "log_timezone = 'UTC'",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Default::default()
-    })
+    start_pgaudit_pg("stderr,csvlog,jsonlog")
 }
 
 fn ingester(pg: &LocalPg, format: &str, journal: &Path, keys: &Path, log: &Path) -> Child {

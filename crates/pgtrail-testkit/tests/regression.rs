@@ -77,21 +77,7 @@ async fn issue12_1_deny_rule_bypassed_through_standard_conforming_strings() {
 /// (and the "password change" rule) sees it after the fact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue12_3_password_restriction_escaped_through_do_blocks_and_functions() {
-    let pg = start_pg_with(LocalPgOptions {
-        auth: HostAuth::ScramSha256,
-        superuser_password: PASSWORD.into(),
-        settings: ["shared_preload_libraries = 'pgaudit'", "pgaudit.log = 'all'", "logging_collector = on"]
-            .into_iter()
-            .chain([
-                "log_destination = 'csvlog'",
-                "log_directory = 'log'",
-                "log_connections = on",
-                "log_timezone = 'UTC'",
-            ])
-            .map(String::from)
-            .collect(),
-        ..Default::default()
-    });
+    let pg = start_pgaudit_pg("csvlog");
     pg.psql("CREATE EXTENSION pgaudit; CREATE ROLE alice LOGIN PASSWORD 'old-password'").expect("setup");
     let dir = tempfile::tempdir().unwrap();
     let (log_dir, state) = (pg.log_dir(), dir.path().join("position"));
@@ -614,23 +600,7 @@ fn issue12_2_restart_erased_tampered_evidence() {
 /// proxy, once from pgAudit) and every alert rule fired twice for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue12_11_every_statement_counted_twice_with_pgaudit_on() {
-    let pg = start_pg_with(LocalPgOptions {
-        auth: HostAuth::ScramSha256,
-        superuser_password: PASSWORD.into(),
-        settings: [
-            "shared_preload_libraries = 'pgaudit'",
-            "pgaudit.log = 'all'",
-            "pgaudit.log_parameter = on",
-            "logging_collector = on",
-            "log_destination = 'csvlog'",
-            "log_directory = 'log'",
-            "log_connections = on",
-            "log_timezone = 'UTC'",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Default::default()
-    });
+    let pg = start_pgaudit_pg("csvlog");
     pg.psql("CREATE EXTENSION pgaudit").expect("pgaudit");
     let dir = tempfile::tempdir().unwrap();
     let (log_dir, state) = (pg.log_dir(), dir.path().join("position"));
