@@ -107,6 +107,14 @@ async fn issue12_3_password_restriction_escaped_through_do_blocks_and_functions(
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.matches("setting a password is restricted").count(), 5, "{stderr}");
     assert!(stderr.contains("function set_pw() does not exist"), "{stderr}");
+    // The extended protocol (Parse) is judged the same way.
+    let client = connect(&url).await.expect("alice connects");
+    let error = client
+        .execute("DO $$ BEGIN EXECUTE 'ALTER ROLE alice PASSWORD ''leaked-6'''; END $$", &[])
+        .await
+        .expect_err("denied in a Parse too");
+    assert_eq!(error.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{error}");
+    drop(client);
     // The password is still the old one.
     let direct = format!("postgres://alice:old-password@127.0.0.1:{}/postgres", pg.port());
     assert_ok(&psql(&pg, &direct, &["-c", "SELECT 'old password still works'"]));
@@ -122,11 +130,11 @@ async fn issue12_3_password_restriction_escaped_through_do_blocks_and_functions(
     let events = capture.stop().await;
     for event in &events {
         let text = event.command_text.as_deref().unwrap_or_default();
-        for i in 1..=5 {
+        for i in 1..=6 {
             assert!(!text.contains(&format!("leaked-{i}")), "password in the trail: {text}");
         }
     }
-    assert_eq!(denied(&events, "restrict_password_commands").len(), 5, "{}", describe(&events));
+    assert_eq!(denied(&events, "restrict_password_commands").len(), 6, "{}", describe(&events));
     let in_engine = events
         .iter()
         .find(|e| e.source == Some(EventSource::Pgaudit) && e.command == "ALTER ROLE")
