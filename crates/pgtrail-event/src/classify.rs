@@ -244,11 +244,14 @@ fn classify_statement(text: &str, node: &NodeEnum, standard_conforming_strings: 
     let options = parser_options(standard_conforming_strings);
     let (command, class) = describe(node);
     let objects = referenced_objects(node);
-    let object_type = objects.first().map(|o| match o.kind {
+    // DAS and pgAudit name the first relation a statement touches; a function only when
+    // it touches none (`SELECT count(*) FROM t` is about t, not count).
+    let primary = objects.iter().find(|o| o.kind == ObjectKind::Relation).or(objects.first());
+    let object_type = primary.map(|o| match o.kind {
         ObjectKind::Function => "FUNCTION".to_owned(),
         ObjectKind::Relation => ddl_object_type(node).unwrap_or("TABLE").to_owned(),
     });
-    let object_name = objects.first().map(|o| o.name.clone());
+    let object_name = primary.map(|o| o.name.clone());
     let fingerprint = pg_query::fingerprint(text, options, 0).ok().map(|f| f.hex);
     let text = redact_passwords_with(text, standard_conforming_strings);
     let noise = crate::noise::is_noise(node);
@@ -410,6 +413,14 @@ mod tests {
         assert_eq!(drop.object_type.as_deref(), Some("TABLE"));
         let sleep = one("SELECT pg_sleep(10)");
         assert_eq!(sleep.object_type.as_deref(), Some("FUNCTION"));
+    }
+
+    /// Issue 13.7: objectName named the first function (`count`), not the table.
+    #[test]
+    fn regression_object_name_was_a_function_instead_of_the_table() {
+        let s = one("SELECT count(*), sum(id) FROM acc_t WHERE id > 5");
+        assert_eq!((s.object_type.as_deref(), s.object_name.as_deref()), (Some("TABLE"), Some("acc_t")));
+        assert_eq!(s.objects.first().map(|o| o.kind), Some(ObjectKind::Function), "objects keep text order");
     }
 
     #[test]

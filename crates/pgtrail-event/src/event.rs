@@ -157,6 +157,11 @@ pub struct ActivityEvent {
     /// `tail` shows it only when asked. Null on every other event.
     #[serde(default)]
     pub confirms: Option<u64>,
+    /// `unknown` when the proxy could not learn how the statement ended: it was sent to
+    /// PostgreSQL, and the connection to PostgreSQL ended before the answer came. Null when
+    /// the event's own fields (exitCode, sqlState, rowCount) say how it ended.
+    #[serde(default)]
+    pub outcome: Option<String>,
 }
 
 /// A person verified from a token.
@@ -226,6 +231,7 @@ impl ActivityEvent {
             verdict: None,
             denied_by: None,
             confirms: None,
+            outcome: None,
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::policy::{Denial, Judgement, Policy};
 use crate::server::Shared;
 use crate::session::{SessionError, send_error};
 use crate::stream::MaybeTls;
-use crate::tracker::Tracker;
+use crate::tracker::{Nudge, Tracker};
 
 /// How a relayed session ended.
 #[derive(Debug)]
@@ -106,7 +106,8 @@ fn frontend_needs_body(tag: u8) -> bool {
 }
 
 fn backend_needs_body(tag: u8) -> bool {
-    matches!(tag, b'C' | b'E' | b'S')
+    // ReadyForQuery for its transaction status (one byte).
+    matches!(tag, b'C' | b'E' | b'S' | b'Z')
 }
 
 /// Runs the relay until either side closes, an error, or termination.
@@ -121,21 +122,31 @@ pub(crate) async fn relay(
 ) -> (Ending, Tracker) {
     let tracker = Mutex::new(tracker);
     let bufs = (client_buf, upstream_buf);
-    let client_mid_message = Arc::new(AtomicBool::new(false));
+    let side = ClientSide::default();
     let ending = match (&mut client, &mut upstream) {
         // Plain TCP on both sides: borrowed halves, no lock between reader and writer.
         (MaybeTls::Plain(c), MaybeTls::Plain(u)) => {
             let (mut cr, mut cw) = c.split();
             let (mut ur, mut uw) = u.split();
             let (client, upstream) = ((&mut cr, &mut cw), (&mut ur, &mut uw));
-            both_directions(shared, client, upstream, bufs, &tracker, &mut terminate, &client_mid_message).await
+            both_directions(shared, client, upstream, bufs, &tracker, &mut terminate, &side).await
         }
         (c, u) => {
             let (mut cr, mut cw) = tokio::io::split(c);
             let (mut ur, mut uw) = tokio::io::split(u);
             let (client, upstream) = ((&mut cr, &mut cw), (&mut ur, &mut uw));
-            both_directions(shared, client, upstream, bufs, &tracker, &mut terminate, &client_mid_message).await
+            both_directions(shared, client, upstream, bufs, &tracker, &mut terminate, &side).await
         }
+    };
+    let client_left = side.gone.load(Ordering::Acquire);
+    let client_said_terminate = {
+        let mut t = lock(&tracker);
+        if client_left {
+            t.close_after_client_left();
+        } else {
+            t.abandon_owed();
+        }
+        t.client_said_terminate()
     };
     let farewell = match &ending {
         Ending::Error(e) => e.client_error(),
@@ -156,9 +167,15 @@ pub(crate) async fn relay(
     // the client (regression, issue 12.6). In the middle of a message the client only
     // sees the connection close.
     if let Some(fields) = farewell
-        && !client_mid_message.load(Ordering::Acquire)
+        && !side.mid_message.load(Ordering::Acquire)
     {
         send_error(&mut client, &fields).await;
+    }
+    if !client_said_terminate && !matches!(ending, Ending::UpstreamClosed) {
+        // End the backend cleanly (it rolls back what the client left open).
+        let mut out = BytesMut::new();
+        FrontendMessage::Terminate.encode(&mut out);
+        let _ = write_flushed(&mut upstream, &out, SessionError::UpstreamIo).await;
     }
     let _ = client.shutdown().await;
     let _ = upstream.shutdown().await;
@@ -166,7 +183,22 @@ pub(crate) async fn relay(
     (ending, tracker)
 }
 
-/// Runs both directions until one ends or the proxy terminates the session.
+/// What the relay knows of the client's side of the connection.
+#[derive(Debug, Default)]
+struct ClientSide {
+    /// The bytes written to the client end inside a message (or a write is under way):
+    /// nothing of the proxy's own may be written then.
+    mid_message: Arc<AtomicBool>,
+    /// The client is gone (it closed, said Terminate, broke the connection or the
+    /// protocol): PostgreSQL's answers are still read and recorded, and not written.
+    gone: Arc<AtomicBool>,
+}
+
+/// Runs both directions until one ends or the proxy terminates the session. When the
+/// client's side ends first, PostgreSQL may still owe answers to what it was sent (a
+/// Query followed by Terminate in one write, a client that closed right after sending):
+/// they are read and recorded before the session ends, so no statement that ran goes
+/// without its event (see [`drain_after_client_left`]).
 async fn both_directions(
     shared: &Shared,
     client: (&mut (impl AsyncRead + Unpin), &mut (impl AsyncWrite + Unpin)),
@@ -174,15 +206,56 @@ async fn both_directions(
     (client_buf, upstream_buf): (BytesMut, BytesMut),
     tracker: &Mutex<Tracker>,
     terminate: &mut watch::Receiver<bool>,
-    client_mid_message: &Arc<AtomicBool>,
+    side: &ClientSide,
 ) -> Ending {
-    let to_server = client_to_server(shared, client.0, upstream.1, client_buf, tracker);
-    let to_client = server_to_client(shared, upstream.0, client.1, upstream_buf, tracker, client_mid_message);
-    tokio::pin!(to_server, to_client);
-    tokio::select! {
+    let (upstream_read, upstream_write) = upstream;
+    let mut to_server = Box::pin(client_to_server(shared, client.0, &mut *upstream_write, client_buf, tracker));
+    let to_client = server_to_client(shared, upstream_read, client.1, upstream_buf, tracker, side);
+    tokio::pin!(to_client);
+    let ending = tokio::select! {
         end = &mut to_server => end.unwrap_or_else(Ending::Error),
-        end = &mut to_client => end.unwrap_or_else(Ending::Error),
-        _ = terminate.wait_for(|t| *t) => Ending::Terminated,
+        end = &mut to_client => return end.unwrap_or_else(Ending::Error),
+        _ = terminate.wait_for(|t| *t) => return Ending::Terminated,
+    };
+    drop(to_server);
+    side.gone.store(true, Ordering::Release);
+    drain_after_client_left(upstream_write, to_client, tracker, terminate).await;
+    ending
+}
+
+/// The client has gone: lets PostgreSQL answer everything the proxy forwarded, nudging it
+/// where it would otherwise wait for the client (an open COPY FROM STDIN gets CopyFail; an
+/// extended batch with no Sync gets Flush, never the Sync that would commit it), and waits
+/// until the tracker owes nothing or PostgreSQL closes. Ends early only when the proxy
+/// terminates the session; what is still owed then is recorded as of unknown outcome.
+async fn drain_after_client_left(
+    upstream: &mut (impl AsyncWrite + Unpin),
+    to_client: std::pin::Pin<&mut impl std::future::Future<Output = Result<Ending, SessionError>>>,
+    tracker: &Mutex<Tracker>,
+    terminate: &mut watch::Receiver<bool>,
+) {
+    let nudge = {
+        let t = lock(tracker);
+        if !t.owes_replies() {
+            return;
+        }
+        t.nudge_after_client_left()
+    };
+    let mut out = BytesMut::new();
+    match nudge {
+        Nudge::None => {}
+        Nudge::CopyFail => {
+            FrontendMessage::CopyFail { message: "pgtrail: the client closed its connection during COPY".into() }
+                .encode(&mut out);
+        }
+        Nudge::Flush => FrontendMessage::Flush.encode(&mut out),
+    }
+    if write_flushed(upstream, &out, SessionError::UpstreamIo).await.is_err() {
+        return;
+    }
+    tokio::select! {
+        _ = to_client => {}
+        _ = terminate.wait_for(|t| *t) => {}
     }
 }
 
@@ -197,6 +270,7 @@ enum Reply {
     Complete(String),
     Error(pgtrail_wire::ErrorFields),
     Parameter(String, String),
+    Ready(u8),
 }
 
 /// What differs between the two directions of the relay.
@@ -205,6 +279,9 @@ struct Direction {
     /// Set while the bytes written to the peer end inside a message (or a write is under
     /// way): nothing of the proxy's own may be written then.
     mid_message: Option<Arc<AtomicBool>>,
+    /// Set once the peer is gone: writes to it are dropped (and a failed write sets it),
+    /// while reading goes on.
+    peer_gone: Option<Arc<AtomicBool>>,
     /// The proxy-wide budget large messages of this direction are counted against.
     budget: Option<Arc<BufferBudget>>,
     limits: Limits,
@@ -227,6 +304,22 @@ struct Flow {
     replace: Option<Bytes>,
 }
 
+/// Writes to the direction's peer; once the peer has gone, drops the bytes instead (a
+/// failed write marks it gone), so that the other side's answers are still read.
+async fn write_out(
+    direction: &Direction,
+    wr: &mut (impl AsyncWrite + Unpin),
+    bytes: &[u8],
+) -> Result<(), SessionError> {
+    let Some(gone) = &direction.peer_gone else {
+        return write_flushed(wr, bytes, direction.write_error).await;
+    };
+    if !gone.load(Ordering::Acquire) && write_flushed(wr, bytes, direction.write_error).await.is_err() {
+        gone.store(true, Ordering::Release);
+    }
+    Ok(())
+}
+
 async fn write_flushed(
     wr: &mut (impl AsyncWrite + Unpin),
     bytes: &[u8],
@@ -244,6 +337,7 @@ async fn write_flushed(
 /// `process` does that work: in async delivery after the write, so it adds nothing to the
 /// latency the peer sees; in sync delivery before it, and when it returns a durability
 /// future, the bytes from the first completing message on are held until it resolves.
+#[allow(clippy::too_many_arguments, reason = "the direction's two ends, its buffer and its four policies")]
 async fn pump<M>(
     direction: Direction,
     rd: &mut (impl AsyncRead + Unpin),
@@ -252,6 +346,7 @@ async fn pump<M>(
     mut visit: impl FnMut(u8, Option<Bytes>, &mut Vec<M>) -> Result<Flow, SessionError>,
     mut process: impl FnMut(&mut Vec<M>) -> Option<Durable>,
     hold_completions: bool,
+    done: impl Fn() -> bool,
 ) -> Result<Ending, SessionError> {
     let mut scanner = Scanner { budget: direction.budget.clone(), ..Scanner::default() };
     let mut later = Vec::new();
@@ -260,7 +355,9 @@ async fn pump<M>(
         if !buf.is_empty() {
             // A write may be cut off half-way (the session ends while it waits): until it is
             // done, the peer's stream is not at a message boundary.
-            if let Some(flag) = &direction.mid_message {
+            // (Once the peer is gone nothing is written: the flag keeps where writing stopped.)
+            let writing = direction.peer_gone.as_ref().is_none_or(|gone| !gone.load(Ordering::Acquire));
+            if let Some(flag) = direction.mid_message.as_ref().filter(|_| writing) {
                 flag.store(true, Ordering::Release);
             }
             let mut stop = false;
@@ -288,37 +385,41 @@ async fn pump<M>(
                     from = end;
                 }
                 out.extend_from_slice(&buf[from..forward]);
-                write_flushed(wr, &out, direction.write_error).await?;
+                write_out(&direction, wr, &out).await?;
                 buf.advance(forward);
                 process(&mut later);
             } else if hold_completions {
                 match (process(&mut later), barrier) {
                     (Some(durable), at) => {
                         let at = at.unwrap_or(0).min(forward);
-                        write_flushed(wr, &buf[..at], direction.write_error).await?;
+                        write_out(&direction, wr, &buf[..at]).await?;
                         // `at` is where a message starts: a boundary while the wait lasts.
-                        if let Some(flag) = &direction.mid_message {
+                        if let Some(flag) = direction.mid_message.as_ref().filter(|_| writing) {
                             flag.store(false, Ordering::Release);
                         }
                         if !durable.await {
                             return Err(SessionError::JournalStopped);
                         }
-                        write_flushed(wr, &buf[at..forward], direction.write_error).await?;
+                        write_out(&direction, wr, &buf[at..forward]).await?;
                     }
-                    (None, _) => write_flushed(wr, &buf[..forward], direction.write_error).await?,
+                    (None, _) => write_out(&direction, wr, &buf[..forward]).await?,
                 }
                 buf.advance(forward);
             } else {
-                write_flushed(wr, &buf[..forward], direction.write_error).await?;
+                write_out(&direction, wr, &buf[..forward]).await?;
                 buf.advance(forward);
                 process(&mut later);
             }
-            if let Some(flag) = &direction.mid_message {
+            let still_writing = direction.peer_gone.as_ref().is_none_or(|gone| !gone.load(Ordering::Acquire));
+            if let Some(flag) = direction.mid_message.as_ref().filter(|_| writing && still_writing) {
                 flag.store(scanner.passthrough > 0, Ordering::Release);
             }
             if stop {
                 return Ok((direction.closed)());
             }
+        }
+        if done() {
+            return Ok(Ending::ClientClosed);
         }
         if buf.capacity() > SHRINK_ABOVE && buf.len() <= COUNTED_ABOVE {
             // A large message has gone through: give its memory back.
@@ -387,6 +488,7 @@ async fn client_to_server(
     let direction = Direction {
         side: Side::Frontend,
         mid_message: None,
+        peer_gone: None,
         budget: Some(Arc::clone(&shared.buffer_budget)),
         limits: shared.config.limits,
         needs_body: frontend_needs_body,
@@ -416,7 +518,7 @@ async fn client_to_server(
         // After Terminate the client closes; nothing more to relay.
         Ok(Flow { stop: matches!(msg, FrontendMessage::Terminate), ..Flow::default() })
     };
-    pump(direction, rd, wr, buf, visit, |_| None, false).await
+    pump(direction, rd, wr, buf, visit, |_| None, false, || false).await
 }
 
 /// What policy made of a Query or Parse.
@@ -487,11 +589,12 @@ async fn server_to_client(
     wr: &mut (impl AsyncWrite + Unpin),
     buf: BytesMut,
     tracker: &Mutex<Tracker>,
-    client_mid_message: &Arc<AtomicBool>,
+    client: &ClientSide,
 ) -> Result<Ending, SessionError> {
     let direction = Direction {
         side: Side::Backend,
-        mid_message: Some(Arc::clone(client_mid_message)),
+        mid_message: Some(Arc::clone(&client.mid_message)),
+        peer_gone: Some(Arc::clone(&client.gone)),
         budget: None,
         limits: shared.backend_limits,
         needs_body: backend_needs_body,
@@ -511,6 +614,7 @@ async fn server_to_client(
                 BackendMessage::CommandComplete { tag } => Reply::Complete(tag),
                 BackendMessage::ErrorResponse(fields) => Reply::Error(fields),
                 BackendMessage::ParameterStatus { name, value } => Reply::Parameter(name, value),
+                BackendMessage::ReadyForQuery { status } => Reply::Ready(status),
                 _ => return Ok(Flow { completes, ..Flow::default() }),
             },
         };
@@ -525,7 +629,7 @@ async fn server_to_client(
             let mut t = lock(tracker);
             for reply in later.drain(..) {
                 match reply {
-                    Reply::Tag(b'Z') => t.on_ready(),
+                    Reply::Ready(status) => t.on_ready_status(status),
                     Reply::Tag(b'V') => t.on_function_result(),
                     Reply::Tag(other) => t.on_backend_tag(other),
                     Reply::Complete(tag) => t.on_command_complete(&tag),
@@ -553,5 +657,8 @@ async fn server_to_client(
             all
         }))
     };
-    pump(direction, rd, wr, buf, visit, process, sync).await
+    // Once the client is gone, the session ends when PostgreSQL owes nothing more.
+    let gone = Arc::clone(&client.gone);
+    let done = move || gone.load(Ordering::Acquire) && !lock(tracker).owes_replies();
+    pump(direction, rd, wr, buf, visit, process, sync, done).await
 }

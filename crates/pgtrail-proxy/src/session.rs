@@ -331,11 +331,10 @@ async fn read_startup(shared: &Shared, mut client: MaybeTls, buf: &mut BytesMut)
             match decode_startup(buf, &limits) {
                 Ok(Some(msg)) => break msg,
                 Ok(None) => {}
-                Err(e) => {
-                    let fields = ErrorFields::new("FATAL", "08P01", &format!("pgtrail: invalid startup packet: {e}"));
-                    send_error(&mut client, &fields).await;
-                    return Err(SessionError::ClientProtocol(e));
-                }
+                // Like PostgreSQL ("invalid length of startup packet"): logged, and the
+                // connection closed without a word, since this is no PostgreSQL client
+                // (or it already said Terminate); a message would only confuse it.
+                Err(e) => return Err(SessionError::ClientProtocol(e)),
             }
             if client.read_buf(buf).await.map_err(SessionError::ClientIo)? == 0 {
                 return if buf.is_empty() { Ok(Startup::Closed) } else { Err(SessionError::ClientClosed) };
@@ -471,7 +470,7 @@ async fn authenticate(
                     let plain: Vec<String> = mechanisms.iter().filter(|m| !m.ends_with("-PLUS")).cloned().collect();
                     let rewritten = BackendMessage::Authentication(Authentication::Sasl { mechanisms: plain });
                     write_message(client, &rewritten).await?;
-                    let initial = read_auth_response(shared, client, client_buf).await?;
+                    let initial = read_auth_response(shared, client, client_buf, upstream, upstream_buf).await?;
                     check_scram_initial(&initial, upstream.is_tls())?;
                     forward_auth_response(upstream, &initial).await?;
                     continue;
@@ -525,7 +524,7 @@ async fn authenticate(
         };
         send_or_hold(client, &mut held, &msg).await?;
         if needs_reply {
-            let reply = read_auth_response(shared, client, client_buf).await?;
+            let reply = read_auth_response(shared, client, client_buf, upstream, upstream_buf).await?;
             forward_auth_response(upstream, &reply).await?;
         }
     }
@@ -546,17 +545,37 @@ async fn send_or_hold(
     }
 }
 
-/// Reads the client's answer to an authentication request (a `p` message).
+/// Reads the client's answer to an authentication request (a `p` message), while watching
+/// PostgreSQL: when it gives up on the login meanwhile (its authentication_timeout), the
+/// client is told what it said, or that it closed, and the login ends.
 async fn read_auth_response(
     shared: &Shared,
     client: &mut MaybeTls,
     client_buf: &mut BytesMut,
-) -> Result<FrontendMessage, SessionError> {
-    match read_client_message(client, client_buf, shared).await? {
+    upstream: &mut MaybeTls,
+    upstream_buf: &mut BytesMut,
+) -> Result<FrontendMessage, AuthEnd> {
+    // Both reads are cancel-safe (`read_buf` into a buffer that keeps what arrived).
+    let reply = tokio::select! {
+        reply = read_client_message(client, client_buf, shared) => reply?,
+        upstream_said = read_upstream_message(upstream, upstream_buf, shared) => {
+            return Err(match upstream_said? {
+                BackendMessage::ErrorResponse(fields) => {
+                    write_message(client, &BackendMessage::ErrorResponse(fields.clone())).await?;
+                    AuthEnd::Rejected(fields)
+                }
+                _ => AuthEnd::Failed(SessionError::UpstreamProtocol(WireError::Invalid {
+                    tag: '?',
+                    field: "a message while waiting for the client's password",
+                })),
+            });
+        }
+    };
+    match reply {
         reply @ FrontendMessage::AuthResponse(_) => Ok(reply),
         // psql closes and reconnects to ask for a password; anything else is a violation.
-        FrontendMessage::Terminate => Err(SessionError::ClientClosed),
-        _ => Err(SessionError::UnexpectedClientMessage("a non-password message during authentication")),
+        FrontendMessage::Terminate => Err(SessionError::ClientClosed.into()),
+        _ => Err(SessionError::UnexpectedClientMessage("a non-password message during authentication").into()),
     }
 }
 

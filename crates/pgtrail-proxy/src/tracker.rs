@@ -154,8 +154,33 @@ pub struct Tracker {
     /// The session's standard_conforming_strings, which decides how the parser reads
     /// backslashes in string literals.
     standard_conforming_strings: bool,
+    /// PostgreSQL waits for the client's COPY data (CopyInResponse seen, the COPY not over).
+    copy_in: bool,
+    /// The transaction status of the last ReadyForQuery: `I` idle, `T` in a transaction
+    /// block, `E` in a failed one.
+    transaction: u8,
+    /// Statements ran since the last ReadyForQuery (an extended batch before its Sync runs
+    /// in a transaction that only the Sync commits).
+    ran_since_ready: bool,
     events: Vec<ActivityEvent>,
 }
+
+/// What PostgreSQL needs from the proxy, once the client has gone, before it can answer
+/// everything it still owes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nudge {
+    /// Nothing: its answers are on their way (a Query, a batch up to its Sync).
+    None,
+    /// It waits for COPY data: end the COPY with CopyFail, which it answers with an error.
+    CopyFail,
+    /// An extended batch with no Sync: Flush makes it send what it has (without the Sync
+    /// that would commit the batch's transaction, which the client never asked for).
+    Flush,
+}
+
+/// The text of the event that records the rollback of a transaction the client left open.
+pub const LEFT_OPEN_TEXT: &str =
+    "<the client left with a transaction open: PostgreSQL rolled it back when the session ended>";
 
 impl Tracker {
     pub fn new(facts: SessionFacts, classifier: Classifier) -> Self {
@@ -169,7 +194,78 @@ impl Tracker {
             terminated: false,
             fatal: None,
             standard_conforming_strings: true,
+            copy_in: false,
+            transaction: b'I',
+            ran_since_ready: false,
             events: Vec::new(),
+        }
+    }
+
+    /// Whether the client ended the session with Terminate (forwarded to PostgreSQL).
+    pub fn client_said_terminate(&self) -> bool {
+        self.terminated
+    }
+
+    /// Whether PostgreSQL still owes answers to requests the proxy forwarded.
+    pub fn owes_replies(&self) -> bool {
+        !self.owed.is_empty()
+    }
+
+    /// The client has gone: what PostgreSQL needs so it can answer everything it owes.
+    pub fn nudge_after_client_left(&self) -> Nudge {
+        if self.copy_in {
+            return Nudge::CopyFail;
+        }
+        match self.owed.back() {
+            None | Some(Owed::Query { .. } | Owed::Sync | Owed::FunctionCall { .. } | Owed::Refused) => Nudge::None,
+            Some(_) => Nudge::Flush,
+        }
+    }
+
+    /// The session is over while the client had gone: a transaction it left open (a
+    /// transaction block, or an extended batch without its Sync that ran statements) was
+    /// rolled back by PostgreSQL, which an event says; statements PostgreSQL never answered
+    /// get events with `outcome = unknown`.
+    pub fn close_after_client_left(&mut self) {
+        let now = Utc::now();
+        let ran_unsynced = self.ran_since_ready;
+        if matches!(self.transaction, b'T' | b'E') || ran_unsynced {
+            let mut e = self.facts.event(EventClass::Misc, "ROLLBACK", now);
+            e.statement_id = self.next_statement_id();
+            e.end_time = Some(now);
+            e.command_text = Some(LEFT_OPEN_TEXT.to_owned());
+            self.events.push(e);
+        }
+        self.abandon_owed();
+    }
+
+    /// Events for every statement still owed, whose outcome the proxy cannot know (the
+    /// connection to PostgreSQL ended first).
+    pub fn abandon_owed(&mut self) {
+        let now = Utc::now();
+        while let Some(owed) = self.owed.pop_front() {
+            let before = self.events.len();
+            match owed {
+                Owed::Query { statement, next, started, failed: false, .. } => {
+                    let classified = statement.classified.clone().or_else(|| {
+                        statement.seen.then(|| {
+                            self.classifier.classify_with(&statement.text, statement.standard_conforming_strings)
+                        })
+                    });
+                    let count = classified.map_or(1, |c| c.statements.len().max(1));
+                    for index in next..count {
+                        self.emit_statement(&statement, index, started, now, None, None, Vec::new());
+                    }
+                }
+                Owed::Execute { portal, started, .. } => self.emit_execute(&portal, started, None, None, None),
+                Owed::FunctionCall { oid, started, answered: false } => self.emit_function_call(oid, started, None),
+                _ => {}
+            }
+            for e in &mut self.events[before..] {
+                e.outcome = Some("unknown".into());
+                e.error_message =
+                    Some("pgtrail: the connection to PostgreSQL ended before it said how this ended".into());
+            }
         }
     }
 
@@ -290,6 +386,7 @@ impl Tracker {
                     self.emit_execute(&portal, started, None, Some(rows), None);
                 }
             }
+            b'G' => self.copy_in = true,
             b'I' => match self.owed.front_mut() {
                 Some(Owed::Query { next, .. }) => *next += 1,
                 Some(Owed::Execute { .. }) => {
@@ -310,6 +407,8 @@ impl Tracker {
     /// CommandComplete.
     pub fn on_command_complete(&mut self, tag: &str) {
         let now = Utc::now();
+        self.ran_since_ready = true;
+        self.copy_in = false;
         match self.owed.front_mut() {
             Some(Owed::Query { statement, next, started, rows, .. }) => {
                 let index = *next;
@@ -332,6 +431,7 @@ impl Tracker {
 
     /// ErrorResponse (and FATAL errors that end the session).
     pub fn on_error(&mut self, fields: &ErrorFields) {
+        self.copy_in = false;
         if fields.is_fatal() {
             self.fatal = fields.code().map(str::to_owned);
         }
@@ -378,6 +478,14 @@ impl Tracker {
             let (oid, started) = (*oid, *started);
             self.emit_function_call(oid, started, None);
         }
+    }
+
+    /// ReadyForQuery with the session's transaction status (`I`, `T` or `E`).
+    pub fn on_ready_status(&mut self, status: u8) {
+        self.transaction = status;
+        self.ran_since_ready = false;
+        self.copy_in = false;
+        self.on_ready();
     }
 
     /// ReadyForQuery: the end of a Query, a Sync or a FunctionCall.

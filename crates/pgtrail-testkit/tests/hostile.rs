@@ -16,15 +16,15 @@ async fn hostile_clients_get_errors_and_others_carry_on() {
     let bystander = connect(&url).await.unwrap();
     bystander.simple_query("SELECT 1").await.unwrap();
 
-    // A startup packet declaring 2^31-1 bytes.
+    // A startup packet declaring 2^31-1 bytes: closed without a word, as PostgreSQL does.
     let mut s = TcpStream::connect(capture.addr).await.unwrap();
     s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).await.unwrap();
-    assert_eq!(fatal_code(&read_until_closed(&mut s).await).as_deref(), Some("08P01"));
+    assert!(read_until_closed(&mut s).await.is_empty());
 
     // Garbage instead of a startup packet (an HTTP request).
     let mut s = TcpStream::connect(capture.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    assert_eq!(fatal_code(&read_until_closed(&mut s).await).as_deref(), Some("08P01"));
+    assert!(read_until_closed(&mut s).await.is_empty());
 
     // After login: a Query declaring 2^31-1 bytes.
     let mut s = logged_in(capture.addr).await;

@@ -701,3 +701,214 @@ async fn issue12_11_every_statement_counted_twice_with_pgaudit_on() {
     };
     assert_eq!(tail(&[]) + confirmations.len(), tail(&["--confirmations"]));
 }
+
+/// Logs in as postgres (trust) with a raw socket; returns it with the pid its
+/// BackendKeyData named.
+async fn login_with_pid(addr: std::net::SocketAddr) -> (TcpStream, i32) {
+    let mut stream = TcpStream::connect(addr).await.expect("connects");
+    let mut out = BytesMut::new();
+    StartupMessage::Startup {
+        version: PROTOCOL_V3,
+        params: vec![("user".into(), "postgres".into()), ("database".into(), "postgres".into())],
+    }
+    .encode(&mut out);
+    stream.write_all(&out).await.expect("startup sent");
+    let mut buf = BytesMut::new();
+    let mut pid = None;
+    loop {
+        stream.read_buf(&mut buf).await.expect("reads");
+        while let Some(msg) = decode_backend(&mut buf, &Limits::default()).expect("valid") {
+            match msg {
+                BackendMessage::BackendKeyData { pid: key_pid, .. } => pid = Some(key_pid),
+                BackendMessage::ReadyForQuery { .. } => {
+                    return (stream, pid.expect("BackendKeyData before ReadyForQuery"));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs one simple query on a raw connection; returns the first column of each row.
+async fn raw_query(stream: &mut TcpStream, sql: &str) -> Vec<String> {
+    let mut out = BytesMut::new();
+    FrontendMessage::Query { query: sql.into() }.encode(&mut out);
+    stream.write_all(&out).await.expect("query sent");
+    read_replies(stream, 1)
+        .await
+        .into_iter()
+        .filter_map(|m| match m {
+            BackendMessage::DataRow(values) => values[0].as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Issue 13.2: the proxy gave clients a random BackendKeyData pid, so pg_backend_pid()
+/// differed from what the driver knew, pg_terminate_backend(driver's pid) did nothing and
+/// NotificationResponse's pid matched nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue13_2_clients_saw_a_random_backend_pid() {
+    let pg = start_pg(HostAuth::Trust);
+    let capture = TestCapture::start(&pg).await;
+    let (mut a, a_pid) = login_with_pid(capture.addr).await;
+    assert_eq!(raw_query(&mut a, "SELECT pg_backend_pid()").await, vec![a_pid.to_string()]);
+
+    // NOTIFY from another session names that session's real pid.
+    let (mut listener, _) = login_with_pid(capture.addr).await;
+    raw_query(&mut listener, "LISTEN news").await;
+    raw_query(&mut a, "NOTIFY news").await;
+    let mut out = BytesMut::new();
+    FrontendMessage::Query { query: "SELECT 1".into() }.encode(&mut out);
+    listener.write_all(&out).await.expect("sent");
+    let notified = read_replies(&mut listener, 1).await.into_iter().find_map(|m| match m {
+        BackendMessage::NotificationResponse { pid, .. } => Some(pid),
+        _ => None,
+    });
+    assert_eq!(notified, Some(a_pid));
+
+    // pg_terminate_backend with the pid the client was given ends that session.
+    assert_eq!(raw_query(&mut listener, &format!("SELECT pg_terminate_backend({a_pid})")).await, vec!["t"]);
+    let messages = read_until_closed(&mut a).await;
+    assert_eq!(fatal_code(&messages).as_deref(), Some("57P01"), "{messages:?}");
+    drop(listener);
+    capture.stop().await;
+}
+
+/// Issue 13.3: garbage or a Terminate before the startup packet got a FATAL message back
+/// (PostgreSQL only closes: node-postgres's quick-disconnect test failed on it), and when
+/// PostgreSQL gave up on a login (authentication_timeout), the client stayed connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue13_3_startup_and_login_edges_differed_from_postgresql() {
+    let pg = start_pg_with(LocalPgOptions {
+        auth: HostAuth::ScramSha256,
+        superuser_password: PASSWORD.into(),
+        settings: vec!["authentication_timeout = '1s'".into()],
+        ..Default::default()
+    });
+    let capture = TestCapture::start(&pg).await;
+    for before_startup in [&[b'X', 0, 0, 0, 4][..], b"GET / HTTP/1.1\r\n\r\n", &[0, 0, 0, 3]] {
+        let mut s = TcpStream::connect(capture.addr).await.expect("connects");
+        s.write_all(before_startup).await.expect("sent");
+        let _ = s.shutdown().await;
+        assert!(read_until_closed(&mut s).await.is_empty(), "{before_startup:?} got an answer");
+    }
+
+    // A SCRAM login left idle: PostgreSQL ends it after 1 s, and so does the proxy (its own
+    // deadline is 60 s).
+    let started = Instant::now();
+    let (mut idle, request) = start_login(capture.addr, "postgres").await;
+    assert!(matches!(request, BackendMessage::Authentication(Authentication::Sasl { .. })), "{request:?}");
+    let messages = read_until_closed(&mut idle).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "closed after {:?}", started.elapsed());
+    assert!(fatal_code(&messages).is_some(), "the client is told: {messages:?}");
+    capture
+        .wait_for("the failed login", |events| {
+            events.iter().any(|e| e.class == pgtrail_event::EventClass::Connect && e.sql_state.is_some())
+        })
+        .await;
+    capture.stop().await;
+}
+
+/// Sends `messages` in one write on a fresh logged-in raw connection, then `end`s it.
+async fn send_and_leave(addr: std::net::SocketAddr, messages: Vec<FrontendMessage>, close_at_once: bool) {
+    let mut s = logged_in(addr).await;
+    let mut out = BytesMut::new();
+    for message in messages {
+        message.encode(&mut out);
+    }
+    s.write_all(&out).await.expect("one write");
+    if !close_at_once {
+        // Wait until the server has started answering (COPY's CopyInResponse, a result).
+        let mut buf = BytesMut::new();
+        s.read_buf(&mut buf).await.expect("an answer starts");
+    }
+    drop(s);
+}
+
+/// Issue 13.1: a statement sent just before the client went away (Query and Terminate in
+/// one write, a close right after sending, an aborted COPY FROM STDIN, a pipelined batch
+/// cut before its Sync) ran on the server, and no event was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue13_1_statements_ran_without_their_event_when_the_client_left() {
+    let pg = start_pg_with(LocalPgOptions {
+        auth: HostAuth::Trust,
+        superuser_password: PASSWORD.into(),
+        settings: vec!["log_statement = 'all'".into()],
+        ..Default::default()
+    });
+    pg.psql("CREATE TABLE t (id int)").expect("table");
+    let capture = TestCapture::start(&pg).await;
+    let q = |sql: &str| FrontendMessage::Query { query: sql.into() };
+    let parse_bind_execute = |sql: &str| {
+        vec![
+            FrontendMessage::Parse { name: String::new(), query: sql.into(), param_types: vec![] },
+            FrontendMessage::Bind {
+                portal: String::new(),
+                statement: String::new(),
+                param_formats: vec![],
+                params: vec![],
+                result_formats: vec![],
+            },
+            FrontendMessage::Execute { portal: String::new(), max_rows: 0 },
+        ]
+    };
+    // Query and Terminate in one write.
+    send_and_leave(capture.addr, vec![q("INSERT INTO t VALUES (1)"), FrontendMessage::Terminate], true).await;
+    // Query, then the socket closes at once.
+    send_and_leave(capture.addr, vec![q("INSERT INTO t VALUES (2)")], true).await;
+    // Still running when the client leaves.
+    send_and_leave(capture.addr, vec![q("INSERT INTO t SELECT 3 FROM pg_sleep(0.3)")], true).await;
+    // COPY FROM STDIN with some data, then gone.
+    send_and_leave(
+        capture.addr,
+        vec![q("COPY t FROM STDIN"), FrontendMessage::CopyData(bytes::Bytes::from_static(b"4\n"))],
+        false,
+    )
+    .await;
+    // A batch with its Sync, then one cut before it.
+    let mut batch = parse_bind_execute("INSERT INTO t VALUES (5)");
+    batch.push(FrontendMessage::Sync);
+    batch.extend(parse_bind_execute("INSERT INTO t VALUES (6)"));
+    send_and_leave(capture.addr, batch, true).await;
+    // A transaction block left open.
+    send_and_leave(capture.addr, vec![q("BEGIN"), q("INSERT INTO t VALUES (7)")], true).await;
+
+    let events =
+        capture.wait_for("six sessions to end", |e| e.iter().filter(|e| e.command == "DISCONNECT").count() == 6).await;
+    capture.stop().await;
+    let text_of = |text: &str| events.iter().find(|e| e.command_text.as_deref() == Some(text));
+    for committed in [
+        "INSERT INTO t VALUES (1)",
+        "INSERT INTO t VALUES (2)",
+        "INSERT INTO t SELECT 3 FROM pg_sleep(0.3)",
+        "INSERT INTO t VALUES (5)",
+    ] {
+        let e = text_of(committed).unwrap_or_else(|| panic!("no event for {committed}:\n{}", describe(&events)));
+        assert_eq!((e.row_count, e.sql_state.as_deref(), e.outcome.as_deref()), (Some(1), None, None), "{e:?}");
+    }
+    let copy = text_of("COPY t FROM STDIN").unwrap_or_else(|| panic!("no COPY event:\n{}", describe(&events)));
+    assert_eq!(copy.sql_state.as_deref(), Some("57014"), "the COPY failed when its client left: {copy:?}");
+    for rolled_back in ["INSERT INTO t VALUES (6)", "INSERT INTO t VALUES (7)"] {
+        let e = text_of(rolled_back).unwrap_or_else(|| panic!("no event for {rolled_back}:\n{}", describe(&events)));
+        let later = events.iter().any(|r| {
+            r.session_id == e.session_id
+                && r.command == "ROLLBACK"
+                && r.command_text.as_deref() == Some(pgtrail_proxy::tracker::LEFT_OPEN_TEXT)
+        });
+        assert!(later, "the rollback of {rolled_back} is recorded:\n{}", describe(&events));
+    }
+    // Every statement PostgreSQL logged has its event.
+    let log = pg.log();
+    for line in log.lines() {
+        let Some(statement) = line.split("statement: ").nth(1).or_else(|| line.split("execute <unnamed>: ").nth(1))
+        else {
+            continue;
+        };
+        if statement.starts_with("CREATE TABLE") {
+            continue;
+        }
+        assert!(text_of(statement.trim()).is_some(), "PostgreSQL ran {statement:?}, no event:\n{}", describe(&events));
+    }
+    assert_eq!(pg.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM t").expect("rows").trim(), "1,2,3,5");
+}
