@@ -36,6 +36,10 @@ pub struct Statement {
     pub noise: bool,
     /// Facts policy rules decide on; all false when the text did not parse.
     pub traits: Traits,
+    /// Everything a policy verdict depends on of the statement (fingerprint, command,
+    /// class, traits, objects) as one key, made once per shape: same key, same verdict.
+    /// Empty when the text did not parse.
+    pub analysis_key: Arc<str>,
 }
 
 /// Properties of a statement that the proxy's policy checks (deny rules, password
@@ -236,6 +240,7 @@ impl Statement {
             fingerprint: None,
             noise: false,
             traits: Traits::default(),
+            analysis_key: Arc::from(""),
         }
     }
 }
@@ -256,6 +261,12 @@ fn classify_statement(text: &str, node: &NodeEnum, standard_conforming_strings: 
     let text = redact_passwords_with(text, standard_conforming_strings);
     let noise = crate::noise::is_noise(node);
     let traits = traits_of(node);
+    let names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+    let analysis_key = Arc::from(format!(
+        "{}\0{command}\0{class:?}\0{traits:?}\0{}",
+        fingerprint.as_deref().unwrap_or_default(),
+        names.join("\0")
+    ));
     Statement {
         text,
         command: Some(command),
@@ -266,6 +277,7 @@ fn classify_statement(text: &str, node: &NodeEnum, standard_conforming_strings: 
         fingerprint,
         noise,
         traits,
+        analysis_key,
     }
 }
 

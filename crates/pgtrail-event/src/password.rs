@@ -48,6 +48,10 @@ fn literals<'t>(statement: &'t [Token<'_>]) -> impl Iterator<Item = &'t Literal>
 /// any. Statements that do it in plain SQL are the parser's to find
 /// ([`crate::Traits::sets_password`]).
 pub fn password_change_in_literals(sql: &str, standard_conforming_strings: bool) -> Option<usize> {
+    // No literal, nothing to find (most statements): no lexing.
+    if !sql.contains(['\'', '$']) {
+        return None;
+    }
     let tokens = lex(sql, standard_conforming_strings);
     statements(&tokens).position(|statement| literals_change_a_password(statement, standard_conforming_strings, 0))
 }

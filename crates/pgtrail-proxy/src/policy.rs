@@ -40,10 +40,10 @@ pub(crate) struct Denial {
     pub(crate) message: Arc<str>,
 }
 
-/// Session key -> statement fingerprint -> verdict; `entries` bounds the total.
+/// Session key -> statement analysis key -> verdict; `entries` bounds the total.
 #[derive(Default)]
 struct VerdictCache {
-    sessions: HashMap<Arc<str>, HashMap<String, Option<Denial>>>,
+    sessions: HashMap<Arc<str>, HashMap<Arc<str>, Option<Denial>>>,
     entries: usize,
 }
 
@@ -218,11 +218,12 @@ impl Policy {
 
     fn check_statement(&self, statement: &Statement, facts: &SessionFacts, session_key: &Arc<str>) -> Option<Denial> {
         // Text the parser rejected: PostgreSQL rejects it too.
-        let fingerprint = statement.fingerprint.as_ref()?;
+        statement.fingerprint.as_ref()?;
         // Everything a verdict depends on, not only the fingerprint: two readings of one
-        // text must never share a verdict unless their analyses are equal.
-        let analysis = analysis_key(fingerprint, statement);
-        if let Some(hit) = self.lock().sessions.get(session_key).and_then(|s| s.get(&analysis)) {
+        // text must never share a verdict unless their analyses are equal. Looked up by
+        // reference: a hit allocates nothing.
+        let analysis = &statement.analysis_key;
+        if let Some(hit) = self.lock().sessions.get(session_key).and_then(|s| s.get(analysis)) {
             return hit.clone();
         }
         let verdict = self.decide(statement, facts);
@@ -232,7 +233,7 @@ impl Policy {
             *cache = VerdictCache::default();
         }
         cache.entries += 1;
-        cache.sessions.entry(Arc::clone(session_key)).or_default().insert(analysis, verdict.clone());
+        cache.sessions.entry(Arc::clone(session_key)).or_default().insert(Arc::clone(analysis), verdict.clone());
         verdict
     }
 
@@ -282,18 +283,6 @@ fn password_denial() -> Denial {
 /// The statement to record for a denial when the reading that denied it has none to name.
 fn own_statement(own: &Classified, text: &str) -> Statement {
     own.statements.first().cloned().unwrap_or_else(|| Statement::unparsed(text, true))
-}
-
-/// The verdict cache's statement key: the fingerprint and what rules see.
-fn analysis_key(fingerprint: &str, statement: &Statement) -> String {
-    let objects: Vec<&str> = statement.objects.iter().map(|o| o.name.as_str()).collect();
-    format!(
-        "{fingerprint}\0{:?}\0{:?}\0{:?}\0{}",
-        statement.command,
-        statement.class,
-        statement.traits,
-        objects.join("\0")
-    )
 }
 
 fn text(value: Option<&str>) -> Value {
