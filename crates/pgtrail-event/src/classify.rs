@@ -6,7 +6,7 @@
 //! its text is kept (with passwords redacted where the tokens allow), and its class is
 //! filled in later from the server's command tag.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use pg_query::{NodeEnum, NodeRef, ParserOptions};
@@ -36,6 +36,8 @@ pub struct Statement {
     pub noise: bool,
     /// Facts policy rules decide on; all false when the text did not parse.
     pub traits: Traits,
+    /// sqlcommenter tags from the statement's comments (see [`crate::sqlcommenter_tags`]).
+    pub tags: BTreeMap<String, String>,
     /// Everything a policy verdict depends on of the statement (fingerprint, command,
     /// class, traits, objects) as one key, made once per shape: same key, same verdict.
     /// Empty when the text did not parse.
@@ -180,7 +182,9 @@ fn from_template(
     standard_conforming_strings: bool,
 ) -> Statement {
     let text = sql.get(..statement_end).unwrap_or(sql).trim();
-    Statement { text: redact_passwords_with(text, standard_conforming_strings), ..template.clone() }
+    // Comments are not part of the shape: this text's own tags.
+    let tags = crate::sqlcommenter_tags(text, standard_conforming_strings);
+    Statement { text: redact_passwords_with(text, standard_conforming_strings), tags, ..template.clone() }
 }
 
 fn parser_options(standard_conforming_strings: bool) -> ParserOptions {
@@ -202,8 +206,13 @@ fn classify_uncached(sql: &str, standard_conforming_strings: bool) -> Classified
         return Classified { statements: Vec::new() };
     }
     let mut statements = Vec::with_capacity(raw.len());
+    // Each statement's text runs from the end of the one before (its `;`), so comments
+    // before a statement stay with it: they are evidence (regression, issue 13.5: a
+    // leading `/* app:tag1 */` was dropped).
+    let mut from = 0usize;
     for stmt in raw {
-        let text = statement_text(sql, stmt.stmt_location, stmt.stmt_len);
+        let (text, end) = statement_text(sql, from, stmt.stmt_location, stmt.stmt_len);
+        from = end;
         let Some(node) = stmt.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
             continue;
         };
@@ -212,15 +221,18 @@ fn classify_uncached(sql: &str, standard_conforming_strings: bool) -> Classified
     Classified { statements }
 }
 
-/// The byte range of one statement inside a multi-statement text; `len == 0` means "to the
-/// end". Offsets come from the parser and are on character boundaries.
-fn statement_text(sql: &str, location: i32, len: i32) -> &str {
-    let start = usize::try_from(location).unwrap_or(0).min(sql.len());
+/// One statement of a text, from `from` (the end of the statement before, or 0) to its end,
+/// trimmed; and where the next one starts (after its `;`). `len == 0` means "to the end".
+/// Offsets come from the parser and are on character boundaries.
+fn statement_text(sql: &str, from: usize, location: i32, len: i32) -> (&str, usize) {
+    let location = usize::try_from(location).unwrap_or(0).min(sql.len());
     let end = match usize::try_from(len) {
         Ok(0) | Err(_) => sql.len(),
-        Ok(n) => (start + n).min(sql.len()),
+        Ok(n) => (location + n).min(sql.len()),
     };
-    sql.get(start..end).unwrap_or(sql).trim()
+    let start = from.min(location);
+    let next = if sql.as_bytes().get(end) == Some(&b';') { end + 1 } else { end };
+    (sql.get(start..end).unwrap_or(sql).trim(), next)
 }
 
 fn unparsed(sql: &str, standard_conforming_strings: bool) -> Statement {
@@ -240,6 +252,7 @@ impl Statement {
             fingerprint: None,
             noise: false,
             traits: Traits::default(),
+            tags: crate::sqlcommenter_tags(sql, standard_conforming_strings),
             analysis_key: Arc::from(""),
         }
     }
@@ -261,6 +274,7 @@ fn classify_statement(text: &str, node: &NodeEnum, standard_conforming_strings: 
     let text = redact_passwords_with(text, standard_conforming_strings);
     let noise = crate::noise::is_noise(node);
     let traits = traits_of(node);
+    let tags = crate::sqlcommenter_tags(&text, standard_conforming_strings);
     let names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
     let analysis_key = Arc::from(format!(
         "{}\0{command}\0{class:?}\0{traits:?}\0{}",
@@ -277,6 +291,7 @@ fn classify_statement(text: &str, node: &NodeEnum, standard_conforming_strings: 
         fingerprint,
         noise,
         traits,
+        tags,
         analysis_key,
     }
 }
@@ -425,6 +440,26 @@ mod tests {
         assert_eq!(drop.object_type.as_deref(), Some("TABLE"));
         let sleep = one("SELECT pg_sleep(10)");
         assert_eq!(sleep.object_type.as_deref(), Some("FUNCTION"));
+    }
+
+    /// Issue 13.5: a leading comment was dropped from the statement's text.
+    #[test]
+    fn regression_leading_comment_dropped_from_the_text() {
+        let c = Classifier::new(10);
+        for _ in 0..2 {
+            // Parsed, then from the shape cache.
+            let one = c.classify("/* app:tag1 */ select 1");
+            assert_eq!(one.statements[0].text, "/* app:tag1 */ select 1");
+        }
+        let many = c.classify("SELECT 1; /* second */ SELECT 2 /*route='%2Fa'*/; -- done");
+        let texts: Vec<&str> = many.statements.iter().map(|s| s.text.as_str()).collect();
+        assert_eq!(texts, vec!["SELECT 1", "/* second */ SELECT 2 /*route='%2Fa'*/"]);
+        assert_eq!(many.statements[1].tags.get("route").map(String::as_str), Some("/a"));
+        assert!(many.statements[0].tags.is_empty());
+        // Same shape, other tags: each text keeps its own.
+        let a = c.classify("SELECT * FROM t WHERE id = 1 /*route='a'*/");
+        let b = c.classify("SELECT * FROM t WHERE id = 2 /*route='b'*/");
+        assert_eq!((a.statements[0].tags["route"].as_str(), b.statements[0].tags["route"].as_str()), ("a", "b"));
     }
 
     /// Issue 13.7: objectName named the first function (`count`), not the table.

@@ -162,6 +162,10 @@ pub struct ActivityEvent {
     /// the event's own fields (exitCode, sqlState, rowCount) say how it ended.
     #[serde(default)]
     pub outcome: Option<String>,
+    /// sqlcommenter tags from the statement's comments (`/*route='...',traceparent='...'*/`):
+    /// the application request behind it, for rules and searches. Empty when there are none.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// A person verified from a token.
@@ -232,6 +236,7 @@ impl ActivityEvent {
             denied_by: None,
             confirms: None,
             outcome: None,
+            tags: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -12,6 +12,7 @@ mod literals;
 pub mod noise;
 mod normalize;
 mod password;
+mod tags;
 
 pub use classify::{Classified, Classifier, Statement, Traits};
 pub use command::{class_from_tag, rows_from_completion, tag_from_completion};
@@ -20,3 +21,4 @@ pub use event::{
     activity_record_json, format_das_time, parse_das_time, session_id,
 };
 pub use password::{password_change_in_literals, redact_passwords, redact_passwords_with};
+pub use tags::sqlcommenter_tags;

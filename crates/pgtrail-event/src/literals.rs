@@ -43,6 +43,8 @@ pub(crate) enum Token<'a> {
     Concat,
     /// A `;` at this level: the end of a statement.
     Semicolon,
+    /// The inside of a block comment (only from [`lex_with_comments`]).
+    Comment(&'a str),
     /// Anything else (operators, numbers, punctuation).
     Other,
 }
@@ -69,6 +71,24 @@ pub(crate) fn dollar_delimiter(b: &[u8], i: usize) -> Option<std::ops::RangeIncl
 
 /// Lexes `sql`; comments and whitespace are left out.
 pub(crate) fn lex(sql: &str, standard_conforming_strings: bool) -> Vec<Token<'_>> {
+    let mut tokens = lex_with_comments(sql, standard_conforming_strings);
+    tokens.retain(|t| !matches!(t, Token::Comment(_)));
+    tokens
+}
+
+/// The insides of the block comments of `sql` (outside literals), in order.
+pub(crate) fn block_comments(sql: &str, standard_conforming_strings: bool) -> Vec<&str> {
+    lex_with_comments(sql, standard_conforming_strings)
+        .into_iter()
+        .filter_map(|t| match t {
+            Token::Comment(inside) => Some(inside),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Lexes `sql` with block comments as tokens; whitespace and line comments left out.
+pub(crate) fn lex_with_comments(sql: &str, standard_conforming_strings: bool) -> Vec<Token<'_>> {
     let b = sql.as_bytes();
     let mut tokens = Vec::new();
     let mut i = 0;
@@ -81,7 +101,12 @@ pub(crate) fn lex(sql: &str, standard_conforming_strings: bool) -> Vec<Token<'_>
                     i += 1;
                 }
             }
-            b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let start = i;
+                i = skip_block_comment(b, i);
+                let inside_end = if sql[start..i].ends_with("*/") && i - start >= 4 { i - 2 } else { i };
+                tokens.push(Token::Comment(&sql[start + 2..inside_end]));
+            }
             b'\'' => {
                 let quoting = if standard_conforming_strings { Quoting::Plain } else { Quoting::Escape };
                 let (literal, next) = quoted(sql, i, i, quoting);

@@ -656,6 +656,7 @@ fn fill_statement(e: &mut ActivityEvent, s: &Statement) {
     e.objects.clone_from(&s.objects);
     e.query_fingerprint.clone_from(&s.fingerprint);
     e.noise = s.noise;
+    e.tags.clone_from(&s.tags);
 }
 
 fn apply_error(e: &mut ActivityEvent, fields: &ErrorFields) {

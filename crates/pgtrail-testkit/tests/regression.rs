@@ -912,3 +912,35 @@ async fn issue13_1_statements_ran_without_their_event_when_the_client_left() {
     }
     assert_eq!(pg.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM t").expect("rows").trim(), "1,2,3,5");
 }
+
+/// Issue 13.5: a leading comment was dropped from commandText (`/* app:tag1 */ select 1`
+/// stored as `select 1`); comments are evidence, and sqlcommenter tags name the
+/// application request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue13_5_comments_were_dropped_from_the_recorded_text() {
+    let pg = start_pg(HostAuth::Trust);
+    pg.psql("CREATE TABLE users (id int)").expect("table");
+    let capture = TestCapture::start(&pg).await;
+    let url = capture.url("postgres", "x", "postgres");
+    let tagged = "select * from users /*traceparent='00-5bd66ef5095369c7b0d1f8f4bd33716a-c532cb4098ac3dd2-01',route='%2Fusers%2F%3Aid'*/";
+    assert_ok(&psql(&pg, &url, &["-c", "/* app:tag1 */ select 1", "-c", tagged]));
+    let events = capture.stop().await;
+    let texts: Vec<&str> = statements(&events).iter().filter_map(|e| e.command_text.as_deref()).collect();
+    assert_eq!(texts, vec!["/* app:tag1 */ select 1", tagged]);
+    let with_tags =
+        statements(&events).into_iter().find(|e| e.command_text.as_deref() == Some(tagged)).expect("tagged");
+    assert_eq!(with_tags.tags.get("route").map(String::as_str), Some("/users/:id"));
+    assert_eq!(
+        with_tags.tags.get("traceparent").map(String::as_str),
+        Some("00-5bd66ef5095369c7b0d1f8f4bd33716a-c532cb4098ac3dd2-01")
+    );
+    // A rule can use them.
+    let set = pgtrail_rules::RuleSet::parse(
+        "[[rule]]\nname = \"users route\"\ncondition = '\"route\" in tags && tags.route == \"/users/:id\"'\n",
+        "rules.toml",
+    )
+    .expect("rule");
+    let mut engine = pgtrail_rules::Engine::new(set);
+    let fired: usize = events.iter().map(|e| engine.process(e).len()).sum();
+    assert_eq!(fired, 1);
+}
