@@ -107,7 +107,7 @@ fn frontend_needs_body(tag: u8) -> bool {
 
 fn backend_needs_body(tag: u8) -> bool {
     // ReadyForQuery for its transaction status (one byte).
-    matches!(tag, b'C' | b'E' | b'S' | b'Z')
+    matches!(tag, b'C' | b'E' | b'S' | b'Z' | b't')
 }
 
 /// Runs the relay until either side closes, an error, or termination.
@@ -271,6 +271,7 @@ enum Reply {
     Error(pgtrail_wire::ErrorFields),
     Parameter(String, String),
     Ready(u8),
+    ParamTypes(Vec<u32>),
 }
 
 /// What differs between the two directions of the relay.
@@ -615,6 +616,7 @@ async fn server_to_client(
                 BackendMessage::ErrorResponse(fields) => Reply::Error(fields),
                 BackendMessage::ParameterStatus { name, value } => Reply::Parameter(name, value),
                 BackendMessage::ReadyForQuery { status } => Reply::Ready(status),
+                BackendMessage::ParameterDescription(types) => Reply::ParamTypes(types),
                 _ => return Ok(Flow { completes, ..Flow::default() }),
             },
         };
@@ -630,6 +632,7 @@ async fn server_to_client(
             for reply in later.drain(..) {
                 match reply {
                     Reply::Ready(status) => t.on_ready_status(status),
+                    Reply::ParamTypes(types) => t.on_parameter_description(&types),
                     Reply::Tag(b'V') => t.on_function_result(),
                     Reply::Tag(other) => t.on_backend_tag(other),
                     Reply::Complete(tag) => t.on_command_complete(&tag),

@@ -87,11 +87,20 @@ struct Prepared {
     seen: bool,
     /// The classification made when the statement was sent (policy needed it then).
     classified: Option<Arc<Classified>>,
+    /// Its parameters' type OIDs: from the Parse, completed by the server's
+    /// ParameterDescription (0: not known). Binary parameters are decoded by them.
+    param_types: Arc<[u32]>,
 }
 
 impl Prepared {
     fn unseen(text: String) -> Self {
-        Self { text: Arc::from(text), standard_conforming_strings: true, seen: false, classified: None }
+        Self {
+            text: Arc::from(text),
+            standard_conforming_strings: true,
+            seen: false,
+            classified: None,
+            param_types: Arc::from([]),
+        }
     }
 }
 
@@ -121,7 +130,10 @@ enum Owed {
         portal: Portal,
         started: DateTime<Utc>,
     },
-    Describe,
+    Describe {
+        /// The prepared statement described (None for a portal).
+        statement: Option<String>,
+    },
     Execute {
         portal: Portal,
         started: DateTime<Utc>,
@@ -285,6 +297,16 @@ impl Tracker {
             standard_conforming_strings: self.standard_conforming_strings,
             seen: true,
             classified,
+            param_types: Arc::from([]),
+        }
+    }
+
+    /// ParameterDescription: the types of the statement being described.
+    pub fn on_parameter_description(&mut self, types: &[u32]) {
+        if let Some(Owed::Describe { statement: Some(name) }) = self.owed.front()
+            && let Some(prepared) = self.prepared.get_mut(name)
+        {
+            prepared.param_types = types.into();
         }
     }
 
@@ -316,8 +338,9 @@ impl Tracker {
                 let statement = self.prepare(query, classified);
                 self.owed.push_back(Owed::Query { statement, next: 0, started: now, rows: 0, failed: false });
             }
-            FrontendMessage::Parse { name, query, .. } => {
-                let statement = self.prepare(query, classified);
+            FrontendMessage::Parse { name, query, param_types } => {
+                let mut statement = self.prepare(query, classified);
+                statement.param_types = param_types.as_slice().into();
                 self.prepared.insert(name.clone(), statement.clone());
                 self.owed.push_back(Owed::Parse { statement, started: now });
             }
@@ -344,7 +367,10 @@ impl Tracker {
                 });
                 self.owed.push_back(Owed::Execute { portal, started: now, rows: 0 });
             }
-            FrontendMessage::Describe { .. } => self.owed.push_back(Owed::Describe),
+            FrontendMessage::Describe { kind, name } => {
+                let statement = (*kind == TargetKind::Statement).then(|| name.clone());
+                self.owed.push_back(Owed::Describe { statement });
+            }
             FrontendMessage::Close { kind, name } => {
                 match kind {
                     TargetKind::Statement => self.prepared.remove(name),
@@ -378,7 +404,7 @@ impl Tracker {
             b'3' => self.pop_if(|o| matches!(o, Owed::Close)),
             // RowDescription or NoData end a Describe (ParameterDescription comes first for
             // a statement); inside a Query or Execute a RowDescription is just result metadata.
-            b'T' | b'n' => self.pop_if(|o| matches!(o, Owed::Describe)),
+            b'T' | b'n' => self.pop_if(|o| matches!(o, Owed::Describe { .. })),
             b's' => {
                 if let Some(Owed::Execute { .. }) = self.owed.front() {
                     let Some(Owed::Execute { portal, started, rows }) = self.owed.pop_front() else { unreachable!() };
@@ -625,7 +651,10 @@ impl Tracker {
             .params
             .iter()
             .enumerate()
-            .map(|(i, p)| p.as_ref().map(|v| render_param(v, format_of(&portal.formats, i))))
+            .map(|(i, p)| {
+                let type_oid = portal.statement.param_types.get(i).copied().unwrap_or(0);
+                p.as_ref().map(|v| render_param(v, format_of(&portal.formats, i), type_oid))
+            })
             .collect();
         self.emit_statement(&portal.statement, 0, started, Utc::now(), completion, error, params);
         if let (Some(rows), Some(e)) = (rows, self.events.last_mut()) {
@@ -696,18 +725,10 @@ fn cap_text(mut text: String, max: usize) -> String {
 }
 
 /// Text parameters as text; binary ones as `\x` hex, like bytea output.
-fn render_param(value: &Bytes, format: i16) -> String {
+fn render_param(value: &Bytes, format: i16, type_oid: u32) -> String {
+    // A cut binary value decodes as nothing: its hex shows.
     let shown = &value[..value.len().min(MAX_RECORDED_PARAM)];
-    let mut s = if format == 0 {
-        String::from_utf8_lossy(shown).into_owned()
-    } else {
-        let mut s = String::with_capacity(2 + shown.len() * 2);
-        s.push_str("\\x");
-        for b in shown {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
-    };
+    let mut s = crate::params::render(shown, format, if shown.len() < value.len() { 0 } else { type_oid });
     if shown.len() < value.len() {
         s.push_str(&format!("...<truncated: {} bytes in all>", value.len()));
     }
@@ -880,13 +901,13 @@ mod tests {
             &text[text.len() - 60..]
         );
         let blob = Bytes::from(vec![0xab; MAX_RECORDED_PARAM + 10]);
-        let rendered = render_param(&blob, 1);
+        let rendered = render_param(&blob, 1, 17);
         assert!(rendered.starts_with("\\xabab"));
         assert_eq!(
             rendered.len(),
             2 + 2 * MAX_RECORDED_PARAM + format!("...<truncated: {} bytes in all>", blob.len()).len()
         );
-        assert_eq!(render_param(&Bytes::from_static(b"short"), 0), "short");
+        assert_eq!(render_param(&Bytes::from_static(b"short"), 0, 0), "short");
     }
 
     #[test]

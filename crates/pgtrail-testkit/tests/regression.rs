@@ -944,3 +944,131 @@ async fn issue13_5_comments_were_dropped_from_the_recorded_text() {
     let fired: usize = events.iter().map(|e| engine.process(e).len()).sum();
     assert_eq!(fired, 1);
 }
+
+/// The parameters PostgreSQL logged with each `execute` (log_statement = 'all'), in order:
+/// `$1 = '0', $2 = NULL` as values.
+fn logged_parameters(log: &str) -> Vec<Vec<Option<String>>> {
+    log.lines()
+        .filter_map(|line| line.split("DETAIL:  parameters: ").nth(1))
+        .map(|list| {
+            let mut values = Vec::new();
+            let mut rest = list;
+            while let Some(at) = rest.find(" = ") {
+                rest = &rest[at + 3..];
+                if let Some(after) = rest.strip_prefix("NULL") {
+                    values.push(None);
+                    rest = after;
+                    continue;
+                }
+                let body = &rest[1..];
+                let mut value = String::new();
+                let mut chars = body.char_indices().peekable();
+                let mut end = body.len();
+                while let Some((i, c)) = chars.next() {
+                    if c == '\'' {
+                        if chars.peek().map(|(_, c)| *c) == Some('\'') {
+                            chars.next();
+                            value.push('\'');
+                            continue;
+                        }
+                        end = i + 1;
+                        break;
+                    }
+                    value.push(c);
+                }
+                values.push(Some(value));
+                rest = &body[end..];
+            }
+            values
+        })
+        .collect()
+}
+
+/// Issue 13.6: parameters sent in binary were recorded as the hex of their wire bytes
+/// (`\x0000` for an int2 0) where PostgreSQL logs `'0'`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue13_6_binary_parameters_were_recorded_as_hex() {
+    let pg = start_pg_with(LocalPgOptions {
+        auth: HostAuth::Trust,
+        superuser_password: PASSWORD.into(),
+        settings: vec!["log_statement = 'all'".into(), "timezone = 'UTC'".into()],
+        ..Default::default()
+    });
+    let capture = TestCapture::start(&pg).await;
+    // A driver that prepares (Parse, Describe: the server's ParameterDescription gives the
+    // types) and sends binary parameters.
+    let client = connect(&capture.url("postgres", "x", "postgres")).await.expect("connects");
+    let driver_sql = "SELECT $1::int2, $2::int8, $3::float8, $4::bool, $5::text, $6::bytea, $7::int4";
+    let text: &str = "café 'quoted'";
+    let bytes: Vec<u8> = vec![0xde, 0xad];
+    let none: Option<i32> = None;
+    client.query(driver_sql, &[&0i16, &-7i64, &1.5f64, &true, &text, &bytes, &none]).await.expect("runs");
+    drop(client);
+
+    // Types given in the Parse itself, values built by hand in binary.
+    let mut s = logged_in(capture.addr).await;
+    let typed_sql = "SELECT $1::numeric, $2::date, $3::timestamptz, $4::interval, $5::uuid, $6::jsonb, $7::int4[]";
+    let mut interval = 3_723_000_000i64.to_be_bytes().to_vec();
+    interval.extend(3i32.to_be_bytes());
+    interval.extend(14i32.to_be_bytes());
+    let mut int_array = Vec::new();
+    for word in [1i32, 1, 23, 3, 1] {
+        int_array.extend(word.to_be_bytes()); // 1 dimension, has nulls, int4, 3 elements, lower bound 1
+    }
+    for element in [Some(1i32), Some(2), None] {
+        match element {
+            Some(v) => {
+                int_array.extend(4i32.to_be_bytes());
+                int_array.extend(v.to_be_bytes());
+            }
+            None => int_array.extend((-1i32).to_be_bytes()),
+        }
+    }
+    let params: Vec<Option<bytes::Bytes>> = [
+        vec![0, 3, 0, 1, 0, 0, 0, 4, 0, 1, 0x09, 0x29, 0x1a, 0x2c],
+        0i32.to_be_bytes().to_vec(),
+        1_500_000i64.to_be_bytes().to_vec(),
+        interval,
+        (0u8..16).collect(),
+        b"\x01{\"a\": 1}".to_vec(),
+        int_array,
+    ]
+    .into_iter()
+    .map(|v| Some(bytes::Bytes::from(v)))
+    .collect();
+    let mut out = BytesMut::new();
+    for message in [
+        FrontendMessage::Parse {
+            name: String::new(),
+            query: typed_sql.into(),
+            param_types: vec![1700, 1082, 1184, 1186, 2950, 3802, 1007],
+        },
+        FrontendMessage::Bind {
+            portal: String::new(),
+            statement: String::new(),
+            param_formats: vec![1],
+            params,
+            result_formats: vec![],
+        },
+        FrontendMessage::Execute { portal: String::new(), max_rows: 0 },
+        FrontendMessage::Sync,
+    ] {
+        message.encode(&mut out);
+    }
+    s.write_all(&out).await.expect("sent");
+    let replies = read_replies(&mut s, 1).await;
+    assert!(!replies.iter().any(|m| matches!(m, BackendMessage::ErrorResponse(_))), "{replies:?}");
+    drop(s);
+
+    let events = capture.stop().await;
+    let recorded: Vec<Vec<Option<String>>> = [driver_sql, typed_sql]
+        .iter()
+        .map(|sql| {
+            let e = events.iter().find(|e| e.command_text.as_deref() == Some(*sql)).expect("the statement's event");
+            e.param_list.clone()
+        })
+        .collect();
+    let logged = logged_parameters(&pg.log());
+    assert_eq!(recorded, logged, "as PostgreSQL logged them");
+    assert_eq!(recorded[1][1].as_deref(), Some("2000-01-01"));
+}
