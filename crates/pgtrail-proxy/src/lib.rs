@@ -11,6 +11,7 @@ mod auth;
 mod budget;
 mod cancel;
 mod config;
+pub mod encoding;
 mod params;
 mod policy;
 mod relay;

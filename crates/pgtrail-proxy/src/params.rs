@@ -10,6 +10,8 @@
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::types;
 
+use crate::encoding::ClientEncoding;
+
 /// Type OIDs (pg_type.h).
 mod oid {
     pub(super) const BOOL: u32 = 16;
@@ -46,10 +48,14 @@ const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 /// Days from the Unix epoch to PostgreSQL's.
 const PG_EPOCH_OFFSET_DAYS: i64 = 10_957;
 
-/// A parameter as text: `format` 0 is text, 1 binary; `type_oid` 0 when unknown.
-pub(crate) fn render(value: &[u8], format: i16, type_oid: u32) -> String {
+/// A parameter as text: `format` 0 is text, 1 binary; `type_oid` 0 when unknown. Text (in
+/// either format) is in the session's client encoding.
+pub(crate) fn render(value: &[u8], format: i16, type_oid: u32, encoding: ClientEncoding) -> String {
     if format == 0 {
-        return String::from_utf8_lossy(value).into_owned();
+        return encoding.decode(value).into_owned();
+    }
+    if matches!(type_oid, oid::NAME | oid::TEXT | oid::BPCHAR | oid::VARCHAR | oid::JSON) {
+        return encoding.decode(value).into_owned();
     }
     decode(value, type_oid).unwrap_or_else(|| {
         let mut s = hex(value);
@@ -276,27 +282,33 @@ mod tests {
 
     #[test]
     fn binary_values_print_as_postgresql_prints_them() {
-        assert_eq!(render(&0i16.to_be_bytes(), 1, oid::INT2), "0");
-        assert_eq!(render(&(-7i64).to_be_bytes(), 1, oid::INT8), "-7");
-        assert_eq!(render(&[1], 1, oid::BOOL), "t");
-        assert_eq!(render(&1.5f64.to_be_bytes(), 1, oid::FLOAT8), "1.5");
-        assert_eq!(render(&f32::INFINITY.to_be_bytes(), 1, oid::FLOAT4), "Infinity");
-        assert_eq!(render(b"caf\xc3\xa9", 1, oid::TEXT), "café");
-        assert_eq!(render(&[0xde, 0xad], 1, oid::BYTEA), "\\xdead");
+        assert_eq!(render(&0i16.to_be_bytes(), 1, oid::INT2, ClientEncoding::Utf8), "0");
+        assert_eq!(render(&(-7i64).to_be_bytes(), 1, oid::INT8, ClientEncoding::Utf8), "-7");
+        assert_eq!(render(&[1], 1, oid::BOOL, ClientEncoding::Utf8), "t");
+        assert_eq!(render(&1.5f64.to_be_bytes(), 1, oid::FLOAT8, ClientEncoding::Utf8), "1.5");
+        assert_eq!(render(&f32::INFINITY.to_be_bytes(), 1, oid::FLOAT4, ClientEncoding::Utf8), "Infinity");
+        assert_eq!(render(b"caf\xc3\xa9", 1, oid::TEXT, ClientEncoding::Utf8), "café");
+        assert_eq!(render(&[0xde, 0xad], 1, oid::BYTEA, ClientEncoding::Utf8), "\\xdead");
         // 12345.6700: 2 digits base 10000 before the point (1, 2345), 1 after (6700), scale 4.
         let numeric = [0, 3, 0, 1, 0, 0, 0, 4, 0, 1, 0x09, 0x29, 0x1a, 0x2c];
-        assert_eq!(render(&numeric, 1, oid::NUMERIC), "12345.6700");
-        assert_eq!(render(&[0, 1, 0xff, 0xff, 0x40, 0, 0, 3, 0x01, 0xf4], 1, oid::NUMERIC), "-0.050");
-        assert_eq!(render(&0i32.to_be_bytes(), 1, oid::DATE), "2000-01-01");
-        assert_eq!(render(&1_500_000i64.to_be_bytes(), 1, oid::TIMESTAMPTZ), "2000-01-01 00:00:01.5+00");
+        assert_eq!(render(&numeric, 1, oid::NUMERIC, ClientEncoding::Utf8), "12345.6700");
+        assert_eq!(
+            render(&[0, 1, 0xff, 0xff, 0x40, 0, 0, 3, 0x01, 0xf4], 1, oid::NUMERIC, ClientEncoding::Utf8),
+            "-0.050"
+        );
+        assert_eq!(render(&0i32.to_be_bytes(), 1, oid::DATE, ClientEncoding::Utf8), "2000-01-01");
+        assert_eq!(
+            render(&1_500_000i64.to_be_bytes(), 1, oid::TIMESTAMPTZ, ClientEncoding::Utf8),
+            "2000-01-01 00:00:01.5+00"
+        );
         let mut interval = 3_723_000_000i64.to_be_bytes().to_vec();
         interval.extend(3i32.to_be_bytes());
         interval.extend(14i32.to_be_bytes());
-        assert_eq!(render(&interval, 1, oid::INTERVAL), "1 year 2 mons 3 days 01:02:03");
-        assert_eq!(render(&[1, b'{', b'}'], 1, oid::JSONB), "{}");
+        assert_eq!(render(&interval, 1, oid::INTERVAL, ClientEncoding::Utf8), "1 year 2 mons 3 days 01:02:03");
+        assert_eq!(render(&[1, b'{', b'}'], 1, oid::JSONB, ClientEncoding::Utf8), "{}");
         // Unknown: hex and the type.
-        assert_eq!(render(&[1, 2], 1, 16385), "\\x0102 (type oid 16385)");
-        assert_eq!(render(&[1, 2], 1, 0), "\\x0102");
-        assert_eq!(render(b"as text", 0, oid::INT4), "as text");
+        assert_eq!(render(&[1, 2], 1, 16385, ClientEncoding::Utf8), "\\x0102 (type oid 16385)");
+        assert_eq!(render(&[1, 2], 1, 0, ClientEncoding::Utf8), "\\x0102");
+        assert_eq!(render(b"as text", 0, oid::INT4, ClientEncoding::Utf8), "as text");
     }
 }

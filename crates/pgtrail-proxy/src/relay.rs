@@ -507,6 +507,17 @@ async fn client_to_server(
             return Ok(flow);
         }
         let Some(body) = body else { return Ok(Flow::default()) };
+        // The text a Query or Parse carries, decoded from the session's client encoding.
+        let strings = match tag {
+            b'Q' => 1,
+            b'P' => 2,
+            _ => 0,
+        };
+        let encoding = lock(tracker).client_encoding();
+        let body = match (strings > 0).then(|| encoding.body_to_utf8(&body, strings)).flatten() {
+            Some(utf8) => utf8,
+            None => body,
+        };
         let msg = FrontendMessage::parse(tag, body).map_err(SessionError::ClientProtocol)?;
         let mut classified = None;
         if let (Some(policy), Some(key), Some(text)) = (&shared.policy, &session_key, statement_text(&msg)) {
@@ -611,14 +622,21 @@ async fn server_to_client(
         let completes = sync && matches!(tag, b'C' | b'E' | b's' | b'V');
         let reply = match body {
             None => Reply::Tag(tag),
-            Some(body) => match BackendMessage::parse(tag, body).map_err(SessionError::UpstreamProtocol)? {
-                BackendMessage::CommandComplete { tag } => Reply::Complete(tag),
-                BackendMessage::ErrorResponse(fields) => Reply::Error(fields),
-                BackendMessage::ParameterStatus { name, value } => Reply::Parameter(name, value),
-                BackendMessage::ReadyForQuery { status } => Reply::Ready(status),
-                BackendMessage::ParameterDescription(types) => Reply::ParamTypes(types),
-                _ => return Ok(Flow { completes, ..Flow::default() }),
-            },
+            Some(body) => {
+                // Error and notice fields are in the session's client encoding.
+                let body = match tag {
+                    b'E' => lock(tracker).client_encoding().body_to_utf8(&body, usize::MAX).unwrap_or(body),
+                    _ => body,
+                };
+                match BackendMessage::parse(tag, body).map_err(SessionError::UpstreamProtocol)? {
+                    BackendMessage::CommandComplete { tag } => Reply::Complete(tag),
+                    BackendMessage::ErrorResponse(fields) => Reply::Error(fields),
+                    BackendMessage::ParameterStatus { name, value } => Reply::Parameter(name, value),
+                    BackendMessage::ReadyForQuery { status } => Reply::Ready(status),
+                    BackendMessage::ParameterDescription(types) => Reply::ParamTypes(types),
+                    _ => return Ok(Flow { completes, ..Flow::default() }),
+                }
+            }
         };
         later.push(reply);
         Ok(Flow { completes, ..Flow::default() })

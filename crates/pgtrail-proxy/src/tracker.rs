@@ -29,6 +29,8 @@ use pgtrail_event::{
 };
 use pgtrail_wire::{ErrorFields, FrontendMessage, TargetKind};
 
+use crate::encoding::ClientEncoding;
+
 /// Facts about the session that every event repeats.
 #[derive(Debug, Clone, Default)]
 pub struct SessionFacts {
@@ -168,6 +170,8 @@ pub struct Tracker {
     standard_conforming_strings: bool,
     /// PostgreSQL waits for the client's COPY data (CopyInResponse seen, the COPY not over).
     copy_in: bool,
+    /// The session's client_encoding: what the proxy records is decoded from it.
+    client_encoding: ClientEncoding,
     /// The transaction status of the last ReadyForQuery: `I` idle, `T` in a transaction
     /// block, `E` in a failed one.
     transaction: u8,
@@ -207,10 +211,16 @@ impl Tracker {
             fatal: None,
             standard_conforming_strings: true,
             copy_in: false,
+            client_encoding: ClientEncoding::Utf8,
             transaction: b'I',
             ran_since_ready: false,
             events: Vec::new(),
         }
+    }
+
+    /// The session's client_encoding, for decoding what the client sends.
+    pub fn client_encoding(&self) -> ClientEncoding {
+        self.client_encoding
     }
 
     /// Whether the client ended the session with Terminate (forwarded to PostgreSQL).
@@ -316,6 +326,7 @@ impl Tracker {
             "server_version" => self.facts.server_version = Some(Arc::from(value)),
             "is_superuser" => self.facts.superuser = Some(value == "on"),
             "standard_conforming_strings" => self.standard_conforming_strings = value != "off",
+            "client_encoding" => self.client_encoding = ClientEncoding::from_name(value),
             _ => {}
         }
     }
@@ -653,7 +664,7 @@ impl Tracker {
             .enumerate()
             .map(|(i, p)| {
                 let type_oid = portal.statement.param_types.get(i).copied().unwrap_or(0);
-                p.as_ref().map(|v| render_param(v, format_of(&portal.formats, i), type_oid))
+                p.as_ref().map(|v| render_param(v, format_of(&portal.formats, i), type_oid, self.client_encoding))
             })
             .collect();
         self.emit_statement(&portal.statement, 0, started, Utc::now(), completion, error, params);
@@ -725,10 +736,11 @@ fn cap_text(mut text: String, max: usize) -> String {
 }
 
 /// Text parameters as text; binary ones as `\x` hex, like bytea output.
-fn render_param(value: &Bytes, format: i16, type_oid: u32) -> String {
+fn render_param(value: &Bytes, format: i16, type_oid: u32, encoding: ClientEncoding) -> String {
     // A cut binary value decodes as nothing: its hex shows.
     let shown = &value[..value.len().min(MAX_RECORDED_PARAM)];
-    let mut s = crate::params::render(shown, format, if shown.len() < value.len() { 0 } else { type_oid });
+    let type_oid = if shown.len() < value.len() { 0 } else { type_oid };
+    let mut s = crate::params::render(shown, format, type_oid, encoding);
     if shown.len() < value.len() {
         s.push_str(&format!("...<truncated: {} bytes in all>", value.len()));
     }
@@ -901,13 +913,13 @@ mod tests {
             &text[text.len() - 60..]
         );
         let blob = Bytes::from(vec![0xab; MAX_RECORDED_PARAM + 10]);
-        let rendered = render_param(&blob, 1, 17);
+        let rendered = render_param(&blob, 1, 17, ClientEncoding::Utf8);
         assert!(rendered.starts_with("\\xabab"));
         assert_eq!(
             rendered.len(),
             2 + 2 * MAX_RECORDED_PARAM + format!("...<truncated: {} bytes in all>", blob.len()).len()
         );
-        assert_eq!(render_param(&Bytes::from_static(b"short"), 0, 0), "short");
+        assert_eq!(render_param(&Bytes::from_static(b"short"), 0, 0, ClientEncoding::Utf8), "short");
     }
 
     #[test]

@@ -1072,3 +1072,49 @@ async fn issue13_6_binary_parameters_were_recorded_as_hex() {
     assert_eq!(recorded, logged, "as PostgreSQL logged them");
     assert_eq!(recorded[1][1].as_deref(), Some("2000-01-01"));
 }
+
+/// Issue 13.4: with a client_encoding other than UTF8, what the proxy recorded was damaged
+/// (`select * from "café"` in LATIN1 recorded as `"caf\u{fffd}"`, likewise errorMessage
+/// and objectName).
+#[test]
+fn issue13_4_text_in_other_client_encodings_was_damaged() {
+    use std::os::unix::ffi::OsStrExt;
+    let pg = start_pg(HostAuth::Trust);
+    pg.psql("CREATE TABLE \"café\" (id int)").expect("table");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut capture = rt.block_on(TestCapture::start(&pg));
+    let url = capture.url("postgres", "x", "postgres");
+    let cases: [(&str, &[u8], &str); 5] = [
+        ("LATIN1", b"select * from \"caf\xe9\"", "select * from \"café\""),
+        ("WIN1252", b"select '\x80 5' AS euro", "select '€ 5' AS euro"),
+        ("EUC_JP", b"select '\xa5\xc6\xa5\xb9\xa5\xc8' AS t", "select 'テスト' AS t"),
+        // ソ is 0x83 0x5C in Shift-JIS: its second byte is a backslash to a UTF-8 reader.
+        ("SJIS", b"select '\x83\x5c' AS so, 1", "select 'ソ' AS so, 1"),
+        ("LATIN1", b"select * from \"nosuch_\xe9\"", "select * from \"nosuch_é\""),
+    ];
+    for (encoding, sql, _) in cases {
+        std::process::Command::new(pg.binaries().bin("psql"))
+            .arg(&url)
+            .args(["-X", "-c"])
+            .arg(std::ffi::OsStr::from_bytes(sql))
+            .env("PGCLIENTENCODING", encoding)
+            .output()
+            .expect("psql runs");
+    }
+    rt.block_on(capture.shutdown());
+    let events = capture.events();
+    for (encoding, _, expected) in cases {
+        let e = events
+            .iter()
+            .find(|e| e.command_text.as_deref() == Some(expected))
+            .unwrap_or_else(|| panic!("{encoding}: {expected:?} not recorded:\n{}", describe(&events)));
+        assert_eq!(e.class, pgtrail_event::EventClass::Read, "{e:?}");
+    }
+    let cafe = events.iter().find(|e| e.command_text.as_deref() == Some(cases[0].2)).expect("café");
+    assert_eq!(cafe.object_name.as_deref(), Some("café"));
+    let missing = events.iter().find(|e| e.command_text.as_deref() == Some(cases[4].2)).expect("the error");
+    let message = missing.error_message.as_deref().unwrap_or_default();
+    assert!(message.contains("\"nosuch_é\""), "{message}");
+    let so = events.iter().find(|e| e.command_text.as_deref() == Some(cases[3].2)).expect("SJIS");
+    assert_eq!(so.row_count, Some(1), "one statement, one row: {so:?}");
+}
