@@ -41,18 +41,7 @@ trap cleanup EXIT
 start_pg "$PG_PORT" "max_connections = 200" "max_prepared_transactions = 10"
 "$BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE psycopg_test" postgres
 "$PGTRAIL" keys init --dir "$work/keys" >/dev/null
-cat > "$work/pgtrail.toml" <<TOML
-[proxy]
-listen = "127.0.0.1:$PROXY_PORT"
-[upstream]
-host = "127.0.0.1"
-port = $PG_PORT
-tls = "disable"
-[journal]
-dir = "$work/journal"
-[keys]
-dir = "$work/keys"
-TOML
+pgtrail_config "$PROXY_PORT" journal > "$work/pgtrail.toml"
 PGTRAIL_LOG=warn "$PGTRAIL" proxy --config "$work/pgtrail.toml" 2>"$work/proxy.log" &
 PROXY_PID=$!
 wait_ready "$PG_PORT" "$PROXY_PORT"
@@ -61,7 +50,8 @@ run_suite() { # label, port
   local label=$1 port=$2
   echo "compat: psycopg tests $label..." >&2
   (cd "$PSYCOPG_SRC" && PSYCOPG_TEST_DSN="host=127.0.0.1 port=$port user=postgres dbname=psycopg_test" \
-    "$VENV/bin/pytest" -p no:randomly -q -o addopts="" --junitxml="$work/$label.xml" "${@:3}" >"$work/$label.out" 2>&1) || true
+    "$VENV/bin/pytest" -p no:randomly -q -o addopts="" -o cache_dir="$work/cache-$label" \
+    --junitxml="$work/$label.xml" "${@:3}" >"$work/$label.out" 2>&1) || true
   tail -1 "$work/$label.out"
 }
 tests=("$@")

@@ -58,6 +58,24 @@ stop_pgbouncer() {
   [ -n "${BOUNCER_PID:-}" ] && kill "$BOUNCER_PID" 2>/dev/null || true
 }
 
+# A pgtrail configuration on stdout: listening on port $1 in front of the cluster on
+# $PG_PORT (no TLS), journal $work/$2, keys in $work/keys, then the TOML in $3.
+pgtrail_config() {
+  cat <<TOML
+[proxy]
+listen = "127.0.0.1:$1"
+[upstream]
+host = "127.0.0.1"
+port = $PG_PORT
+tls = "disable"
+[journal]
+dir = "$work/$2"
+[keys]
+dir = "$work/keys"
+${3:-}
+TOML
+}
+
 # Waits until something accepts PostgreSQL connections on each port given.
 wait_ready() {
   for port in "$@"; do

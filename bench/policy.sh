@@ -41,23 +41,8 @@ start_pg "$PG_PORT" "shared_buffers = 256MB"
 start_pgbouncer "$BOUNCER_PORT" "$PG_PORT"
 "$PGTRAIL" keys init --dir "$work/keys" >/dev/null
 
-config() { # port, journal, extra
-  cat <<TOML
-[proxy]
-listen = "127.0.0.1:$1"
-[upstream]
-host = "127.0.0.1"
-port = $PG_PORT
-tls = "disable"
-[journal]
-dir = "$work/$2"
-[keys]
-dir = "$work/keys"
-$3
-TOML
-}
-config "$PLAIN_PORT" journal-plain "" > "$work/plain.toml"
-config "$POLICY_PORT" journal-policy '
+pgtrail_config "$PLAIN_PORT" journal-plain "" > "$work/plain.toml"
+pgtrail_config "$POLICY_PORT" journal-policy '
 [policy]
 restrict_password_commands = true
 [[policy.deny]]

@@ -44,19 +44,7 @@ start_pgbouncer "$BOUNCER_PORT" "$PG_PORT"
 PGTRAIL_LOG=warn "$PGTRAIL" proxy --listen "127.0.0.1:$TRAIL_PORT" --upstream "postgres://127.0.0.1:$PG_PORT" \
   --journal "$work/journal" --keys "$work/keys" 2>"$work/pgtrail.log" &
 TRAIL_PID=$!
-cat > "$work/sync.toml" <<TOML
-[proxy]
-listen = "127.0.0.1:$SYNC_PORT"
-[upstream]
-host = "127.0.0.1"
-port = $PG_PORT
-[journal]
-dir = "$work/journal-sync"
-[keys]
-dir = "$work/keys"
-[delivery]
-mode = "sync"
-TOML
+pgtrail_config "$SYNC_PORT" journal-sync $'[delivery]\nmode = "sync"' > "$work/sync.toml"
 PGTRAIL_LOG=warn "$PGTRAIL" proxy --config "$work/sync.toml" 2>"$work/pgtrail-sync.log" &
 SYNC_PID=$!
 wait_ready "$BOUNCER_PORT" "$TRAIL_PORT" "$SYNC_PORT"
