@@ -513,11 +513,8 @@ async fn client_to_server(
             b'P' => 2,
             _ => 0,
         };
-        let encoding = lock(tracker).client_encoding();
-        let body = match (strings > 0).then(|| encoding.body_to_utf8(&body, strings)).flatten() {
-            Some(utf8) => utf8,
-            None => body,
-        };
+        let utf8 = (strings > 0).then(|| lock(tracker).client_encoding().body_to_utf8(&body, strings)).flatten();
+        let body = utf8.unwrap_or(body);
         let msg = FrontendMessage::parse(tag, body).map_err(SessionError::ClientProtocol)?;
         let mut classified = None;
         if let (Some(policy), Some(key), Some(text)) = (&shared.policy, &session_key, statement_text(&msg)) {
