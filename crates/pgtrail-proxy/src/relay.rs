@@ -307,16 +307,30 @@ struct Flow {
 
 /// Writes to the direction's peer; once the peer has gone, drops the bytes instead (a
 /// failed write marks it gone), so that the other side's answers are still read.
+///
+/// Keeps the direction's mid-message flag: set while a write is under way (it may be cut
+/// off half-way when the session ends), then whether the bytes written end inside a
+/// message (`ends_mid_message`). A write not made leaves it where writing stopped.
 async fn write_out(
     direction: &Direction,
     wr: &mut (impl AsyncWrite + Unpin),
     bytes: &[u8],
+    ends_mid_message: bool,
 ) -> Result<(), SessionError> {
-    let Some(gone) = &direction.peer_gone else {
-        return write_flushed(wr, bytes, direction.write_error).await;
+    let gone = direction.peer_gone.as_ref();
+    if bytes.is_empty() || gone.is_some_and(|g| g.load(Ordering::Acquire)) {
+        return Ok(());
+    }
+    let mark = |mid: bool| {
+        if let Some(flag) = &direction.mid_message {
+            flag.store(mid, Ordering::Release);
+        }
     };
-    if !gone.load(Ordering::Acquire) && write_flushed(wr, bytes, direction.write_error).await.is_err() {
-        gone.store(true, Ordering::Release);
+    mark(true);
+    match (write_flushed(wr, bytes, direction.write_error).await, gone) {
+        (Ok(()), _) => mark(ends_mid_message),
+        (Err(_), Some(gone)) => gone.store(true, Ordering::Release),
+        (Err(e), None) => return Err(e),
     }
     Ok(())
 }
@@ -354,13 +368,6 @@ async fn pump<M>(
     let mut edits: Vec<(usize, usize, Bytes)> = Vec::new();
     loop {
         if !buf.is_empty() {
-            // A write may be cut off half-way (the session ends while it waits): until it is
-            // done, the peer's stream is not at a message boundary.
-            // (Once the peer is gone nothing is written: the flag keeps where writing stopped.)
-            let writing = direction.peer_gone.as_ref().is_none_or(|gone| !gone.load(Ordering::Acquire));
-            if let Some(flag) = direction.mid_message.as_ref().filter(|_| writing) {
-                flag.store(true, Ordering::Release);
-            }
             let mut stop = false;
             let mut barrier = None;
             let forward =
@@ -376,6 +383,8 @@ async fn pump<M>(
                     }
                     Ok(())
                 })?;
+            // Whether the bytes forwarded now end inside a message (a streamed body).
+            let cut = scanner.passthrough > 0;
             if !edits.is_empty() {
                 // Rare (only while refusing): rebuild the region with the replacements.
                 let mut out = BytesMut::with_capacity(forward);
@@ -386,34 +395,27 @@ async fn pump<M>(
                     from = end;
                 }
                 out.extend_from_slice(&buf[from..forward]);
-                write_out(&direction, wr, &out).await?;
+                write_out(&direction, wr, &out, cut).await?;
                 buf.advance(forward);
                 process(&mut later);
             } else if hold_completions {
                 match (process(&mut later), barrier) {
                     (Some(durable), at) => {
                         let at = at.unwrap_or(0).min(forward);
-                        write_out(&direction, wr, &buf[..at]).await?;
                         // `at` is where a message starts: a boundary while the wait lasts.
-                        if let Some(flag) = direction.mid_message.as_ref().filter(|_| writing) {
-                            flag.store(false, Ordering::Release);
-                        }
+                        write_out(&direction, wr, &buf[..at], false).await?;
                         if !durable.await {
                             return Err(SessionError::JournalStopped);
                         }
-                        write_out(&direction, wr, &buf[at..forward]).await?;
+                        write_out(&direction, wr, &buf[at..forward], cut).await?;
                     }
-                    (None, _) => write_out(&direction, wr, &buf[..forward]).await?,
+                    (None, _) => write_out(&direction, wr, &buf[..forward], cut).await?,
                 }
                 buf.advance(forward);
             } else {
-                write_out(&direction, wr, &buf[..forward]).await?;
+                write_out(&direction, wr, &buf[..forward], cut).await?;
                 buf.advance(forward);
                 process(&mut later);
-            }
-            let still_writing = direction.peer_gone.as_ref().is_none_or(|gone| !gone.load(Ordering::Acquire));
-            if let Some(flag) = direction.mid_message.as_ref().filter(|_| writing && still_writing) {
-                flag.store(scanner.passthrough > 0, Ordering::Release);
             }
             if stop {
                 return Ok((direction.closed)());
