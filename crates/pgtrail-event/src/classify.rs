@@ -198,7 +198,7 @@ fn parser_options(standard_conforming_strings: bool) -> ParserOptions {
 fn classify_uncached(sql: &str, standard_conforming_strings: bool) -> Classified {
     let options = parser_options(standard_conforming_strings);
     let Ok(parsed) = pg_query::parse(sql, options) else {
-        return Classified { statements: vec![unparsed(sql, standard_conforming_strings)] };
+        return Classified { statements: vec![Statement::unparsed(sql, standard_conforming_strings)] };
     };
     let raw = &parsed.protobuf.stmts;
     if raw.is_empty() {
@@ -233,10 +233,6 @@ fn statement_text(sql: &str, from: usize, location: i32, len: i32) -> (&str, usi
     let start = from.min(location);
     let next = if sql.as_bytes().get(end) == Some(&b';') { end + 1 } else { end };
     (sql.get(start..end).unwrap_or(sql).trim(), next)
-}
-
-fn unparsed(sql: &str, standard_conforming_strings: bool) -> Statement {
-    Statement::unparsed(sql, standard_conforming_strings)
 }
 
 impl Statement {

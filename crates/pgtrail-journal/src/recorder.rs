@@ -114,15 +114,22 @@ impl std::fmt::Display for LossCause {
     }
 }
 
+/// How serious a cause is: a loss record names the most serious of its window (a failing
+/// journal explains a full queue, not the other way round). 0 is no loss.
+mod rank {
+    pub(super) const QUEUE_FULL: u8 = 1;
+    pub(super) const TOO_LARGE: u8 = 2;
+    pub(super) const JOURNAL_FAILING: u8 = 3;
+    pub(super) const WRITER_STOPPED: u8 = 4;
+}
+
 impl LossCause {
-    /// Which cause a loss record names when several occurred in its window: the most
-    /// serious (a failing journal explains a full queue, not the other way round).
     fn rank(&self) -> u8 {
         match self {
-            Self::QueueFull => 1,
-            Self::TooLarge => 2,
-            Self::JournalFailing(_) => 3,
-            Self::WriterStopped => 4,
+            Self::QueueFull => rank::QUEUE_FULL,
+            Self::TooLarge => rank::TOO_LARGE,
+            Self::JournalFailing(_) => rank::JOURNAL_FAILING,
+            Self::WriterStopped => rank::WRITER_STOPPED,
         }
     }
 }
@@ -216,8 +223,8 @@ impl<T> Recorder<T> {
     /// operator hears of it now, with the cause (at most a few lines per window).
     fn note_loss_cause(&self, rank: u8) {
         let cause = match rank {
-            4 => LossCause::WriterStopped,
-            3 => LossCause::JournalFailing(
+            rank::WRITER_STOPPED => LossCause::WriterStopped,
+            rank::JOURNAL_FAILING => LossCause::JournalFailing(
                 locked(&self.losses.write_error).clone().unwrap_or_else(|| "write error".into()),
             ),
             _ => LossCause::QueueFull,
@@ -307,9 +314,9 @@ impl<T: Send + 'static> Recorder<T> {
                     Ordering::Relaxed,
                 );
                 let rank = match error {
-                    TrySendError::Disconnected(_) => LossCause::WriterStopped.rank(),
-                    TrySendError::Full(_) if !self.healthy() => LossCause::JournalFailing(String::new()).rank(),
-                    TrySendError::Full(_) => LossCause::QueueFull.rank(),
+                    TrySendError::Disconnected(_) => rank::WRITER_STOPPED,
+                    TrySendError::Full(_) if !self.healthy() => rank::JOURNAL_FAILING,
+                    TrySendError::Full(_) => rank::QUEUE_FULL,
                 };
                 if self.losses.rank.fetch_max(rank, Ordering::Relaxed) < rank {
                     self.note_loss_cause(rank);

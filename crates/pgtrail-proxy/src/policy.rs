@@ -87,9 +87,10 @@ struct Reading<'a> {
     standard_conforming_strings: bool,
 }
 
-/// Every reading of `text` that could differ from the session's (see the module doc).
-fn readings(text: &str, standard_conforming_strings: bool) -> Vec<Reading<'_>> {
-    let mut out = vec![Reading { text: text.into(), standard_conforming_strings }];
+/// The readings of `text` other than the session's own (see the module doc): none, and
+/// no allocation, for a text without a backslash.
+fn other_readings(text: &str, standard_conforming_strings: bool) -> Vec<Reading<'_>> {
+    let mut out = Vec::new();
     if !text.contains('\\') {
         return out;
     }
@@ -164,7 +165,9 @@ impl Policy {
     ) -> Judgement {
         let own = classifier.classify_with(text, standard_conforming_strings);
         let mut any_parsed = false;
-        for (i, reading) in readings(text, standard_conforming_strings).into_iter().enumerate() {
+        let session_reading = Reading { text: text.into(), standard_conforming_strings };
+        let readings = std::iter::once(session_reading).chain(other_readings(text, standard_conforming_strings));
+        for (i, reading) in readings.enumerate() {
             let classified = if i == 0 {
                 Arc::clone(&own)
             } else {

@@ -250,8 +250,9 @@ impl Tracker {
     /// get events with `outcome = unknown`.
     pub fn close_after_client_left(&mut self) {
         let now = Utc::now();
-        let ran_unsynced = self.ran_since_ready;
-        if matches!(self.transaction, b'T' | b'E') || ran_unsynced {
+        // A transaction block, or statements run since the last ReadyForQuery (an extended
+        // batch whose Sync never came).
+        if matches!(self.transaction, b'T' | b'E') || self.ran_since_ready {
             let mut e = self.facts.event(EventClass::Misc, "ROLLBACK", now);
             e.statement_id = self.next_statement_id();
             e.end_time = Some(now);
