@@ -34,9 +34,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::follow::Position;
 use chrono::{DateTime, Utc};
 use pgtrail_event::{ActivityEvent, EventClass, EventSource, ExitCode, Verdict};
-use pgtrail_pgaudit::follow::Position;
 
 /// Slack around a proxy session's start and end when matching a log line's time (clocks
 /// are the same host's, but log times have millisecond resolution and the proxy stamps
@@ -107,11 +107,7 @@ struct Link {
 struct Known {
     started: DateTime<Utc>,
     ended: Option<DateTime<Utc>>,
-    session_id: Option<std::sync::Arc<str>>,
-    remote_host: Option<std::sync::Arc<str>>,
-    remote_port: Option<std::sync::Arc<str>>,
-    application: Option<std::sync::Arc<str>>,
-    identity: Option<std::sync::Arc<pgtrail_event::Identity>>,
+    joined: Joined,
     /// The session's latest proxy statements, oldest first.
     statements: VecDeque<ProxyStatement>,
     links: VecDeque<Link>,
@@ -208,6 +204,11 @@ impl ByPid {
     fn open_mut(&mut self, pid: i32, at: DateTime<Utc>) -> Option<&mut Known> {
         self.sessions.get_mut(&pid)?.iter_mut().rev().find(|k| k.open_at(at))
     }
+
+    /// The session of backend `pid` that has not ended yet, if any.
+    fn live_mut(&mut self, pid: i32) -> Option<&mut Known> {
+        self.sessions.get_mut(&pid)?.iter_mut().rev().find(|k| k.ended.is_none())
+    }
 }
 
 impl ProxySessions {
@@ -225,25 +226,25 @@ impl ProxySessions {
                 by_pid.sessions.entry(pid).or_default().push(Known {
                     started: event.start_time,
                     ended: None,
-                    session_id: event.session_id.clone(),
-                    remote_host: event.remote_host.clone(),
-                    remote_port: event.remote_port.clone(),
-                    application: event.client_application.clone(),
-                    identity: event.identity.clone(),
+                    joined: Joined {
+                        session_id: event.session_id.clone(),
+                        remote_host: event.remote_host.clone(),
+                        remote_port: event.remote_port.clone(),
+                        application: event.client_application.clone(),
+                        identity: event.identity.clone(),
+                    },
                     statements: VecDeque::new(),
                     links: VecDeque::new(),
                 });
             }
             EventClass::Connect => {}
             EventClass::Disconnect => {
-                let sessions = by_pid.sessions.get_mut(&pid);
-                if let Some(open) = sessions.and_then(|s| s.iter_mut().rev().find(|k| k.ended.is_none())) {
+                if let Some(open) = by_pid.live_mut(pid) {
                     open.ended = Some(event.end_time.unwrap_or(event.log_time));
                 }
             }
             _ if event.statement_id > 0 => {
-                let sessions = by_pid.sessions.get_mut(&pid);
-                let Some(open) = sessions.and_then(|s| s.iter_mut().rev().find(|k| k.ended.is_none())) else { return };
+                let Some(open) = by_pid.live_mut(pid) else { return };
                 let substituted = event.verdict == Some(Verdict::Denied) || event.command == "REFUSED";
                 let text = match (&event.command_text, substituted) {
                     (_, true) => SUBSTITUTE_PREFIX.to_owned(),
@@ -271,13 +272,7 @@ impl ProxySessions {
     /// events (a pid names one live process at a time).
     fn find(&self, pid: i32, at: DateTime<Utc>) -> Option<Joined> {
         let mut by_pid = self.by_pid.lock().unwrap_or_else(|p| p.into_inner());
-        by_pid.open_mut(pid, at).map(|k| Joined {
-            session_id: k.session_id.clone(),
-            remote_host: k.remote_host.clone(),
-            remote_port: k.remote_port.clone(),
-            application: k.application.clone(),
-            identity: k.identity.clone(),
-        })
+        by_pid.open_mut(pid, at).map(|k| k.joined.clone())
     }
 
     /// Where pgAudit's record `event` of backend `pid` stands among its session's proxy

@@ -15,8 +15,13 @@
 //! Time, user, database, pid, session id, client host and port and application come from the
 //! line's prefix or columns. An entry that cannot be read is an error with its line number,
 //! never skipped silently; entries about anything else (checkpoints, startup) are `None`.
+//!
+//! [`correlate`] joins these events to the proxy's sessions (session id, client, person),
+//! marks pgAudit's records of statements the proxy recorded too, and finds logins that
+//! bypassed the proxy.
 
 pub mod audit;
+pub mod correlate;
 pub mod csv;
 pub mod entry;
 pub mod follow;

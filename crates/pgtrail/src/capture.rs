@@ -15,8 +15,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::CaptureConfig;
-use crate::correlate::{Correlator, ProxySessions};
 use crate::metrics::{EventCounts, Family};
+use pgtrail_pgaudit::correlate::{Correlator, ProxySessions};
 
 /// Hands proxy events to the recorder without ever waiting, counting them by class and,
 /// when pgAudit is ingested, noting which backend serves which session (for correlation).

@@ -19,7 +19,7 @@ use pgtrail_pgaudit::{Follower, Format, to_event};
 use tracing::{info, warn};
 
 use crate::capture::control_event;
-use crate::correlate::Correlator;
+use pgtrail_pgaudit::correlate::Correlator;
 
 /// What to ingest.
 #[derive(Debug, Clone)]

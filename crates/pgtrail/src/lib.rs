@@ -4,7 +4,6 @@
 pub mod alerts;
 pub mod capture;
 pub mod config;
-pub mod correlate;
 pub mod ingest;
 pub mod keys;
 pub mod localpg;
