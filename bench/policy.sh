@@ -47,15 +47,15 @@ pgtrail_config "$POLICY_PORT" journal-policy '
 restrict_password_commands = true
 [[policy.deny]]
 name = "no DDL for people"
-when = "statement.class == \"DDL\" && identity != null"
+when = "class == \"DDL\" && identity != null"
 message = "no DDL"
 [[policy.deny]]
 name = "no COPY PROGRAM"
-when = "statement.copyProgram"
+when = "copyProgram"
 message = "no COPY PROGRAM"
 [[policy.deny]]
 name = "no unfiltered writes on accounts"
-when = "statement.command in [\"UPDATE\", \"DELETE\"] && !statement.hasWhere && statement.objects.exists(o, o == \"pgbench_accounts\")"
+when = "command in [\"UPDATE\", \"DELETE\"] && !hasWhere && objects.exists(o, o.name == \"pgbench_accounts\")"
 message = "need a WHERE"' > "$work/policy.toml"
 PGTRAIL_LOG=warn "$PGTRAIL" proxy --config "$work/plain.toml" 2>"$work/plain.log" &
 PLAIN_PID=$!

@@ -10,6 +10,8 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
 
 echo "== fmt"
 cargo fmt --all -- --check
+echo "== module cycles"
+python3 scripts/module-cycles.py
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"

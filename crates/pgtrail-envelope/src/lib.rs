@@ -2,6 +2,10 @@
 //! the private wrapping key can read it, in the exact shape of an Aurora Database
 //! Activity Streams record.
 //!
+//! Owns: the envelope format and its cryptography (data keys, wrapping, sealing and
+//! opening). Must not: read or write files or the journal, or know what an event is beyond
+//! the bytes it seals.
+//!
 //! - [`message`]: AWS Encryption SDK messages (suites 0x0178 and 0x0478).
 //! - [`das`]: the DAS record (gzip'd inner JSON inside a message, base64'd into JSON).
 //! - [`keys`]: data keys, their wrapping for the record's `key` field, key providers.

@@ -84,13 +84,48 @@ pub enum ObjectKind {
     Function,
 }
 
+/// What an event is, as the DAS `type` field says it. Aurora writes `record` and
+/// `heartbeat`; pgtrail adds `control` (something about the capture itself) and `loss`
+/// (events it had to drop). DAS consumers skip the types they do not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// Database activity: a connection, a statement, a disconnection.
+    Record,
+    /// Written when nothing else was for a while: silence is not loss.
+    Heartbeat,
+    /// About the capture itself: started, stopped, reloaded, a journal repaired...
+    Control,
+    /// Stands in for events the recorder had to drop (their count and time span).
+    Loss,
+}
+
+impl EventKind {
+    /// The DAS `type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Record => "record",
+            EventKind::Heartbeat => "heartbeat",
+            EventKind::Control => "control",
+            EventKind::Loss => "loss",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One audited action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivityEvent {
-    /// Always `record` for activity (DAS also has `heartbeat`).
+    /// What the event is: activity (`record`), or one of pgtrail's events about the
+    /// stream itself.
     #[serde(rename = "type")]
-    pub kind: Cow<'static, str>,
+    pub kind: EventKind,
     pub class: EventClass,
     pub client_application: Option<Arc<str>>,
     pub command: String,
@@ -166,6 +201,20 @@ pub struct ActivityEvent {
     /// the application request behind it, for rules and searches. Empty when there are none.
     #[serde(default)]
     pub tags: std::collections::BTreeMap<String, String>,
+    /// The statement has a WHERE clause (a top-level UPDATE, DELETE or SELECT). Written
+    /// only when true; absent means false. The same name in deny rules and alert rules.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub has_where: bool,
+    /// COPY ... TO/FROM PROGRAM: runs a shell command on the database server.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub copy_program: bool,
+    /// CREATE/ALTER ROLE or USER with a PASSWORD.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sets_password: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// A person verified from a token.
@@ -197,7 +246,7 @@ impl ActivityEvent {
     /// An event with the constant fields filled and everything else empty.
     pub fn new(class: EventClass, command: impl Into<String>, start_time: DateTime<Utc>) -> Self {
         Self {
-            kind: Cow::Borrowed("record"),
+            kind: EventKind::Record,
             class,
             client_application: None,
             command: command.into(),
@@ -237,6 +286,9 @@ impl ActivityEvent {
             confirms: None,
             outcome: None,
             tags: std::collections::BTreeMap::new(),
+            has_where: false,
+            copy_program: false,
+            sets_password: false,
         }
     }
 }

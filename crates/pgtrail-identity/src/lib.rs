@@ -1,5 +1,8 @@
 //! Who is behind a session.
 //!
+//! Owns: token verification, the person-to-database-user mapping, and the upstream login
+//! CA. Must not: speak the PostgreSQL protocol (pgtrail-proxy does) or write events.
+//!
 //! A client logs in to the proxy with a token as its password: an OIDC token from the
 //! organisation's identity provider ([`oidc`]) or a pgtrail local token ([`local`]). The
 //! [`Authenticator`] verifies it, decides with the [`UserMapping`] whether that person may

@@ -1,5 +1,9 @@
 //! The journal: an append-only sequence of records in segment files.
 //!
+//! Owns: the segment format, appending with fsync and group commit (the recorder), torn
+//! tail recovery, signed checkpoints, reading back with every check, and `verify`. Must
+//! not: know what a payload holds (envelopes are opaque bytes here).
+//!
 //! # On-disk format, version 2
 //!
 //! A journal is a directory of segment files named `<first-seq, 20 digits>.seg`, for one

@@ -25,6 +25,8 @@ pub struct JournalReader {
     failed: bool,
     /// The hash of the last record read (or skipped), when known.
     last_hash: Option<Hash>,
+    /// The instance named by the segment headers read so far.
+    instance: Option<String>,
 }
 
 #[derive(Debug)]
@@ -47,12 +49,17 @@ impl JournalReader {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "journal directory does not exist"),
             });
         }
-        Ok(Self { dir, next_seq: from.max(1), current: None, failed: false, last_hash: None })
+        Ok(Self { dir, next_seq: from.max(1), current: None, failed: false, last_hash: None, instance: None })
     }
 
     /// The cursor: the sequence number of the next record this reader will return.
     pub fn position(&self) -> u64 {
         self.next_seq
+    }
+
+    /// The journal's instance (the DAS `instanceId`), known once a segment has been opened.
+    pub fn instance(&self) -> Option<&str> {
+        self.instance.as_deref()
     }
 
     /// The next record, or `Ok(None)` when the reader has caught up with the writer.
@@ -143,6 +150,16 @@ impl JournalReader {
                 });
             }
             _ => self.last_hash = Some(header.start_hash),
+        }
+        match &self.instance {
+            Some(known) if *known != header.instance => {
+                return Err(JournalError::InstanceMismatch {
+                    path: path.clone(),
+                    found: header.instance,
+                    configured: known.clone(),
+                });
+            }
+            _ => self.instance = Some(header.instance),
         }
         self.current =
             Some(OpenSegment { path: path.clone(), file, buf: Vec::new(), offset: SEGMENT_HEADER_LEN as u64 });

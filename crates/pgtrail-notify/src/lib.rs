@@ -1,5 +1,8 @@
 //! Notifiers: where alerts go.
 //!
+//! Owns: destinations, their queues, retries and delivery counts. Must not: decide when an
+//! alert fires (pgtrail-rules does) or read the journal.
+//!
 //! Each configured destination gets its own queue and its own task, so a destination that
 //! is slow or down delays only itself. [`Notifier::notify`] never blocks the caller: it
 //! puts the alert on each matching destination's queue, and when a queue is full the alert

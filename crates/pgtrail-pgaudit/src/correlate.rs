@@ -216,7 +216,7 @@ impl ProxySessions {
     /// waits for pgAudit's record of it.
     pub fn observe(&self, event: &ActivityEvent) {
         let Some(pid) = event.pid else { return };
-        if event.source == Some(EventSource::Pgaudit) || event.kind != "record" {
+        if event.source == Some(EventSource::Pgaudit) || event.kind != pgtrail_event::EventKind::Record {
             return;
         }
         let mut by_pid = self.by_pid.lock().unwrap_or_else(|p| p.into_inner());

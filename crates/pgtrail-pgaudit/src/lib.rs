@@ -1,5 +1,9 @@
 //! pgAudit records from PostgreSQL's log files, as activity events.
 //!
+//! Owns: reading PostgreSQL's log formats, pgAudit records as events, following a log
+//! directory across rotation, the ingest loop, and correlation with proxy sessions. Must
+//! not: format or seal records (the journal's recorder does) or speak the protocol.
+//!
 //! The log is read in the format PostgreSQL writes it ([`Format`]: stderr with its
 //! log_line_prefix, csvlog or jsonlog), assembled into entries ([`Assembler`]), and each
 //! entry that says something about a session becomes an [`ActivityEvent`] with
@@ -16,7 +20,8 @@
 //! line's prefix or columns. An entry that cannot be read is an error with its line number,
 //! never skipped silently; entries about anything else (checkpoints, startup) are `None`.
 //!
-//! [`correlate`] joins these events to the proxy's sessions (session id, client, person),
+//! [`ingest`] is the loop that follows a log directory and hands the events to a journal's
+//! recorder, durable before the position is saved. [`correlate`] joins these events to the proxy's sessions (session id, client, person),
 //! marks pgAudit's records of statements the proxy recorded too, and finds logins that
 //! bypassed the proxy.
 
@@ -25,6 +30,7 @@ pub mod correlate;
 pub mod csv;
 pub mod entry;
 pub mod follow;
+pub mod ingest;
 pub mod prefix;
 
 use pgtrail_event::{ActivityEvent, EventClass, EventSource, ExitCode, ObjectKind, ObjectRef};
@@ -32,6 +38,7 @@ use pgtrail_event::{ActivityEvent, EventClass, EventSource, ExitCode, ObjectKind
 pub use audit::{AuditRecord, Logged};
 pub use entry::{Assembler, Format, LogEntry, ParseError};
 pub use follow::{Follower, Item, Position};
+pub use ingest::{IngestConfig, IngestError, IngestStats};
 pub use prefix::Prefix;
 
 /// The event an entry describes, if any.

@@ -6,17 +6,32 @@
 //! directions unchanged while a [`tracker::Tracker`] derives one
 //! [`pgtrail_event::ActivityEvent`] per connection attempt, statement and disconnect.
 //! Events go to an [`EventSink`]; this crate neither formats nor stores them.
-
+//!
+//! Owns: sessions (startup, TLS, login, relay, closing: `phase`), the reply FIFO that
+//! turns traffic into statements ([`tracker`]), policy enforcement and cancel forwarding.
+//! Must not: decide what a tag byte means (pgtrail-wire does), classify SQL
+//! (pgtrail-event does) or store events.
+//!
+//! Modules, in the order a session meets them: `server` (the listener) → `session` (one
+//! connection's phases) → `login` (with `auth` for token logins and `credentials` for the
+//! proxy's own upstream login) → `relay` (both directions, with `tracker` and `policy`).
+//! `shared`, `io` and `error` are used by all of them and use none of them.
 mod auth;
 mod budget;
 mod cancel;
 mod config;
+mod credentials;
 pub mod encoding;
+mod error;
+mod io;
+mod login;
 mod params;
+mod phase;
 mod policy;
 mod relay;
 mod server;
 mod session;
+mod shared;
 mod stream;
 mod tls;
 pub mod tracker;
@@ -28,7 +43,8 @@ pub use config::{
     UpstreamLogin, UpstreamTlsMode,
 };
 use pgtrail_event::ActivityEvent;
-pub use server::{Proxy, ProxyStats};
+pub use server::Proxy;
+pub use shared::ProxyStats;
 
 /// Resolves to true once an event is durable, false if it never will be (the sink stopped).
 pub type Durable = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;

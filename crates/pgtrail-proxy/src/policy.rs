@@ -25,11 +25,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use cel::{Context, Program, Value};
-use pgtrail_event::{Classified, Classifier, Statement};
+use pgtrail_event::{Classified, Classifier, EventClass, Statement};
 
 use crate::ProxyError;
 use crate::config::{DenyRule, PolicyConfig, Unparsable};
-use crate::tracker::SessionFacts;
+use crate::tracker::{SessionFacts, fill_statement};
 
 /// Why a statement is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,12 +292,23 @@ fn text(value: Option<&str>) -> Value {
     value.map_or(Value::Null, |s| Value::from(s.to_owned()))
 }
 
+/// What a deny rule sees: the statement as the event it would be recorded as, in the one
+/// vocabulary of alert rules (`class`, `command`, `objects`, `dbUserName`, `databaseName`,
+/// `clientApplication`, `identity`, `hasWhere`, `copyProgram`, `setsPassword`...; see
+/// `pgtrail_rules::vocabulary`), plus the names of earlier versions (`statement.class`,
+/// `statement.command`, `statement.objects` as names, `statement.hasWhere`, ...,
+/// `user`, `database`, `application`), so existing rule files keep working.
 fn context_for(statement: &Statement, facts: &SessionFacts) -> Context<'static> {
-    let mut context = Context::default();
+    let class = statement.class.unwrap_or(EventClass::Misc);
+    let command = statement.command.clone().unwrap_or_else(|| "UNKNOWN".into());
+    let mut event = facts.event(class, command, chrono::Utc::now());
+    fill_statement(&mut event, statement);
+    let mut context = pgtrail_rules::vocabulary::context_for(&pgtrail_rules::vocabulary::event_fields(&event));
     let objects: Vec<Value> = statement.objects.iter().map(|o| Value::from(o.name.clone())).collect();
-    let class = statement.class.map(|c| serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_owned)));
+    let legacy_class =
+        statement.class.map(|c| serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_owned)));
     let fields: HashMap<String, Value> = [
-        ("class", text(class.flatten().as_deref())),
+        ("class", text(legacy_class.flatten().as_deref())),
         ("command", text(statement.command.as_deref())),
         ("objects", Value::from(objects)),
         ("hasWhere", Value::Bool(statement.traits.has_where)),
@@ -308,26 +319,6 @@ fn context_for(statement: &Statement, facts: &SessionFacts) -> Context<'static> 
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     context.add_variable_from_value("statement", Value::from(fields));
-    let identity = match &facts.identity {
-        None => Value::Null,
-        Some(i) => {
-            let groups: Vec<Value> = i.groups.iter().map(|g| Value::from(g.clone())).collect();
-            let map: HashMap<String, Value> = [
-                ("issuer", text(Some(&i.issuer))),
-                ("subject", text(Some(&i.subject))),
-                ("name", text(i.name.as_deref())),
-                ("email", text(i.email.as_deref())),
-                ("groups", Value::from(groups)),
-                ("tokenId", text(i.token_id.as_deref())),
-                ("authMethod", text(Some(&i.auth_method))),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-            Value::from(map)
-        }
-    };
-    context.add_variable_from_value("identity", identity);
     context.add_variable_from_value("user", text(facts.user.as_deref()));
     context.add_variable_from_value("database", text(facts.database.as_deref()));
     context.add_variable_from_value("application", text(facts.application.as_deref()));

@@ -12,16 +12,19 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
 use chrono::Utc;
-use pgtrail_wire::{BackendMessage, FrontendMessage, Limits, Side, peek_frame};
+use pgtrail_wire::{BackendCode, BackendMessage, FrontendCode, FrontendMessage, Limits, Side, peek_frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
+use tracing::warn;
 
 use crate::Durable;
 use crate::budget::{BufferBudget, COUNTED_ABOVE, Reservation};
 use crate::config::Delivery;
+use crate::error::SessionError;
+use crate::io::send_error;
+use crate::phase::Phase;
 use crate::policy::{Denial, Judgement, Policy};
-use crate::server::Shared;
-use crate::session::{SessionError, send_error};
+use crate::shared::Shared;
 use crate::stream::MaybeTls;
 use crate::tracker::{Nudge, Tracker};
 
@@ -101,13 +104,11 @@ impl Scanner {
 const SHRINK_ABOVE: usize = 1 << 20;
 
 fn frontend_needs_body(tag: u8) -> bool {
-    // Flush has no body, but a refused batch drops it whole (see `Refusal`).
-    matches!(tag, b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'F' | b'X' | b'H')
+    FrontendCode::from_tag(tag).is_some_and(FrontendCode::needs_body)
 }
 
 fn backend_needs_body(tag: u8) -> bool {
-    // ReadyForQuery for its transaction status (one byte).
-    matches!(tag, b'C' | b'E' | b'S' | b'Z' | b't')
+    BackendCode::from_tag(tag).is_some_and(BackendCode::needs_body)
 }
 
 /// Runs the relay until either side closes, an error, or termination.
@@ -265,8 +266,8 @@ fn lock(tracker: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
 
 /// A backend message the tracker handles once it has been forwarded.
 enum Reply {
-    /// A message whose tag is all the tracker needs.
-    Tag(u8),
+    /// A message whose code is all the tracker needs.
+    Code(BackendCode),
     Complete(String),
     Error(pgtrail_wire::ErrorFields),
     Parameter(String, String),
@@ -493,7 +494,7 @@ async fn client_to_server(
         mid_message: None,
         peer_gone: None,
         budget: Some(Arc::clone(&shared.buffer_budget)),
-        limits: shared.config.limits,
+        limits: Phase::Relay.client_limits(&shared.config),
         needs_body: frontend_needs_body,
         read_error: SessionError::ClientIo,
         write_error: SessionError::UpstreamIo,
@@ -504,15 +505,17 @@ async fn client_to_server(
     let mut refusal = Refusal::default();
     // Requests are tracked before they are forwarded: the reply can only come after.
     let visit = |tag, body: Option<Bytes>, _: &mut Vec<()>| {
+        // A byte no client message uses is forwarded unread: PostgreSQL answers it.
+        let Some(code) = FrontendCode::from_tag(tag) else { return Ok(Flow::default()) };
         let refusing = refusal.dropping_batch || (fail_closed && !shared.sink.healthy());
-        if refusing && let Some(flow) = refuse(shared, &mut refusal, tag, tracker) {
+        if refusing && let Some(flow) = refuse(shared, &mut refusal, code, tracker) {
             return Ok(flow);
         }
         let Some(body) = body else { return Ok(Flow::default()) };
         // The text a Query or Parse carries, decoded from the session's client encoding.
-        let strings = match tag {
-            b'Q' => 1,
-            b'P' => 2,
+        let strings = match code {
+            FrontendCode::Query => 1,
+            FrontendCode::Parse => 2,
             _ => 0,
         };
         let utf8 = (strings > 0).then(|| lock(tracker).client_encoding().body_to_utf8(&body, strings)).flatten();
@@ -569,7 +572,7 @@ fn check_policy(
 }
 
 /// The flow for a message while refusing, or None to relay it as usual.
-fn refuse(shared: &Shared, refusal: &mut Refusal, tag: u8, tracker: &Mutex<Tracker>) -> Option<Flow> {
+fn refuse(shared: &Shared, refusal: &mut Refusal, code: FrontendCode, tracker: &Mutex<Tracker>) -> Option<Flow> {
     let replace_with_error = |tracker: &Mutex<Tracker>| {
         let event = lock(tracker).on_refused();
         // Best effort: the journal is failing; a dropped event is counted as a loss.
@@ -577,13 +580,15 @@ fn refuse(shared: &Shared, refusal: &mut Refusal, tag: u8, tracker: &Mutex<Track
         shared.stats.count_refused();
         Flow { replace: Some(query_message(REFUSE_SQL)), ..Flow::default() }
     };
-    match tag {
-        b'Q' | b'F' if !refusal.dropping_batch => Some(replace_with_error(tracker)),
-        b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => {
+    match code {
+        FrontendCode::Query | FrontendCode::FunctionCall if !refusal.dropping_batch => {
+            Some(replace_with_error(tracker))
+        }
+        code if code.is_extended() => {
             refusal.dropping_batch = true;
             Some(Flow { replace: Some(Bytes::new()), ..Flow::default() })
         }
-        b'S' if refusal.dropping_batch => {
+        FrontendCode::Sync if refusal.dropping_batch => {
             refusal.dropping_batch = false;
             match refusal.denied_at_sync.take() {
                 Some(replacement) => Some(Flow { replace: Some(replacement), ..Flow::default() }),
@@ -617,14 +622,19 @@ async fn server_to_client(
     // Replies are matched to requests after they reached the client (async delivery) or
     // just before (sync); the tracker's FIFO keeps the order either way.
     let visit = |tag, body: Option<Bytes>, later: &mut Vec<Reply>| {
+        // A byte no server message uses: forwarded; the session's protocol check is
+        // PostgreSQL's own.
+        let Some(code) = BackendCode::from_tag(tag) else { return Ok(Flow::default()) };
         // The messages whose processing can produce a statement event.
-        let completes = sync && matches!(tag, b'C' | b'E' | b's' | b'V');
+        let completes = sync && code.completes_statement();
         let reply = match body {
-            None => Reply::Tag(tag),
+            None => Reply::Code(code),
             Some(body) => {
-                // Error and notice fields are in the session's client encoding.
-                let body = match tag {
-                    b'E' => lock(tracker).client_encoding().body_to_utf8(&body, usize::MAX).unwrap_or(body),
+                // Error fields are in the session's client encoding.
+                let body = match code {
+                    BackendCode::ErrorResponse => {
+                        lock(tracker).client_encoding().body_to_utf8(&body, usize::MAX).unwrap_or(body)
+                    }
                     _ => body,
                 };
                 match BackendMessage::parse(tag, body).map_err(SessionError::UpstreamProtocol)? {
@@ -650,11 +660,18 @@ async fn server_to_client(
                 match reply {
                     Reply::Ready(status) => t.on_ready_status(status),
                     Reply::ParamTypes(types) => t.on_parameter_description(&types),
-                    Reply::Tag(b'V') => t.on_function_result(),
-                    Reply::Tag(other) => t.on_backend_tag(other),
+                    Reply::Code(BackendCode::FunctionCallResponse) => t.on_function_result(),
+                    Reply::Code(other) => t.on_backend_code(other),
                     Reply::Complete(tag) => t.on_command_complete(&tag),
                     Reply::Error(fields) => t.on_error(&fields),
                     Reply::Parameter(name, value) => t.on_parameter_status(&name, &value),
+                }
+            }
+            let (desyncs, log) = t.take_desyncs();
+            if !desyncs.is_empty() {
+                shared.stats.desyncs.fetch_add(desyncs.len() as u64, Ordering::Relaxed);
+                if log {
+                    warn!(session = ?t.facts.session_id, error = %desyncs[0], "replies no longer match the requests; this session's events may be mislabelled (logged once per session)");
                 }
             }
             t.take_events()

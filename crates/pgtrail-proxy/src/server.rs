@@ -3,12 +3,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use pgtrail_event::Classifier;
 use pgtrail_wire::Limits;
-use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -17,60 +15,8 @@ use tracing::{error, info, warn};
 
 use crate::cancel::CancelRegistry;
 use crate::config::ProxyConfig;
-use crate::{EventSink, ProxyError, session, tls};
-
-/// Counters of the proxy, for logs and (later) metrics.
-#[derive(Debug, Default)]
-pub struct ProxyStats {
-    pub sessions_accepted: AtomicU64,
-    pub sessions_active: AtomicU64,
-    pub protocol_errors: AtomicU64,
-    /// Statements and batches refused because the journal could not record (fail-closed).
-    pub refused: AtomicU64,
-    /// Statements denied by policy (deny rules, password restriction).
-    pub denied: AtomicU64,
-    /// Token logins refused: a bad token, or a user the person may not use.
-    pub token_logins_refused: AtomicU64,
-    /// Connections refused because proxy.max_client_connections were open (53300).
-    pub connections_refused: AtomicU64,
-    /// Bytes held now for large messages read whole, across sessions (the budget's use).
-    pub buffered_message_bytes: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl ProxyStats {
-    pub(crate) fn count_refused(&self) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn count_denied(&self) {
-        self.denied.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn count_protocol_error(&self) {
-        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// State shared by all sessions, resolved once at start.
-pub(crate) struct Shared {
-    pub(crate) config: ProxyConfig,
-    /// Limits for what PostgreSQL sends: only bodies the tracker reads are buffered, and
-    /// the server is trusted up to its own 1 GiB message ceiling.
-    pub(crate) backend_limits: Limits,
-    pub(crate) sink: Arc<dyn EventSink>,
-    pub(crate) classifier: Classifier,
-    pub(crate) cancel: CancelRegistry,
-    pub(crate) client_tls: Option<TlsAcceptor>,
-    pub(crate) upstream_tls: Option<Arc<ClientConfig>>,
-    pub(crate) upstream_server_name: ServerName<'static>,
-    pub(crate) stats: Arc<ProxyStats>,
-    /// Token login, when `auth.client = "token"`.
-    pub(crate) token_login: Option<crate::auth::TokenLogin>,
-    /// Deny rules and password restriction; None when there are none.
-    pub(crate) policy: Option<crate::policy::Policy>,
-    /// What all sessions together may buffer for large messages read whole.
-    pub(crate) buffer_budget: Arc<crate::budget::BufferBudget>,
-}
+use crate::shared::{ProxyStats, Shared};
+use crate::{EventSink, ProxyError, io, session, tls};
 
 /// Binds with SO_REUSEADDR stated explicitly (not left to the defaults of the layers
 /// below), so that a restarted proxy can listen while its old connections are in TIME_WAIT.
@@ -99,7 +45,7 @@ impl Proxy {
         let client_tls = config.client_tls.as_ref().map(tls::server_config).transpose()?.map(TlsAcceptor::from);
         let upstream_tls = tls::upstream_config(&config.upstream)?;
         let upstream_server_name = tls::server_name(&config.upstream.host)?;
-        let token_login = crate::auth::TokenLogin::from_config(&config)?;
+        let token_login = crate::credentials::TokenLogin::from_config(&config)?;
         let policy = crate::policy::Policy::compile(&config.policy, token_login.is_some())?;
         if let Some(oidc) = token_login.as_ref().and_then(|l| l.authenticator.oidc()) {
             // Early, so a wrong issuer shows at start; logins retry if the IdP is down now.
@@ -157,7 +103,7 @@ impl Proxy {
                         // Like PostgreSQL's "sorry, too many clients already": told, not kept.
                         self.shared.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
                         warn!(%peer, limit = self.shared.config.max_client_connections, "connection refused: proxy.max_client_connections reached");
-                        tokio::spawn(session::refuse_connection(tcp));
+                        tokio::spawn(io::refuse_connection(tcp));
                     }
                     Ok((tcp, peer)) => {
                         let shared = Arc::clone(&self.shared);

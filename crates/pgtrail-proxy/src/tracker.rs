@@ -27,7 +27,7 @@ use pgtrail_event::{
     ActivityEvent, Classified, Classifier, EventClass, ExitCode, Statement, class_from_tag, rows_from_completion,
     session_id, tag_from_completion,
 };
-use pgtrail_wire::{ErrorFields, FrontendMessage, TargetKind};
+use pgtrail_wire::{BackendCode, ErrorFields, FrontendMessage, TargetKind};
 
 use crate::encoding::ClientEncoding;
 
@@ -55,7 +55,8 @@ pub struct SessionFacts {
 }
 
 impl SessionFacts {
-    fn event(&self, class: EventClass, command: impl Into<String>, start: DateTime<Utc>) -> ActivityEvent {
+    /// An event of this session, with the session's facts filled in.
+    pub(crate) fn event(&self, class: EventClass, command: impl Into<String>, start: DateTime<Utc>) -> ActivityEvent {
         let mut e = ActivityEvent::new(class, command, start);
         e.remote_host.clone_from(&self.remote_host);
         e.remote_port.clone_from(&self.remote_port);
@@ -154,6 +155,23 @@ enum Owed {
     Refused,
 }
 
+impl Owed {
+    /// What this entry waits for, in words (for desync reports).
+    fn name(&self) -> &'static str {
+        match self {
+            Owed::Query { .. } => "the answers to a Query",
+            Owed::Parse { .. } => "ParseComplete",
+            Owed::Bind { .. } => "BindComplete",
+            Owed::Describe { .. } => "the answer to a Describe",
+            Owed::Execute { .. } => "the answers to an Execute",
+            Owed::Close => "CloseComplete",
+            Owed::FunctionCall { .. } => "FunctionCallResponse",
+            Owed::Sync => "ReadyForQuery",
+            Owed::Refused => "the answer to a refused statement",
+        }
+    }
+}
+
 /// One session's tracker.
 #[derive(Debug)]
 pub struct Tracker {
@@ -179,6 +197,21 @@ pub struct Tracker {
     /// in a transaction that only the Sync commits).
     ran_since_ready: bool,
     events: Vec<ActivityEvent>,
+    /// Replies that did not match what the server owed, not yet reported.
+    desyncs: Vec<Desync>,
+    /// Whether this session has logged a desync (it is logged once, counted always).
+    desync_logged: bool,
+}
+
+/// A reply that does not match what the server owes (the front of the reply FIFO): the
+/// proxy's picture of the session is wrong from here on, and events may be mislabelled.
+/// Never ignored: counted in `pgtrail_protocol_desyncs`, and logged once per session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("protocol desync: PostgreSQL sent {got:?} while the proxy expected {expected}")]
+pub struct Desync {
+    pub got: BackendCode,
+    /// What the front of the FIFO was waiting for.
+    pub expected: &'static str,
 }
 
 /// What PostgreSQL needs from the proxy, once the client has gone, before it can answer
@@ -215,6 +248,8 @@ impl Tracker {
             transaction: b'I',
             ran_since_ready: false,
             events: Vec::new(),
+            desyncs: Vec::new(),
+            desync_logged: false,
         }
     }
 
@@ -404,28 +439,32 @@ impl Tracker {
     }
 
     /// A backend message that needs no body to be understood (DataRow, ParseComplete, ...).
-    pub fn on_backend_tag(&mut self, tag: u8) {
-        match tag {
-            b'D' => {
+    pub fn on_backend_code(&mut self, code: BackendCode) {
+        match code {
+            BackendCode::DataRow => {
                 if let Some(Owed::Query { rows, .. } | Owed::Execute { rows, .. }) = self.owed.front_mut() {
                     *rows += 1;
                 }
             }
-            b'1' => self.pop_if(|o| matches!(o, Owed::Parse { .. })),
-            b'2' => self.pop_if(|o| matches!(o, Owed::Bind { .. })),
-            b'3' => self.pop_if(|o| matches!(o, Owed::Close)),
+            BackendCode::ParseComplete => self.pop_expected(code, |o| matches!(o, Owed::Parse { .. })),
+            BackendCode::BindComplete => self.pop_expected(code, |o| matches!(o, Owed::Bind { .. })),
+            BackendCode::CloseComplete => self.pop_expected(code, |o| matches!(o, Owed::Close)),
             // RowDescription or NoData end a Describe (ParameterDescription comes first for
             // a statement); inside a Query or Execute a RowDescription is just result metadata.
-            b'T' | b'n' => self.pop_if(|o| matches!(o, Owed::Describe { .. })),
-            b's' => {
+            BackendCode::RowDescription
+                if matches!(self.owed.front(), Some(Owed::Query { .. } | Owed::Execute { .. })) => {}
+            BackendCode::RowDescription | BackendCode::NoData => {
+                self.pop_expected(code, |o| matches!(o, Owed::Describe { .. }))
+            }
+            BackendCode::PortalSuspended => {
                 if let Some(Owed::Execute { .. }) = self.owed.front() {
                     let Some(Owed::Execute { portal, started, rows }) = self.owed.pop_front() else { unreachable!() };
                     // A suspended portal has produced `rows` rows so far; Execute may resume it.
                     self.emit_execute(&portal, started, None, Some(rows), None);
                 }
             }
-            b'G' => self.copy_in = true,
-            b'I' => match self.owed.front_mut() {
+            BackendCode::CopyInResponse => self.copy_in = true,
+            BackendCode::EmptyQueryResponse => match self.owed.front_mut() {
                 Some(Owed::Query { next, .. }) => *next += 1,
                 Some(Owed::Execute { .. }) => {
                     self.owed.pop_front();
@@ -436,10 +475,28 @@ impl Tracker {
         }
     }
 
-    fn pop_if(&mut self, expected: impl Fn(&Owed) -> bool) {
-        if self.owed.front().is_some_and(expected) {
-            self.owed.pop_front();
+    /// Pops the front of the FIFO if it is what `code` answers; otherwise notes a desync.
+    fn pop_expected(&mut self, code: BackendCode, answers: impl Fn(&Owed) -> bool) {
+        match self.owed.front() {
+            Some(front) if answers(front) => {
+                self.owed.pop_front();
+            }
+            front => {
+                let expected = front.map_or("nothing", Owed::name);
+                if self.desyncs.len() < 16 {
+                    self.desyncs.push(Desync { got: code, expected });
+                }
+            }
         }
+    }
+
+    /// Desyncs noted since the last call, and whether this session should log them (the
+    /// first time only).
+    pub fn take_desyncs(&mut self) -> (Vec<Desync>, bool) {
+        let desyncs = std::mem::take(&mut self.desyncs);
+        let log = !desyncs.is_empty() && !self.desync_logged;
+        self.desync_logged |= log;
+        (desyncs, log)
     }
 
     /// CommandComplete.
@@ -690,7 +747,8 @@ impl Tracker {
     }
 }
 
-fn fill_statement(e: &mut ActivityEvent, s: &Statement) {
+/// The statement's own fields of an event (text, objects, fingerprint, traits...).
+pub(crate) fn fill_statement(e: &mut ActivityEvent, s: &Statement) {
     e.command_text = Some(s.text.clone());
     e.object_type.clone_from(&s.object_type);
     e.object_name.clone_from(&s.object_name);
@@ -698,6 +756,9 @@ fn fill_statement(e: &mut ActivityEvent, s: &Statement) {
     e.query_fingerprint.clone_from(&s.fingerprint);
     e.noise = s.noise;
     e.tags.clone_from(&s.tags);
+    e.has_where = s.traits.has_where;
+    e.copy_program = s.traits.copy_program;
+    e.sets_password = s.traits.sets_password;
 }
 
 fn apply_error(e: &mut ActivityEvent, fields: &ErrorFields) {
@@ -768,9 +829,9 @@ mod tests {
         t.on_frontend(&q("CREATE TABLE p (id int); INSERT INTO p VALUES (1), (2); SELECT * FROM p"), Utc::now());
         t.on_command_complete("CREATE TABLE");
         t.on_command_complete("INSERT 0 2");
-        t.on_backend_tag(b'T');
-        t.on_backend_tag(b'D');
-        t.on_backend_tag(b'D');
+        t.on_backend_code(BackendCode::RowDescription);
+        t.on_backend_code(BackendCode::DataRow);
+        t.on_backend_code(BackendCode::DataRow);
         t.on_command_complete("SELECT 2");
         t.on_ready();
         let events = t.take_events();
@@ -840,13 +901,13 @@ mod tests {
         );
         t.on_frontend(&FrontendMessage::Execute { portal: "".into(), max_rows: 0 }, now);
         t.on_frontend(&FrontendMessage::Sync, now);
-        for tag in [b'1', b'2'] {
-            t.on_backend_tag(tag);
+        for code in [BackendCode::ParseComplete, BackendCode::BindComplete] {
+            t.on_backend_code(code);
         }
         t.on_command_complete("SELECT 1");
-        t.on_backend_tag(b'2');
+        t.on_backend_code(BackendCode::BindComplete);
         t.on_command_complete("SELECT 0");
-        t.on_backend_tag(b'2');
+        t.on_backend_code(BackendCode::BindComplete);
         t.on_command_complete("SELECT 3");
         t.on_ready();
         let events = t.take_events();
@@ -969,14 +1030,36 @@ mod tests {
         );
         t.on_frontend(&FrontendMessage::Execute { portal: "c".into(), max_rows: 2 }, now);
         t.on_frontend(&FrontendMessage::Sync, now);
-        t.on_backend_tag(b'1');
-        t.on_backend_tag(b'2');
-        t.on_backend_tag(b'D');
-        t.on_backend_tag(b'D');
-        t.on_backend_tag(b's');
+        t.on_backend_code(BackendCode::ParseComplete);
+        t.on_backend_code(BackendCode::BindComplete);
+        t.on_backend_code(BackendCode::DataRow);
+        t.on_backend_code(BackendCode::DataRow);
+        t.on_backend_code(BackendCode::PortalSuspended);
         t.on_ready();
         let events = t.take_events();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].row_count, Some(2));
+    }
+
+    /// Issue 14.3: a reply that matches nothing the server owes was ignored silently.
+    #[test]
+    fn a_reply_the_server_does_not_owe_is_a_desync_reported_once() {
+        let mut t = tracker();
+        t.on_backend_code(BackendCode::ParseComplete);
+        t.on_backend_code(BackendCode::BindComplete);
+        let (desyncs, log) = t.take_desyncs();
+        assert_eq!(
+            desyncs,
+            vec![
+                Desync { got: BackendCode::ParseComplete, expected: "nothing" },
+                Desync { got: BackendCode::BindComplete, expected: "nothing" },
+            ]
+        );
+        assert!(log, "the first desync of a session is logged");
+        t.on_backend_code(BackendCode::CloseComplete);
+        let (desyncs, log) = t.take_desyncs();
+        assert_eq!(desyncs.len(), 1, "every desync is counted");
+        assert!(!log, "but only the first is logged");
+        assert_eq!(t.take_desyncs(), (Vec::new(), false));
     }
 }

@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use pgtrail_event::ActivityEvent;
 
 use crate::Severity;
-use crate::rule::{Rule, RuleSet, context_for, event_fields};
+use crate::rule::{Rule, RuleSet};
+use crate::vocabulary::{context_for, event_fields};
 
 /// A rule's state, as CloudWatch alarms have it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -103,7 +104,7 @@ impl Engine {
         let state = rules.rules.iter().map(|_| RuleState::default()).collect();
         Engine {
             rules: rules.rules,
-            settings: crate::rule::cel_value(&serde_json::Value::Object(rules.settings)),
+            settings: crate::vocabulary::cel_value(&serde_json::Value::Object(rules.settings)),
             state,
             evaluation_errors: 0,
         }

@@ -1,5 +1,8 @@
 //! Rules over activity events.
 //!
+//! Owns: the rule language, the built-in pack, windows, alarms and suppression. Must not:
+//! read the journal or send alerts anywhere (pgtrail-alerts and pgtrail-notify do).
+//!
 //! A rule file is TOML with one `[[rule]]` table per rule:
 //!
 //! ```toml
@@ -17,7 +20,8 @@
 //! ```
 //!
 //! The condition sees every field of the event under its DAS name (`class`, `command`,
-//! `commandText`, `dbUserName`, `rowCount`, `objects`, `noise`, `type`...). It is parsed
+//! `commandText`, `dbUserName`, `rowCount`, `objects`, `noise`, `type`...): the one
+//! vocabulary of [`vocabulary`], shared with the proxy's deny rules. It is parsed
 //! and checked when the file is loaded: a syntax error, a name that is not an event field,
 //! or a condition that is not a boolean for a complete event is rejected with the rule's
 //! line and a clear message. At run time an evaluation error (e.g. comparing a null
@@ -28,6 +32,7 @@
 
 mod engine;
 mod rule;
+pub mod vocabulary;
 
 pub use engine::{Alarm, Alert, AlertStatus, Engine};
 pub use rule::{RuleSet, Severity};

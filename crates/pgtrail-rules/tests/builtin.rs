@@ -82,10 +82,10 @@ fn each_rule_fires_on_its_case() {
     assert_eq!(fired(&event(EventClass::Ddl, "CREATE TABLE", "alice")), vec!["DDL"]);
 
     let mut stopped = event(EventClass::Misc, "CAPTURE STOPPED", "-");
-    stopped.kind = "control".into();
+    stopped.kind = pgtrail_event::EventKind::Control;
     assert_eq!(fired(&stopped), vec!["capture stopped, configuration changed or keys rotated"]);
     let mut loss = event(EventClass::Misc, "EVENTS LOST", "-");
-    loss.kind = "loss".into();
+    loss.kind = pgtrail_event::EventKind::Loss;
     assert_eq!(fired(&loss), vec!["events lost"]);
 }
 

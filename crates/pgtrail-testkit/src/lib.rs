@@ -2,6 +2,9 @@
 //! proxy and recorder in front of them, and helpers to drive real clients (psql, pgbench,
 //! tokio-postgres) and read the journal back.
 //!
+//! Owns: test scaffolding only. Must not: be a dependency of anything but tests; the
+//! binary crate is not one of its dependencies (tests that run the CLI run its binary).
+//!
 //! Nothing here is global: every test gets its own cluster on a random loopback port in
 //! its own temporary directory, so tests run in parallel.
 
@@ -10,10 +13,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use pgtrail::capture::Capture;
-use pgtrail::config::{CaptureConfig, FileConfig, Overrides};
-pub use pgtrail::localpg::{HostAuth, LocalPg, LocalPgOptions};
+use pgtrail_capture::Capture;
+use pgtrail_capture::config::{CaptureConfig, FileConfig, Overrides};
 use pgtrail_event::{ActivityEvent, EventClass};
+pub use pgtrail_localpg::{HostAuth, LocalPg, LocalPgOptions};
 use pgtrail_wire::{BackendMessage, Limits, PROTOCOL_V3, StartupMessage, decode_backend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -85,16 +88,16 @@ pub fn read_events(journal: &Path) -> Vec<ActivityEvent> {
 
 /// Every event in a journal, decrypted with the wrapping key in `keys`.
 pub fn read_events_with(journal: &Path, keys: &Path) -> Vec<ActivityEvent> {
-    let ring = pgtrail::keys::load_key_ring(&[keys.join(pgtrail::keys::WRAPPING_PRIVATE)]).expect("test keys load");
-    pgtrail::tail::read_all(journal, ring).expect("journal is readable")
+    let ring = pgtrail_keys::load_key_ring(&[keys.join(pgtrail_keys::WRAPPING_PRIVATE)]).expect("test keys load");
+    pgtrail_reader::read_all(journal, ring).expect("journal is readable")
 }
 
 /// The capture configuration tests use: everything default but fast batching.
 /// Keys are made in `<journal>.keys` (see [`keys_dir`]).
 pub fn capture_config(pg: &LocalPg, journal: &Path) -> CaptureConfig {
     let keys = keys_dir(journal);
-    if !keys.join(pgtrail::keys::WRAPPING_PUBLIC).exists() {
-        pgtrail::keys::init(&keys, false).expect("test keys");
+    if !keys.join(pgtrail_keys::WRAPPING_PUBLIC).exists() {
+        pgtrail_keys::init(&keys, false).expect("test keys");
     }
     let mut config = FileConfig::default()
         .resolve(&Overrides {
@@ -153,7 +156,7 @@ impl TestCapture {
 
     /// Activity events (type `record`) in the journal now: what clients did.
     pub fn events(&self) -> Vec<ActivityEvent> {
-        self.all_events().into_iter().filter(|e| e.kind == "record").collect()
+        self.all_events().into_iter().filter(|e| e.kind == pgtrail_event::EventKind::Record).collect()
     }
 
     /// Every event, control events and heartbeats included.

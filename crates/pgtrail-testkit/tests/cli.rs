@@ -187,8 +187,8 @@ fn config_file_and_shutdown_grace() {
         String::from_utf8_lossy(&out.stderr).contains("terminating connection due to administrator command"),
         "{out:?}"
     );
-    let ring = pgtrail::keys::load_key_ring(&[dir.path().join("keys/wrapping.key")]).unwrap();
-    let events = pgtrail::tail::read_all(&dir.path().join("journal"), ring).unwrap();
+    let ring = pgtrail_keys::load_key_ring(&[dir.path().join("keys/wrapping.key")]).unwrap();
+    let events = pgtrail_reader::read_all(&dir.path().join("journal"), ring).unwrap();
     let disconnect = events.iter().find(|e| e.class == EventClass::Disconnect).expect("DISCONNECT recorded");
     assert_eq!(disconnect.exit_code, Some(ExitCode::SqlState("57P01".into())));
 

@@ -171,7 +171,7 @@ async fn heartbeats_and_control_events_are_in_the_stream() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     capture.shutdown().await;
     let all = capture.all_events();
-    let kinds: Vec<(&str, &str)> = all.iter().map(|e| (e.kind.as_ref(), e.command.as_str())).collect();
+    let kinds: Vec<(&str, &str)> = all.iter().map(|e| (e.kind.as_str(), e.command.as_str())).collect();
     // Each record under a new data key after the first opens with KEYS ROTATED; the
     // capture's start and stop frame everything else.
     let framing: Vec<_> = kinds.iter().filter(|k| k.1 != "KEYS ROTATED").collect();

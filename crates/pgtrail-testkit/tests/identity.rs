@@ -303,7 +303,7 @@ async fn local_tokens_and_upstream_secrets() {
     let mut config = capture_config(&pg, &dir.path().join("journal"));
     config.proxy.client_tls = Some(ClientTlsConfig { cert_file: tls.cert_path(), key_file: tls.key_path() });
     config.proxy.auth = auth.clone();
-    let refused = pgtrail::capture::Capture::start(config).await;
+    let refused = pgtrail_capture::Capture::start(config).await;
     let Err(refused) = refused else { panic!("a group-readable secrets file was accepted") };
     assert!(format!("{refused:#}").contains("chmod 600"), "{refused:#}");
     std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).expect("chmod");
@@ -338,11 +338,11 @@ async fn policy_denies_before_postgres_sees_it() {
     let policy: pgtrail_proxy::PolicyConfig = serde_json::from_value(serde_json::json!({
         "password_admins": ["carol@example.com"],
         "deny": [
-            {"name": "no DDL for humans", "when": "statement.class == \"DDL\" && identity != null",
+            {"name": "no DDL for humans", "when": "class == \"DDL\" && identity != null",
              "message": "people may not change the schema in production"},
-            {"name": "no COPY PROGRAM", "when": "statement.copyProgram", "message": "COPY PROGRAM is not allowed"},
+            {"name": "no COPY PROGRAM", "when": "copyProgram", "message": "COPY PROGRAM is not allowed"},
             {"name": "no unfiltered writes on accounts",
-             "when": "statement.command in [\"UPDATE\", \"DELETE\"] && !statement.hasWhere && statement.objects.exists(o, o == \"accounts\")",
+             "when": "command in [\"UPDATE\", \"DELETE\"] && !hasWhere && objects.exists(o, o.name == \"accounts\")",
              "message": "UPDATE and DELETE on accounts need a WHERE clause"},
         ],
     }))

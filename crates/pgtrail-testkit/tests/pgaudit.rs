@@ -235,7 +235,7 @@ async fn proxied_sessions_are_joined_and_a_direct_session_raises_the_bypass_aler
     let dir = tempfile::tempdir().unwrap();
     let (log_dir, state) = (pg.log_dir(), dir.path().join("position"));
     let capture = TestCapture::start_with(&pg, move |c| {
-        c.pgaudit = Some(pgtrail::ingest::IngestConfig { log_dir, format: pgtrail_pgaudit::Format::Csvlog, state });
+        c.pgaudit = Some(pgtrail_pgaudit::IngestConfig { log_dir, format: pgtrail_pgaudit::Format::Csvlog, state });
     })
     .await;
     assert_ok(&psql(&pg, &capture.url("app_user", PASSWORD, "postgres"), &["-c", "SELECT * FROM accounts"]));

@@ -86,7 +86,7 @@ async fn issue12_3_password_restriction_escaped_through_do_blocks_and_functions(
             "restrict_password_commands": true,
             "password_admins": ["postgres"],
         }));
-        c.pgaudit = Some(pgtrail::ingest::IngestConfig { log_dir, format: pgtrail_pgaudit::Format::Csvlog, state });
+        c.pgaudit = Some(pgtrail_pgaudit::IngestConfig { log_dir, format: pgtrail_pgaudit::Format::Csvlog, state });
     })
     .await;
     let url = capture.url("alice", "old-password", "postgres");
@@ -461,7 +461,7 @@ fn issue12_9_loss_record_blamed_the_queue_for_a_full_disk() {
     assert!(proxy.wait().unwrap().success());
 
     let events = read_events_with(&journal, &keys);
-    let losses: Vec<&ActivityEvent> = events.iter().filter(|e| e.kind == "loss").collect();
+    let losses: Vec<&ActivityEvent> = events.iter().filter(|e| e.kind == pgtrail_event::EventKind::Loss).collect();
     assert!(!losses.is_empty(), "events were dropped: {}", describe(&events));
     let causes: Vec<&str> = losses.iter().map(|e| e.error_message.as_deref().unwrap_or_default()).collect();
     // Drops while the journal was failing name the failure (earlier ones, before the
@@ -613,7 +613,7 @@ async fn issue12_11_every_statement_counted_twice_with_pgaudit_on() {
     let dir = tempfile::tempdir().unwrap();
     let (log_dir, state) = (pg.log_dir(), dir.path().join("position"));
     let capture = TestCapture::start_with(&pg, move |c| {
-        c.pgaudit = Some(pgtrail::ingest::IngestConfig { log_dir, format: pgtrail_pgaudit::Format::Csvlog, state });
+        c.pgaudit = Some(pgtrail_pgaudit::IngestConfig { log_dir, format: pgtrail_pgaudit::Format::Csvlog, state });
     })
     .await;
     let url = capture.url("postgres", PASSWORD, "postgres");

@@ -8,6 +8,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::backend::BackendMessage;
+use crate::codes::{BackendCode, FrontendCode};
 use crate::error::{WireError, tag_char};
 use crate::frontend::FrontendMessage;
 
@@ -46,9 +47,8 @@ impl Limits {
     /// The limit for a tag sent by `side`.
     pub fn for_tag(&self, side: Side, tag: u8) -> u32 {
         let large = match side {
-            // Parse carries statement text exactly like Query; FunctionCall carries arguments.
-            Side::Frontend => matches!(tag, b'Q' | b'P' | b'B' | b'd' | b'F'),
-            Side::Backend => matches!(tag, b'D' | b'd' | b'V'),
+            Side::Frontend => FrontendCode::from_tag(tag).is_some_and(FrontendCode::carries_user_data),
+            Side::Backend => BackendCode::from_tag(tag).is_some_and(BackendCode::carries_user_data),
         };
         if large { self.large } else { self.small }
     }

@@ -1,5 +1,6 @@
-//! `pgtrail`: the command-line entry point. Parses arguments, sets up logging, and hands
-//! off to the library; no business logic lives here.
+//! `pgtrail`: the command-line entry point. Parses arguments, loads configuration, sets up
+//! logging, and composes the library crates for each subcommand; no business logic lives
+//! here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,12 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use pgtrail::capture::Capture;
-use pgtrail::config::{FileConfig, Overrides};
-use pgtrail::{keys, tail};
+use pgtrail_capture::Capture;
+use pgtrail_capture::config::{CaptureConfig, FileConfig, Overrides};
 use pgtrail_envelope::{DasEnvelope, Opener};
 use pgtrail_event::EventClass;
 use pgtrail_journal::{JournalReader, RecordKind, VerifierSet};
+use pgtrail_keys as keys;
+use pgtrail_reader::view as tail;
 use tracing::info;
 
 mod quickstart;
@@ -364,7 +366,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     quiet_on_closed_stdout();
-    match run_blocking(cli.command) {
+    match run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // `pgtrail tail ... | head`: the reader has all it wanted.
         Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
@@ -401,40 +403,46 @@ fn quiet_on_closed_stdout() {
     }));
 }
 
-/// Resolves what can be resolved before the runtime starts (the proxy's configuration
-/// decides the number of worker threads), then runs the command.
-fn run_blocking(command: Command) -> anyhow::Result<()> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Command::Proxy { config, listen, upstream, journal, keys, set_aside_damaged_journal } = command {
-        let file = match &config {
-            Some(path) => FileConfig::load(path)?,
-            None => FileConfig::default(),
-        };
-        let overrides = Overrides { listen, upstream, journal, keys };
-        let mut resolved = file.resolve(&overrides)?;
-        resolved.journal.set_aside_damage = set_aside_damaged_journal;
-        // One worker: a current-thread scheduler, like pgbouncer's single event loop (no
-        // work-stealing bookkeeping on every wake-up). The journal writer has its own thread.
-        let runtime = if resolved.workers == 1 {
-            tokio::runtime::Builder::new_current_thread().enable_all().build()
-        } else {
-            builder.worker_threads(resolved.workers).build()
-        }
-        .context("cannot start the async runtime")?;
-        return runtime.block_on(run_proxy(resolved, config, overrides));
+/// A multi-threaded runtime for the commands that are not the proxy.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+/// A flag that SIGTERM or SIGINT sets, for the commands that run until told to stop (on
+/// blocking threads, which check it between steps).
+fn stop_on_signal() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        flag.store(true, Ordering::Relaxed);
+    });
+    stop
+}
+
+/// Starts the proxy: its configuration decides the runtime (the number of worker threads),
+/// so it is resolved before the runtime starts.
+fn proxy(config: Option<PathBuf>, overrides: Overrides, set_aside_damaged_journal: bool) -> anyhow::Result<()> {
+    let file = match &config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let mut resolved = file.resolve(&overrides)?;
+    resolved.journal.set_aside_damage = set_aside_damaged_journal;
+    // One worker: a current-thread scheduler, like pgbouncer's single event loop (no
+    // work-stealing bookkeeping on every wake-up). The journal writer has its own thread.
+    let runtime = if resolved.workers == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(resolved.workers).build()
     }
-    let runtime = builder.build().context("cannot start the async runtime")?;
-    runtime.block_on(run(command))
+    .context("cannot start the async runtime")?;
+    runtime.block_on(run_proxy(resolved, config, overrides))
 }
 
 /// Runs the proxy until SIGTERM or SIGINT; SIGHUP reloads the configuration (and the key
 /// files it names).
-async fn run_proxy(
-    resolved: pgtrail::config::CaptureConfig,
-    config_file: Option<PathBuf>,
-    overrides: Overrides,
-) -> anyhow::Result<()> {
+async fn run_proxy(resolved: CaptureConfig, config_file: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let workers = resolved.workers;
     let metrics_listen = resolved.metrics_listen;
@@ -443,9 +451,9 @@ async fn run_proxy(
     let _metrics = match metrics_listen {
         Some(addr) => {
             let healthy = Arc::clone(&capture.journal_healthy);
-            let ready: pgtrail::metrics::ReadyFn = Arc::new(move || healthy.load(Ordering::Relaxed));
-            let registry = pgtrail::metrics::registry(capture.metric_families());
-            Some(pgtrail::metrics::serve(addr, registry, ready).await?.1)
+            let ready: pgtrail_metrics::ReadyFn = Arc::new(move || healthy.load(Ordering::Relaxed));
+            let registry = pgtrail_metrics::registry(capture.metric_families());
+            Some(pgtrail_metrics::serve(addr, registry, ready).await?.1)
         }
         None => None,
     };
@@ -470,39 +478,36 @@ async fn run_proxy(
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+/// Runs one subcommand.
+fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Proxy { .. } => unreachable!("the proxy is started by run_blocking"),
+        Command::Proxy { config, listen, upstream, journal, keys, set_aside_damaged_journal } => {
+            proxy(config, Overrides { listen, upstream, journal, keys }, set_aside_damaged_journal)
+        }
         Command::Tail { journal, key, follow, user, class, json, heartbeats, confirmations } => {
             let ring = keys::load_key_ring(&key)?;
             let filter = tail::Filter { user, class, heartbeats, confirmations };
             let format = if json { tail::Format::Json } else { tail::Format::Table };
-            let stop = Arc::new(AtomicBool::new(false));
-            let flag = Arc::clone(&stop);
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                flag.store(true, Ordering::Relaxed);
-            });
-            tokio::task::spawn_blocking(move || {
-                let stdout = std::io::stdout();
-                let mut out = stdout.lock();
-                tail::run(&journal, ring, &filter, format, follow, &mut out, &|| stop.load(Ordering::Relaxed))
+            runtime()?.block_on(async move {
+                let stop = stop_on_signal();
+                tokio::task::spawn_blocking(move || {
+                    let stdout = std::io::stdout();
+                    let mut out = stdout.lock();
+                    tail::run(&journal, ring, &filter, format, follow, &mut out, &|| stop.load(Ordering::Relaxed))
+                })
+                .await
+                .context("tail task failed")?
+                .map_err(anyhow::Error::from)
             })
-            .await
-            .context("tail task failed")?
         }
-        Command::Quickstart(args) => quickstart::run(args).await,
+        Command::Quickstart(args) => runtime()?.block_on(quickstart::run(args)),
         Command::Export { journal, key, format, output } => {
             let ring = keys::load_key_ring(&key)?;
-            tokio::task::spawn_blocking(move || export(&journal, ring, format, output.as_deref()))
-                .await
-                .context("export task failed")?
+            export(&journal, ring, format, output.as_deref())
         }
         Command::Verify { journal, verify_key, witness } => {
             let keys = keys::load_verifiers(&verify_key)?;
-            tokio::task::spawn_blocking(move || verify(&journal, &keys, witness.as_deref()))
-                .await
-                .context("verify task failed")?
+            verify(&journal, &keys, witness.as_deref())
         }
         Command::Rules(RulesCommand::Check { rules }) => {
             let set = pgtrail_rules::RuleSet::load(&rules)?;
@@ -517,17 +522,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let ring = keys::load_key_ring(&key)?;
             let rules = pgtrail_rules::RuleSet::load(&rules)?;
             let notify = destinations.as_deref().map(pgtrail_notify::NotifyConfig::load).transpose()?;
-            let stop = Arc::new(AtomicBool::new(false));
-            let flag = Arc::clone(&stop);
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                flag.store(true, Ordering::Relaxed);
-            });
             info!(rules = rules.rules.len(), "alerting consumer started");
             let gap = std::time::Duration::from_secs(gap_secs.max(1));
             let status = Arc::default();
-            let config = pgtrail::alerts::AlertsRun { journal, rules, state, gap, status };
-            pgtrail::alerts::serve(config, ring, output, notify, metrics, Arc::clone(&stop)).await
+            let config = pgtrail_alerts::AlertsRun { journal, rules, state, gap, status };
+            runtime()?.block_on(async move {
+                let stop = stop_on_signal();
+                Ok(pgtrail_alerts::serve(config, ring, output, notify, metrics, stop).await?)
+            })
         }
         Command::Token(TokenCommand::Issue { user, db_users, ttl, name, email, groups, key_dir }) => {
             let (signer, created) = pgtrail_identity::local::LocalSigner::load_or_create(&key_dir)?;
@@ -545,7 +547,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Alerts(AlertsCommand::Test { destinations }) => {
             let config = pgtrail_notify::NotifyConfig::load(&destinations)?;
-            pgtrail::alerts::test_destinations(&config).await
+            runtime()?.block_on(test_destinations(&config))
         }
         Command::Ingest { log_dir, format, prefix, journal, keys, state, config } => {
             let format = match format {
@@ -564,18 +566,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let overrides = Overrides { listen: None, upstream, journal: Some(journal.clone()), keys: Some(keys) };
             let resolved = file.resolve(&overrides)?;
             let state = state.unwrap_or_else(|| journal.with_extension("ingest-position"));
-            let writer = pgtrail::capture::open_journal(&resolved).await?;
-            let stop = Arc::new(AtomicBool::new(false));
-            let flag = Arc::clone(&stop);
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                flag.store(true, Ordering::Relaxed);
-            });
-            let ingest = pgtrail::ingest::IngestConfig { log_dir, format, state };
-            // Standalone: no proxy sessions to correlate with (the proxy's [pgaudit] section does).
-            let result = pgtrail::ingest::run(writer.recorder, ingest, stop, None).await;
-            writer.task.await.context("journal writer failed")??;
-            result.map(drop)
+            runtime()?.block_on(async move {
+                let writer = pgtrail_capture::open_journal(&resolved).await?;
+                let stop = stop_on_signal();
+                let ingest = pgtrail_pgaudit::IngestConfig { log_dir, format, state };
+                // Standalone: no proxy sessions to correlate with (the proxy's [pgaudit] section does).
+                let result = pgtrail_pgaudit::ingest::run(writer.recorder, ingest, stop, None).await;
+                writer.task.await.context("journal writer failed")??;
+                result.map(drop).map_err(anyhow::Error::from)
+            })
         }
         Command::Keys(KeysCommand::Init { dir, force }) => {
             let ids = keys::init(&dir, force)?;
@@ -766,5 +765,37 @@ fn rules_test(rules: &std::path::Path, events: &std::path::Path, json: bool) -> 
             println!("  {:<17} {rule}", alarm.as_str());
         }
     }
+    Ok(())
+}
+
+/// `pgtrail alerts test`: one test notification per destination, one line per result.
+async fn test_destinations(config: &pgtrail_notify::NotifyConfig) -> anyhow::Result<()> {
+    if config.destinations.is_empty() {
+        anyhow::bail!("the destinations file names no [[destination]]");
+    }
+    println!("Sending a test notification to {} destinations...", config.destinations.len());
+    let results = pgtrail_notify::test_all(config).await?;
+    let mut failed = 0;
+    for result in &results {
+        for (step, outcome) in &result.outcomes {
+            let tries = if outcome.attempts == 1 { String::new() } else { format!(", {} attempts", outcome.attempts) };
+            match &outcome.result {
+                Ok(()) => println!(
+                    "  ok      {} ({}) {step}: delivered in {} ms{tries}",
+                    result.name,
+                    result.kind,
+                    outcome.elapsed.as_millis()
+                ),
+                Err(error) => println!("  FAILED  {} ({}) {step}: {error}{tries}", result.name, result.kind),
+            }
+        }
+        if !result.ok() {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} destinations failed", results.len());
+    }
+    println!("All {} destinations accepted the test notification.", results.len());
     Ok(())
 }

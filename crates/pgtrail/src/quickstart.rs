@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::io::Write;
 
 use anyhow::Context;
-use pgtrail::capture::Capture;
-use pgtrail::config::{FileConfig, Overrides};
-use pgtrail::localpg::{HostAuth, LocalPg, LocalPgOptions};
-use pgtrail::{keys, tail};
+use pgtrail_capture::Capture;
+use pgtrail_capture::config::{FileConfig, Overrides};
+use pgtrail_keys as keys;
+use pgtrail_localpg::{HostAuth, LocalPg, LocalPgOptions};
+use pgtrail_reader::view as tail;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -38,7 +39,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("Starting a throwaway PostgreSQL cluster...");
-    let pgaudit = pgaudit_installed(&pgtrail::localpg::PgBinaries::find()?.bindir);
+    let pgaudit = pgaudit_installed(&pgtrail_localpg::PgBinaries::find()?.bindir);
     let mut options =
         LocalPgOptions { auth: HostAuth::ScramSha256, superuser_password: args.password.clone(), ..Default::default() };
     if pgaudit {
@@ -75,7 +76,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let witness = journal.with_extension("witness");
     config.journal.witness_dir = Some(witness.clone());
     if pgaudit {
-        config.pgaudit = Some(pgtrail::ingest::IngestConfig {
+        config.pgaudit = Some(pgtrail_pgaudit::IngestConfig {
             log_dir: pg.log_dir(),
             format: pgtrail_pgaudit::Format::Csvlog,
             state: workdir.path().join("ingest-position"),
@@ -148,7 +149,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     // The alerting consumer with the built-in rule pack, as `pgtrail alerts run` runs it.
     let alerts_stop = Arc::clone(&stop);
-    let alert_config = pgtrail::alerts::AlertsRun {
+    let alert_config = pgtrail_alerts::AlertsRun {
         journal: journal.clone(),
         rules: pgtrail_rules::RuleSet::parse("builtin = true\n", "built-in pack")?,
         state: workdir.path().join("alerts.cursor"),
@@ -158,13 +159,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let alert_ring = keys::load_key_ring(std::slice::from_ref(&ring_path))?;
     let alerter = tokio::task::spawn_blocking(move || {
         let mut out = tail::SharedStdout::default();
-        let mut print = |alerts: &[pgtrail_rules::Alert]| -> anyhow::Result<()> {
+        let mut print = |alerts: &[pgtrail_rules::Alert]| -> std::io::Result<()> {
             for alert in alerts {
-                writeln!(out, "{}", pgtrail::alerts::alert_line(alert))?;
+                writeln!(out, "{}", pgtrail_alerts::alert_line(alert))?;
             }
             Ok(())
         };
-        pgtrail::alerts::run_with(alert_config, alert_ring, &mut print, &|| alerts_stop.load(Ordering::Relaxed))
+        pgtrail_alerts::run_with(alert_config, alert_ring, &mut print, &|| alerts_stop.load(Ordering::Relaxed))
     });
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     eprintln!("\nStopping: closing sessions, flushing the journal, removing the cluster...");
@@ -241,7 +242,7 @@ async fn smoke(
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
     capture.stop().await?;
-    let events = tail::read_all(journal, keys::load_key_ring(&[key.to_path_buf()])?)?;
+    let events = pgtrail_reader::read_all(journal, keys::load_key_ring(&[key.to_path_buf()])?)?;
     let mut out = std::io::stdout();
     use std::io::Write;
     for e in &events {
@@ -273,7 +274,7 @@ async fn smoke(
     let mut engine = pgtrail_rules::Engine::new(pgtrail_rules::RuleSet::parse("builtin = true\n", "built-in pack")?);
     for event in &events {
         for alert in engine.process(event) {
-            writeln!(out, "{}", pgtrail::alerts::alert_line(&alert))?;
+            writeln!(out, "{}", pgtrail_alerts::alert_line(&alert))?;
         }
     }
     drop(pg);
@@ -287,8 +288,8 @@ mod oidc {
     use std::path::{Path, PathBuf};
 
     use anyhow::{Context, bail};
-    use pgtrail::localpg::{HostAuth, LocalPg, LocalPgOptions};
     use pgtrail_identity::ca::{CA_CERT_FILE, UpstreamCa};
+    use pgtrail_localpg::{HostAuth, LocalPg, LocalPgOptions};
 
     pub(super) struct Demo {
         provider: std::process::Child,
@@ -377,7 +378,7 @@ mod oidc {
             };
             proxy.policy.deny.push(pgtrail_proxy::DenyRule {
                 name: "no DROP TABLE for people".into(),
-                when: r#"statement.command == "DROP TABLE" && identity != null"#.into(),
+                when: r#"command == "DROP TABLE" && identity != null"#.into(),
                 message: "people may not drop tables here".into(),
             });
         }

@@ -2,6 +2,9 @@
 //! consumer: `GET /metrics` (OpenMetrics text), `GET /livez` (200 while the process
 //! serves), `GET /readyz` (200 when it can do its job, 503 otherwise).
 //!
+//! Owns: the HTTP endpoint and the encoding of metric families. Must not: keep counters of
+//! its own (components keep theirs and are read at scrape time) or label by audited data.
+//!
 //! Values are read at scrape time from the counters the components keep anyway (atomics),
 //! so metrics cost nothing between scrapes. Labels never carry user names, SQL or anything
 //! from the audited traffic: only event classes, sources, rule and destination names from
@@ -11,11 +14,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::Context;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
-use pgtrail_event::{ActivityEvent, EventClass, EventSource};
+use pgtrail_event::{ActivityEvent, EventClass, EventKind, EventSource};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -149,7 +151,7 @@ pub struct EventCounts {
 impl EventCounts {
     /// Counts an activity record (heartbeats, control and loss events are counted elsewhere).
     pub fn count(&self, event: &ActivityEvent) {
-        if event.kind != "record" {
+        if event.kind != EventKind::Record {
             return;
         }
         let source = match event.source {
@@ -176,6 +178,17 @@ impl EventCounts {
     }
 }
 
+/// Errors of the metrics endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot listen on {addr} for metrics")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// A readiness check: true when the component can do its job.
 pub type ReadyFn = Arc<dyn Fn() -> bool + Send + Sync>;
 
@@ -185,10 +198,10 @@ pub async fn serve(
     addr: SocketAddr,
     registry: Registry,
     ready: ReadyFn,
-) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
-    let bound = listener.local_addr()?;
+) -> Result<(SocketAddr, JoinHandle<()>), MetricsError> {
+    let bind_error = |source| MetricsError::Listen { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
     info!(listen = %bound, "metrics endpoint ready (/metrics, /livez, /readyz)");
     let registry = Arc::new(registry);
     let task = tokio::spawn(async move {

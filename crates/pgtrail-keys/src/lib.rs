@@ -1,4 +1,7 @@
-//! Key files and `pgtrail keys`.
+//! pgtrail's key files: making them and loading them.
+//!
+//! Owns the key file format and where each key lives. It does not encrypt, sign or
+//! verify anything itself (pgtrail-envelope and pgtrail-journal do), and never logs a key.
 //!
 //! `pgtrail keys init --dir DIR` writes four files, each mode 0600, each one line of JSON
 //! `{"pgtrail_key": KIND, "id": ID, "key": BASE64}`:
@@ -17,12 +20,61 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use pgtrail_envelope::{KeyProvider, KeyRing, WrappingPrivateKey, WrappingPublicKey};
 use pgtrail_journal::{CheckpointSigner, CheckpointVerifier, VerifierSet};
 use serde::{Deserialize, Serialize};
+
+/// Errors making or loading key files; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} already exists (pass --force to replace it)")]
+    Exists(PathBuf),
+    #[error("{path} is not a pgtrail key file")]
+    NotAKeyFile {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path} holds a {found} key, but a {needed} key is needed here")]
+    WrongKind { path: PathBuf, found: String, needed: &'static str },
+    #[error("{0}: key is not base64")]
+    NotBase64(PathBuf),
+    #[error("{path}: {what}")]
+    Unusable {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{path}: the key id {stored} does not match the key (expected {derived})")]
+    IdMismatch { path: PathBuf, stored: String, derived: String },
+    #[error("no key given: pass --key with the wrapping private key (wrapping.key from `pgtrail keys init`)")]
+    NoWrappingKey,
+    #[error("no verification key given: pass --verify-key verify.pub (from `pgtrail keys init`)")]
+    NoVerifyKey,
+    #[error("{0} holds no wrapping*.key file")]
+    NoKeyInDir(PathBuf),
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> KeyError + 'a {
+    move |source| KeyError::Io { action, path: path.to_path_buf(), source }
+}
+
+fn unusable<'a, E: std::error::Error + Send + Sync + 'static>(
+    path: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(E) -> KeyError + 'a {
+    move |e| KeyError::Unusable { path: path.to_path_buf(), what, source: Box::new(e) }
+}
 
 pub const WRAPPING_PUBLIC: &str = "wrapping.pub";
 pub const WRAPPING_PRIVATE: &str = "wrapping.key";
@@ -37,8 +89,9 @@ struct KeyFile {
     key: String,
 }
 
-fn write_key_file(path: &Path, kind: &str, id: &str, key: &[u8], force: bool) -> anyhow::Result<()> {
-    let line = serde_json::to_string(&KeyFile { pgtrail_key: kind.into(), id: id.into(), key: BASE64.encode(key) })?;
+fn write_key_file(path: &Path, kind: &str, id: &str, key: &[u8], force: bool) -> Result<(), KeyError> {
+    let line = serde_json::to_string(&KeyFile { pgtrail_key: kind.into(), id: id.into(), key: BASE64.encode(key) })
+        .expect("a key file always serializes");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).mode(0o600);
     if force {
@@ -46,31 +99,30 @@ fn write_key_file(path: &Path, kind: &str, id: &str, key: &[u8], force: bool) ->
     } else {
         options.create_new(true);
     }
-    let mut file = options.open(path).with_context(|| {
-        if path.exists() && !force {
-            format!("{} already exists (pass --force to replace it)", path.display())
+    let mut file = options.open(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AlreadyExists {
+            KeyError::Exists(path.to_path_buf())
         } else {
-            format!("cannot create {}", path.display())
+            KeyError::Io { action: "create", path: path.to_path_buf(), source }
         }
     })?;
-    file.write_all(format!("{line}\n").as_bytes()).and_then(|_| file.sync_all())?;
-    Ok(())
+    file.write_all(format!("{line}\n").as_bytes()).and_then(|_| file.sync_all()).map_err(io("write", path))
 }
 
-fn read_key_file(path: &Path, kind: &str) -> anyhow::Result<(String, Vec<u8>)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read key file {}", path.display()))?;
-    let file: KeyFile =
-        serde_json::from_str(text.trim()).with_context(|| format!("{} is not a pgtrail key file", path.display()))?;
+fn read_key_file(path: &Path, kind: &'static str) -> Result<(String, Vec<u8>), KeyError> {
+    let text = std::fs::read_to_string(path).map_err(io("read key file", path))?;
+    let file: KeyFile = serde_json::from_str(text.trim())
+        .map_err(|source| KeyError::NotAKeyFile { path: path.to_path_buf(), source })?;
     if file.pgtrail_key != kind {
-        bail!("{} holds a {} key, but a {kind} key is needed here", path.display(), file.pgtrail_key);
+        return Err(KeyError::WrongKind { path: path.to_path_buf(), found: file.pgtrail_key, needed: kind });
     }
-    let key = BASE64.decode(&file.key).with_context(|| format!("{}: key is not base64", path.display()))?;
+    let key = BASE64.decode(&file.key).map_err(|_| KeyError::NotBase64(path.to_path_buf()))?;
     Ok((file.id, key))
 }
 
-fn check_id(path: &Path, stored: &str, derived: &str) -> anyhow::Result<()> {
+fn check_id(path: &Path, stored: &str, derived: &str) -> Result<(), KeyError> {
     if stored != derived {
-        bail!("{}: the key id {stored} does not match the key (expected {derived})", path.display());
+        return Err(KeyError::IdMismatch { path: path.to_path_buf(), stored: stored.into(), derived: derived.into() });
     }
     Ok(())
 }
@@ -83,13 +135,9 @@ pub struct KeySet {
 }
 
 /// Makes a wrapping key pair and a signing key pair in `dir` (created 0700 if missing).
-pub fn init(dir: &Path, force: bool) -> anyhow::Result<KeySet> {
+pub fn init(dir: &Path, force: bool) -> Result<KeySet, KeyError> {
     if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io("create", dir))?;
     }
     let wrapping = WrappingPrivateKey::generate();
     let signing = CheckpointSigner::generate();
@@ -112,48 +160,48 @@ pub fn init(dir: &Path, force: bool) -> anyhow::Result<KeySet> {
     Ok(KeySet { wrapping_id: wrapping.id().to_owned(), signing_id: signing.id().to_owned() })
 }
 
-pub fn load_wrapping_public(path: &Path) -> anyhow::Result<WrappingPublicKey> {
+pub fn load_wrapping_public(path: &Path) -> Result<WrappingPublicKey, KeyError> {
     let (id, bytes) = read_key_file(path, "wrapping-public")?;
-    let key = WrappingPublicKey::from_bytes(&bytes).with_context(|| path.display().to_string())?;
+    let key = WrappingPublicKey::from_bytes(&bytes).map_err(unusable(path, "not a wrapping public key"))?;
     check_id(path, &id, key.id())?;
     // A key HPKE cannot encapsulate to fails here, not on the first record.
-    key.wrap(&pgtrail_envelope::DataKey::random()).with_context(|| format!("{}: unusable key", path.display()))?;
+    key.wrap(&pgtrail_envelope::DataKey::random()).map_err(unusable(path, "unusable key"))?;
     Ok(key)
 }
 
-pub fn load_wrapping_private(path: &Path) -> anyhow::Result<WrappingPrivateKey> {
+pub fn load_wrapping_private(path: &Path) -> Result<WrappingPrivateKey, KeyError> {
     let (id, bytes) = read_key_file(path, "wrapping-private")?;
-    let key = WrappingPrivateKey::from_bytes(&bytes).with_context(|| path.display().to_string())?;
+    let key = WrappingPrivateKey::from_bytes(&bytes).map_err(unusable(path, "not a wrapping private key"))?;
     check_id(path, &id, key.id())?;
     Ok(key)
 }
 
-pub fn load_signer(path: &Path) -> anyhow::Result<CheckpointSigner> {
+pub fn load_signer(path: &Path) -> Result<CheckpointSigner, KeyError> {
     let (id, bytes) = read_key_file(path, "signing-private")?;
-    let key = CheckpointSigner::from_bytes(&bytes).with_context(|| path.display().to_string())?;
+    let key = CheckpointSigner::from_bytes(&bytes).map_err(unusable(path, "not a signing key"))?;
     check_id(path, &id, key.id())?;
     Ok(key)
 }
 
-pub fn load_verifier(path: &Path) -> anyhow::Result<CheckpointVerifier> {
+pub fn load_verifier(path: &Path) -> Result<CheckpointVerifier, KeyError> {
     let (id, bytes) = read_key_file(path, "verify-public")?;
-    let key = CheckpointVerifier::from_bytes(&bytes).with_context(|| path.display().to_string())?;
+    let key = CheckpointVerifier::from_bytes(&bytes).map_err(unusable(path, "not a verification key"))?;
     check_id(path, &id, key.id())?;
     Ok(key)
 }
 
 /// A key ring from `--key` files: each a wrapping private key file, or a directory whose
 /// `wrapping*.key` files are all loaded (so old keys stay readable after a new one).
-pub fn load_key_ring(paths: &[PathBuf]) -> anyhow::Result<KeyRing> {
+pub fn load_key_ring(paths: &[PathBuf]) -> Result<KeyRing, KeyError> {
     if paths.is_empty() {
-        bail!("no key given: pass --key with the wrapping private key (wrapping.key from `pgtrail keys init`)");
+        return Err(KeyError::NoWrappingKey);
     }
     let mut ring = KeyRing::new();
     for path in paths {
         if path.is_dir() {
             let mut found = false;
-            for entry in std::fs::read_dir(path).with_context(|| format!("cannot read {}", path.display()))? {
-                let file = entry?.path();
+            for entry in std::fs::read_dir(path).map_err(io("read", path))? {
+                let file = entry.map_err(io("read", path))?.path();
                 let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
                 if name.starts_with("wrapping") && name.ends_with(".key") {
                     ring.add(load_wrapping_private(&file)?);
@@ -161,7 +209,7 @@ pub fn load_key_ring(paths: &[PathBuf]) -> anyhow::Result<KeyRing> {
                 }
             }
             if !found {
-                bail!("{} holds no wrapping*.key file", path.display());
+                return Err(KeyError::NoKeyInDir(path.clone()));
             }
         } else {
             ring.add(load_wrapping_private(path)?);
@@ -170,9 +218,9 @@ pub fn load_key_ring(paths: &[PathBuf]) -> anyhow::Result<KeyRing> {
     Ok(ring)
 }
 
-pub fn load_verifiers(paths: &[PathBuf]) -> anyhow::Result<VerifierSet> {
+pub fn load_verifiers(paths: &[PathBuf]) -> Result<VerifierSet, KeyError> {
     if paths.is_empty() {
-        bail!("no verification key given: pass --verify-key verify.pub (from `pgtrail keys init`)");
+        return Err(KeyError::NoVerifyKey);
     }
     let mut set = VerifierSet::new();
     for path in paths {

@@ -1,13 +1,14 @@
-//! Reading events back from a journal: filters and the two output formats of `pgtrail tail`.
+//! What `pgtrail tail` and `pgtrail export` show: which events (a filter), as a table or as
+//! JSON lines, and the DAS records exactly as written. Both are consumers of the reader.
 
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
-use pgtrail_envelope::{KeyRing, Opener};
-use pgtrail_event::{ActivityEvent, ActivityRecord, EventClass, ExitCode, format_das_time};
-use pgtrail_journal::{JournalReader, RecordKind};
+use pgtrail_envelope::KeyRing;
+use pgtrail_event::{ActivityEvent, EventClass, EventKind, ExitCode, format_das_time};
+
+use crate::{Consumer, ConsumerError, Cursor, Follow, Opened, Reader, Step, consume};
 
 /// Which events to show.
 #[derive(Debug, Default, Clone)]
@@ -24,67 +25,10 @@ pub struct Filter {
 impl Filter {
     pub fn matches(&self, e: &ActivityEvent) -> bool {
         self.user.as_ref().is_none_or(|u| e.db_user_name.as_deref() == Some(u.as_str()))
-            && self.class.is_none_or(|c| e.class == c && e.kind == "record")
-            && (self.heartbeats || e.kind != "heartbeat")
+            && self.class.is_none_or(|c| e.class == c && e.kind == EventKind::Record)
+            && (self.heartbeats || e.kind != EventKind::Heartbeat)
             && (self.confirmations || e.confirms.is_none())
     }
-}
-
-/// Decodes one inner DAS record (decrypted) into its events.
-pub fn decode_inner(inner: &[u8]) -> anyhow::Result<Vec<ActivityEvent>> {
-    let record: ActivityRecord =
-        serde_json::from_slice(inner).context("record payload is not a DAS activity record")?;
-    Ok(record.database_activity_event_list)
-}
-
-/// Reads a journal's envelopes in order, checking the hash chain (the journal reader does)
-/// and decrypting each with a key ring. Checkpoint records are skipped here; `pgtrail
-/// verify` checks their signatures.
-#[derive(Debug)]
-pub struct EnvelopeReader {
-    reader: JournalReader,
-    opener: Opener,
-}
-
-/// One envelope record, opened.
-#[derive(Debug)]
-pub struct Opened {
-    pub seq: u64,
-    /// The DAS record exactly as written.
-    pub envelope: Vec<u8>,
-    /// The decrypted, inflated inner record JSON.
-    pub inner: Vec<u8>,
-}
-
-impl EnvelopeReader {
-    pub fn open(dir: &Path, ring: KeyRing) -> anyhow::Result<Self> {
-        let reader =
-            JournalReader::open(dir, 1).with_context(|| format!("cannot read the journal in {}", dir.display()))?;
-        Ok(Self { reader, opener: Opener::new(ring) })
-    }
-
-    /// The next envelope, or `None` at the live tail.
-    pub fn next_envelope(&mut self) -> anyhow::Result<Option<Opened>> {
-        while let Some(record) = self.reader.next_record()? {
-            if record.kind != RecordKind::Envelope {
-                continue;
-            }
-            let inner =
-                self.opener.open(&record.payload).with_context(|| format!("record {} cannot be opened", record.seq))?;
-            return Ok(Some(Opened { seq: record.seq, envelope: record.payload, inner }));
-        }
-        Ok(None)
-    }
-}
-
-/// All events currently in a journal (tests and tools).
-pub fn read_all(dir: &Path, ring: KeyRing) -> anyhow::Result<Vec<ActivityEvent>> {
-    let mut reader = EnvelopeReader::open(dir, ring)?;
-    let mut events = Vec::new();
-    while let Some(opened) = reader.next_envelope()? {
-        events.extend(decode_inner(&opened.inner).with_context(|| format!("record {}", opened.seq))?);
-    }
-    Ok(events)
 }
 
 /// Output format of `tail`.
@@ -103,27 +47,43 @@ pub fn run(
     follow: bool,
     out: &mut dyn Write,
     stop: &dyn Fn() -> bool,
-) -> anyhow::Result<()> {
-    let mut reader = EnvelopeReader::open(dir, ring)?;
+) -> Result<(), ConsumerError> {
+    let mut reader = Reader::open(dir, ring)?;
     if format == Format::Table {
-        writeln!(out, "{}", table_header())?;
+        writeln!(out, "{}", table_header()).map_err(ConsumerError::consumer)?;
     }
-    loop {
-        while let Some(opened) = reader.next_envelope()? {
-            for event in decode_inner(&opened.inner).with_context(|| format!("record {}", opened.seq))? {
-                if filter.matches(&event) {
-                    match format {
-                        Format::Json => writeln!(out, "{}", serde_json::to_string(&event)?)?,
-                        Format::Table => writeln!(out, "{}", table_row(&event))?,
-                    }
+    let follow = if follow { Follow::every(Duration::from_millis(100)) } else { Follow::NO };
+    let mut printer = Printer { filter, format, out };
+    consume(&mut reader, Cursor::default(), None, &mut printer, follow, stop)?;
+    Ok(())
+}
+
+/// `tail`'s consumer: prints the matching events of each record.
+struct Printer<'a> {
+    filter: &'a Filter,
+    format: Format,
+    out: &'a mut dyn Write,
+}
+
+impl Consumer for Printer<'_> {
+    fn record(
+        &mut self,
+        _: &Opened,
+        events: Vec<ActivityEvent>,
+        _: bool,
+        _: &mut Cursor,
+    ) -> Result<Step, ConsumerError> {
+        let mut print = || -> std::io::Result<()> {
+            for event in events.iter().filter(|e| self.filter.matches(e)) {
+                match self.format {
+                    Format::Json => writeln!(self.out, "{}", serde_json::to_string(event)?)?,
+                    Format::Table => writeln!(self.out, "{}", table_row(event))?,
                 }
             }
-            out.flush()?;
-        }
-        if !follow || stop() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
+            self.out.flush()
+        };
+        print().map_err(ConsumerError::consumer)?;
+        Ok(Step::Continue)
     }
 }
 
@@ -193,9 +153,9 @@ pub fn table_row(e: &ActivityEvent) -> String {
         None => text,
     };
     // Control events and heartbeats are about pgtrail itself: their type says so.
-    let class = match e.kind.as_ref() {
-        "record" => e.class.as_str().to_owned(),
-        other => other.to_ascii_uppercase(),
+    let class = match e.kind {
+        EventKind::Record => e.class.as_str().to_owned(),
+        other => other.as_str().to_ascii_uppercase(),
     };
     format!(
         "{:<26} {:<16} {:<12} {:<10} {:<10} {:<22} {:>6} {:<7} {}",
@@ -227,26 +187,50 @@ pub fn export(
     format: ExportFormat,
     out: &mut dyn Write,
     progress: &mut dyn FnMut(u64),
-) -> anyhow::Result<(u64, u64)> {
-    let mut reader = EnvelopeReader::open(dir, ring)?;
-    let (mut records, mut events) = (0u64, 0u64);
-    while let Some(opened) = reader.next_envelope()? {
-        records += 1;
-        match format {
-            ExportFormat::Das => {
-                out.write_all(&opened.envelope)?;
-                out.write_all(b"\n")?;
-            }
-            ExportFormat::Jsonl => {
-                for event in decode_inner(&opened.inner).with_context(|| format!("record {}", opened.seq))? {
-                    serde_json::to_writer(&mut *out, &event)?;
-                    out.write_all(b"\n")?;
-                    events += 1;
+) -> Result<(u64, u64), ConsumerError> {
+    let mut reader = Reader::open(dir, ring)?;
+    let mut exporter = Exporter { format, out, progress, records: 0, events: 0 };
+    consume(&mut reader, Cursor::default(), None, &mut exporter, Follow::NO, &|| false)?;
+    exporter.out.flush().map_err(ConsumerError::consumer)?;
+    Ok((exporter.records, exporter.events))
+}
+
+/// `export`'s consumer.
+struct Exporter<'a> {
+    format: ExportFormat,
+    out: &'a mut dyn Write,
+    progress: &'a mut dyn FnMut(u64),
+    records: u64,
+    events: u64,
+}
+
+impl Consumer for Exporter<'_> {
+    fn record(
+        &mut self,
+        opened: &Opened,
+        events: Vec<ActivityEvent>,
+        _: bool,
+        _: &mut Cursor,
+    ) -> Result<Step, ConsumerError> {
+        self.records += 1;
+        let mut write = || -> std::io::Result<()> {
+            match self.format {
+                ExportFormat::Das => {
+                    self.out.write_all(&opened.envelope)?;
+                    self.out.write_all(b"\n")?;
+                }
+                ExportFormat::Jsonl => {
+                    for event in &events {
+                        serde_json::to_writer(&mut *self.out, event)?;
+                        self.out.write_all(b"\n")?;
+                        self.events += 1;
+                    }
                 }
             }
-        }
-        progress(records);
+            Ok(())
+        };
+        write().map_err(ConsumerError::consumer)?;
+        (self.progress)(self.records);
+        Ok(Step::Continue)
     }
-    out.flush()?;
-    Ok((records, events))
 }

@@ -1,33 +1,53 @@
-//! `pgtrail alerts run`: the long-running alerting consumer.
+//! The alerting consumer (`pgtrail alerts run`, and quickstart's alerts).
 //!
-//! It reads the journal as a reader of its own (never slowing capture), decrypts each
-//! record, runs the rules, and writes every alert as one JSON line. Its cursor (the
-//! sequence number of the last record it has handled) is saved after every record, by
-//! writing a temporary file and renaming it over the old one.
+//! Owns: running the rules over the journal as a consumer of pgtrail-reader (never slowing
+//! capture), the gap alert (no record, not even a heartbeat, for too long), what the
+//! consumer reports to `/metrics` and `/readyz`, and handing alerts to the notifiers.
+//! Must not: decide what a rule means (pgtrail-rules does) or how a destination is sent
+//! to (pgtrail-notify does).
 //!
 //! Restarts give no duplicate alerts: the engine's state depends only on the events and
 //! the ticks of the wall clock, so on start the consumer replays the journal up to its saved
 //! cursor without emitting (rebuilding windows, alarms and suppressions exactly), replays
 //! the last tick that emitted (so resolves already sent stay sent), and emits from there
-//! on. The cursor also remembers an open gap alert. Replay reads the journal from its start:
-//! a snapshot of the engine's state would make restarts of a long journal cheaper.
+//! on. The cursor (saved after every record) also remembers that tick (`ticked`) and an
+//! open gap alert (`gap`). Replay reads the journal from its start: a snapshot of the
+//! engine's state would make restarts of a long journal cheaper.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use pgtrail_envelope::KeyRing;
-use pgtrail_notify::{Notifier, NotifyConfig};
+use pgtrail_event::ActivityEvent;
+use pgtrail_metrics::{EventCounts, Family, MetricsError};
+use pgtrail_notify::{Notifier, NotifyConfig, NotifyError};
+use pgtrail_reader::{Consumer, ConsumerError, Cursor, CursorFile, Follow, Opened, Reader, Resume, Step, consume};
 use pgtrail_rules::{Alarm, Alert, AlertStatus, Engine, RuleSet, Severity};
 use tracing::{info, warn};
 
-use crate::metrics::{EventCounts, Family};
-use crate::tail::{EnvelopeReader, decode_inner};
+/// Errors of the alerting consumer.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertsError {
+    #[error(transparent)]
+    Consume(#[from] ConsumerError),
+    #[error("cannot open {path} for the alerts")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the notifiers")]
+    Notify(#[from] NotifyError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("the alerting consumer's task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 /// Where `alerts run` reads and writes.
 #[derive(Debug)]
@@ -161,66 +181,11 @@ fn gap_alert(status: AlertStatus, reason: String) -> Alert {
     }
 }
 
-/// Where the consumer stands, saved after every record and every emitted wall-clock alert.
-///
-/// The file is text: the sequence number of the last record handled on the first line
-/// (all a cursor file of older versions holds), then optional lines `ticked <µs>` (the
-/// wall-clock time of the last tick that emitted alerts) and `gap` (a gap alert is open).
-/// The engine's state is rebuilt by replaying records up to `seq`; replaying the tick too
-/// makes resolves that were already sent stay sent, and `gap` keeps an open gap from being
-/// raised twice.
-#[derive(Debug, Default, Clone, PartialEq)]
-struct Cursor {
-    seq: u64,
-    ticked: Option<chrono::DateTime<chrono::Utc>>,
-    in_gap: bool,
-}
-
-fn read_cursor(path: &Path) -> anyhow::Result<Cursor> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Cursor::default()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let bad = || format!("{} is not a pgtrail alerts cursor", path.display());
-    let mut lines = text.lines();
-    let seq = lines.next().unwrap_or_default().trim().parse().with_context(bad)?;
-    let mut cursor = Cursor { seq, ..Cursor::default() };
-    for line in lines {
-        match line.split_once(' ') {
-            Some(("ticked", micros)) => {
-                let micros: i64 = micros.trim().parse().with_context(bad)?;
-                cursor.ticked = chrono::DateTime::from_timestamp_micros(micros);
-            }
-            None if line.trim() == "gap" => cursor.in_gap = true,
-            _ if line.trim().is_empty() => {}
-            _ => anyhow::bail!("{}: unknown line {line:?}", bad()),
-        }
-    }
-    Ok(cursor)
-}
-
-fn save_cursor(path: &Path, cursor: &Cursor) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    writeln!(file, "{}", cursor.seq)?;
-    if let Some(ticked) = cursor.ticked {
-        writeln!(file, "ticked {}", ticked.timestamp_micros())?;
-    }
-    if cursor.in_gap {
-        writeln!(file, "gap")?;
-    }
-    file.sync_data()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
-}
-
 /// Runs until `stop` says so; every alert goes to `out` as a JSON line.
-pub fn run(config: AlertsRun, ring: KeyRing, out: &mut dyn Write, stop: &dyn Fn() -> bool) -> anyhow::Result<()> {
-    let mut json_lines = |alerts: &[Alert]| -> anyhow::Result<()> {
+pub fn run(config: AlertsRun, ring: KeyRing, out: &mut dyn Write, stop: &dyn Fn() -> bool) -> Result<(), AlertsError> {
+    let mut json_lines = |alerts: &[Alert]| -> std::io::Result<()> {
         emit(out, alerts)?;
-        out.flush()?;
-        Ok(())
+        out.flush()
     };
     run_with(config, ring, &mut json_lines, stop)
 }
@@ -243,86 +208,117 @@ pub fn alert_line(alert: &Alert) -> String {
     format!("{status} [{}] {}: {}{detail}", alert.severity.as_str(), alert.rule, alert.reason)
 }
 
+/// The cursor state keys: the last tick that emitted (µs), and an open gap alert.
+const TICKED: &str = "ticked";
+const IN_GAP: &str = "gap";
+
 /// As [`run`], handing each batch of alerts to `on_alerts`.
 pub fn run_with(
     config: AlertsRun,
     ring: KeyRing,
-    on_alerts: &mut dyn FnMut(&[Alert]) -> anyhow::Result<()>,
+    on_alerts: &mut dyn FnMut(&[Alert]) -> std::io::Result<()>,
     stop: &dyn Fn() -> bool,
-) -> anyhow::Result<()> {
-    let saved = read_cursor(&config.state)?;
-    let mut cursor = saved.clone();
-    let status = Arc::clone(&config.status);
-    let mut engine = Engine::new(config.rules);
-    let mut reader = EnvelopeReader::open(&config.journal, ring)?;
-    let mut last_seq = 0u64;
-    let mut last_record = std::time::Instant::now();
-    let mut replayed = saved.seq == 0;
-    loop {
-        while let Some(opened) = reader.next_envelope()? {
-            last_record = std::time::Instant::now();
-            let live = opened.seq > saved.seq;
-            if live && cursor.in_gap {
-                cursor.in_gap = false;
-                let resolved = [gap_alert(AlertStatus::Resolved, "records arrive again".into())];
-                status.alerted(&resolved);
-                on_alerts(&resolved)?;
-            }
-            for event in decode_inner(&opened.inner).with_context(|| format!("record {}", opened.seq))? {
-                status.saw(&event);
-                let alerts = engine.process(&event);
-                if live && !alerts.is_empty() {
-                    status.alerted(&alerts);
-                    on_alerts(&alerts)?;
-                }
-            }
-            status.records.fetch_add(1, Ordering::Relaxed);
-            last_seq = opened.seq;
-            if live {
-                cursor.seq = last_seq;
-                save_cursor(&config.state, &cursor)?;
-            }
-        }
-        status.publish_rules(&engine);
-        if stop() {
-            return Ok(());
-        }
-        if last_seq < saved.seq {
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        }
-        if !replayed {
-            // Up to the cursor: resolves the previous run already sent stay sent.
-            replayed = true;
-            if let Some(ticked) = saved.ticked {
-                let _ = engine.tick(ticked);
-            }
-        }
-        status.caught_up.store(true, Ordering::Relaxed);
-        // Caught up: quiet groups resolve on the wall clock.
-        let now = chrono::Utc::now();
-        let alerts = engine.tick(now);
-        if !alerts.is_empty() {
-            status.alerted(&alerts);
-            on_alerts(&alerts)?;
-            cursor.ticked = Some(now);
-            save_cursor(&config.state, &cursor)?;
-        }
-        // Heartbeats come every few seconds from a live capture: silence means the
-        // capture (or its journal) has stopped, which is itself an alert (once).
-        if !cursor.in_gap && last_record.elapsed() >= config.gap {
-            let reason = format!("no record, not even a heartbeat, for {}s", config.gap.as_secs());
-            let gap = [gap_alert(AlertStatus::Firing, reason)];
-            status.alerted(&gap);
-            on_alerts(&gap)?;
-            cursor.in_gap = true;
-            save_cursor(&config.state, &cursor)?;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+) -> Result<(), AlertsError> {
+    let file = CursorFile::new(&config.state);
+    let cursor = file.load().map_err(ConsumerError::from)?;
+    let saved_tick = cursor
+        .state
+        .get(TICKED)
+        .and_then(|micros| micros.parse().ok())
+        .and_then(chrono::DateTime::from_timestamp_micros);
+    let mut reader =
+        Reader::resume_at(&config.journal, ring, &cursor, Resume::ReplayToCursor).map_err(ConsumerError::from)?;
+    let mut alerting = Alerting {
+        engine: Engine::new(config.rules),
+        status: Arc::clone(&config.status),
+        on_alerts,
+        saved_tick,
+        replayed: cursor.seq == 0,
+        last_record: std::time::Instant::now(),
+        gap: config.gap,
+    };
+    consume(&mut reader, cursor, Some(&file), &mut alerting, Follow::every(Duration::from_millis(50)), stop)?;
+    Ok(())
+}
+
+/// The rules engine as a consumer of the journal.
+struct Alerting<'a> {
+    engine: Engine,
+    status: Arc<ConsumerStatus>,
+    on_alerts: &'a mut dyn FnMut(&[Alert]) -> std::io::Result<()>,
+    /// The last tick that emitted before the restart, replayed once caught up.
+    saved_tick: Option<chrono::DateTime<chrono::Utc>>,
+    replayed: bool,
+    last_record: std::time::Instant,
+    gap: Duration,
+}
+
+impl Alerting<'_> {
+    fn deliver(&mut self, alerts: &[Alert]) -> Result<(), ConsumerError> {
+        self.status.alerted(alerts);
+        (self.on_alerts)(alerts).map_err(ConsumerError::consumer)
     }
 }
 
-fn emit(out: &mut dyn Write, alerts: &[Alert]) -> anyhow::Result<()> {
+impl Consumer for Alerting<'_> {
+    fn resume(&self) -> Resume {
+        Resume::ReplayToCursor
+    }
+
+    fn record(
+        &mut self,
+        _: &Opened,
+        events: Vec<ActivityEvent>,
+        replay: bool,
+        cursor: &mut Cursor,
+    ) -> Result<Step, ConsumerError> {
+        self.last_record = std::time::Instant::now();
+        if !replay && cursor.state.remove(IN_GAP).is_some() {
+            self.deliver(&[gap_alert(AlertStatus::Resolved, "records arrive again".into())])?;
+        }
+        for event in &events {
+            self.status.saw(event);
+            let alerts = self.engine.process(event);
+            if !replay && !alerts.is_empty() {
+                self.deliver(&alerts)?;
+            }
+        }
+        self.status.records.fetch_add(1, Ordering::Relaxed);
+        Ok(if replay { Step::Continue } else { Step::Save })
+    }
+
+    fn caught_up(&mut self, cursor: &mut Cursor) -> Result<Step, ConsumerError> {
+        self.status.publish_rules(&self.engine);
+        if !self.replayed {
+            // Up to the cursor: resolves the previous run already sent stay sent.
+            self.replayed = true;
+            if let Some(ticked) = self.saved_tick {
+                let _ = self.engine.tick(ticked);
+            }
+        }
+        self.status.caught_up.store(true, Ordering::Relaxed);
+        let mut step = Step::Continue;
+        // Caught up: quiet groups resolve on the wall clock.
+        let now = chrono::Utc::now();
+        let alerts = self.engine.tick(now);
+        if !alerts.is_empty() {
+            self.deliver(&alerts)?;
+            cursor.state.insert(TICKED.into(), now.timestamp_micros().to_string());
+            step = Step::Save;
+        }
+        // Heartbeats come every few seconds from a live capture: silence means the
+        // capture (or its journal) has stopped, which is itself an alert (once).
+        if !cursor.state.contains_key(IN_GAP) && self.last_record.elapsed() >= self.gap {
+            let reason = format!("no record, not even a heartbeat, for {}s", self.gap.as_secs());
+            self.deliver(&[gap_alert(AlertStatus::Firing, reason)])?;
+            cursor.state.insert(IN_GAP.into(), String::new());
+            step = Step::Save;
+        }
+        Ok(step)
+    }
+}
+
+fn emit(out: &mut dyn Write, alerts: &[Alert]) -> std::io::Result<()> {
     for alert in alerts {
         serde_json::to_writer(&mut *out, alert)?;
         out.write_all(b"\n")?;
@@ -339,37 +335,37 @@ pub async fn serve(
     notify: Option<NotifyConfig>,
     metrics: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
+) -> Result<(), AlertsError> {
     let notifier = notify.as_ref().map(Notifier::start).transpose()?.map(Arc::new);
     let sender = notifier.clone();
     let _metrics = match metrics {
         Some(addr) => {
             let (status, ready_status, notifier) =
                 (Arc::clone(&config.status), Arc::clone(&config.status), notifier.clone());
-            let registry = crate::metrics::registry(move || {
+            let registry = pgtrail_metrics::registry(move || {
                 let mut families = status.families();
                 if let Some(notifier) = &notifier {
                     families.extend(notifier_families(notifier));
                 }
                 families
             });
-            let ready: crate::metrics::ReadyFn = Arc::new(move || ready_status.caught_up.load(Ordering::Relaxed));
-            Some(crate::metrics::serve(addr, registry, ready).await?.1)
+            let ready: pgtrail_metrics::ReadyFn = Arc::new(move || ready_status.caught_up.load(Ordering::Relaxed));
+            Some(pgtrail_metrics::serve(addr, registry, ready).await?.1)
         }
         None => None,
     };
-    let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+    let consumer = tokio::task::spawn_blocking(move || -> Result<(), AlertsError> {
         let mut out: Box<dyn Write> = match &output {
             Some(path) => Box::new(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)
-                    .with_context(|| format!("cannot open {}", path.display()))?,
+                    .map_err(|source| AlertsError::Output { path: path.clone(), source })?,
             ),
             None => Box::new(std::io::stdout()),
         };
-        let mut deliver = |alerts: &[Alert]| -> anyhow::Result<()> {
+        let mut deliver = |alerts: &[Alert]| -> std::io::Result<()> {
             emit(&mut out, alerts)?;
             out.flush()?;
             if let Some(notifier) = &sender {
@@ -381,7 +377,7 @@ pub async fn serve(
         };
         run_with(config, ring, &mut deliver, &|| stop.load(Ordering::Relaxed))
     });
-    let result = consumer.await.context("alerting consumer failed")?;
+    let result = consumer.await?;
     if let Some(notifier) = notifier.and_then(Arc::into_inner) {
         for stats in notifier.close(Duration::from_secs(10)).await {
             if stats.queued > 0 {
@@ -398,36 +394,4 @@ pub async fn serve(
         }
     }
     result
-}
-
-/// `pgtrail alerts test`: one test notification per destination, one line per result.
-pub async fn test_destinations(config: &NotifyConfig) -> anyhow::Result<()> {
-    if config.destinations.is_empty() {
-        anyhow::bail!("the destinations file names no [[destination]]");
-    }
-    println!("Sending a test notification to {} destinations...", config.destinations.len());
-    let results = pgtrail_notify::test_all(config).await?;
-    let mut failed = 0;
-    for result in &results {
-        for (step, outcome) in &result.outcomes {
-            let tries = if outcome.attempts == 1 { String::new() } else { format!(", {} attempts", outcome.attempts) };
-            match &outcome.result {
-                Ok(()) => println!(
-                    "  ok      {} ({}) {step}: delivered in {} ms{tries}",
-                    result.name,
-                    result.kind,
-                    outcome.elapsed.as_millis()
-                ),
-                Err(error) => println!("  FAILED  {} ({}) {step}: {error}{tries}", result.name, result.kind),
-            }
-        }
-        if !result.ok() {
-            failed += 1;
-        }
-    }
-    if failed > 0 {
-        anyhow::bail!("{failed} of {} destinations failed", results.len());
-    }
-    println!("All {} destinations accepted the test notification.", results.len());
-    Ok(())
 }

@@ -1,5 +1,8 @@
 //! Throwaway PostgreSQL clusters from the installed server binaries.
 //!
+//! Owns: finding the server binaries, initdb, starting, waiting for readiness and removing
+//! a cluster. Must not: know anything about pgtrail's proxy or journal.
+//!
 //! Used by `pgtrail quickstart` and by the test harness. A cluster lives in a temporary
 //! directory, listens on 127.0.0.1 on a free port and on a Unix socket in that directory,
 //! and is stopped and deleted when dropped. PostgreSQL refuses to run as root, so when we

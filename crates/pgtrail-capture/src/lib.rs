@@ -1,21 +1,29 @@
 //! Composes the capture side: the proxy emits events into the recorder, which batches them
 //! into DAS inner records, seals each into a DAS record (gzip, ESDK encryption, wrapped
-//! data key) and appends it to the hash-chained journal with signed checkpoints.
+//! data key) and appends it to the hash-chained journal with signed checkpoints; with
+//! `[pgaudit]`, the ingester writes pgAudit's records into the same journal, joined to the
+//! proxy's sessions.
+//!
+//! Owns: `pgtrail.toml` for the proxy ([`config`]: the sections of each crate, resolved
+//! once), starting and stopping the pieces in order, configuration reloads, and the
+//! capture's metric families. Must not: look inside the protocol, the envelope or the
+//! journal format; each crate it composes owns those.
+
+pub mod config;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use chrono::DateTime;
 use pgtrail_envelope::Sealer;
-use pgtrail_event::{ActivityEvent, EventClass};
+use pgtrail_event::{ActivityEvent, control_event, heartbeat_event, loss_event};
 use pgtrail_journal::{Journal, JournalError, JournalOptions, Recorder, RecorderStats, WriterParts};
 use pgtrail_proxy::{Durable, EventSink, Proxy, ProxyStats};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::CaptureConfig;
-use crate::metrics::{EventCounts, Family};
+use pgtrail_metrics::{EventCounts, Family};
 use pgtrail_pgaudit::correlate::{Correlator, ProxySessions};
 
 /// Hands proxy events to the recorder without ever waiting, counting them by class and,
@@ -47,40 +55,12 @@ impl EventSink for RecorderSink {
     }
 }
 
-/// A control event: something about the capture itself, written into the stream (DAS
-/// consumers skip the unknown type; pgtrail readers show it).
-pub fn control_event(command: &str, detail: String) -> ActivityEvent {
-    let now = chrono::Utc::now();
-    let mut e = ActivityEvent::new(EventClass::Misc, command, now);
-    e.kind = "control".into();
-    e.end_time = Some(now);
-    e.command_text = Some(detail);
-    e
-}
-
-/// The heartbeat written when nothing else was for a while: silence is not loss.
-pub fn heartbeat_event() -> ActivityEvent {
-    let mut e = ActivityEvent::new(EventClass::Misc, "HEARTBEAT", chrono::Utc::now());
-    e.kind = "heartbeat".into();
-    e
-}
-
-/// The event written in place of events the recorder had to drop.
-pub fn loss_event(count: u64, from_micros: i64, to_micros: i64, cause: &pgtrail_journal::LossCause) -> ActivityEvent {
-    let from = DateTime::from_timestamp_micros(from_micros).unwrap_or_default();
-    let to = DateTime::from_timestamp_micros(to_micros).unwrap_or_default();
-    let mut e = ActivityEvent::new(EventClass::Misc, "EVENTS LOST", from);
-    e.kind = "loss".into();
-    e.log_time = to;
-    e.end_time = Some(to);
-    e.row_count = Some(count);
-    e.error_message = Some(format!("pgtrail dropped {count} events: {cause}"));
-    e
-}
-
 fn list_or_none(items: &[&str]) -> String {
     if items.is_empty() { "none".into() } else { items.join(", ") }
 }
+
+/// The pgAudit ingester's task.
+type IngestTask = JoinHandle<Result<pgtrail_pgaudit::IngestStats, pgtrail_pgaudit::IngestError>>;
 
 /// A running proxy with its recorder.
 #[derive(Debug)]
@@ -101,7 +81,7 @@ pub struct Capture {
     /// A new sealer for the writer to pick up with its next record (configuration reload).
     next_sealer: Arc<Mutex<Option<Sealer>>>,
     /// The pgAudit ingester ([pgaudit]): its stop flag and task.
-    ingest: Option<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<anyhow::Result<crate::ingest::IngestStats>>)>,
+    ingest: Option<(Arc<std::sync::atomic::AtomicBool>, IngestTask)>,
     /// The configuration running now.
     config: CaptureConfig,
     wrapping_id: String,
@@ -130,9 +110,9 @@ pub struct JournalWriter {
 /// and starts the recorder: events handed to it are batched, sealed to the wrapping key and
 /// appended to the hash chain.
 pub async fn open_journal(config: &CaptureConfig) -> anyhow::Result<JournalWriter> {
-    let wrapping = crate::keys::load_wrapping_public(&config.wrapping_public_key)
+    let wrapping = pgtrail_keys::load_wrapping_public(&config.wrapping_public_key)
         .context("cannot load the wrapping public key")?;
-    let signer = crate::keys::load_signer(&config.signing_key).context("cannot load the checkpoint signing key")?;
+    let signer = pgtrail_keys::load_signer(&config.signing_key).context("cannot load the checkpoint signing key")?;
     let dir = config.journal_dir.clone();
     let options = JournalOptions { signer: Some(signer), ..config.journal.clone() };
     let journal = tokio::task::spawn_blocking(move || Journal::open(&dir, options))
@@ -161,7 +141,8 @@ pub async fn open_journal(config: &CaptureConfig) -> anyhow::Result<JournalWrite
         // The key was checked to wrap when it was loaded: sealing cannot fail.
         sealer.seal(&inner).expect("sealing with a checked key").json.into_bytes()
     });
-    let parts = WriterParts { encode, loss: Box::new(loss_event), heartbeat: Some(Box::new(heartbeat_event)) };
+    let loss = Box::new(|count, from, to, cause: &pgtrail_journal::LossCause| loss_event(count, from, to, cause));
+    let parts = WriterParts { encode, loss, heartbeat: Some(Box::new(heartbeat_event)) };
     let (recorder, task) = Recorder::spawn_with(journal, config.recorder.clone(), parts);
     if let Some(cut) = recovery {
         let event = match &cut.set_aside {
@@ -229,7 +210,12 @@ impl Capture {
         let ingest = config.pgaudit.clone().zip(sessions.clone()).map(|(pgaudit, sessions)| {
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let correlator = Correlator::new(sessions, started);
-            let task = tokio::spawn(crate::ingest::run(recorder.clone(), pgaudit, Arc::clone(&stop), Some(correlator)));
+            let task = tokio::spawn(pgtrail_pgaudit::ingest::run(
+                recorder.clone(),
+                pgaudit,
+                Arc::clone(&stop),
+                Some(correlator),
+            ));
             (stop, task)
         });
         let sink = RecorderSink(recorder, Arc::clone(&events), sessions);
@@ -277,7 +263,7 @@ impl Capture {
         let old = &self.config;
         let mut report = Reloaded::default();
         // The key file may have been replaced in place: compare what it holds now.
-        let wrapping = crate::keys::load_wrapping_public(&new.wrapping_public_key)
+        let wrapping = pgtrail_keys::load_wrapping_public(&new.wrapping_public_key)
             .context("cannot load the wrapping public key")?;
         let key_changed = wrapping.id() != self.wrapping_id;
         let envelope_changed = old.envelope != new.envelope;
@@ -338,7 +324,7 @@ impl Capture {
 }
 
 impl Capture {
-    /// The proxy's metric families, read from live counters (see [`crate::metrics`]).
+    /// The proxy's metric families, read from live counters (see [`pgtrail_metrics`]).
     pub fn metric_families(&self) -> impl Fn() -> Vec<Family> + Send + Sync + 'static {
         let (proxy, journal, events) =
             (Arc::clone(&self.stats), Arc::clone(&self.recorder_stats), Arc::clone(&self.events));
@@ -358,6 +344,11 @@ fn capture_families(proxy: &ProxyStats, journal: &RecorderStats, events: &EventC
         Family::gauge("pgtrail_sessions_active", "Client sessions open now.").value(n(&proxy.sessions_active)),
         Family::counter("pgtrail_protocol_errors", "Sessions ended by a malformed or unexpected message.")
             .value(n(&proxy.protocol_errors)),
+        Family::counter(
+            "pgtrail_protocol_desyncs",
+            "Server replies that matched nothing the proxy expected (the session's events may be mislabelled).",
+        )
+        .value(n(&proxy.desyncs)),
         Family::counter(
             "pgtrail_statements_refused",
             "Statements and logins refused because the journal could not record (fail-closed).",

@@ -1,5 +1,6 @@
-//! `pgtrail ingest`: pgAudit's records from PostgreSQL's log files into the journal, through
-//! the same recorder, envelope and hash chain as the proxy's events.
+//! The ingest loop (`pgtrail ingest`, and `[pgaudit]` in the proxy): pgAudit's records from
+//! PostgreSQL's log files into the journal, through the same recorder, envelope and hash
+//! chain as the proxy's events.
 //!
 //! Each poll's events are made durable (the recorder's fsync) before the follower's position
 //! is saved, so a restart resumes after the last ingested entry. A line that cannot be read is
@@ -12,14 +13,33 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
-use pgtrail_event::ActivityEvent;
-use pgtrail_journal::Recorder;
-use pgtrail_pgaudit::{Follower, Format, to_event};
+use pgtrail_event::{ActivityEvent, control_event};
+use pgtrail_journal::{JournalError, Recorder};
 use tracing::{info, warn};
 
-use crate::capture::control_event;
-use pgtrail_pgaudit::correlate::Correlator;
+use crate::correlate::Correlator;
+use crate::{Follower, Format, to_event};
+
+/// Errors of the ingest loop.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("cannot follow the logs in {dir}")]
+    Follow {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot save the ingest position in {path}")]
+    SavePosition {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the journal did not make ingested events durable")]
+    NotDurable(#[source] JournalError),
+    #[error("the ingest task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 /// What to ingest.
 #[derive(Debug, Clone)]
@@ -48,16 +68,12 @@ pub async fn run(
     config: IngestConfig,
     stop: Arc<AtomicBool>,
     mut correlator: Option<Correlator>,
-) -> anyhow::Result<IngestStats> {
-    let follower = Follower::open(&config.log_dir, config.format.clone(), &config.state)
-        .with_context(|| format!("cannot start following {}", config.log_dir.display()))?;
+) -> Result<IngestStats, IngestError> {
+    let follow_error = |source| IngestError::Follow { dir: config.log_dir.clone(), source };
+    let follower = Follower::open(&config.log_dir, config.format.clone(), &config.state).map_err(follow_error)?;
     recorder.record(control_event(
         "INGEST STARTED",
-        format!(
-            "pgaudit logs in {} ({})",
-            config.log_dir.display(),
-            pgtrail_pgaudit::follow::extension(&config.format)
-        ),
+        format!("pgaudit logs in {} ({})", config.log_dir.display(), crate::follow::extension(&config.format)),
     ));
     info!(log_dir = %config.log_dir.display(), "pgAudit ingest started");
     let mut stats = IngestStats::default();
@@ -69,9 +85,8 @@ pub async fn run(
             let items = follower.poll();
             (follower, items)
         })
-        .await
-        .context("ingest task failed")?;
-        let items = polled.with_context(|| format!("cannot read {}", config.log_dir.display()))?;
+        .await?;
+        let items = polled.map_err(follow_error)?;
         let idle = items.is_empty();
         let mut durable = Vec::new();
         for item in items {
@@ -112,14 +127,14 @@ pub async fn run(
             }
         }
         for done in durable {
-            done.await.context("the journal did not make ingested events durable")?;
+            done.await.map_err(IngestError::NotDurable)?;
         }
         // Never past a record that waits for its proxy event: a restart reads it again.
         let saved = match correlator.as_ref().and_then(Correlator::held_from) {
             Some(from) => follower.commit_at(from),
             None => follower.commit(),
         };
-        saved.with_context(|| format!("cannot save the ingest position in {}", config.state.display()))?;
+        saved.map_err(|source| IngestError::SavePosition { path: config.state.clone(), source })?;
         if stopping {
             info!(
                 entries = stats.entries,

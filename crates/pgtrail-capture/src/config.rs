@@ -322,7 +322,7 @@ pub struct CaptureConfig {
     /// Where to serve /metrics, /livez and /readyz (none: not served).
     pub metrics_listen: Option<SocketAddr>,
     /// pgAudit ingestion in the proxy process.
-    pub pgaudit: Option<crate::ingest::IngestConfig>,
+    pub pgaudit: Option<pgtrail_pgaudit::IngestConfig>,
 }
 
 /// Command-line values that override the file.
@@ -421,8 +421,9 @@ impl FileConfig {
                 )
             })
         };
-        let wrapping_public_key = key_file(self.keys.wrapping_public, crate::keys::WRAPPING_PUBLIC, "wrapping_public")?;
-        let signing_key = key_file(self.keys.signing, crate::keys::SIGNING_PRIVATE, "signing")?;
+        let wrapping_public_key =
+            key_file(self.keys.wrapping_public, pgtrail_keys::WRAPPING_PUBLIC, "wrapping_public")?;
+        let signing_key = key_file(self.keys.signing, pgtrail_keys::SIGNING_PRIVATE, "signing")?;
         let e = &self.envelope;
         let suite = match e.suite.as_str() {
             "0x0178" => Suite::Aes256GcmHkdfSha256,
@@ -443,7 +444,7 @@ impl FileConfig {
                     other => bail!("pgaudit.format {other:?}: use \"stderr\", \"csvlog\" or \"jsonlog\""),
                 };
                 let state = p.state.unwrap_or_else(|| journal_dir.with_extension("ingest-position"));
-                Some(crate::ingest::IngestConfig { log_dir: p.log_dir, format, state })
+                Some(pgtrail_pgaudit::IngestConfig { log_dir: p.log_dir, format, state })
             }
             None => None,
         };

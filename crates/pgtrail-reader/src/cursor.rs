@@ -1,0 +1,140 @@
+//! Where a consumer stands in a journal, saved so that a restart resumes exactly there.
+//!
+//! # File format
+//!
+//! Text, one item per line:
+//!
+//! ```text
+//! 1234                      the sequence number of the last record consumed
+//! instance db-prod-1        the journal's instance
+//! hash 5f0c…                that record's chain hash, hex
+//! ticked 1764580000000000   consumer state: any other `key value` (or bare `key`) lines
+//! gap
+//! ```
+//!
+//! A file with only the first line (written by versions before the reader crate) is
+//! read as a cursor that names no instance or hash; the next save adds them. Saving writes
+//! a temporary file, fsyncs it, renames it over the old one and fsyncs the directory, so a
+//! crash leaves either the old cursor or the new one, never a mix.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use pgtrail_journal::Hash;
+
+use crate::ReadError;
+
+/// A consumer's position and its own state.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// The last record consumed (0: none yet).
+    pub seq: u64,
+    /// The instance of the journal it was consumed from.
+    pub instance: Option<String>,
+    /// The chain hash of record `seq`.
+    pub hash: Option<Hash>,
+    /// What the consumer keeps alongside its position (keys without spaces or newlines).
+    pub state: BTreeMap<String, String>,
+}
+
+/// A cursor file.
+#[derive(Debug, Clone)]
+pub struct CursorFile {
+    path: PathBuf,
+}
+
+impl CursorFile {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The saved cursor, or the start of the journal when there is no file yet.
+    pub fn load(&self) -> Result<Cursor, ReadError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Cursor::default()),
+            Err(source) => return Err(ReadError::CursorIo { action: "read", path: self.path.clone(), source }),
+        };
+        let bad = |problem: String| ReadError::CursorFormat { path: self.path.clone(), problem };
+        let mut lines = text.lines();
+        let first = lines.next().unwrap_or_default().trim();
+        let seq = first.parse().map_err(|_| bad(format!("the first line {first:?} is not a sequence number")))?;
+        let mut cursor = Cursor { seq, ..Cursor::default() };
+        for line in lines.map(str::trim).filter(|l| !l.is_empty()) {
+            let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+            match key {
+                "instance" => cursor.instance = Some(value.to_owned()),
+                "hash" => {
+                    let bytes = hex::decode(value).map_err(|_| bad(format!("hash {value:?} is not hex")))?;
+                    cursor.hash = Some(bytes.try_into().map_err(|_| bad("hash is not 32 bytes".into()))?);
+                }
+                _ => {
+                    cursor.state.insert(key.to_owned(), value.to_owned());
+                }
+            }
+        }
+        Ok(cursor)
+    }
+
+    /// Replaces the saved cursor atomically and durably.
+    pub fn save(&self, cursor: &Cursor) -> Result<(), ReadError> {
+        let mut text = format!("{}\n", cursor.seq);
+        if let Some(instance) = &cursor.instance {
+            text.push_str(&format!("instance {instance}\n"));
+        }
+        if let Some(hash) = &cursor.hash {
+            text.push_str(&format!("hash {}\n", hex::encode(hash)));
+        }
+        for (key, value) in &cursor.state {
+            debug_assert!(!key.contains([' ', '\n']) && !value.contains('\n'));
+            if value.is_empty() {
+                text.push_str(&format!("{key}\n"));
+            } else {
+                text.push_str(&format!("{key} {value}\n"));
+            }
+        }
+        let io = |action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ReadError::CursorIo { action, path, source }
+        };
+        let tmp = self.path.with_extension("tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+        file.write_all(text.as_bytes()).and_then(|()| file.sync_data()).map_err(io("write", &tmp))?;
+        std::fs::rename(&tmp, &self.path).map_err(io("replace", &self.path))?;
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io("sync the directory of", &self.path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_round_trips_and_old_files_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = CursorFile::new(dir.path().join("c.cursor"));
+        assert_eq!(file.load().unwrap(), Cursor::default());
+        let mut cursor = Cursor { seq: 42, instance: Some("db-1".into()), hash: Some([7; 32]), ..Cursor::default() };
+        cursor.state.insert("ticked".into(), "1700000000000000".into());
+        cursor.state.insert("gap".into(), String::new());
+        file.save(&cursor).unwrap();
+        assert_eq!(file.load().unwrap(), cursor);
+        assert!(!dir.path().join("c.tmp").exists(), "the temporary file is renamed away");
+        // The alerting consumer's files of earlier versions: a number, then its own lines.
+        std::fs::write(file.path(), "17\nticked 5\ngap\n").unwrap();
+        let old = file.load().unwrap();
+        assert_eq!((old.seq, old.instance, old.hash), (17, None, None));
+        assert_eq!(old.state.get("gap").map(String::as_str), Some(""));
+        std::fs::write(file.path(), "seventeen\n").unwrap();
+        assert!(file.load().unwrap_err().to_string().contains("not a pgtrail cursor"));
+    }
+}

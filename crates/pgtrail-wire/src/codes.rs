@@ -1,0 +1,217 @@
+//! Message codes: what each tagged message is, decided here once.
+//!
+//! The same byte means different things on each side (`D` is Describe from a client and
+//! DataRow from a server), so there are two enums. Each code owns the facts about its
+//! message that the rest of pgtrail needs: whether it carries user data (and so gets the
+//! large size limit), whether a proxy that records statements must read its body, and
+//! whether it can complete a statement. Unknown bytes are `None`: a proxy forwards such a
+//! frame unread and lets PostgreSQL answer it.
+
+/// A message a client sends after the startup packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrontendCode {
+    Query = b'Q',
+    Parse = b'P',
+    Bind = b'B',
+    Describe = b'D',
+    Execute = b'E',
+    Close = b'C',
+    Sync = b'S',
+    Flush = b'H',
+    CopyData = b'd',
+    CopyDone = b'c',
+    CopyFail = b'f',
+    FunctionCall = b'F',
+    /// PasswordMessage, SASLInitialResponse, SASLResponse, GSSResponse: all `p`.
+    AuthResponse = b'p',
+    Terminate = b'X',
+}
+
+impl FrontendCode {
+    const ALL: [FrontendCode; 14] = [
+        Self::Query,
+        Self::Parse,
+        Self::Bind,
+        Self::Describe,
+        Self::Execute,
+        Self::Close,
+        Self::Sync,
+        Self::Flush,
+        Self::CopyData,
+        Self::CopyDone,
+        Self::CopyFail,
+        Self::FunctionCall,
+        Self::AuthResponse,
+        Self::Terminate,
+    ];
+
+    /// The code of a tag byte; `None` for a byte no client message uses.
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| *c as u8 == tag)
+    }
+
+    pub fn tag(self) -> u8 {
+        self as u8
+    }
+
+    /// Statement text, parameters, COPY data or function arguments: the large limit.
+    pub fn carries_user_data(self) -> bool {
+        matches!(self, Self::Query | Self::Parse | Self::Bind | Self::CopyData | Self::FunctionCall)
+    }
+
+    /// Whether a proxy that records statements reads the body: everything that starts,
+    /// names or ends a statement. COPY data is forwarded unread. Flush has no body, but a
+    /// refused batch drops it whole, so it is seen too.
+    pub fn needs_body(self) -> bool {
+        matches!(
+            self,
+            Self::Query
+                | Self::Parse
+                | Self::Bind
+                | Self::Execute
+                | Self::Describe
+                | Self::Close
+                | Self::Sync
+                | Self::FunctionCall
+                | Self::Terminate
+                | Self::Flush
+        )
+    }
+
+    /// Part of an extended-protocol batch (up to its Sync): refused as a whole.
+    pub fn is_extended(self) -> bool {
+        matches!(self, Self::Parse | Self::Bind | Self::Execute | Self::Describe | Self::Close | Self::Flush)
+    }
+}
+
+/// A message a server sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BackendCode {
+    Authentication = b'R',
+    BackendKeyData = b'K',
+    ParameterStatus = b'S',
+    ReadyForQuery = b'Z',
+    RowDescription = b'T',
+    DataRow = b'D',
+    CommandComplete = b'C',
+    EmptyQueryResponse = b'I',
+    ErrorResponse = b'E',
+    NoticeResponse = b'N',
+    NotificationResponse = b'A',
+    ParseComplete = b'1',
+    BindComplete = b'2',
+    CloseComplete = b'3',
+    ParameterDescription = b't',
+    NoData = b'n',
+    PortalSuspended = b's',
+    CopyInResponse = b'G',
+    CopyOutResponse = b'H',
+    CopyBothResponse = b'W',
+    CopyData = b'd',
+    CopyDone = b'c',
+    FunctionCallResponse = b'V',
+    NegotiateProtocolVersion = b'v',
+}
+
+impl BackendCode {
+    const ALL: [BackendCode; 24] = [
+        Self::Authentication,
+        Self::BackendKeyData,
+        Self::ParameterStatus,
+        Self::ReadyForQuery,
+        Self::RowDescription,
+        Self::DataRow,
+        Self::CommandComplete,
+        Self::EmptyQueryResponse,
+        Self::ErrorResponse,
+        Self::NoticeResponse,
+        Self::NotificationResponse,
+        Self::ParseComplete,
+        Self::BindComplete,
+        Self::CloseComplete,
+        Self::ParameterDescription,
+        Self::NoData,
+        Self::PortalSuspended,
+        Self::CopyInResponse,
+        Self::CopyOutResponse,
+        Self::CopyBothResponse,
+        Self::CopyData,
+        Self::CopyDone,
+        Self::FunctionCallResponse,
+        Self::NegotiateProtocolVersion,
+    ];
+
+    /// The code of a tag byte; `None` for a byte no server message uses.
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| *c as u8 == tag)
+    }
+
+    pub fn tag(self) -> u8 {
+        self as u8
+    }
+
+    /// Result rows, COPY data and function results: the large limit.
+    pub fn carries_user_data(self) -> bool {
+        matches!(self, Self::DataRow | Self::CopyData | Self::FunctionCallResponse)
+    }
+
+    /// Whether a proxy that records statements reads the body: completions, errors,
+    /// parameter changes, the transaction status and parameter types. Rows are counted
+    /// from their tags alone.
+    pub fn needs_body(self) -> bool {
+        matches!(
+            self,
+            Self::CommandComplete
+                | Self::ErrorResponse
+                | Self::ParameterStatus
+                | Self::ReadyForQuery
+                | Self::ParameterDescription
+        )
+    }
+
+    /// Whether this message can end a statement (and so produce its event).
+    pub fn completes_statement(self) -> bool {
+        matches!(self, Self::CommandComplete | Self::ErrorResponse | Self::PortalSuspended | Self::FunctionCallResponse)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_round_trips_through_its_tag_and_tags_are_unique() {
+        for code in FrontendCode::ALL {
+            assert_eq!(FrontendCode::from_tag(code.tag()), Some(code));
+        }
+        for code in BackendCode::ALL {
+            assert_eq!(BackendCode::from_tag(code.tag()), Some(code));
+        }
+        let mut tags: Vec<u8> = FrontendCode::ALL.iter().map(|c| c.tag()).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        assert_eq!(tags.len(), FrontendCode::ALL.len());
+        assert_eq!(FrontendCode::from_tag(b'Z'), None);
+        assert_eq!(BackendCode::from_tag(b'Q'), None);
+    }
+
+    /// The codes agree with the message types: each tag the decoders accept has a code.
+    #[test]
+    fn the_decoders_know_every_code() {
+        use bytes::Bytes;
+        for code in FrontendCode::ALL {
+            let parsed = crate::FrontendMessage::parse(code.tag(), Bytes::new());
+            // An empty body may be too short; what matters is that the tag is not unknown.
+            if let Err(e) = parsed {
+                assert!(!matches!(e, crate::WireError::UnknownTag { .. }), "{code:?}: {e}");
+            }
+        }
+        for code in BackendCode::ALL {
+            if let Err(e) = crate::BackendMessage::parse(code.tag(), Bytes::new()) {
+                assert!(!matches!(e, crate::WireError::UnknownTag { .. }), "{code:?}: {e}");
+            }
+        }
+    }
+}
