@@ -376,6 +376,47 @@ mod tests {
     /// Issue 12.1: a text judged by the reading the proxy believed the session had
     /// (standard_conforming_strings on) ran under the other one (a pipelined SET), and a
     /// parse cached under one setting was reused under the other.
+    /// Issue 14.5: deny rules use the alert rules' names; the earlier names keep working.
+    #[test]
+    fn the_one_vocabulary_and_the_earlier_names_agree() {
+        let facts = SessionFacts {
+            user: Some("app".into()),
+            database: Some("bank".into()),
+            application: Some("psql".into()),
+            ..SessionFacts::default()
+        };
+        let pairs = [
+            (r#"command == "DELETE" && !hasWhere"#, r#"statement.command == "DELETE" && !statement.hasWhere"#),
+            (
+                r#"class == "WRITE" && objects.exists(o, o.name == "accounts")"#,
+                r#"statement.class == "WRITE" && statement.objects.exists(o, o == "accounts")"#,
+            ),
+            (
+                r#"dbUserName == "app" && databaseName == "bank" && clientApplication == "psql""#,
+                r#"user == "app" && database == "bank" && application == "psql""#,
+            ),
+            ("copyProgram", "statement.copyProgram"),
+        ];
+        let texts = [
+            "DELETE FROM accounts",
+            "DELETE FROM accounts WHERE id = 1",
+            "UPDATE accounts SET balance = 0",
+            "COPY accounts TO PROGRAM 'cat'",
+            "SELECT 1",
+        ];
+        for (new, old) in pairs {
+            let (new_policy, old_policy) =
+                (policy(&[("r", new)], Some(false), &[]), policy(&[("r", old)], Some(false), &[]));
+            for text in texts {
+                let verdicts = (check(&new_policy, text, &facts), check(&old_policy, text, &facts));
+                assert_eq!(verdicts.0, verdicts.1, "{new:?} vs {old:?} on {text:?}");
+            }
+        }
+        let unfiltered = policy(&[("r", r#"command == "DELETE" && !hasWhere"#)], Some(false), &[]);
+        assert!(check(&unfiltered, "DELETE FROM accounts", &facts).is_some());
+        assert!(check(&unfiltered, "DELETE FROM accounts WHERE id = 1", &facts).is_none());
+    }
+
     #[test]
     fn regression_deny_rule_bypassed_through_standard_conforming_strings() {
         let p = policy(&[("no drop", r#"statement.command == "DROP TABLE""#)], Some(false), &[]);

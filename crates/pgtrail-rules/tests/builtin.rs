@@ -157,3 +157,19 @@ fn direct_connections_alert_unless_allowed() {
     let names: Vec<String> = engine.process(&direct("alice", "10.0.0.7")).into_iter().map(|a| a.rule).collect();
     assert!(names.contains(&rule));
 }
+
+/// Issue 14.5: the statement traits that only deny rules saw are alert rule names too,
+/// false on events that do not carry them (older journals, pgAudit records).
+#[test]
+fn alert_rules_see_the_statement_traits() {
+    let rules = "[[rule]]\nname = \"unfiltered delete\"\ncondition = 'command == \"DELETE\" && !hasWhere'\nseverity = \"high\"\n";
+    let mut engine = Engine::new(RuleSet::parse(rules, "rules.toml").unwrap());
+    let mut filtered = ActivityEvent::new(EventClass::Write, "DELETE", chrono::Utc::now());
+    filtered.has_where = true;
+    assert!(engine.process(&filtered).is_empty());
+    let unfiltered = ActivityEvent::new(EventClass::Write, "DELETE", chrono::Utc::now());
+    assert_eq!(engine.process(&unfiltered).len(), 1);
+    let json = serde_json::to_value(&filtered).unwrap();
+    assert_eq!(json["hasWhere"], true);
+    assert!(serde_json::to_value(&unfiltered).unwrap().get("hasWhere").is_none(), "written only when true");
+}
