@@ -14,7 +14,6 @@ pub mod config;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
 use pgtrail_envelope::Sealer;
 use pgtrail_event::{ActivityEvent, control_event, heartbeat_event, loss_event};
 use pgtrail_journal::{Journal, JournalError, JournalOptions, Recorder, RecorderStats, WriterParts};
@@ -22,7 +21,30 @@ use pgtrail_proxy::{Durable, EventSink, Proxy, ProxyStats};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::CaptureConfig;
+use crate::config::{CaptureConfig, WriterConfig};
+
+/// Why the capture could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Keys(#[from] pgtrail_keys::KeyError),
+    #[error("cannot open the journal in {dir}")]
+    OpenJournal {
+        dir: std::path::PathBuf,
+        #[source]
+        source: JournalError,
+    },
+    #[error("the journal recovery could not be recorded in the journal")]
+    RecordRecovery(#[source] JournalError),
+    #[error(transparent)]
+    Proxy(#[from] pgtrail_proxy::ProxyError),
+    #[error("journal write failed")]
+    JournalWrite(#[source] JournalError),
+    #[error("pgAudit ingest failed")]
+    Ingest(#[from] pgtrail_pgaudit::IngestError),
+    #[error("a capture task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
 use pgtrail_metrics::{EventCounts, Family};
 use pgtrail_pgaudit::correlate::{Correlator, ProxySessions};
 
@@ -109,15 +131,14 @@ pub struct JournalWriter {
 /// Opens the journal (recovering a torn tail, which is then recorded as a control event)
 /// and starts the recorder: events handed to it are batched, sealed to the wrapping key and
 /// appended to the hash chain.
-pub async fn open_journal(config: &CaptureConfig) -> anyhow::Result<JournalWriter> {
-    let wrapping = pgtrail_keys::load_wrapping_public(&config.wrapping_public_key)
-        .context("cannot load the wrapping public key")?;
-    let signer = pgtrail_keys::load_signer(&config.signing_key).context("cannot load the checkpoint signing key")?;
+pub async fn open_journal(config: &WriterConfig) -> Result<JournalWriter, CaptureError> {
+    let wrapping = pgtrail_keys::load_wrapping_public(&config.wrapping_public_key)?;
+    let signer = pgtrail_keys::load_signer(&config.signing_key)?;
     let dir = config.journal_dir.clone();
     let options = JournalOptions { signer: Some(signer), ..config.journal.clone() };
     let journal = tokio::task::spawn_blocking(move || Journal::open(&dir, options))
         .await?
-        .with_context(|| format!("cannot open the journal in {}", config.journal_dir.display()))?;
+        .map_err(|source| CaptureError::OpenJournal { dir: config.journal_dir.clone(), source })?;
     let (cluster, instance) = (config.cluster_id.clone(), config.instance_id.clone());
     let recovery = journal.recovery().cloned();
     let wrapping_id = wrapping.id().to_owned();
@@ -170,7 +191,7 @@ pub async fn open_journal(config: &CaptureConfig) -> anyhow::Result<JournalWrite
         };
         // Durable before anything else can fail (binding the port, say): a recovery that
         // changed the journal is never left unrecorded.
-        recorder.record_durable(event).await.context("the journal recovery could not be recorded in the journal")?;
+        recorder.record_durable(event).await.map_err(CaptureError::RecordRecovery)?;
     }
     if config.journal.witness_dir.is_none() {
         tracing::warn!(
@@ -187,10 +208,13 @@ pub async fn open_journal(config: &CaptureConfig) -> anyhow::Result<JournalWrite
 fn needing_restart(old: &CaptureConfig, new: &CaptureConfig) -> Vec<&'static str> {
     let restart: [(&'static str, bool); 6] = [
         ("proxy", old.proxy != new.proxy || old.workers != new.workers),
-        ("journal", old.journal_dir != new.journal_dir || old.journal != new.journal),
-        ("recorder", old.recorder != new.recorder),
-        ("instance", old.cluster_id != new.cluster_id || old.instance_id != new.instance_id),
-        ("signing key", old.signing_key != new.signing_key),
+        ("journal", old.writer.journal_dir != new.writer.journal_dir || old.writer.journal != new.writer.journal),
+        ("recorder", old.writer.recorder != new.writer.recorder),
+        (
+            "instance",
+            old.writer.cluster_id != new.writer.cluster_id || old.writer.instance_id != new.writer.instance_id,
+        ),
+        ("signing key", old.writer.signing_key != new.writer.signing_key),
         ("delivery", old.proxy.delivery != new.proxy.delivery),
     ];
     restart.iter().filter(|(_, c)| *c).map(|(name, _)| *name).collect()
@@ -198,8 +222,9 @@ fn needing_restart(old: &CaptureConfig, new: &CaptureConfig) -> Vec<&'static str
 
 impl Capture {
     /// Opens the journal (recovering a torn tail), starts the recorder and binds the proxy.
-    pub async fn start(config: CaptureConfig) -> anyhow::Result<Self> {
-        let JournalWriter { recorder, task: recorder_task, next_sealer, wrapping_id } = open_journal(&config).await?;
+    pub async fn start(config: CaptureConfig) -> Result<Self, CaptureError> {
+        let JournalWriter { recorder, task: recorder_task, next_sealer, wrapping_id } =
+            open_journal(&config.writer).await?;
         let control = recorder.clone();
         let recorder_stats = Arc::clone(recorder.stats());
         let journal_healthy = recorder.health_flag();
@@ -257,20 +282,19 @@ impl Capture {
     /// Applies a new configuration. The wrapping key and the envelope settings take effect
     /// with the next record (a new data key, wrapped to the new key); other changes need a
     /// restart and are reported as such. A control event in the stream says what happened.
-    pub fn reload(&mut self, mut new: CaptureConfig) -> anyhow::Result<Reloaded> {
+    pub fn reload(&mut self, mut new: CaptureConfig) -> Result<Reloaded, CaptureError> {
         // A start-time action (--set-aside-damaged-journal), not a setting.
-        new.journal.set_aside_damage = self.config.journal.set_aside_damage;
+        new.writer.journal.set_aside_damage = self.config.writer.journal.set_aside_damage;
         let old = &self.config;
         let mut report = Reloaded::default();
         // The key file may have been replaced in place: compare what it holds now.
-        let wrapping = pgtrail_keys::load_wrapping_public(&new.wrapping_public_key)
-            .context("cannot load the wrapping public key")?;
+        let wrapping = pgtrail_keys::load_wrapping_public(&new.writer.wrapping_public_key)?;
         let key_changed = wrapping.id() != self.wrapping_id;
-        let envelope_changed = old.envelope != new.envelope;
+        let envelope_changed = old.writer.envelope != new.writer.envelope;
         if key_changed || envelope_changed {
             self.wrapping_id = wrapping.id().to_owned();
             *self.next_sealer.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(Sealer::new(Arc::new(wrapping), new.envelope.clone()));
+                Some(Sealer::new(Arc::new(wrapping), new.writer.envelope.clone()));
             if key_changed {
                 report.applied.push("wrapping key");
             }
@@ -289,16 +313,14 @@ impl Capture {
                 ),
             ));
         }
-        let wrapping_public_key = new.wrapping_public_key.clone();
-        let envelope = new.envelope.clone();
-        self.config.wrapping_public_key = wrapping_public_key;
-        self.config.envelope = envelope;
+        self.config.writer.wrapping_public_key = new.writer.wrapping_public_key.clone();
+        self.config.writer.envelope = new.writer.envelope.clone();
         Ok(report)
     }
 
     /// Stops accepting, ends the sessions (after the grace period), and waits until every
     /// event is in the journal.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> Result<(), CaptureError> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -307,18 +329,18 @@ impl Capture {
 
     /// Waits for the proxy to stop (after [`Capture::stop`] or a fatal error) and the
     /// recorder to flush.
-    pub async fn wait(&mut self) -> anyhow::Result<()> {
-        (&mut self.proxy).await.context("proxy task failed")?;
+    pub async fn wait(&mut self) -> Result<(), CaptureError> {
+        (&mut self.proxy).await?;
         if let Some((stop, task)) = self.ingest.take() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             // It logs its own counts when it stops.
-            task.await.context("pgAudit ingest task failed")?.context("pgAudit ingest failed")?;
+            task.await??;
         }
         if let Some(control) = self.control.take() {
             control.record(control_event("CAPTURE STOPPED", "clean shutdown".into()));
         }
         // The proxy's recorder handles are gone with it: the recorder drains and finishes.
-        (&mut self.recorder).await.context("recorder task failed")?.context("journal write failed")?;
+        (&mut self.recorder).await?.map_err(CaptureError::JournalWrite)?;
         Ok(())
     }
 }

@@ -12,10 +12,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod das;
 pub mod keys;
 pub mod message;
 
+pub use config::{EnvelopeConfigError, EnvelopeSection};
 pub use das::{DasEnvelope, Opener, Sealer, SealerConfig};
 pub use keys::{DataKey, KeyProvider, KeyRing, WrappingPrivateKey, WrappingPublicKey};
 pub use message::{RawAesKey, Suite};

@@ -53,12 +53,15 @@ const FINAL_FRAME_AAD: &[u8] = b"AWSKMSEncryptionClient Final Frame";
 const CONTENT_TYPE_FRAMED: u8 = 2;
 const V1_MESSAGE_TYPE: u8 = 0x80;
 
-/// The algorithm suites we encode and decode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The algorithm suites we encode and decode. In configuration files they are named by
+/// their ids, `"0x0178"` and `"0x0478"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
 pub enum Suite {
     /// 0x0178: AES-256-GCM with an HKDF-SHA256 derived key, message format v1. Aurora's.
+    #[serde(rename = "0x0178")]
     Aes256GcmHkdfSha256,
     /// 0x0478: AES-256-GCM with HKDF-SHA512 and key commitment, message format v2.
+    #[serde(rename = "0x0478")]
     Aes256GcmHkdfSha512Commit,
 }
 

@@ -53,6 +53,7 @@
 //! Earlier segments are never modified; damage there is reported by readers and `verify`.
 
 pub mod checkpoint;
+pub mod config;
 mod format;
 mod reader;
 mod recorder;
@@ -60,6 +61,7 @@ mod verify;
 mod writer;
 
 pub use checkpoint::{Checkpoint, CheckpointSigner, CheckpointVerifier, VerifierSet};
+pub use config::{InstanceSection, JournalConfigError, JournalSection, RecorderSection};
 pub use format::{Hash, MAX_PAYLOAD, Record, RecordKind, genesis_hash};
 pub use reader::JournalReader;
 pub use recorder::{

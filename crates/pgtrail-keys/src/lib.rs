@@ -63,6 +63,10 @@ pub enum KeyError {
     NoVerifyKey,
     #[error("{0} holds no wrapping*.key file")]
     NoKeyInDir(PathBuf),
+    #[error(
+        "no {0} key: pass --keys DIR (made by `pgtrail keys init --dir DIR`) or set [keys] dir or keys.{0} in the configuration file"
+    )]
+    NotConfigured(&'static str),
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> KeyError + 'a {
@@ -74,6 +78,40 @@ fn unusable<'a, E: std::error::Error + Send + Sync + 'static>(
     what: &'static str,
 ) -> impl FnOnce(E) -> KeyError + 'a {
     move |e| KeyError::Unusable { path: path.to_path_buf(), what, source: Box::new(e) }
+}
+
+/// `[keys]` in `pgtrail.toml`: where the capture side's two keys are. By default
+/// `wrapping.pub` and `signing.key` in `dir` (as `pgtrail keys init` writes them); each
+/// path can be set on its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    pub dir: Option<PathBuf>,
+    pub wrapping_public: Option<PathBuf>,
+    pub signing: Option<PathBuf>,
+}
+
+/// The capture side's key files, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureKeys {
+    /// Data keys are wrapped to it.
+    pub wrapping_public: PathBuf,
+    /// Signs the journal's checkpoints.
+    pub signing: PathBuf,
+}
+
+impl KeysSection {
+    /// The two key files; `dir` (from `--keys`) replaces the section's directory.
+    pub fn resolve(&self, dir: Option<&Path>) -> Result<CaptureKeys, KeyError> {
+        let dir = dir.map(Path::to_path_buf).or_else(|| self.dir.clone());
+        let file = |explicit: &Option<PathBuf>, name: &str, key: &'static str| {
+            explicit.clone().or_else(|| dir.as_ref().map(|d| d.join(name))).ok_or(KeyError::NotConfigured(key))
+        };
+        Ok(CaptureKeys {
+            wrapping_public: file(&self.wrapping_public, WRAPPING_PUBLIC, "wrapping_public")?,
+            signing: file(&self.signing, SIGNING_PRIVATE, "signing")?,
+        })
+    }
 }
 
 pub const WRAPPING_PUBLIC: &str = "wrapping.pub";

@@ -178,6 +178,14 @@ impl EventCounts {
     }
 }
 
+/// `[metrics]` in `pgtrail.toml`: where to serve `/metrics`, `/livez` and `/readyz`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address to serve on, e.g. "127.0.0.1:9187"; absent: no endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
 /// Errors of the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {

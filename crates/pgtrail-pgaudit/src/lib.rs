@@ -26,6 +26,7 @@
 //! bypassed the proxy.
 
 pub mod audit;
+pub mod config;
 pub mod correlate;
 pub mod csv;
 pub mod entry;
@@ -36,6 +37,7 @@ pub mod prefix;
 use pgtrail_event::{ActivityEvent, EventClass, EventSource, ExitCode, ObjectKind, ObjectRef};
 
 pub use audit::{AuditRecord, Logged};
+pub use config::{LogFormat, PgauditConfigError, PgauditSection};
 pub use entry::{Assembler, Format, LogEntry, ParseError};
 pub use follow::{Follower, Item, Position};
 pub use ingest::{IngestConfig, IngestError, IngestStats};

@@ -29,6 +29,7 @@ mod params;
 mod phase;
 mod policy;
 mod relay;
+mod sections;
 mod server;
 mod session;
 mod shared;
@@ -43,6 +44,7 @@ pub use config::{
     UpstreamLogin, UpstreamTlsMode,
 };
 use pgtrail_event::ActivityEvent;
+pub use sections::{DeliveryMode, DeliverySection, ProxyConfigError, ProxySection};
 pub use server::Proxy;
 pub use shared::ProxyStats;
 

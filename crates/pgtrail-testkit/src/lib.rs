@@ -107,7 +107,7 @@ pub fn capture_config(pg: &LocalPg, journal: &Path) -> CaptureConfig {
             keys: Some(keys),
         })
         .expect("test configuration resolves");
-    config.recorder.max_batch_delay = Duration::from_millis(20);
+    config.writer.recorder.max_batch_delay = Duration::from_millis(20);
     config.proxy.shutdown_grace = Duration::from_secs(2);
     config
 }
@@ -125,7 +125,7 @@ impl TestCapture {
         let mut config = capture_config(pg, &journal);
         customize(&mut config);
         // The customization may have moved the journal (the keys stay where they were made).
-        let journal = config.journal_dir.clone();
+        let journal = config.writer.journal_dir.clone();
         let capture = Capture::start(config).await.expect("capture starts");
         Self { addr: capture.addr, capture: Some(capture), _root: root, journal, keys }
     }

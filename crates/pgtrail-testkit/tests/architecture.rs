@@ -38,8 +38,10 @@ async fn issue14_3_real_clients_in_every_protocol_mode_cause_no_desync() {
         &["-c", "SELECT 1; SELECT count(*) FROM pgbench_branches", "-c", "\\d pgbench_accounts"],
     ));
     let stats = capture.proxy_stats();
+    // After a clean stop every reply has been matched and every event written.
+    let events = capture.stop().await;
     assert_eq!(stats.desyncs.load(Ordering::Relaxed), 0, "no reply went unmatched");
-    assert!(capture.events().len() > 600, "the statements were recorded: {}", capture.events().len());
+    assert!(events.len() > 600, "the statements were recorded: {}", events.len());
 }
 
 /// Issue 14.5: deny rules and alert rules spoke different vocabularies (`statement.hasWhere`
@@ -65,7 +67,7 @@ async fn issue14_5_one_condition_works_in_deny_rules_and_alert_rules_alike() {
     assert_ok(&psql(&pg, &url, &["-c", "UPDATE accounts SET balance = 0 WHERE id = 1"]));
     assert_eq!(pg.psql("SELECT count(*) FROM accounts").expect("count").trim(), "2", "nothing was deleted");
 
-    let events = capture.events();
+    let events = capture.stop().await;
     let denied: Vec<_> = events.iter().filter(|e| e.verdict == Some(Verdict::Denied)).collect();
     assert_eq!(denied.len(), 1, "{}", describe(&events));
     assert!(!denied[0].has_where);

@@ -20,7 +20,7 @@ async fn sync_completions_wait_for_the_journal_and_async_ones_do_not() {
     for delivery in [Delivery::Async, Delivery::Sync] {
         let capture = TestCapture::start_with(&pg, |c| {
             c.proxy.delivery = delivery;
-            c.recorder.max_batch_delay = Duration::from_secs(5);
+            c.writer.recorder.max_batch_delay = Duration::from_secs(5);
         })
         .await;
         let client = connect(&capture.url("postgres", PASSWORD, "postgres")).await.unwrap();
@@ -84,7 +84,7 @@ async fn fail_closed_refuses_while_the_disk_is_full_and_recovers_by_itself() {
     let journal = disk.0.join("journal");
     let capture = TestCapture::start_with(&pg, |c| {
         c.proxy.delivery = Delivery::SyncFailClosed;
-        c.journal_dir = journal.clone();
+        c.writer.journal_dir = journal.clone();
     })
     .await;
     let url = capture.url("postgres", "", "postgres");
@@ -158,8 +158,8 @@ async fn fail_closed_refuses_while_the_disk_is_full_and_recovers_by_itself() {
 async fn heartbeats_and_control_events_are_in_the_stream() {
     let pg = start_pg(HostAuth::Trust);
     let mut capture = TestCapture::start_with(&pg, |c| {
-        c.recorder.heartbeat = Some(Duration::from_secs(1));
-        c.envelope.rotate_after_records = 2;
+        c.writer.recorder.heartbeat = Some(Duration::from_secs(1));
+        c.writer.envelope.rotate_after_records = 2;
     })
     .await;
     let client = connect(&capture.url("postgres", "", "postgres")).await.unwrap();
@@ -192,9 +192,9 @@ async fn heartbeats_and_control_events_are_in_the_stream() {
     }
     let keys = capture.keys_dir();
     let mut again = TestCapture::start_with(&pg, |c| {
-        c.journal_dir = journal.clone();
-        c.wrapping_public_key = keys.join("wrapping.pub");
-        c.signing_key = keys.join("signing.key");
+        c.writer.journal_dir = journal.clone();
+        c.writer.wrapping_public_key = keys.join("wrapping.pub");
+        c.writer.signing_key = keys.join("signing.key");
     })
     .await;
     again.shutdown().await;

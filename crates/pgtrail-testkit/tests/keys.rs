@@ -15,10 +15,10 @@ async fn new_keys_leave_old_records_readable_and_the_witness_catches_a_cut() {
     keys_init(&new_keys);
     for (keys, marker) in [(&old_keys, "SELECT 'under the old keys'"), (&new_keys, "SELECT 'under the new keys'")] {
         let mut capture = TestCapture::start_with(&pg, |c| {
-            c.journal_dir = journal.clone();
-            c.journal.witness_dir = Some(witness.clone());
-            c.wrapping_public_key = keys.join("wrapping.pub");
-            c.signing_key = keys.join("signing.key");
+            c.writer.journal_dir = journal.clone();
+            c.writer.journal.witness_dir = Some(witness.clone());
+            c.writer.wrapping_public_key = keys.join("wrapping.pub");
+            c.writer.signing_key = keys.join("signing.key");
         })
         .await;
         let client = connect(&capture.url("postgres", "", "postgres")).await.unwrap();

@@ -177,7 +177,7 @@ async fn the_alerting_consumer_alerts_live_and_resumes_without_duplicates() {
 async fn wall_clock_resolves_and_gaps_are_not_repeated_after_a_restart() {
     let pg = start_pg(HostAuth::Trust);
     // No heartbeats: silence after the statements is a gap that stays open.
-    let capture = TestCapture::start_with(&pg, |c| c.recorder.heartbeat = None).await;
+    let capture = TestCapture::start_with(&pg, |c| c.writer.recorder.heartbeat = None).await;
     let dir = tempfile::tempdir().unwrap();
     let (rules, state, alerts) =
         (dir.path().join("rules.toml"), dir.path().join("cursor"), dir.path().join("alerts.jsonl"));

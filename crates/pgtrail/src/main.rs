@@ -428,7 +428,7 @@ fn proxy(config: Option<PathBuf>, overrides: Overrides, set_aside_damaged_journa
         None => FileConfig::default(),
     };
     let mut resolved = file.resolve(&overrides)?;
-    resolved.journal.set_aside_damage = set_aside_damaged_journal;
+    resolved.writer.journal.set_aside_damage = set_aside_damaged_journal;
     // One worker: a current-thread scheduler, like pgbouncer's single event loop (no
     // work-stealing bookkeeping on every wake-up). The journal writer has its own thread.
     let runtime = if resolved.workers == 1 {
@@ -462,14 +462,18 @@ async fn run_proxy(resolved: CaptureConfig, config_file: Option<PathBuf>, overri
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            () = &mut shutdown => return capture.stop().await,
-            result = capture.wait() => return result.and_then(|()| anyhow::bail!("the proxy stopped unexpectedly")),
+            () = &mut shutdown => return Ok(capture.stop().await?),
+            result = capture.wait() => {
+                result?;
+                anyhow::bail!("the proxy stopped unexpectedly");
+            }
             _ = hangup.recv() => {
                 let file = match &config_file {
                     Some(path) => FileConfig::load(path),
                     None => Ok(FileConfig::default()),
                 };
-                match file.and_then(|f| f.resolve(&overrides)).and_then(|new| capture.reload(new)) {
+                let resolved = file.and_then(|f| f.resolve(&overrides)).map_err(anyhow::Error::from);
+                match resolved.and_then(|new| Ok(capture.reload(new)?)) {
                     Ok(done) => info!(applied = ?done.applied, need_restart = ?done.need_restart, "configuration reloaded"),
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "configuration reload failed; the running configuration stays"),
                 }
@@ -551,20 +555,19 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Ingest { log_dir, format, prefix, journal, keys, state, config } => {
             let format = match format {
-                LogFileFormat::Stderr => pgtrail_pgaudit::Format::Stderr(
-                    pgtrail_pgaudit::Prefix::compile(&prefix).context("--prefix is not a usable log_line_prefix")?,
-                ),
-                LogFileFormat::Csvlog => pgtrail_pgaudit::Format::Csvlog,
-                LogFileFormat::Jsonlog => pgtrail_pgaudit::Format::Jsonlog,
-            };
+                LogFileFormat::Stderr => pgtrail_pgaudit::LogFormat::Stderr,
+                LogFileFormat::Csvlog => pgtrail_pgaudit::LogFormat::Csvlog,
+                LogFileFormat::Jsonlog => pgtrail_pgaudit::LogFormat::Jsonlog,
+            }
+            .format(&prefix)
+            .context("--prefix is not a usable log_line_prefix")?;
             let file = match &config {
                 Some(path) => FileConfig::load(path)?,
                 None => FileConfig::default(),
             };
-            // No proxy runs here: an upstream is only needed to satisfy the shared resolver.
-            let upstream = file.upstream.is_none().then(|| "postgres://127.0.0.1:5432".to_string());
-            let overrides = Overrides { listen: None, upstream, journal: Some(journal.clone()), keys: Some(keys) };
-            let resolved = file.resolve(&overrides)?;
+            // A journal writer only: no proxy runs here, so no upstream is needed.
+            let overrides = Overrides { journal: Some(journal.clone()), keys: Some(keys), ..Overrides::default() };
+            let resolved = file.resolve_writer(&overrides)?;
             let state = state.unwrap_or_else(|| journal.with_extension("ingest-position"));
             runtime()?.block_on(async move {
                 let writer = pgtrail_capture::open_journal(&resolved).await?;

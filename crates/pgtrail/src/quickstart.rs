@@ -74,7 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // The safe way is the easy way: a witness copy of every checkpoint, so `verify` also
     // catches a journal cut short.
     let witness = journal.with_extension("witness");
-    config.journal.witness_dir = Some(witness.clone());
+    config.writer.journal.witness_dir = Some(witness.clone());
     if pgaudit {
         config.pgaudit = Some(pgtrail_pgaudit::IngestConfig {
             log_dir: pg.log_dir(),
