@@ -206,7 +206,7 @@ pub async fn open_journal(config: &WriterConfig) -> Result<JournalWriter, Captur
 /// restart. Typed comparisons: Debug text would differ with HashMap order (regression,
 /// issue 12.8: an unchanged `[auth.mapping]` read as a change needing a restart).
 fn needing_restart(old: &CaptureConfig, new: &CaptureConfig) -> Vec<&'static str> {
-    let restart: [(&'static str, bool); 6] = [
+    let restart: [(&'static str, bool); 8] = [
         ("proxy", old.proxy != new.proxy || old.workers != new.workers),
         ("journal", old.writer.journal_dir != new.writer.journal_dir || old.writer.journal != new.writer.journal),
         ("recorder", old.writer.recorder != new.writer.recorder),
@@ -216,6 +216,8 @@ fn needing_restart(old: &CaptureConfig, new: &CaptureConfig) -> Vec<&'static str
         ),
         ("signing key", old.writer.signing_key != new.writer.signing_key),
         ("delivery", old.proxy.delivery != new.proxy.delivery),
+        ("pgaudit", old.pgaudit != new.pgaudit),
+        ("metrics", old.metrics_listen != new.metrics_listen),
     ];
     restart.iter().filter(|(_, c)| *c).map(|(name, _)| *name).collect()
 }
@@ -437,5 +439,10 @@ mod tests {
         }
         let changed = text.replace("app3\"", "app33\"");
         assert_eq!(needing_restart(&resolve(&text), &resolve(&changed)), vec!["proxy"]);
+        // Issue 14.4: every section is compared, [pgaudit] and [metrics] included.
+        let pgaudit = format!("{text}[pgaudit]\nlog_dir = \"/var/log/pg\"\nformat = \"csvlog\"\n");
+        assert_eq!(needing_restart(&resolve(&pgaudit), &resolve(&pgaudit)), Vec::<&str>::new());
+        let other_format = pgaudit.replace("csvlog", "jsonlog");
+        assert_eq!(needing_restart(&resolve(&pgaudit), &resolve(&other_format)), vec!["pgaudit"]);
     }
 }

@@ -14,7 +14,7 @@ use crate::csv;
 use crate::prefix::{Prefix, parse_time, split_severity};
 
 /// Which format a log file is in.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Format {
     Stderr(Prefix),
     Csvlog,

@@ -42,7 +42,7 @@ pub enum IngestError {
 }
 
 /// What to ingest.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngestConfig {
     pub log_dir: PathBuf,
     pub format: Format,

@@ -27,7 +27,7 @@ enum Token {
 }
 
 /// A compiled log_line_prefix.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prefix {
     tokens: Vec<Token>,
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use pgtrail_wire::{
-    BackendMessage, ErrorFields, FrontendMessage, StartupMessage, WireError, decode_backend, decode_frontend,
+    BackendMessage, ENCRYPTION_ACCEPTED, ENCRYPTION_REFUSED, ErrorFields, FrontendMessage, StartupMessage, WireError,
+    decode_backend, decode_frontend,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -124,7 +125,7 @@ pub(crate) async fn connect_upstream(
     tcp.write_all(&out).await.map_err(SessionError::UpstreamConnect)?;
     let answer = tcp.read_u8().await.map_err(SessionError::UpstreamConnect)?;
     match answer {
-        b'S' => {
+        ENCRYPTION_ACCEPTED => {
             let connector = tokio_rustls::TlsConnector::from(Arc::clone(tls));
             let stream = connector
                 .connect(shared.upstream_server_name.clone(), tcp)
@@ -132,8 +133,8 @@ pub(crate) async fn connect_upstream(
                 .map_err(SessionError::UpstreamConnect)?;
             Ok(MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Client(stream))))
         }
-        b'N' if upstream.tls == UpstreamTlsMode::Prefer => Ok(MaybeTls::Plain(tcp)),
-        b'N' => Err(SessionError::UpstreamRefusedTls),
+        ENCRYPTION_REFUSED if upstream.tls == UpstreamTlsMode::Prefer => Ok(MaybeTls::Plain(tcp)),
+        ENCRYPTION_REFUSED => Err(SessionError::UpstreamRefusedTls),
         _ => Err(SessionError::UpstreamProtocol(WireError::Invalid { tag: '?', field: "answer to SSLRequest" })),
     }
 }

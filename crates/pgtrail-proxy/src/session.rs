@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use chrono::Utc;
-use pgtrail_wire::{ErrorFields, StartupMessage, decode_startup};
+use pgtrail_wire::{ENCRYPTION_ACCEPTED, ENCRYPTION_REFUSED, ErrorFields, StartupMessage, decode_startup};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -170,7 +170,7 @@ async fn read_startup(
                 }
                 client = match (client, shared.client_tls.as_ref()) {
                     (MaybeTls::Plain(mut tcp), Some(acceptor)) => {
-                        tcp.write_all(b"S").await.map_err(SessionError::ClientIo)?;
+                        tcp.write_all(&[ENCRYPTION_ACCEPTED]).await.map_err(SessionError::ClientIo)?;
                         *phase = Phase::Tls;
                         let tls = acceptor.accept(tcp).await.map_err(SessionError::ClientTls)?;
                         *phase = Phase::Startup;
@@ -178,14 +178,14 @@ async fn read_startup(
                     }
                     // No certificate configured: refuse TLS; the client may go on in plain.
                     (mut other, _) => {
-                        other.write_all(b"N").await.map_err(SessionError::ClientIo)?;
+                        other.write_all(&[ENCRYPTION_REFUSED]).await.map_err(SessionError::ClientIo)?;
                         other
                     }
                 };
             }
             StartupMessage::GssEncRequest if !negotiated_gss && !client.is_tls() => {
                 negotiated_gss = true;
-                client.write_all(b"N").await.map_err(SessionError::ClientIo)?;
+                client.write_all(&[ENCRYPTION_REFUSED]).await.map_err(SessionError::ClientIo)?;
             }
             StartupMessage::SslRequest | StartupMessage::GssEncRequest => {
                 return Err(SessionError::UnexpectedClientMessage("a second encryption request"));

@@ -27,7 +27,7 @@ use pgtrail_event::{
     ActivityEvent, Classified, Classifier, EventClass, ExitCode, Statement, class_from_tag, rows_from_completion,
     session_id, tag_from_completion,
 };
-use pgtrail_wire::{BackendCode, ErrorFields, FrontendMessage, TargetKind};
+use pgtrail_wire::{BackendCode, ErrorFields, FrontendMessage, TargetKind, TransactionStatus};
 
 use crate::encoding::ClientEncoding;
 
@@ -190,9 +190,8 @@ pub struct Tracker {
     copy_in: bool,
     /// The session's client_encoding: what the proxy records is decoded from it.
     client_encoding: ClientEncoding,
-    /// The transaction status of the last ReadyForQuery: `I` idle, `T` in a transaction
-    /// block, `E` in a failed one.
-    transaction: u8,
+    /// The transaction status of the last ReadyForQuery.
+    transaction: TransactionStatus,
     /// Statements ran since the last ReadyForQuery (an extended batch before its Sync runs
     /// in a transaction that only the Sync commits).
     ran_since_ready: bool,
@@ -245,7 +244,7 @@ impl Tracker {
             standard_conforming_strings: true,
             copy_in: false,
             client_encoding: ClientEncoding::Utf8,
-            transaction: b'I',
+            transaction: TransactionStatus::Idle,
             ran_since_ready: false,
             events: Vec::new(),
             desyncs: Vec::new(),
@@ -287,7 +286,7 @@ impl Tracker {
         let now = Utc::now();
         // A transaction block, or statements run since the last ReadyForQuery (an extended
         // batch whose Sync never came).
-        if matches!(self.transaction, b'T' | b'E') || self.ran_since_ready {
+        if self.transaction.in_transaction() || self.ran_since_ready {
             let mut e = self.facts.event(EventClass::Misc, "ROLLBACK", now);
             e.statement_id = self.next_statement_id();
             e.end_time = Some(now);
@@ -575,9 +574,10 @@ impl Tracker {
         }
     }
 
-    /// ReadyForQuery with the session's transaction status (`I`, `T` or `E`).
+    /// ReadyForQuery with the session's transaction status (`I`, `T` or `E`; the wire
+    /// decoder accepts no other).
     pub fn on_ready_status(&mut self, status: u8) {
-        self.transaction = status;
+        self.transaction = TransactionStatus::from_byte(status).unwrap_or(TransactionStatus::Idle);
         self.ran_since_ready = false;
         self.copy_in = false;
         self.on_ready();

@@ -200,7 +200,7 @@ impl BackendMessage {
             b'V' => Self::FunctionCallResponse(r.nullable("result")?),
             b'Z' => {
                 let status = r.u8("transaction status")?;
-                if !matches!(status, b'I' | b'T' | b'E') {
+                if crate::TransactionStatus::from_byte(status).is_none() {
                     return Err(r.invalid("transaction status"));
                 }
                 Self::ReadyForQuery { status }

@@ -177,6 +177,33 @@ impl BackendCode {
     }
 }
 
+/// The transaction status a ReadyForQuery carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum TransactionStatus {
+    /// Not in a transaction block.
+    Idle = b'I',
+    /// In a transaction block.
+    InBlock = b'T',
+    /// In a failed transaction block (statements are refused until it ends).
+    Failed = b'E',
+}
+
+impl TransactionStatus {
+    pub fn from_byte(byte: u8) -> Option<Self> {
+        [Self::Idle, Self::InBlock, Self::Failed].into_iter().find(|s| *s as u8 == byte)
+    }
+
+    pub fn byte(self) -> u8 {
+        self as u8
+    }
+
+    /// A transaction block is open (failed or not): ending the session rolls it back.
+    pub fn in_transaction(self) -> bool {
+        !matches!(self, Self::Idle)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,10 +27,11 @@ mod frontend;
 mod startup;
 
 pub use backend::{Authentication, BackendMessage, ErrorFields, FieldDescription};
-pub use codes::{BackendCode, FrontendCode};
+pub use codes::{BackendCode, FrontendCode, TransactionStatus};
 pub use error::WireError;
 pub use framing::{FrameHeader, Limits, Side, decode_backend, decode_frontend, peek_frame};
 pub use frontend::{FrontendMessage, SaslInitialResponse, TargetKind};
 pub use startup::{
-    CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, PROTOCOL_V3, SSL_REQUEST_CODE, StartupMessage, decode_startup,
+    CANCEL_REQUEST_CODE, ENCRYPTION_ACCEPTED, ENCRYPTION_REFUSED, GSSENC_REQUEST_CODE, PROTOCOL_V3, SSL_REQUEST_CODE,
+    StartupMessage, decode_startup,
 };

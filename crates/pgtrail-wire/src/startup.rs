@@ -13,6 +13,10 @@ pub const PROTOCOL_V3: i32 = 196_608;
 pub const SSL_REQUEST_CODE: i32 = 80_877_103;
 pub const GSSENC_REQUEST_CODE: i32 = 80_877_104;
 pub const CANCEL_REQUEST_CODE: i32 = 80_877_102;
+/// The one-byte answer to an SSLRequest (or GSSENCRequest): go ahead with the handshake.
+pub const ENCRYPTION_ACCEPTED: u8 = b'S';
+/// The one-byte answer to an SSLRequest (or GSSENCRequest): continue unencrypted.
+pub const ENCRYPTION_REFUSED: u8 = b'N';
 
 /// A message of the startup phase.
 #[derive(Debug, Clone, PartialEq, Eq)]
