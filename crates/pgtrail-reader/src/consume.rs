@@ -41,6 +41,15 @@ impl ConsumerError {
     pub fn consumer(error: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Consumer(Box::new(error))
     }
+
+    /// The I/O error behind a consumer's failure, when that is what it was (its output's
+    /// reader went away, its disk is full).
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            Self::Consumer(error) => error.downcast_ref(),
+            Self::Read(_) => None,
+        }
+    }
 }
 
 /// A consumer of events.

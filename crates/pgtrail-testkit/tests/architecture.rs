@@ -80,3 +80,35 @@ async fn issue14_5_one_condition_works_in_deny_rules_and_alert_rules_alike() {
     assert_eq!(fired.len(), 1, "the alert rule fires on exactly the statement the deny rule refused");
     assert_eq!(fired[0].verdict, Some(Verdict::Denied));
 }
+
+/// Issue 14 (found while moving tail and export onto the reader's consumer loop): their
+/// output errors came back wrapped in the reader's error, where the binary no longer saw a
+/// closed pipe, so `pgtrail tail ... | head` ended with "pgtrail: Broken pipe".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_tail_and_export_onto_the_reader_reported_a_closed_pipe_as_an_error() {
+    let pg = start_pg(HostAuth::Trust);
+    let mut capture = TestCapture::start(&pg).await;
+    let url = capture.url("postgres", "", "postgres");
+    assert_ok(&psql(&pg, &url, &["-c", "SELECT 1"]));
+    capture.shutdown().await;
+    let (journal, key) = (capture.journal_dir().to_path_buf(), capture.keys_dir().join("wrapping.key"));
+    let (j, k) = (journal.to_str().unwrap(), key.to_str().unwrap());
+    for args in [
+        vec!["tail", "--journal", j, "--key", k],
+        vec!["tail", "--journal", j, "--key", k, "--json"],
+        vec!["export", "--journal", j, "--key", k, "--format", "das"],
+    ] {
+        // A pipe whose reader is closed before the command writes anything.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(pgtrail_binary())
+            .args(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("Broken pipe") && !stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+    }
+}

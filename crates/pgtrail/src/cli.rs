@@ -1,0 +1,326 @@
+//! The command line: every subcommand and flag, with the help text `--help` shows.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use pgtrail_event::EventClass;
+
+use crate::quickstart;
+
+/// Database activity auditing for PostgreSQL: a wire-protocol proxy that records every
+/// connection and statement into a local journal.
+#[derive(Debug, Parser)]
+#[command(name = "pgtrail", version, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Process log format (the log never contains SQL text, parameters or passwords).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PGTRAIL_LOG_FORMAT")]
+    pub(crate) log_format: LogFormat,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum LogFileFormat {
+    Stderr,
+    Csvlog,
+    Jsonlog,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the auditing proxy in front of a PostgreSQL server.
+    ///
+    /// Either give a configuration file (see pgtrail.example.toml for every key), or the
+    /// three flags --listen, --upstream and --journal, which also override the file.
+    /// Stops cleanly on SIGTERM or Ctrl-C: no new connections, sessions get a grace
+    /// period, every event is flushed to the journal. SIGHUP reloads the configuration: a
+    /// new wrapping key and the [envelope] settings apply from the next record; other
+    /// changes need a restart (the log and a control event in the stream say which).
+    Proxy {
+        /// Configuration file (TOML; unknown keys are errors).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Address to accept clients on, e.g. 127.0.0.1:6432.
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<SocketAddr>,
+        /// The PostgreSQL server to protect, e.g. postgres://db.internal:5432.
+        #[arg(long, value_name = "postgres://HOST:PORT")]
+        upstream: Option<String>,
+        /// Directory of the journal the events are written to.
+        #[arg(long, value_name = "DIR")]
+        journal: Option<PathBuf>,
+        /// Directory with wrapping.pub and signing.key (from `pgtrail keys init`).
+        #[arg(long, value_name = "DIR")]
+        keys: Option<PathBuf>,
+        /// When the journal's last segment is damaged or tampered with (the proxy refuses
+        /// to start on it, naming the record), move that segment aside intact as
+        /// <segment>.damaged-<time>, continue after its last valid record, and record the
+        /// repair in the stream (JOURNAL REPAIRED, a critical alert). Run `pgtrail verify`
+        /// first and keep the set-aside file as evidence.
+        #[arg(long)]
+        set_aside_damaged_journal: bool,
+    },
+    /// Print the events in a journal, oldest first (decrypting, checking the hash chain).
+    Tail {
+        /// Directory of the journal.
+        #[arg(long, value_name = "DIR")]
+        journal: PathBuf,
+        /// Wrapping private key file (wrapping.key), or a directory of wrapping*.key files.
+        /// Repeat for records wrapped to older keys.
+        #[arg(long, value_name = "FILE|DIR", required = true)]
+        key: Vec<PathBuf>,
+        /// Keep running and print new events as they are written.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only events of this database user.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Only events of this class: READ, WRITE, FUNCTION, ROLE, DDL, MISC, MISC_SET, CONNECT, DISCONNECT.
+        #[arg(long, value_name = "CLASS")]
+        class: Option<EventClass>,
+        /// One JSON object per line (the DAS event fields) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Show heartbeat events too.
+        #[arg(long)]
+        heartbeats: bool,
+        /// Show pgAudit's records of statements the proxy recorded too (each names the
+        /// proxy event it confirms in `confirms`); hidden by default, as they are the same
+        /// statements seen twice.
+        #[arg(long)]
+        confirmations: bool,
+    },
+    /// Start a throwaway PostgreSQL behind the proxy and show its events live.
+    ///
+    /// Creates a cluster in a temporary directory with the installed PostgreSQL server
+    /// binaries, puts the proxy in front of it, prints the psql command to connect, and
+    /// prints every event as it is recorded until Ctrl-C. Then everything is removed.
+    Quickstart(quickstart::Args),
+    /// Write every record of a journal to stdout or a file (decrypting, checking the chain).
+    Export {
+        #[arg(long, value_name = "DIR")]
+        journal: PathBuf,
+        /// Wrapping private key file or directory (repeatable), as for tail.
+        #[arg(long, value_name = "FILE|DIR", required = true)]
+        key: Vec<PathBuf>,
+        /// jsonl: one event per line. das: one DAS record per line, exactly as written
+        /// (encrypted; readable by DAS consumers given `pgtrail keys unwrap`).
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        /// Output file (default: standard output).
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Check a journal's integrity with the public verification key only: CRCs, the hash
+    /// chain, sequence continuity, checkpoint signatures and (with --witness) truncation.
+    /// Exits 1 naming the first bad record.
+    Verify {
+        #[arg(long, value_name = "DIR")]
+        journal: PathBuf,
+        /// Checkpoint verification key (verify.pub); repeat for rotated signing keys.
+        #[arg(long = "verify-key", value_name = "FILE", required = true)]
+        verify_key: Vec<PathBuf>,
+        /// Witness directory the proxy copied checkpoints to (journal.witness_dir).
+        #[arg(long, value_name = "DIR")]
+        witness: Option<PathBuf>,
+    },
+    /// Read pgAudit's records (and connections, disconnections, errors) from PostgreSQL's
+    /// log files into a journal: sealed, hash-chained and checkpointed like the proxy's.
+    ///
+    /// Follows the files of one format in the log directory across rotation and truncation;
+    /// the position is saved once the events are durable, so a restart neither repeats nor
+    /// skips. Lines it cannot read are counted, logged once per kind and recorded as LOG
+    /// PARSE ERROR control events naming file and line. Stops cleanly on SIGTERM or Ctrl-C.
+    Ingest {
+        /// PostgreSQL's log directory (log_directory).
+        #[arg(long, value_name = "DIR")]
+        log_dir: PathBuf,
+        /// Which files to read: stderr (*.log), csvlog (*.csv) or jsonlog (*.json).
+        #[arg(long, value_enum)]
+        format: LogFileFormat,
+        /// log_line_prefix of the stderr format, as in postgresql.conf.
+        #[arg(long, default_value = "%m [%p] %q%u@%d ")]
+        prefix: String,
+        /// Journal directory to write to.
+        #[arg(long, value_name = "DIR")]
+        journal: PathBuf,
+        /// Key directory (wrapping.pub and signing.key, from `pgtrail keys init`).
+        #[arg(long, value_name = "DIR")]
+        keys: PathBuf,
+        /// Position file (default: <journal>.ingest-position).
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// Configuration file for [journal], [instance], [envelope] and [recorder].
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Make and use keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Check rule files and try them on events.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Alerting.
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
+    /// pgtrail local tokens, for places without an identity provider.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Print a signed, short-lived token that the proxy (auth.client = "token", with
+    /// auth.local_token_key = DIR/token-signing.pub) accepts in place of a password:
+    ///
+    ///   PGPASSWORD=$(pgtrail token issue --user alice) psql "host=... sslmode=require user=alice"
+    ///
+    /// The signing key pair is created in DIR on first use (token-signing.key, mode 0600).
+    /// Every event of the session records the person: issuer pgtrail-local, subject, name,
+    /// email, groups, token id.
+    Issue {
+        /// The person (the token's subject); also the database user unless --db-user is given.
+        #[arg(long)]
+        user: String,
+        /// A database user the token may log in as (repeatable); defaults to --user.
+        #[arg(long = "db-user", value_name = "USER")]
+        db_users: Vec<String>,
+        /// How long the token is valid: e.g. 90s, 15m, 2h (at most 24h).
+        #[arg(long, default_value = "15m", value_parser = parse_ttl)]
+        ttl: u64,
+        /// The person's display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// The person's email address.
+        #[arg(long)]
+        email: Option<String>,
+        /// A group the person belongs to (repeatable).
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
+        /// Directory of the token signing key pair.
+        #[arg(long, value_name = "DIR", default_value = "pgtrail-keys")]
+        key_dir: PathBuf,
+    },
+}
+
+/// `90s`, `15m`, `2h` or plain seconds.
+pub(crate) fn parse_ttl(text: &str) -> Result<u64, String> {
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?}: expected a number with s, m or h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+    };
+    if secs == 0 || secs > pgtrail_identity::local::MAX_TTL_SECS {
+        return Err(format!("{text:?}: must be between 1s and 24h"));
+    }
+    Ok(secs)
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AlertsCommand {
+    /// The alerting consumer: follows the journal with its own cursor, runs the rules on
+    /// every event, and writes each alert (firing or resolved) as a JSON line. After a
+    /// restart it resumes at its cursor without repeating alerts.
+    Run {
+        #[arg(long, value_name = "DIR")]
+        journal: PathBuf,
+        /// Wrapping private key file or directory (repeatable).
+        #[arg(long, value_name = "FILE|DIR", required = true)]
+        key: Vec<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        rules: PathBuf,
+        /// Cursor file (created if missing): where to resume after a restart.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// Append alerts to this file instead of standard output.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Alert when no record (not even a heartbeat) arrives for this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        gap_secs: u64,
+        /// Destinations file (TOML, [[destination]] tables): also send each alert to
+        /// webhooks, Slack, PagerDuty, Opsgenie, email or syslog.
+        #[arg(long, value_name = "FILE")]
+        destinations: Option<PathBuf>,
+        /// Serve Prometheus /metrics, /livez and /readyz on this address.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics: Option<SocketAddr>,
+    },
+    /// Send a test notification to every destination in the file and report each result
+    /// (PagerDuty and Opsgenie test incidents are resolved right after). Exits 1 if any
+    /// destination failed.
+    Test {
+        /// Destinations file (TOML, [[destination]] tables).
+        #[arg(long, value_name = "FILE")]
+        destinations: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RulesCommand {
+    /// Parse and check a rule file: syntax, CEL conditions (names and types), windows.
+    /// Exits 1 naming the line and the problem.
+    Check {
+        /// The rule file (TOML, one [[rule]] table per rule).
+        rules: PathBuf,
+    },
+    /// Run rules over events (JSON lines, as `pgtrail export --format jsonl` writes them)
+    /// and show which rules fire, when and why, and each rule's alarm state at the end.
+    Test {
+        #[arg(long, value_name = "FILE")]
+        rules: PathBuf,
+        /// Events file, or - for standard input.
+        #[arg(long, value_name = "FILE")]
+        events: PathBuf,
+        /// One JSON object per alert instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Make a wrapping key pair (HPKE X25519) and a checkpoint signing key pair (ed25519).
+    ///
+    /// Writes wrapping.pub and signing.key (for the proxy), wrapping.key (for readers:
+    /// keep it off the proxy host) and verify.pub (for `pgtrail verify`), each mode 0600.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Replace existing key files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the plaintext data key of a DAS record (hex), for consumers that decrypt DAS
+    /// records themselves (raw AES keyring, provider "BC", key name "DataKey").
+    Unwrap {
+        /// Wrapping private key file or directory (repeatable).
+        #[arg(long, value_name = "FILE|DIR", required = true)]
+        key: Vec<PathBuf>,
+        /// A file holding one DAS record (JSON), or - for standard input.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["journal", "seq"])]
+        record: Option<PathBuf>,
+        /// Take the record from this journal...
+        #[arg(long, value_name = "DIR", requires = "seq")]
+        journal: Option<PathBuf>,
+        /// ...at this sequence number.
+        #[arg(long, value_name = "N")]
+        seq: Option<u64>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ExportFormat {
+    Jsonl,
+    Das,
+}
