@@ -329,6 +329,19 @@ pub fn run_pgtrail(args: &[&str]) -> Output {
     Command::new(pgtrail_binary()).args(args).output().expect("pgtrail runs")
 }
 
+/// Runs the real `pgtrail` binary with its standard output a pipe whose reader has
+/// already gone (`pgtrail ... | head` once head has exited), capturing standard error.
+pub fn run_pgtrail_into_closed_pipe(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    Command::new(pgtrail_binary())
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("pgtrail runs")
+}
+
 /// `pgtrail keys init --dir DIR`; asserts it succeeded and returns what it printed.
 pub fn keys_init(dir: &Path) -> String {
     let out = run_pgtrail(&["keys", "init", "--dir", dir.to_str().expect("UTF-8 path")]);

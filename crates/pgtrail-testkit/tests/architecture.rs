@@ -98,15 +98,7 @@ async fn issue14_tail_and_export_onto_the_reader_reported_a_closed_pipe_as_an_er
         vec!["tail", "--journal", j, "--key", k, "--json"],
         vec!["export", "--journal", j, "--key", k, "--format", "das"],
     ] {
-        // A pipe whose reader is closed before the command writes anything.
-        let (reader, writer) = std::io::pipe().expect("pipe");
-        drop(reader);
-        let out = Command::new(pgtrail_binary())
-            .args(&args)
-            .stdout(writer)
-            .stderr(std::process::Stdio::piped())
-            .output()
-            .expect("runs");
+        let out = run_pgtrail_into_closed_pipe(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("Broken pipe") && !stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);

@@ -393,14 +393,7 @@ fn issue12_9_broken_pipe_panicked_with_a_backtrace() {
         vec!["keys", "init", "--help"],
     ] {
         // A pipe whose reader is closed before the command writes anything.
-        let (reader, writer) = std::io::pipe().expect("pipe");
-        drop(reader);
-        let out = std::process::Command::new(pgtrail_binary())
-            .args(&args)
-            .stdout(writer)
-            .stderr(std::process::Stdio::piped())
-            .output()
-            .expect("runs");
+        let out = run_pgtrail_into_closed_pipe(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{args:?}: {stderr}");
         assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
