@@ -329,24 +329,40 @@ impl<T: Send + 'static> Recorder<T> {
 
     /// Queues an item, waiting for room rather than dropping it; the future resolves when
     /// the record holding it is durable, or fails if the writer has stopped.
+    ///
+    /// The item is queued now, not when the future is first polled: the items of one batch
+    /// (a pipeline, a multi-statement query, one poll of the pgAudit logs) reach the writer
+    /// together and share one record and one fsync, however their futures are awaited.
+    /// Only when the queue is full does the future wait for room (and an item recorded
+    /// after it may then be written first).
     pub fn record_durable(&self, item: T) -> Durable {
         let (ack, done) = oneshot::channel();
-        let mut entry = Entry { item, ack: Some(ack) };
+        let entry = Entry { item, ack: Some(ack) };
+        let waiting_for_room = match self.tx.try_send(entry) {
+            Ok(()) => {
+                self.stats.recorded.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(TrySendError::Full(back)) => Some(back),
+            Err(TrySendError::Disconnected(_)) => return Box::pin(async { Err(JournalError::RecorderStopped) }),
+        };
         let tx = self.tx.clone();
         let stats = Arc::clone(&self.stats);
         Box::pin(async move {
-            loop {
-                match tx.try_send(entry) {
-                    Ok(()) => break,
-                    // The queue is full: the client waits, nothing is dropped.
-                    Err(TrySendError::Full(back)) => {
-                        entry = back;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
+            if let Some(mut entry) = waiting_for_room {
+                loop {
+                    match tx.try_send(entry) {
+                        Ok(()) => break,
+                        // The queue is full: the client waits, nothing is dropped.
+                        Err(TrySendError::Full(back)) => {
+                            entry = back;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        Err(TrySendError::Disconnected(_)) => return Err(JournalError::RecorderStopped),
                     }
-                    Err(TrySendError::Disconnected(_)) => return Err(JournalError::RecorderStopped),
                 }
+                stats.recorded.fetch_add(1, Ordering::Relaxed);
             }
-            stats.recorded.fetch_add(1, Ordering::Relaxed);
             done.await.map_err(|_| JournalError::RecorderStopped)
         })
     }

@@ -55,7 +55,8 @@ pub type Durable = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Se
 pub trait EventSink: Send + Sync + 'static {
     /// Async delivery: hand over and forget (the sink counts what it must drop).
     fn emit(&self, event: ActivityEvent);
-    /// Sync delivery: the returned future resolves when the event is durable.
+    /// Sync delivery: the event is queued at once (so the events of one batch share an
+    /// fsync); the returned future resolves when it is durable.
     fn emit_durable(&self, event: ActivityEvent) -> Durable;
     /// False while the sink cannot make events durable (fail-closed refuses work then).
     fn healthy(&self) -> bool {

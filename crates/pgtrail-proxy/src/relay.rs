@@ -685,6 +685,8 @@ async fn server_to_client(
             }
             return None;
         }
+        // Each event is queued as it is handed over (not when its wait is first polled), so
+        // the events of this batch share one record and one fsync.
         let waits: Vec<Durable> = events.into_iter().map(|e| shared.sink.emit_durable(e)).collect();
         Some(Box::pin(async move {
             let mut all = true;
