@@ -6,8 +6,11 @@
 //! its text is kept (with passwords redacted where the tokens allow), and its class is
 //! filled in later from the server's command tag.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use pg_query::{NodeEnum, NodeRef, ParserOptions};
 
@@ -85,14 +88,18 @@ pub struct Classified {
 #[derive(Debug, Clone)]
 pub struct Classifier {
     cache: Arc<Mutex<Cache>>,
-    capacity: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Cache {
     /// Normalized key (prefixed with the string-escaping mode) -> the statement's analysis.
-    shapes: HashMap<String, Statement>,
-    exact: HashMap<String, Arc<Classified>>,
+    shapes: LruCache<String, Statement>,
+    /// Exact text (prefixed likewise) -> its classification: multi-statement texts and
+    /// texts the normalizer cannot lex, up to [`MAX_EXACT_TEXT`] bytes each.
+    exact: LruCache<String, Arc<Classified>>,
+    /// Bytes the exact entries hold (text and classification, estimated), at most
+    /// [`EXACT_CACHE_BYTES`].
+    exact_bytes: usize,
 }
 
 impl Default for Classifier {
@@ -101,13 +108,26 @@ impl Default for Classifier {
     }
 }
 
-/// Longer texts are classified but not cached: they are rarely repeated and would pin memory.
+/// Texts up to this size are looked up by shape (literals lexed away).
 const MAX_CACHED_TEXT: usize = 16 * 1024;
+/// Texts up to this size are cached by their exact text: long multi-statement texts are
+/// classified again at every CommandComplete of theirs, so they are worth keeping.
+const MAX_EXACT_TEXT: usize = 1 << 20;
+/// What the exact-text entries may hold together; the least recently used go first.
+const EXACT_CACHE_BYTES: usize = 64 << 20;
+
+/// What an exact entry costs: its key, and the statement texts its classification keeps.
+fn exact_entry_bytes(key: &str) -> usize {
+    2 * key.len() + 256
+}
 
 impl Classifier {
-    /// A classifier that keeps at most `capacity` entries of each kind.
+    /// A classifier that keeps at most `capacity` entries of each kind, the least recently
+    /// used evicted first.
     pub fn new(capacity: usize) -> Self {
-        Self { cache: Arc::new(Mutex::new(Cache::default())), capacity }
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        let cache = Cache { shapes: LruCache::new(capacity), exact: LruCache::new(capacity), exact_bytes: 0 };
+        Self { cache: Arc::new(Mutex::new(cache)) }
     }
 
     /// Classifies `sql` as sent by a client with standard_conforming_strings on.
@@ -118,42 +138,44 @@ impl Classifier {
     /// Classifies `sql`; a repeated text, or one that differs only in literal values, costs
     /// a lexing pass and one hash lookup instead of a parse.
     pub fn classify_with(&self, sql: &str, standard_conforming_strings: bool) -> Arc<Classified> {
-        let cacheable = sql.len() <= MAX_CACHED_TEXT;
-        let shape = if cacheable { normalize(sql, standard_conforming_strings) } else { None };
+        let shape = if sql.len() <= MAX_CACHED_TEXT { normalize(sql, standard_conforming_strings) } else { None };
+        let exact_cacheable = shape.is_none() && sql.len() <= MAX_EXACT_TEXT;
         if let Some(shape) = &shape {
             let key = shape_key(&shape.key, standard_conforming_strings);
             if let Some(template) = self.lock().shapes.get(&key) {
                 let statement = from_template(template, sql, shape.statement_end, standard_conforming_strings);
                 return Arc::new(Classified { statements: vec![statement] });
             }
-        } else if cacheable && let Some(hit) = self.lock().exact.get(&exact_key(sql, standard_conforming_strings)) {
+        } else if exact_cacheable && let Some(hit) = self.lock().exact.get(&exact_key(sql, standard_conforming_strings))
+        {
             return Arc::clone(hit);
         }
         let classified = Arc::new(classify_uncached(sql, standard_conforming_strings));
-        if !cacheable {
-            return classified;
-        }
         let mut cache = self.lock();
         match (&shape, classified.statements.as_slice()) {
             (Some(shape), [statement]) => {
-                if cache.shapes.len() >= self.capacity {
-                    // Crude but bounded; workloads with more shapes than this gain little.
-                    cache.shapes.clear();
-                }
-                cache.shapes.insert(shape_key(&shape.key, standard_conforming_strings), statement.clone());
+                cache.shapes.put(shape_key(&shape.key, standard_conforming_strings), statement.clone());
             }
-            _ => {
-                if cache.exact.len() >= self.capacity {
-                    cache.exact.clear();
+            _ if shape.is_some() || exact_cacheable => {
+                let key = exact_key(sql, standard_conforming_strings);
+                let bytes = exact_entry_bytes(&key);
+                if let Some((old, _)) = cache.exact.push(key, Arc::clone(&classified)) {
+                    // An entry went: the same key replaced, or the least recently used.
+                    cache.exact_bytes = cache.exact_bytes.saturating_sub(exact_entry_bytes(&old));
                 }
-                cache.exact.insert(exact_key(sql, standard_conforming_strings), Arc::clone(&classified));
+                cache.exact_bytes += bytes;
+                while cache.exact_bytes > EXACT_CACHE_BYTES {
+                    let Some((old, _)) = cache.exact.pop_lru() else { break };
+                    cache.exact_bytes = cache.exact_bytes.saturating_sub(exact_entry_bytes(&old));
+                }
             }
+            _ => {}
         }
         classified
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
-        // A panic while holding the lock leaves a consistent map (insert or clear).
+        // A panic while holding the lock leaves a consistent map (one put or pop).
         self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
@@ -573,5 +595,33 @@ mod tests {
         c.classify("SELECT 5; SELECT 6");
         assert!(c.lock().exact.len() <= 2);
         assert_eq!(c.classify("SELECT 1; SELECT 2").statements[1].command.as_deref(), Some("SELECT"));
+    }
+
+    /// Issue 15.3: the caches were cleared whole when full, so a workload with one shape
+    /// too many parsed everything again; now the least recently used entry goes.
+    #[test]
+    fn a_full_cache_evicts_the_least_recently_used_entry_not_everything() {
+        let c = Classifier::new(2);
+        let has = |c: &Classifier, table: &str| c.lock().shapes.iter().any(|(k, _)| k.contains(table));
+        c.classify("SELECT * FROM tbl_a WHERE id = 1");
+        c.classify("SELECT * FROM tbl_b WHERE id = 1");
+        c.classify("SELECT * FROM tbl_a WHERE id = 2"); // a is used again
+        c.classify("SELECT * FROM tbl_c WHERE id = 1");
+        assert!(has(&c, "tbl_a") && has(&c, "tbl_c"), "the recent entries stay");
+        assert!(!has(&c, "tbl_b"), "the least recently used one went");
+    }
+
+    /// Issue 15.3: multi-statement texts over 16 KiB were never cached, so the tracker
+    /// parsed them again at every CommandComplete of theirs.
+    #[test]
+    fn long_multi_statement_texts_are_cached_by_their_exact_text() {
+        let c = Classifier::new(10);
+        let long: String = (0..2000).map(|i| format!("INSERT INTO t VALUES ({i});")).collect();
+        assert!(long.len() > MAX_CACHED_TEXT);
+        let first = c.classify(&long);
+        assert_eq!(first.statements.len(), 2000);
+        assert!(Arc::ptr_eq(&first, &c.classify(&long)), "the second classification is the cached one");
+        let bytes = c.lock().exact_bytes;
+        assert!(bytes >= 2 * long.len() && bytes <= EXACT_CACHE_BYTES, "{bytes}");
     }
 }
