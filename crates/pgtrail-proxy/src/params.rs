@@ -66,12 +66,12 @@ pub(crate) fn render(value: &[u8], format: i16, type_oid: u32, encoding: ClientE
     })
 }
 
+/// `\x` and the bytes in lowercase hex, as PostgreSQL prints a bytea (one allocation, not
+/// one per byte).
 fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(2 + bytes.len() * 2);
     s.push_str("\\x");
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
-    }
+    s.push_str(&::hex::encode(bytes));
     s
 }
 
