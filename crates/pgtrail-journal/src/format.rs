@@ -21,7 +21,7 @@ pub type Hash = [u8; 32];
 pub enum RecordKind {
     /// An envelope (a DAS record): opaque to the journal.
     Envelope,
-    /// A signed checkpoint (see [`crate::checkpoint`]).
+    /// A signed checkpoint (its payload is described in the `checkpoint` module).
     Checkpoint,
 }
 

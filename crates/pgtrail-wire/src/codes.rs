@@ -29,6 +29,7 @@ pub enum FrontendCode {
 }
 
 impl FrontendCode {
+    #[cfg(test)]
     const ALL: [FrontendCode; 14] = [
         Self::Query,
         Self::Parse,
@@ -46,9 +47,26 @@ impl FrontendCode {
         Self::Terminate,
     ];
 
-    /// The code of a tag byte; `None` for a byte no client message uses.
+    /// The code of a tag byte; `None` for a byte no client message uses. A match (a jump
+    /// table), not a search: it runs for every frame.
     pub fn from_tag(tag: u8) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| *c as u8 == tag)
+        Some(match tag {
+            b'Q' => Self::Query,
+            b'P' => Self::Parse,
+            b'B' => Self::Bind,
+            b'D' => Self::Describe,
+            b'E' => Self::Execute,
+            b'C' => Self::Close,
+            b'S' => Self::Sync,
+            b'H' => Self::Flush,
+            b'd' => Self::CopyData,
+            b'c' => Self::CopyDone,
+            b'f' => Self::CopyFail,
+            b'F' => Self::FunctionCall,
+            b'p' => Self::AuthResponse,
+            b'X' => Self::Terminate,
+            _ => return None,
+        })
     }
 
     pub fn tag(self) -> u8 {
@@ -116,6 +134,7 @@ pub enum BackendCode {
 }
 
 impl BackendCode {
+    #[cfg(test)]
     const ALL: [BackendCode; 24] = [
         Self::Authentication,
         Self::BackendKeyData,
@@ -143,9 +162,36 @@ impl BackendCode {
         Self::NegotiateProtocolVersion,
     ];
 
-    /// The code of a tag byte; `None` for a byte no server message uses.
+    /// The code of a tag byte; `None` for a byte no server message uses. A match, not a
+    /// search: it runs for every frame, every DataRow included.
     pub fn from_tag(tag: u8) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| *c as u8 == tag)
+        Some(match tag {
+            b'R' => Self::Authentication,
+            b'K' => Self::BackendKeyData,
+            b'S' => Self::ParameterStatus,
+            b'Z' => Self::ReadyForQuery,
+            b'T' => Self::RowDescription,
+            b'D' => Self::DataRow,
+            b'C' => Self::CommandComplete,
+            b'I' => Self::EmptyQueryResponse,
+            b'E' => Self::ErrorResponse,
+            b'N' => Self::NoticeResponse,
+            b'A' => Self::NotificationResponse,
+            b'1' => Self::ParseComplete,
+            b'2' => Self::BindComplete,
+            b'3' => Self::CloseComplete,
+            b't' => Self::ParameterDescription,
+            b'n' => Self::NoData,
+            b's' => Self::PortalSuspended,
+            b'G' => Self::CopyInResponse,
+            b'H' => Self::CopyOutResponse,
+            b'W' => Self::CopyBothResponse,
+            b'd' => Self::CopyData,
+            b'c' => Self::CopyDone,
+            b'V' => Self::FunctionCallResponse,
+            b'v' => Self::NegotiateProtocolVersion,
+            _ => return None,
+        })
     }
 
     pub fn tag(self) -> u8 {
@@ -221,6 +267,15 @@ mod tests {
         tags.dedup();
         assert_eq!(tags.len(), FrontendCode::ALL.len());
         assert_eq!(FrontendCode::from_tag(b'Z'), None);
+        // Every byte the matches accept maps back to itself, and only the listed codes do.
+        for byte in 0..=u8::MAX {
+            if let Some(code) = FrontendCode::from_tag(byte) {
+                assert!(code.tag() == byte && FrontendCode::ALL.contains(&code));
+            }
+            if let Some(code) = BackendCode::from_tag(byte) {
+                assert!(code.tag() == byte && BackendCode::ALL.contains(&code));
+            }
+        }
         assert_eq!(BackendCode::from_tag(b'Q'), None);
     }
 
