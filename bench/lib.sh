@@ -30,7 +30,8 @@ start_pg() {
 
 stop_pg() { as_pg "$BIN/pg_ctl" stop -D "$work/data" -m fast >/dev/null 2>&1 || true; }
 
-# pgbouncer in session mode on port $1 in front of the cluster on port $2 (trust).
+# pgbouncer in session mode on port $1 in front of the cluster on port $2 (trust); its
+# pool holds $BOUNCER_POOL server connections (80), enough for a -c 64 run.
 start_pgbouncer() {
   cat > "$work/pgbouncer.ini" <<INI
 [databases]
@@ -41,8 +42,8 @@ listen_port = $1
 auth_type = trust
 auth_file = $work/userlist.txt
 pool_mode = session
-max_client_conn = 100
-default_pool_size = 20
+max_client_conn = ${BOUNCER_MAX_CLIENTS:-200}
+default_pool_size = ${BOUNCER_POOL:-80}
 logfile = $work/pgbouncer.log
 pidfile = $work/pgbouncer.pid
 INI
@@ -90,3 +91,18 @@ pgbench_tps() {
   "$BIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" "$@" postgres 2>/dev/null \
     | awk '/^tps = /{print $3; exit}'
 }
+
+# "TPS TRANSACTIONS" of pgbench against port $1 with $2 clients (threads: the lesser of
+# $THREADS and the clients); further arguments go to pgbench; uses $DURATION.
+pgbench_run() {
+  local port=$1 clients=$2; shift 2
+  local threads=$(( clients < THREADS ? clients : THREADS ))
+  "$BIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$clients" -j "$threads" -T "$DURATION" "$@" postgres 2>/dev/null \
+    | awk '/^number of transactions actually processed: /{n=$6} /^tps = /{t=$3} END{print t, n}'
+}
+
+# CPU time (user + system) process $1 has used so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# Resident set size of process $1 in KiB.
+rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }

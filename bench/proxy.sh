@@ -1,35 +1,59 @@
 #!/usr/bin/env bash
-# Throughput of pgtrail against direct PostgreSQL and pgbouncer (session mode), all
-# measured in the same run on the same throwaway cluster.
+# What the proxy hop and the audit cost: pgbench throughput and proxy CPU per transaction
+# for direct PostgreSQL, pgbouncer (session mode), a zero-work relay (copies bytes both
+# ways and does nothing else: the limit of any proxy hop on this machine), pgtrail with
+# async delivery and pgtrail with sync delivery (each client waits for its events' fsync),
+# all measured in the same run on the same throwaway cluster.
 #
-#   bench/proxy.sh                 # 30 s per run, 3 repeats (the numbers in the notes)
-#   DURATION=5 REPEATS=1 bench/proxy.sh   # a quick look
+#   bench/proxy.sh                          # 8 s per run, 3 repeats (the README's table)
+#   DURATION=5 REPEATS=1 bench/proxy.sh     # a quick look
+#   WORKLOADS="select tpcb" bench/proxy.sh  # some of the workloads only
 #
-# For each workload (pgbench -S, and the default TPC-B-like script), -c 8 -j 2, it runs
-# direct, pgbouncer, pgtrail with async delivery and pgtrail with sync delivery (the
-# client waits for each event's fsync) in turn (interleaved, so drift hits all alike),
-# and prints the median TPS of each and pgtrail's ratios to direct and to pgbouncer.
+# Workloads (pgbench, scale $SCALE): select (-S, simple protocol, -c 8), select-extended
+# (-M extended), select-prepared (-M prepared), tpcb (the default TPC-B-like script, -c 8),
+# select-c1 (-S, one client), select-c64 (-S, 64 clients); -j is the lesser of $THREADS
+# and the clients. Within a repeat the five targets run one after another (interleaved, so
+# drift hits all alike); the tables show medians over the repeats. CPU is the process's
+# user + system time (from /proc/PID/stat) over the run divided by the transactions it
+# carried; PostgreSQL's own CPU is not counted for any column.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION="${DURATION:-30}"
+DURATION="${DURATION:-8}"
 REPEATS="${REPEATS:-3}"
-CLIENTS="${CLIENTS:-8}"
 THREADS="${THREADS:-2}"
 SCALE="${SCALE:-10}"
+WORKLOADS="${WORKLOADS:-select select-extended select-prepared tpcb select-c1 select-c64}"
 . bench/lib.sh
 
+workload_spec() { # "CLIENTS PGBENCH-ARGS..." for a workload name
+  case "$1" in
+    select) echo "8 -S" ;;
+    select-extended) echo "8 -S -M extended" ;;
+    select-prepared) echo "8 -S -M prepared" ;;
+    tpcb) echo "8" ;;
+    select-c1) echo "1 -S" ;;
+    select-c64) echo "64 -S" ;;
+    *) echo "unknown workload '$1' (select select-extended select-prepared tpcb select-c1 select-c64)" >&2; exit 2 ;;
+  esac
+}
+for w in $WORKLOADS; do workload_spec "$w" >/dev/null; done
+
 command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed: run scripts/setup.sh" >&2; exit 1; }
-echo "building pgtrail (release)..." >&2
+echo "building pgtrail and the zero-work relay (release)..." >&2
 cargo build --release --locked --bin pgtrail >&2
+cargo build --release --locked -p pgtrail-proxy --example relay >&2
 PGTRAIL="$PWD/target/release/pgtrail"
+RELAY="$PWD/target/release/examples/relay"
 
 make_work pgtrail-bench
-PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); TRAIL_PORT=$(free_port); SYNC_PORT=$(free_port)
+PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); RELAY_PORT=$(free_port)
+TRAIL_PORT=$(free_port); SYNC_PORT=$(free_port)
 
 cleanup() {
-  [ -n "${TRAIL_PID:-}" ] && kill "$TRAIL_PID" 2>/dev/null || true
-  [ -n "${SYNC_PID:-}" ] && kill "$SYNC_PID" 2>/dev/null || true
+  for pid in "${RELAY_PID:-}" "${TRAIL_PID:-}" "${SYNC_PID:-}"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  done
   stop_pgbouncer
   stop_pg
   wait 2>/dev/null || true
@@ -37,35 +61,72 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_pg "$PG_PORT" "max_connections = 100" "shared_buffers = 256MB"
+start_pg "$PG_PORT" "max_connections = 300" "shared_buffers = 256MB"
 "$BIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
 start_pgbouncer "$BOUNCER_PORT" "$PG_PORT"
+"$RELAY" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PG_PORT" &
+RELAY_PID=$!
 "$PGTRAIL" keys init --dir "$work/keys" >/dev/null
-PGTRAIL_LOG=warn "$PGTRAIL" proxy --listen "127.0.0.1:$TRAIL_PORT" --upstream "postgres://127.0.0.1:$PG_PORT" \
-  --journal "$work/journal" --keys "$work/keys" 2>"$work/pgtrail.log" &
+pgtrail_config "$TRAIL_PORT" journal > "$work/async.toml"
+PGTRAIL_LOG=warn "$PGTRAIL" proxy --config "$work/async.toml" 2>"$work/pgtrail.log" &
 TRAIL_PID=$!
 pgtrail_config "$SYNC_PORT" journal-sync $'[delivery]\nmode = "sync"' > "$work/sync.toml"
 PGTRAIL_LOG=warn "$PGTRAIL" proxy --config "$work/sync.toml" 2>"$work/pgtrail-sync.log" &
 SYNC_PID=$!
-wait_ready "$BOUNCER_PORT" "$TRAIL_PORT" "$SYNC_PORT"
+wait_ready "$BOUNCER_PORT" "$RELAY_PORT" "$TRAIL_PORT" "$SYNC_PORT"
+BOUNCER_PID=$(cat "$work/pgbouncer.pid")
 
-printf '%-11s %9s %9s %9s %9s %8s %8s %8s %8s\n' workload direct pgbouncer async sync \
-  "as/dir" "as/bnc" "sy/dir" "sy/bnc"
-for workload in select-only tpcb-like; do
-  args=(); [ "$workload" = select-only ] && args=(-S)
-  : > "$work/direct"; : > "$work/bouncer"; : > "$work/trail"; : > "$work/sync"
+TARGETS="direct pgbouncer relay async sync"
+port_of() { case "$1" in direct) echo "$PG_PORT" ;; pgbouncer) echo "$BOUNCER_PORT" ;; relay) echo "$RELAY_PORT" ;; async) echo "$TRAIL_PORT" ;; sync) echo "$SYNC_PORT" ;; esac; }
+pid_of() { case "$1" in pgbouncer) echo "$BOUNCER_PID" ;; relay) echo "$RELAY_PID" ;; async) echo "$TRAIL_PID" ;; sync) echo "$SYNC_PID" ;; *) echo "" ;; esac; }
+
+for w in $WORKLOADS; do
+  read -r clients args <<<"$(workload_spec "$w")"
+  # shellcheck disable=SC2086 # args is a word list
+  set -- $args
+  for t in $TARGETS; do : > "$work/$w.$t.tps"; : > "$work/$w.$t.cpu"; done
   for r in $(seq "$REPEATS"); do
-    echo "  $workload repeat $r/$REPEATS..." >&2
-    pgbench_tps "$PG_PORT" "${args[@]}" >> "$work/direct"
-    pgbench_tps "$BOUNCER_PORT" "${args[@]}" >> "$work/bouncer"
-    pgbench_tps "$TRAIL_PORT" "${args[@]}" >> "$work/trail"
-    pgbench_tps "$SYNC_PORT" "${args[@]}" >> "$work/sync"
+    for t in $TARGETS; do
+      echo "  $w ($clients clients) repeat $r/$REPEATS: $t..." >&2
+      pid=$(pid_of "$t")
+      before=0; [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+      read -r tps txns <<<"$(pgbench_run "$(port_of "$t")" "$clients" "$@")"
+      [ -n "${tps:-}" ] && [ -n "${txns:-}" ] || { echo "pgbench against $t failed" >&2; exit 1; }
+      echo "$tps" >> "$work/$w.$t.tps"
+      if [ -n "$pid" ]; then
+        after=$(cpu_ticks "$pid")
+        # clock ticks are 1/CLK_TCK s: microseconds per transaction
+        awk -v d=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$txns" 'BEGIN { print d * 1e6 / hz / n }' >> "$work/$w.$t.cpu"
+      fi
+    done
   done
-  d=$(median < "$work/direct"); b=$(median < "$work/bouncer"); t=$(median < "$work/trail"); y=$(median < "$work/sync")
-  awk -v w="$workload" -v d="$d" -v b="$b" -v t="$t" -v y="$y" \
-    'BEGIN { printf "%-11s %9.0f %9.0f %9.0f %9.0f %8.3f %8.3f %8.3f %8.3f\n", w, d, b, t, y, t / d, t / b, y / d, y / b }'
 done
-echo "(as = pgtrail async delivery, sy = pgtrail sync delivery, dir = direct, bnc = pgbouncer)"
+
+m() { median < "$work/$1.$2.$3"; }
+echo
+echo "Throughput: median TPS, and the ratio to direct PostgreSQL in brackets"
+echo
+echo "| workload | direct | pgbouncer | zero-work relay | pgtrail async | pgtrail sync | proxy CPU us/txn: pgbouncer / relay / async / sync |"
+echo "|---|---|---|---|---|---|---|"
+for w in $WORKLOADS; do
+  awk -v w="$w" -v d="$(m "$w" direct tps)" -v b="$(m "$w" pgbouncer tps)" -v r="$(m "$w" relay tps)" \
+    -v a="$(m "$w" async tps)" -v s="$(m "$w" sync tps)" -v cb="$(m "$w" pgbouncer cpu)" \
+    -v cr="$(m "$w" relay cpu)" -v ca="$(m "$w" async cpu)" -v cs="$(m "$w" sync cpu)" 'BEGIN {
+      printf "| %s | %.0f | %.0f (%.2f) | %.0f (%.2f) | %.0f (%.2f) | %.0f (%.2f) | %.0f / %.0f / %.0f / %.0f |\n",
+        w, d, b, b / d, r, r / d, a, a / d, s, s / d, cb, cr, ca, cs }'
+done
+echo
+echo "pgtrail's ratios to the other proxies (median TPS over median TPS)"
+echo
+echo "| workload | async / relay | async / pgbouncer | sync / relay | sync / pgbouncer | sync / async | sync CPU - async CPU (us/txn) |"
+echo "|---|---|---|---|---|---|---|"
+for w in $WORKLOADS; do
+  awk -v w="$w" -v b="$(m "$w" pgbouncer tps)" -v r="$(m "$w" relay tps)" -v a="$(m "$w" async tps)" \
+    -v s="$(m "$w" sync tps)" -v ca="$(m "$w" async cpu)" -v cs="$(m "$w" sync cpu)" 'BEGIN {
+      printf "| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %+.0f |\n", w, a / r, a / b, s / r, s / b, s / a, cs - ca }'
+done
+echo
+echo "($(nproc) CPUs, $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo); pgbench -T $DURATION, $REPEATS repeats, scale $SCALE)"
 for j in journal journal-sync; do
   events=$("$PGTRAIL" tail --journal "$work/$j" --key "$work/keys/wrapping.key" --json 2>/dev/null | wc -l)
   echo "$j: $events events ($(du -sh "$work/$j" | cut -f1))"
