@@ -49,7 +49,8 @@ pidfile = $work/pgbouncer.pid
 INI
   echo '"postgres" ""' > "$work/userlist.txt"
   if [ "$(id -u)" -eq 0 ]; then chown postgres: "$work/pgbouncer.ini" "$work/userlist.txt"; fi
-  as_pg pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
+  # runuser's PAM session resets the open file limit: raise it again to the caller's
+  as_pg bash -c 'ulimit -n "$1" 2>/dev/null; exec pgbouncer "$2"' _ "$(ulimit -n)" "$work/pgbouncer.ini" >/dev/null 2>&1 &
   BOUNCER_PID=$!
 }
 
