@@ -107,3 +107,22 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # Resident set size of process $1 in KiB.
 rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+
+# The four proxies in front of the cluster on $PG_PORT, for the comparisons: pgbouncer on
+# $BOUNCER_PORT, the zero-work relay ($RELAY) on $RELAY_PORT, pgtrail ($PGTRAIL) with async
+# delivery on $TRAIL_PORT and with sync delivery on $SYNC_PORT. Sets BOUNCER_PID,
+# RELAY_PID, TRAIL_PID and SYNC_PID once all accept connections.
+start_proxies() {
+  start_pgbouncer "$BOUNCER_PORT" "$PG_PORT"
+  "$RELAY" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PG_PORT" &
+  RELAY_PID=$!
+  "$PGTRAIL" keys init --dir "$work/keys" >/dev/null
+  pgtrail_config "$TRAIL_PORT" journal > "$work/async.toml"
+  PGTRAIL_LOG=warn "$PGTRAIL" proxy --config "$work/async.toml" 2>"$work/pgtrail.log" &
+  TRAIL_PID=$!
+  pgtrail_config "$SYNC_PORT" journal-sync $'[delivery]\nmode = "sync"' > "$work/sync.toml"
+  PGTRAIL_LOG=warn "$PGTRAIL" proxy --config "$work/sync.toml" 2>"$work/pgtrail-sync.log" &
+  SYNC_PID=$!
+  wait_ready "$BOUNCER_PORT" "$RELAY_PORT" "$TRAIL_PORT" "$SYNC_PORT"
+  BOUNCER_PID=$(cat "$work/pgbouncer.pid")
+}

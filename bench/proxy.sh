@@ -63,18 +63,7 @@ trap cleanup EXIT
 
 start_pg "$PG_PORT" "max_connections = 300" "shared_buffers = 256MB"
 "$BIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
-start_pgbouncer "$BOUNCER_PORT" "$PG_PORT"
-"$RELAY" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PG_PORT" &
-RELAY_PID=$!
-"$PGTRAIL" keys init --dir "$work/keys" >/dev/null
-pgtrail_config "$TRAIL_PORT" journal > "$work/async.toml"
-PGTRAIL_LOG=warn "$PGTRAIL" proxy --config "$work/async.toml" 2>"$work/pgtrail.log" &
-TRAIL_PID=$!
-pgtrail_config "$SYNC_PORT" journal-sync $'[delivery]\nmode = "sync"' > "$work/sync.toml"
-PGTRAIL_LOG=warn "$PGTRAIL" proxy --config "$work/sync.toml" 2>"$work/pgtrail-sync.log" &
-SYNC_PID=$!
-wait_ready "$BOUNCER_PORT" "$RELAY_PORT" "$TRAIL_PORT" "$SYNC_PORT"
-BOUNCER_PID=$(cat "$work/pgbouncer.pid")
+start_proxies
 
 TARGETS="direct pgbouncer relay async sync"
 port_of() { case "$1" in direct) echo "$PG_PORT" ;; pgbouncer) echo "$BOUNCER_PORT" ;; relay) echo "$RELAY_PORT" ;; async) echo "$TRAIL_PORT" ;; sync) echo "$SYNC_PORT" ;; esac; }
