@@ -115,16 +115,15 @@ pub fn gunzip_one_member(bytes: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
 /// The outer JSON for an ESDK message and a wrapped key (base64), in Aurora's field order.
 /// Base64 needs no JSON escaping, so the record is written directly.
 pub fn envelope_json(message: &[u8], wrapped_key_b64: &str) -> String {
-    const HEAD: &str =
-        "{\"type\":\"DatabaseActivityMonitoringRecords\",\"version\":\"1.1\",\"databaseActivityEvents\":\"";
-    const KEY: &str = "\",\"key\":\"";
-    let mut json =
-        String::with_capacity(HEAD.len() + message.len().div_ceil(3) * 4 + KEY.len() + wrapped_key_b64.len() + 2);
-    json.push_str(HEAD);
+    let mut json = String::with_capacity(120 + message.len().div_ceil(3) * 4 + wrapped_key_b64.len());
+    for part in ["{\"type\":\"", RECORDS_TYPE, "\",\"version\":\"", RECORD_VERSION, "\",\"databaseActivityEvents\":\""]
+    {
+        json.push_str(part);
+    }
     BASE64.encode_string(message, &mut json);
-    json.push_str(KEY);
-    json.push_str(wrapped_key_b64);
-    json.push_str("\"}");
+    for part in ["\",\"key\":\"", wrapped_key_b64, "\"}"] {
+        json.push_str(part);
+    }
     json
 }
 
