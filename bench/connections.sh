@@ -19,24 +19,14 @@ DURATION="${DURATION:-8}"
 THREADS="${THREADS:-2}"
 . bench/lib.sh
 
-command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed: run scripts/setup.sh" >&2; exit 1; }
 ulimit -n $((SESSIONS * 3 + 1000)) || { echo "cannot raise the open file limit to $((SESSIONS * 3 + 1000))" >&2; exit 1; }
-echo "building pgtrail and the zero-work relay (release)..." >&2
-cargo build --release --locked --bin pgtrail >&2
-cargo build --release --locked -p pgtrail-proxy --example relay >&2
-PGTRAIL="$PWD/target/release/pgtrail"
-RELAY="$PWD/target/release/examples/relay"
-
+prepare_proxies
 make_work pgtrail-conn
-PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); RELAY_PORT=$(free_port)
-TRAIL_PORT=$(free_port); SYNC_PORT=$(free_port)
 HOLD_PID=
 
 cleanup() {
-  for pid in "$HOLD_PID" "${RELAY_PID:-}" "${TRAIL_PID:-}" "${SYNC_PID:-}"; do
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-  done
-  stop_pgbouncer
+  [ -n "$HOLD_PID" ] && kill "$HOLD_PID" 2>/dev/null || true
+  stop_proxies
   stop_pg
   wait 2>/dev/null || true
   [ -n "${KEEP_WORK:-}" ] && echo "kept $work" >&2 && return

@@ -108,6 +108,19 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Resident set size of process $1 in KiB.
 rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 
+# Builds pgtrail and the zero-work relay (release), sets PGTRAIL and RELAY to them, and
+# picks free ports for the cluster and the four proxies start_proxies starts.
+prepare_proxies() {
+  command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed: run scripts/setup.sh" >&2; exit 1; }
+  echo "building pgtrail and the zero-work relay (release)..." >&2
+  cargo build --release --locked --bin pgtrail >&2
+  cargo build --release --locked -p pgtrail-proxy --example relay >&2
+  PGTRAIL="$PWD/target/release/pgtrail"
+  RELAY="$PWD/target/release/examples/relay"
+  PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); RELAY_PORT=$(free_port)
+  TRAIL_PORT=$(free_port); SYNC_PORT=$(free_port)
+}
+
 # The four proxies in front of the cluster on $PG_PORT, for the comparisons: pgbouncer on
 # $BOUNCER_PORT, the zero-work relay ($RELAY) on $RELAY_PORT, pgtrail ($PGTRAIL) with async
 # delivery on $TRAIL_PORT and with sync delivery on $SYNC_PORT. Sets BOUNCER_PID,
@@ -125,4 +138,12 @@ start_proxies() {
   SYNC_PID=$!
   wait_ready "$BOUNCER_PORT" "$RELAY_PORT" "$TRAIL_PORT" "$SYNC_PORT"
   BOUNCER_PID=$(cat "$work/pgbouncer.pid")
+}
+
+# Stops what start_proxies started (for a cleanup trap: never fails).
+stop_proxies() {
+  for pid in "${RELAY_PID:-}" "${TRAIL_PID:-}" "${SYNC_PID:-}"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  done
+  stop_pgbouncer
 }

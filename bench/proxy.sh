@@ -39,22 +39,11 @@ workload_spec() { # "CLIENTS PGBENCH-ARGS..." for a workload name
 }
 for w in $WORKLOADS; do workload_spec "$w" >/dev/null; done
 
-command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed: run scripts/setup.sh" >&2; exit 1; }
-echo "building pgtrail and the zero-work relay (release)..." >&2
-cargo build --release --locked --bin pgtrail >&2
-cargo build --release --locked -p pgtrail-proxy --example relay >&2
-PGTRAIL="$PWD/target/release/pgtrail"
-RELAY="$PWD/target/release/examples/relay"
-
+prepare_proxies
 make_work pgtrail-bench
-PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); RELAY_PORT=$(free_port)
-TRAIL_PORT=$(free_port); SYNC_PORT=$(free_port)
 
 cleanup() {
-  for pid in "${RELAY_PID:-}" "${TRAIL_PID:-}" "${SYNC_PID:-}"; do
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-  done
-  stop_pgbouncer
+  stop_proxies
   stop_pg
   wait 2>/dev/null || true
   rm -rf "$work"
