@@ -318,10 +318,15 @@ impl Consumer for Alerting<'_> {
     }
 }
 
+/// Each alert goes out as one whole line in one write: a reader tailing the file (a log
+/// shipper, a test) never sees half a JSON object.
 fn emit(out: &mut dyn Write, alerts: &[Alert]) -> std::io::Result<()> {
+    let mut line = Vec::with_capacity(1024);
     for alert in alerts {
-        serde_json::to_writer(&mut *out, alert)?;
-        out.write_all(b"\n")?;
+        line.clear();
+        serde_json::to_writer(&mut line, alert)?;
+        line.push(b'\n');
+        out.write_all(&line)?;
     }
     Ok(())
 }
@@ -394,4 +399,40 @@ pub async fn serve(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records every write call the way a reader of an unbuffered file sees them.
+    struct Writes(Vec<Vec<u8>>);
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// CI saw `alerts run --output` readers parse half a line: serde_json wrote each alert
+    /// to the unbuffered file in many small writes.
+    #[test]
+    fn alert_lines_are_not_written_in_pieces() {
+        let alerts = [
+            gap_alert(AlertStatus::Firing, "silence".into()),
+            gap_alert(AlertStatus::Resolved, "records arrive again".into()),
+        ];
+        let mut out = Writes(Vec::new());
+        emit(&mut out, &alerts).unwrap();
+        assert_eq!(out.0.len(), 2, "one write per alert");
+        for write in &out.0 {
+            assert_eq!(write.last(), Some(&b'\n'));
+            let alert: serde_json::Value = serde_json::from_slice(write).unwrap();
+            assert_eq!(alert["rule"], GAP_RULE);
+        }
+    }
 }

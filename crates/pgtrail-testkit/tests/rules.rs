@@ -116,7 +116,9 @@ fn wait_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        // Only whole lines: the consumer may be writing the next one right now.
+        let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        let lines: Vec<serde_json::Value> = whole.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         if lines.len() >= n {
             return lines;
         }
