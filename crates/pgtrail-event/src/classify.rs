@@ -23,7 +23,7 @@ use crate::password::redact_passwords_with;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
     /// The statement's own text, with passwords replaced by `<REDACTED>`.
-    pub text: String,
+    pub text: Arc<str>,
     /// The command tag, e.g. `SELECT`, `CREATE TABLE`; `None` when the text did not parse.
     pub command: Option<String>,
     /// The pgAudit class; `None` when the text did not parse.
@@ -206,7 +206,7 @@ fn from_template(
     let text = sql.get(..statement_end).unwrap_or(sql).trim();
     // Comments are not part of the shape: this text's own tags.
     let tags = crate::sqlcommenter_tags(text, standard_conforming_strings);
-    Statement { text: redact_passwords_with(text, standard_conforming_strings), tags, ..template.clone() }
+    Statement { text: redact_passwords_with(text, standard_conforming_strings).into(), tags, ..template.clone() }
 }
 
 fn parser_options(standard_conforming_strings: bool) -> ParserOptions {
@@ -261,7 +261,7 @@ impl Statement {
     /// A text the parser could not read: kept (passwords redacted), nothing known of it.
     pub fn unparsed(sql: &str, standard_conforming_strings: bool) -> Self {
         Statement {
-            text: redact_passwords_with(sql, standard_conforming_strings),
+            text: redact_passwords_with(sql, standard_conforming_strings).into(),
             command: None,
             class: None,
             object_type: None,
@@ -300,7 +300,7 @@ fn classify_statement(text: &str, node: &NodeEnum, standard_conforming_strings: 
         names.join("\0")
     ));
     Statement {
-        text,
+        text: text.into(),
         command: Some(command),
         class: Some(class),
         object_type,
@@ -467,10 +467,10 @@ mod tests {
         for _ in 0..2 {
             // Parsed, then from the shape cache.
             let one = c.classify("/* app:tag1 */ select 1");
-            assert_eq!(one.statements[0].text, "/* app:tag1 */ select 1");
+            assert_eq!(&*one.statements[0].text, "/* app:tag1 */ select 1");
         }
         let many = c.classify("SELECT 1; /* second */ SELECT 2 /*route='%2Fa'*/; -- done");
-        let texts: Vec<&str> = many.statements.iter().map(|s| s.text.as_str()).collect();
+        let texts: Vec<&str> = many.statements.iter().map(|s| &*s.text).collect();
         assert_eq!(texts, vec!["SELECT 1", "/* second */ SELECT 2 /*route='%2Fa'*/"]);
         assert_eq!(many.statements[1].tags.get("route").map(String::as_str), Some("/a"));
         assert!(many.statements[0].tags.is_empty());
@@ -491,7 +491,7 @@ mod tests {
     #[test]
     fn multi_statement_text_is_split() {
         let c = classify_uncached("CREATE TABLE t (id int); INSERT INTO t VALUES (1);SELECT * FROM t", true);
-        let texts: Vec<_> = c.statements.iter().map(|s| s.text.as_str()).collect();
+        let texts: Vec<_> = c.statements.iter().map(|s| &*s.text).collect();
         assert_eq!(texts, vec!["CREATE TABLE t (id int)", "INSERT INTO t VALUES (1)", "SELECT * FROM t"]);
         assert!(classify_uncached("  -- nothing\n", true).statements.is_empty());
     }
@@ -499,7 +499,7 @@ mod tests {
     /// Statement texts are redacted as they are classified (the cases are password.rs's).
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(one("CREATE ROLE app LOGIN PASSWORD 'hunter2'").text, "CREATE ROLE app LOGIN PASSWORD <REDACTED>");
+        assert_eq!(&*one("CREATE ROLE app LOGIN PASSWORD 'hunter2'").text, "CREATE ROLE app LOGIN PASSWORD <REDACTED>");
         // Inside a DO block, in every text of its shape (all DO blocks share one).
         let c = Classifier::new(10);
         c.classify("DO $$ BEGIN PERFORM 1; END $$");
@@ -532,7 +532,7 @@ mod tests {
     #[test]
     fn unparsable_text_is_kept() {
         let s = one("selec 1");
-        assert_eq!(s.text, "selec 1");
+        assert_eq!(&*s.text, "selec 1");
         assert_eq!(s.class, None);
     }
 
@@ -547,13 +547,13 @@ mod tests {
         let c = Classifier::new(100);
         let a = c.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 17;");
         let b = c.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 99841;");
-        assert_eq!(b.statements[0].text, "SELECT abalance FROM pgbench_accounts WHERE aid = 99841");
+        assert_eq!(&*b.statements[0].text, "SELECT abalance FROM pgbench_accounts WHERE aid = 99841");
         assert_eq!(a.statements[0].fingerprint, b.statements[0].fingerprint);
         assert_eq!(b, Arc::new(classify_uncached("SELECT abalance FROM pgbench_accounts WHERE aid = 99841;", true)));
         // Passwords are redacted in every text of the shape, not just the first.
         c.classify("ALTER ROLE app PASSWORD 'first'");
         let second = c.classify("ALTER ROLE app PASSWORD 'second-secret'");
-        assert_eq!(second.statements[0].text, "ALTER ROLE app PASSWORD <REDACTED>");
+        assert_eq!(&*second.statements[0].text, "ALTER ROLE app PASSWORD <REDACTED>");
         // A different statement hidden in a literal-looking place is a different shape.
         let tricky = c.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 1; DROP TABLE x");
         assert_eq!(tricky.statements.len(), 2);

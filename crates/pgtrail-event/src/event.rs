@@ -129,7 +129,9 @@ pub struct ActivityEvent {
     pub class: EventClass,
     pub client_application: Option<Arc<str>>,
     pub command: String,
-    pub command_text: Option<String>,
+    /// Shared with the classification it came from (one text, many events): not copied
+    /// per event.
+    pub command_text: Option<Arc<str>>,
     pub database_name: Option<Arc<str>>,
     pub db_protocol: Cow<'static, str>,
     pub db_user_name: Option<Arc<str>>,

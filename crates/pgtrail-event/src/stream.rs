@@ -16,7 +16,7 @@ pub fn control_event(command: &str, detail: String) -> ActivityEvent {
     let mut e = ActivityEvent::new(EventClass::Misc, command, now);
     e.kind = EventKind::Control;
     e.end_time = Some(now);
-    e.command_text = Some(detail);
+    e.command_text = Some(detail.into());
     e
 }
 

@@ -55,7 +55,7 @@ pub fn to_event(entry: &LogEntry) -> Result<Option<ActivityEvent>, ParseError> {
         audit_event(&record, time)
     } else if let Some(rest) = message.strip_prefix("connection received: ") {
         let mut e = ActivityEvent::new(EventClass::Misc, "CONNECTION RECEIVED", time);
-        e.command_text = Some(rest.to_string());
+        e.command_text = Some(rest.into());
         e
     } else if message.starts_with("connection authorized: ") {
         ActivityEvent::new(EventClass::Connect, "CONNECT", time)
@@ -77,7 +77,7 @@ pub fn to_event(entry: &LogEntry) -> Result<Option<ActivityEvent>, ParseError> {
         e
     } else if entry.severity == "ERROR" {
         let mut e = ActivityEvent::new(EventClass::Misc, "ERROR", time);
-        e.command_text = entry.statement.as_deref().map(redact);
+        e.command_text = entry.statement.as_deref().map(|s| redact(s).into());
         e.sql_state.clone_from(&entry.sql_state);
         e.exit_code = entry.sql_state.clone().map(ExitCode::SqlState);
         e.error_message = Some(message.to_string());
@@ -117,7 +117,7 @@ fn audit_event(record: &AuditRecord, time: chrono::DateTime<chrono::Utc>) -> Act
     e.statement_id = record.statement_id;
     e.substatement_id = record.substatement_id;
     if let Logged::Value(statement) = &record.statement {
-        e.command_text = Some(redact(statement));
+        e.command_text = Some(redact(statement).into());
     }
     if let Logged::Value(parameters) = &record.parameters {
         e.param_list.clone_from(parameters);

@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 use pgtrail_wire::{BackendCode, BackendMessage, FrontendCode, FrontendMessage, Limits, Side, peek_frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -49,16 +49,35 @@ struct Scanner {
     reservation: Option<Reservation>,
 }
 
+/// A message the scanner found: whole when the tracker needs its body, else its header.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    tag: u8,
+    /// Where the message starts in the scanned buffer.
+    at: usize,
+    /// Where what the scan took of it ends (a streamed body may go on past the buffer).
+    end: usize,
+    /// The body is whole in `at + 5..end`, for the tracker to read.
+    body: bool,
+}
+
+impl Frame {
+    fn body(&self) -> std::ops::Range<usize> {
+        self.at + 5..self.end
+    }
+}
+
 impl Scanner {
-    /// Walks `buf`, feeding `visit` every message, and returns how many leading bytes may be
-    /// forwarded now. `needs_body` decides which tags must be complete before forwarding.
+    /// Walks `buf`, pushing every message onto `frames`, and returns how many leading
+    /// bytes may be forwarded now. `needs_body` decides which tags must be complete before
+    /// forwarding. On an error, `frames` holds the messages before the bad one.
     fn scan(
         &mut self,
         buf: &[u8],
         side: Side,
         limits: &Limits,
         needs_body: fn(u8) -> bool,
-        mut visit: impl FnMut(u8, Option<Bytes>, usize) -> Result<(), SessionError>,
+        frames: &mut Vec<Frame>,
     ) -> Result<usize, SessionError> {
         let mut pos = 0;
         loop {
@@ -86,13 +105,12 @@ impl Scanner {
                     }
                     return Ok(pos);
                 }
-                let body = Bytes::copy_from_slice(&buf[pos + 5..pos + header.total_len]);
-                visit(header.tag, Some(body), pos)?;
+                frames.push(Frame { tag: header.tag, at: pos, end: pos + header.total_len, body: true });
                 self.reservation = None;
                 pos += header.total_len;
             } else {
-                visit(header.tag, None, pos)?;
                 let available = header.total_len.min(buf.len() - pos);
+                frames.push(Frame { tag: header.tag, at: pos, end: pos + available, body: false });
                 pos += available;
                 self.passthrough = header.total_len - available;
             }
@@ -367,23 +385,40 @@ async fn pump<M>(
     let mut scanner = Scanner { budget: direction.budget.clone(), ..Scanner::default() };
     let mut later = Vec::new();
     let mut edits: Vec<(usize, usize, Bytes)> = Vec::new();
+    let mut frames = Vec::new();
     loop {
         if !buf.is_empty() {
             let mut stop = false;
             let mut barrier = None;
-            let forward =
-                scanner.scan(&buf, direction.side, &direction.limits, direction.needs_body, |tag, body, at| {
-                    let len = body.as_ref().map_or(0, Bytes::len) + 5;
-                    let flow = visit(tag, body, &mut later)?;
-                    stop |= flow.stop;
-                    if flow.completes && barrier.is_none() {
-                        barrier = Some(at);
+            frames.clear();
+            let scanned = scanner.scan(&buf, direction.side, &direction.limits, direction.needs_body, &mut frames);
+            let forward = match scanned {
+                Ok(forward) => forward,
+                Err(e) => {
+                    // The messages before the bad one are seen, as the peer sent them, and
+                    // nothing is forwarded.
+                    let seen = buf.split_to(frames.last().map_or(0, |f| f.end)).freeze();
+                    for f in &frames {
+                        visit(f.tag, f.body.then(|| seen.slice(f.body())), &mut later)?;
                     }
-                    if let Some(bytes) = flow.replace {
-                        edits.push((at, at + len, bytes));
-                    }
-                    Ok(())
-                })?;
+                    return Err(e);
+                }
+            };
+            // The scanned region leaves the read buffer without a copy: the bodies the
+            // tracker reads are slices of it, and it is written out as it came.
+            let chunk = buf.split_to(forward).freeze();
+            for f in &frames {
+                let body = f.body.then(|| chunk.slice(f.body()));
+                let len = if f.body { f.end - f.at } else { 5 };
+                let flow = visit(f.tag, body, &mut later)?;
+                stop |= flow.stop;
+                if flow.completes && barrier.is_none() {
+                    barrier = Some(f.at);
+                }
+                if let Some(bytes) = flow.replace {
+                    edits.push((f.at, f.at + len, bytes));
+                }
+            }
             // Whether the bytes forwarded now end inside a message (a streamed body).
             let cut = scanner.passthrough > 0;
             if !edits.is_empty() {
@@ -391,31 +426,28 @@ async fn pump<M>(
                 let mut out = BytesMut::with_capacity(forward);
                 let mut from = 0;
                 for (start, end, bytes) in edits.drain(..) {
-                    out.extend_from_slice(&buf[from..start]);
+                    out.extend_from_slice(&chunk[from..start]);
                     out.extend_from_slice(&bytes);
                     from = end;
                 }
-                out.extend_from_slice(&buf[from..forward]);
+                out.extend_from_slice(&chunk[from..]);
                 write_out(&direction, wr, &out, cut).await?;
-                buf.advance(forward);
                 process(&mut later);
             } else if hold_completions {
                 match (process(&mut later), barrier) {
                     (Some(durable), at) => {
                         let at = at.unwrap_or(0).min(forward);
                         // `at` is where a message starts: a boundary while the wait lasts.
-                        write_out(&direction, wr, &buf[..at], false).await?;
+                        write_out(&direction, wr, &chunk[..at], false).await?;
                         if !durable.await {
                             return Err(SessionError::JournalStopped);
                         }
-                        write_out(&direction, wr, &buf[at..forward], cut).await?;
+                        write_out(&direction, wr, &chunk[at..], cut).await?;
                     }
-                    (None, _) => write_out(&direction, wr, &buf[..forward], cut).await?,
+                    (None, _) => write_out(&direction, wr, &chunk, cut).await?,
                 }
-                buf.advance(forward);
             } else {
-                write_out(&direction, wr, &buf[..forward], cut).await?;
-                buf.advance(forward);
+                write_out(&direction, wr, &chunk, cut).await?;
                 process(&mut later);
             }
             if stop {

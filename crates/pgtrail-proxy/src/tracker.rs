@@ -21,7 +21,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use pgtrail_event::{
     ActivityEvent, Classified, Classifier, EventClass, ExitCode, Statement, class_from_tag, rows_from_completion,
@@ -290,7 +290,7 @@ impl Tracker {
             let mut e = self.facts.event(EventClass::Misc, "ROLLBACK", now);
             e.statement_id = self.next_statement_id();
             e.end_time = Some(now);
-            e.command_text = Some(LEFT_OPEN_TEXT.to_owned());
+            e.command_text = Some(LEFT_OPEN_TEXT.into());
             self.events.push(e);
         }
         self.abandon_owed();
@@ -399,7 +399,7 @@ impl Tracker {
                     .unwrap_or_else(|| Prepared::unseen(format!("<prepared statement {statement:?}>")));
                 let portal_state = Portal {
                     statement: prepared,
-                    params: params.as_slice().into(),
+                    params: kept_params(params),
                     formats: param_formats.as_slice().into(),
                 };
                 self.portals.insert(portal.clone(), portal_state.clone());
@@ -698,7 +698,7 @@ impl Tracker {
         match statement {
             Some(s) => fill_statement(&mut e, s),
             // Text the parser did not split (or an unknown statement): record it as sent.
-            None => e.command_text = Some(pgtrail_event::redact_passwords(&prepared.text)),
+            None => e.command_text = Some(pgtrail_event::redact_passwords(&prepared.text).into()),
         }
         e.command_text = e.command_text.take().map(|t| cap_text(t, MAX_RECORDED_TEXT));
         e.row_count = completion.and_then(rows_from_completion);
@@ -737,7 +737,7 @@ impl Tracker {
         let now = Utc::now();
         e.log_time = now;
         e.end_time = Some(now);
-        e.command_text = Some(format!("<function call oid={oid}>"));
+        e.command_text = Some(format!("<function call oid={oid}>").into());
         e.object_type = Some("FUNCTION".into());
         e.object_name = Some(oid.to_string());
         if let Some(fields) = error {
@@ -747,9 +747,29 @@ impl Tracker {
     }
 }
 
+/// The parameters of a Bind, copied into one allocation of their own: the message's
+/// body is a slice of the relay's read buffer, which a kept portal must not hold on to.
+fn kept_params(params: &[Option<Bytes>]) -> Arc<[Option<Bytes>]> {
+    let mut all = BytesMut::with_capacity(params.iter().flatten().map(Bytes::len).sum());
+    for value in params.iter().flatten() {
+        all.extend_from_slice(value);
+    }
+    let all = all.freeze();
+    let mut at = 0;
+    params
+        .iter()
+        .map(|p| {
+            p.as_ref().map(|value| {
+                at += value.len();
+                all.slice(at - value.len()..at)
+            })
+        })
+        .collect()
+}
+
 /// The statement's own fields of an event (text, objects, fingerprint, traits...).
 pub(crate) fn fill_statement(e: &mut ActivityEvent, s: &Statement) {
-    e.command_text = Some(s.text.clone());
+    e.command_text = Some(Arc::clone(&s.text));
     e.object_type.clone_from(&s.object_type);
     e.object_name.clone_from(&s.object_name);
     e.objects.clone_from(&s.objects);
@@ -783,18 +803,15 @@ pub const MAX_RECORDED_TEXT: usize = 1 << 20;
 pub const MAX_RECORDED_PARAM: usize = 64 << 10;
 
 /// Cuts `text` at a character boundary at most `max` bytes in, marking what was cut.
-fn cap_text(mut text: String, max: usize) -> String {
+fn cap_text(text: Arc<str>, max: usize) -> Arc<str> {
     if text.len() <= max {
         return text;
     }
-    let total = text.len();
     let mut cut = max;
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    text.truncate(cut);
-    text.push_str(&format!("...<truncated: {total} bytes in all>"));
-    text
+    format!("{}...<truncated: {} bytes in all>", &text[..cut], text.len()).into()
 }
 
 /// Text parameters as text; binary ones as `\x` hex, like bytea output.
@@ -812,6 +829,17 @@ fn render_param(value: &Bytes, format: i16, type_oid: u32, encoding: ClientEncod
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_portal_holds_its_parameters_not_the_read_buffer() {
+        // The relay hands the tracker a Bind body that is a slice of its read buffer.
+        let buffer = Bytes::from(vec![7u8; 8192]);
+        let params = vec![Some(buffer.slice(10..14)), None, Some(buffer.slice(20..22)), Some(Bytes::new())];
+        let kept = kept_params(&params);
+        assert_eq!(&*kept, &params[..]);
+        let inside = |b: &Bytes| buffer.as_ptr_range().contains(&b.as_ptr());
+        assert!(kept.iter().flatten().filter(|b| !b.is_empty()).all(|b| !inside(b)));
+    }
 
     fn tracker() -> Tracker {
         let mut facts = SessionFacts { started: Utc::now(), ..Default::default() };

@@ -43,7 +43,7 @@ fn weakened(events: &[ActivityEvent]) -> Vec<String> {
     for event in events {
         for alert in engine.process(event) {
             if alert.rule == "auditing weakened" {
-                texts.push(event.command_text.clone().unwrap_or_default());
+                texts.push(event.command_text.as_deref().unwrap_or_default().to_owned());
             }
         }
     }
@@ -304,7 +304,7 @@ fn unreadable_lines_are_recorded_not_skipped() {
     });
     stop(child);
     let errors: Vec<_> =
-        events.iter().filter(|e| e.command == "LOG PARSE ERROR").filter_map(|e| e.command_text.clone()).collect();
+        events.iter().filter(|e| e.command == "LOG PARSE ERROR").filter_map(|e| e.command_text.as_deref()).collect();
     assert_eq!(
         errors,
         ["postgresql.log:2: line does not match log_line_prefix", "postgresql.log:4: malformed AUDIT record"]

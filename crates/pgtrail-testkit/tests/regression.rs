@@ -317,8 +317,10 @@ async fn issue12_5_pipelined_function_calls_lost_the_requests_after_them() {
     assert_eq!(replies.iter().filter(|m| matches!(m, BackendMessage::DataRow(_))).count(), 2, "{replies:?}");
     drop(s);
     let events = capture.wait_for("the DISCONNECT", |e| e.iter().any(|e| e.command == "DISCONNECT")).await;
-    let seen: Vec<(String, Option<String>, Option<String>)> =
-        statements(&events).iter().map(|e| (e.command.clone(), e.command_text.clone(), e.sql_state.clone())).collect();
+    let seen: Vec<(String, Option<String>, Option<String>)> = statements(&events)
+        .iter()
+        .map(|e| (e.command.clone(), e.command_text.as_deref().map(str::to_owned), e.sql_state.clone()))
+        .collect();
     let call_text = format!("<function call oid={oid}>");
     assert_eq!(
         seen,

@@ -30,7 +30,7 @@ fn events(n: usize) -> Vec<ActivityEvent> {
                 _ => (EventClass::Write, "INSERT", format!("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ({}, 1, {}, {}, CURRENT_TIMESTAMP);", i % 10, i * 7 % 100_000, i % 5000)),
             };
             let mut e = ActivityEvent::new(class, command, now);
-            e.command_text = Some(text);
+            e.command_text = Some(text.into());
             e.session_id = Some(Arc::clone(&session));
             e.db_user_name = Some(Arc::clone(&user));
             e.database_name = Some(Arc::clone(&db));
