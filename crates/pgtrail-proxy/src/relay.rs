@@ -317,9 +317,6 @@ struct Direction {
 struct Flow {
     /// Stop relaying after forwarding this message.
     stop: bool,
-    /// Sync delivery: this message completes something; it and all after it wait until
-    /// the events of this chunk are durable.
-    completes: bool,
     /// Send these bytes instead of the message (fail-closed refusals).
     replace: Option<Bytes>,
 }
@@ -370,7 +367,7 @@ async fn write_flushed(
 /// sees every message before it is forwarded (it may keep work for later in `later`).
 /// `process` does that work: in async delivery after the write, so it adds nothing to the
 /// latency the peer sees; in sync delivery before it, and when it returns a durability
-/// future, the bytes from the first completing message on are held until it resolves.
+/// future (the region completed statements), the region is held until it resolves.
 #[allow(clippy::too_many_arguments, reason = "the direction's two ends, its buffer and its four policies")]
 async fn pump<M>(
     direction: Direction,
@@ -389,7 +386,6 @@ async fn pump<M>(
     loop {
         if !buf.is_empty() {
             let mut stop = false;
-            let mut barrier = None;
             frames.clear();
             let scanned = scanner.scan(&buf, direction.side, &direction.limits, direction.needs_body, &mut frames);
             let forward = match scanned {
@@ -412,9 +408,6 @@ async fn pump<M>(
                 let len = if f.body { f.end - f.at } else { 5 };
                 let flow = visit(f.tag, body, &mut later)?;
                 stop |= flow.stop;
-                if flow.completes && barrier.is_none() {
-                    barrier = Some(f.at);
-                }
                 if let Some(bytes) = flow.replace {
                     edits.push((f.at, f.at + len, bytes));
                 }
@@ -434,18 +427,15 @@ async fn pump<M>(
                 write_out(&direction, wr, &out, cut).await?;
                 process(&mut later);
             } else if hold_completions {
-                match (process(&mut later), barrier) {
-                    (Some(durable), at) => {
-                        let at = at.unwrap_or(0).min(forward);
-                        // `at` is where a message starts: a boundary while the wait lasts.
-                        write_out(&direction, wr, &chunk[..at], false).await?;
-                        if !durable.await {
-                            return Err(SessionError::JournalStopped);
-                        }
-                        write_out(&direction, wr, &chunk[at..], cut).await?;
-                    }
-                    (None, _) => write_out(&direction, wr, &chunk, cut).await?,
+                // The whole region waits (one write, one wake-up of the client): what comes
+                // before the completion is at most a read's worth, and the client can do
+                // nothing with it before the completion anyway.
+                if let Some(durable) = process(&mut later)
+                    && !durable.await
+                {
+                    return Err(SessionError::JournalStopped);
                 }
+                write_out(&direction, wr, &chunk, cut).await?;
             } else {
                 write_out(&direction, wr, &chunk, cut).await?;
                 process(&mut later);
@@ -657,8 +647,6 @@ async fn server_to_client(
         // A byte no server message uses: forwarded; the session's protocol check is
         // PostgreSQL's own.
         let Some(code) = BackendCode::from_tag(tag) else { return Ok(Flow::default()) };
-        // The messages whose processing can produce a statement event.
-        let completes = sync && code.completes_statement();
         let reply = match body {
             None => Reply::Code(code),
             Some(body) => {
@@ -675,12 +663,12 @@ async fn server_to_client(
                     BackendMessage::ParameterStatus { name, value } => Reply::Parameter(name, value),
                     BackendMessage::ReadyForQuery { status } => Reply::Ready(status),
                     BackendMessage::ParameterDescription(types) => Reply::ParamTypes(types),
-                    _ => return Ok(Flow { completes, ..Flow::default() }),
+                    _ => return Ok(Flow::default()),
                 }
             }
         };
         later.push(reply);
-        Ok(Flow { completes, ..Flow::default() })
+        Ok(Flow::default())
     };
     let process = |later: &mut Vec<Reply>| -> Option<Durable> {
         if later.is_empty() {

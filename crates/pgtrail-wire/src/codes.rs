@@ -216,11 +216,6 @@ impl BackendCode {
                 | Self::ParameterDescription
         )
     }
-
-    /// Whether this message can end a statement (and so produce its event).
-    pub fn completes_statement(self) -> bool {
-        matches!(self, Self::CommandComplete | Self::ErrorResponse | Self::PortalSuspended | Self::FunctionCallResponse)
-    }
 }
 
 /// The transaction status a ReadyForQuery carries.
