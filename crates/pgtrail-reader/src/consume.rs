@@ -127,10 +127,11 @@ pub fn consume<S: RecordSource>(
             }
             reached = true;
             let events = opened.events()?;
+            // Known before the consumer sees the record (it may partition by instance).
+            cursor.instance = reader.instance().map(str::to_owned);
             let step = consumer.record(&opened, events, false, &mut cursor)?;
             cursor.seq = opened.seq;
             cursor.hash = Some(opened.hash);
-            cursor.instance = reader.instance().map(str::to_owned);
             if step == Step::Save {
                 save(&cursor)?;
             }

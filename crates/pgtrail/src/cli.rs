@@ -105,6 +105,7 @@ pub(crate) enum Command {
     Quickstart(quickstart::Args),
     /// Write every record of a journal to stdout or a file (decrypting, checking the chain).
     Export {
+        /// The journal directory to read (the proxy's journal.dir).
         #[arg(long, value_name = "DIR")]
         journal: PathBuf,
         /// Wrapping private key file or directory (repeatable), as for tail.
@@ -117,6 +118,35 @@ pub(crate) enum Command {
         /// Output file (default: standard output).
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
+    },
+    /// Archive a journal's events as Parquet files (zstd), Hive-partitioned by date and
+    /// instance (date=YYYY-MM-DD/instance=NAME/part-NNNNNNNN.parquet), each file recorded in
+    /// a hash-chained manifest (_manifest/). Without --follow it archives what the journal
+    /// holds and exits; a restart resumes exactly where the last file ended.
+    Archive {
+        /// The journal directory to archive (the proxy's journal.dir).
+        #[arg(long, value_name = "DIR")]
+        journal: PathBuf,
+        /// Wrapping private key file or directory (repeatable), as for tail.
+        #[arg(long, value_name = "FILE|DIR", required = true)]
+        key: Vec<PathBuf>,
+        /// Where the archive goes: a directory (created when missing).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Cursor file: where the last run stopped, so a restart reads on from there.
+        /// Without it the journal is read from its start and what the manifest holds is
+        /// skipped.
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// Keep archiving new records until SIGINT/SIGTERM (then write what is pending).
+        #[arg(long)]
+        follow: bool,
+        /// Roll files after this many events.
+        #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+        roll_events: usize,
+        /// With --follow: roll files once their oldest event has waited this long.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        roll_secs: u64,
     },
     /// Check a journal's integrity with the public verification key only: CRCs, the hash
     /// chain, sequence continuity, checkpoint signatures and (with --witness) truncation.

@@ -199,6 +199,28 @@ fn run(command: Command) -> anyhow::Result<()> {
             let ring = keys::load_key_ring(&key)?;
             export(&journal, ring, format, output.as_deref())
         }
+        Command::Archive { journal, key, to, state, follow, roll_events, roll_secs } => {
+            let ring = keys::load_key_ring(&key)?;
+            let roll = pgtrail_archive::Roll {
+                events: roll_events.max(1),
+                age: std::time::Duration::from_secs(roll_secs.max(1)),
+            };
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let config = pgtrail_archive::ArchiveRun { journal, target: to, state, follow, roll, progress };
+            let done = runtime()?.block_on(async move {
+                let stop = stop_on_signal();
+                tokio::task::spawn_blocking(move || {
+                    pgtrail_archive::run(&config, ring, &|| stop.load(Ordering::Relaxed))
+                })
+                .await
+                .context("archive task failed")
+            })??;
+            eprintln!(
+                "archived {} events of {} records into {} files ({} records were archived already)",
+                done.events, done.records, done.files, done.skipped
+            );
+            Ok(())
+        }
         Command::Verify { journal, verify_key, witness } => {
             let keys = keys::load_verifiers(&verify_key)?;
             verify(&journal, &keys, witness.as_deref())
