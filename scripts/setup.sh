@@ -2,8 +2,9 @@
 # Installs what building and testing pgtrail needs on a fresh Debian machine:
 # PostgreSQL 15 (server, client, pgbench), pgbouncer (benchmarks), libclang (pg_query's
 # bindgen), pgaudit 1.7 (the ingest tests), python3-venv, Java and the PostgreSQL JDBC driver (the noise test browses a
-# schema with it), cargo-nextest and cargo-fuzz, and the official AWS Encryption
-# SDK for Python, the Standard Webhooks library and aiosmtpd in .venv-interop (test counterparts).
+# schema with it), cargo-nextest, cargo-fuzz and s3s-fs (a real S3-compatible server), and the
+# official AWS Encryption SDK for Python, the Standard Webhooks library, aiosmtpd and DuckDB in
+# .venv-interop (test counterparts).
 # pgAdmin 4 in .venv-pgadmin (the noise test browses a table with it). Node.js and the npm
 # package oidc-provider in tests/oidc (the OIDC login tests and quickstart --oidc). Safe to run again.
 set -euo pipefail
@@ -27,6 +28,9 @@ fi
 
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# A real S3-compatible server for the archive's s3:// tests (0.14.1: the newest that builds
+# with this toolchain).
+command -v s3s-fs >/dev/null || cargo install s3s-fs --version 0.14.1 --features binary --locked
 cd "$(dirname "$0")/.."
 # Test counterparts in Python: the official AWS Encryption SDK (interop), the official
 # Standard Webhooks library (checks our webhook signatures) and aiosmtpd (a real SMTP server).

@@ -32,7 +32,7 @@ pub enum ArchiveError {
 #[derive(Debug, Clone)]
 pub struct ArchiveRun {
     pub journal: std::path::PathBuf,
-    /// A directory (or `file://` URL).
+    /// A directory (or `file://` URL), or `s3://BUCKET/PREFIX`.
     pub target: String,
     /// The cursor file; without one, the run reads the journal from its start and skips
     /// what the manifest says is archived.

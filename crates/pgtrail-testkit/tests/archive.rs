@@ -227,3 +227,84 @@ fn walk_parquet(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// A real S3-compatible server (s3s-fs) on a loopback port, storing under `root`; killed
+/// on drop.
+fn start_s3(root: &Path, access_key: &str, secret_key: &str) -> (KillOnDrop, u16) {
+    let port = free_port();
+    let child = Command::new("s3s-fs")
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", access_key])
+        .args(["--secret-key", secret_key])
+        .arg(root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("s3s-fs runs (scripts/setup.sh installs it)");
+    let guard = KillOnDrop(child);
+    wait_listening(port);
+    (guard, port)
+}
+
+fn archive_to_s3(journal: &Path, keys: &Path, to: &str, port: u16, secret: &str) -> std::process::Output {
+    Command::new(pgtrail_binary())
+        .args(["archive", "--roll-events", "5", "--to", to, "--journal"])
+        .arg(journal)
+        .arg("--key")
+        .arg(keys.join("wrapping.key"))
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ACCESS_KEY_ID", "pgtrail-test")
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .expect("pgtrail runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_goes_to_an_s3_compatible_store() {
+    let pg = start_pg(HostAuth::Trust);
+    let mut capture = TestCapture::start(&pg).await;
+    let url = capture.url("postgres", "", "postgres");
+    for i in 0..8 {
+        assert_ok(&psql(&pg, &url, &["-c", &format!("SELECT {i} AS step")]));
+    }
+    capture.shutdown().await;
+    let (journal, keys) = (capture.journal_dir().to_path_buf(), capture.keys_dir());
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("audit")).unwrap();
+    let secret = "s3-secret-never-logged";
+    let (_server, port) = start_s3(root.path(), "pgtrail-test", secret);
+
+    // Wrong credentials: a clear failure that does not print the secret.
+    let refused = archive_to_s3(&journal, &keys, "s3://audit/trail", port, "wrong-secret-value");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("archive store"), "{said}");
+    assert!(!said.contains("wrong-secret-value"), "{said}");
+
+    // Plain HTTP that would leave this machine is refused before anything is sent.
+    let remote = Command::new(pgtrail_binary())
+        .args(["archive", "--to", "s3://audit/trail", "--journal"])
+        .arg(&journal)
+        .arg("--key")
+        .arg(keys.join("wrapping.key"))
+        .env("AWS_ENDPOINT_URL", "http://192.0.2.10:9000")
+        .env("AWS_ACCESS_KEY_ID", "pgtrail-test")
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env_remove("AWS_ALLOW_HTTP")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&remote.stderr);
+    assert!(!remote.status.success() && said.contains("plain HTTP to another machine"), "{said}");
+
+    let out = archive_to_s3(&journal, &keys, "s3://audit/trail/db1", port, secret);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stored = root.path().join("audit/trail/db1");
+    assert_eq!(sorted(duckdb(&stored, ARCHIVED_ROWS)), journal_rows(&journal, &keys));
+    assert!(stored.join("_manifest/0000000001.json").is_file());
+
+    // A second run reads the manifest back from the store: nothing new, nothing twice.
+    let again = archive_to_s3(&journal, &keys, "s3://audit/trail/db1", port, secret);
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("archived 0 events"), "{said}");
+    assert_eq!(sorted(duckdb(&stored, ARCHIVED_ROWS)), journal_rows(&journal, &keys));
+}

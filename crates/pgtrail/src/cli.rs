@@ -130,7 +130,10 @@ pub(crate) enum Command {
         /// Wrapping private key file or directory (repeatable), as for tail.
         #[arg(long, value_name = "FILE|DIR", required = true)]
         key: Vec<PathBuf>,
-        /// Where the archive goes: a directory (created when missing).
+        /// Where the archive goes: a directory (created when missing), or
+        /// s3://BUCKET/PREFIX on AWS or any S3-compatible store, configured by the usual
+        /// AWS environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+        /// AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL).
         #[arg(long, value_name = "URL")]
         to: String,
         /// Cursor file: where the last run stopped, so a restart reads on from there.
