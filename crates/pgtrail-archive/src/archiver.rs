@@ -56,6 +56,7 @@ pub struct Progress {
 #[derive(Debug)]
 struct Part {
     rows: Rows,
+    instance: String,
     first_record_seq: u64,
     last_record_seq: u64,
     last_record_hash: String,
@@ -68,7 +69,7 @@ pub struct Archiver {
     store: Arc<dyn ObjectStore>,
     roll: Roll,
     follow: bool,
-    parts: BTreeMap<(String, String), Part>,
+    parts: BTreeMap<chrono::NaiveDate, Part>,
     pending: usize,
     pending_since: Option<Instant>,
     /// The manifest's last entry: its seq and hash.
@@ -154,17 +155,21 @@ impl Archiver {
     }
 
     fn add(&mut self, instance: &str, opened: &Opened, events: &[ActivityEvent]) {
+        let hash = hex::encode(opened.hash);
         for (index, event) in events.iter().enumerate() {
-            let date = event.log_time.format("%Y-%m-%d").to_string();
-            let part = self.parts.entry((date, instance.to_owned())).or_insert_with(|| Part {
+            // One journal is one instance: a run's partitions differ by date only.
+            let part = self.parts.entry(event.log_time.date_naive()).or_insert_with(|| Part {
                 rows: Rows::default(),
+                instance: instance.to_owned(),
                 first_record_seq: opened.seq,
                 last_record_seq: opened.seq,
                 last_record_hash: String::new(),
             });
             part.rows.push(instance, opened.seq, index as u32, event);
-            part.last_record_seq = opened.seq;
-            part.last_record_hash = hex::encode(opened.hash);
+            if part.last_record_seq != opened.seq || part.last_record_hash.is_empty() {
+                part.last_record_seq = opened.seq;
+                part.last_record_hash.clone_from(&hash);
+            }
         }
         self.pending += events.len();
         if !events.is_empty() && self.pending_since.is_none() {
@@ -175,7 +180,9 @@ impl Archiver {
     /// Writes every pending partition as a file, each followed by its manifest entry.
     pub fn flush(&mut self) -> Result<(), ArchiveError> {
         let parts = std::mem::take(&mut self.parts);
-        for ((date, instance), mut part) in parts {
+        for (date, mut part) in parts {
+            let date = date.format("%Y-%m-%d").to_string();
+            let instance = std::mem::take(&mut part.instance);
             let rows = part.rows.len() as u64;
             let bytes = parquet_bytes(&mut part.rows)?;
             let seq = self.manifest_seq + 1;

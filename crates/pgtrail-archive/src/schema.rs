@@ -3,6 +3,7 @@
 //! the journal (`journal_instance`, `record_seq`, `event_index`). The Hive partition
 //! columns `date` and `instance` are in the paths, not in the files.
 
+use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 
 use arrow_array::builder::{
@@ -154,10 +155,11 @@ impl Default for Rows {
     }
 }
 
-/// One row's values, in column order, before they go to the builders.
-enum Value {
-    Text(Option<String>),
-    TextList(Option<Vec<String>>),
+/// One row's values, in column order, before they go to the builders (borrowed from the
+/// event where they can be: no allocation per field).
+enum Value<'a> {
+    Text(Option<Cow<'a, str>>),
+    TextList(Option<Vec<&'a str>>),
     U64(Option<u64>),
     U32(u32),
     I32(Option<i32>),
@@ -165,8 +167,12 @@ enum Value {
     Time(Option<i64>),
 }
 
-fn text(value: Option<&str>) -> Value {
-    Value::Text(value.map(str::to_owned))
+fn text(value: Option<&str>) -> Value<'_> {
+    Value::Text(value.map(Cow::Borrowed))
+}
+
+fn owned(value: Option<String>) -> Value<'static> {
+    Value::Text(value.map(Cow::Owned))
 }
 
 impl Rows {
@@ -185,15 +191,15 @@ impl Rows {
             ExitCode::Clean(n) => n.to_string(),
             ExitCode::SqlState(s) => s.clone(),
         });
-        let objects = e.objects.iter().map(|o| o.name.clone()).collect();
-        let params = e.param_list.iter().map(|p| p.clone().unwrap_or_default()).collect();
+        let objects = e.objects.iter().map(|o| o.name.as_str()).collect();
+        let params = e.param_list.iter().map(|p| p.as_deref().unwrap_or_default()).collect();
         let tags = (!e.tags.is_empty()).then(|| serde_json::to_string(&e.tags).unwrap_or_default());
         let values = [
             text(Some(instance)),
             Value::U64(Some(seq)),
             Value::U32(index),
-            Value::Text(name_of(&e.kind)),
-            Value::Text(name_of(&e.class)),
+            text(Some(e.kind.as_str())),
+            text(Some(e.class.as_str())),
             text(Some(&e.command)),
             text(e.command_text.as_deref()),
             text(e.database_name.as_deref()),
@@ -208,7 +214,7 @@ impl Rows {
             Value::Time(Some(e.log_time.timestamp_micros())),
             Value::Time(Some(e.start_time.timestamp_micros())),
             Value::Time(e.end_time.map(|t| t.timestamp_micros())),
-            Value::Text(exit_code),
+            owned(exit_code),
             text(e.sql_state.as_deref()),
             text(e.error_message.as_deref()),
             Value::U64(e.row_count),
@@ -223,21 +229,21 @@ impl Rows {
             text(Some(&e.service_name)),
             text(Some(&e.db_protocol)),
             text(Some(&e.net_protocol)),
-            Value::Text(e.source.as_ref().and_then(name_of)),
+            owned(e.source.as_ref().and_then(name_of)),
             Value::Bool(Some(e.noise)),
             Value::Bool(e.superuser),
             text(identity.map(|i| i.issuer.as_str())),
             text(identity.map(|i| i.subject.as_str())),
             text(identity.and_then(|i| i.name.as_deref())),
             text(identity.and_then(|i| i.email.as_deref())),
-            Value::TextList(identity.map(|i| i.groups.clone())),
+            Value::TextList(identity.map(|i| i.groups.iter().map(String::as_str).collect())),
             text(identity.and_then(|i| i.token_id.as_deref())),
             text(identity.map(|i| i.auth_method.as_str())),
-            Value::Text(e.verdict.as_ref().and_then(name_of)),
+            owned(e.verdict.as_ref().and_then(name_of)),
             text(e.denied_by.as_deref()),
             Value::U64(e.confirms),
             text(e.outcome.as_deref()),
-            Value::Text(tags),
+            owned(tags),
             Value::Bool(Some(e.has_where)),
             Value::Bool(Some(e.copy_program)),
             Value::Bool(Some(e.sets_password)),
