@@ -32,7 +32,9 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ProxyError> {
 pub(crate) fn server_config(cfg: &ClientTlsConfig) -> Result<Arc<ServerConfig>, ProxyError> {
     let certs = read_certs(&cfg.cert_file)?;
     let key = read_key(&cfg.key_file)?;
-    let config = ServerConfig::builder()
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProxyError::tls(&cfg.cert_file, e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| ProxyError::tls(&cfg.key_file, e.to_string()))?;
@@ -64,7 +66,7 @@ fn upstream_builder(
     let builder = match cfg.tls {
         UpstreamTlsMode::Disable => return Ok(None),
         UpstreamTlsMode::Prefer | UpstreamTlsMode::Require => {
-            ClientConfig::builder().dangerous().with_custom_certificate_verifier(Arc::new(EncryptOnly::new()))
+            client_builder()?.dangerous().with_custom_certificate_verifier(Arc::new(EncryptOnly::new()))
         }
         UpstreamTlsMode::VerifyFull => {
             let ca = cfg
@@ -75,10 +77,26 @@ fn upstream_builder(
             for cert in read_certs(ca)? {
                 roots.add(cert).map_err(|e| ProxyError::tls(ca, e.to_string()))?;
             }
-            ClientConfig::builder().with_root_certificates(roots)
+            client_builder()?.with_root_certificates(roots)
         }
     };
     Ok(Some(builder))
+}
+
+/// The crypto provider every TLS configuration of the proxy uses: the process default when
+/// one is installed, else aws-lc-rs. Named explicitly: when another crate in the binary
+/// enables rustls's `ring` feature too (the archive's S3 client does), rustls cannot pick
+/// a default by itself and `ClientConfig::builder()` panics (regression).
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+}
+
+fn client_builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, ProxyError> {
+    ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProxyError::Config(format!("TLS setup: {e}")))
 }
 
 /// The server name for SNI and verification.
@@ -97,10 +115,7 @@ struct EncryptOnly {
 
 impl EncryptOnly {
     fn new() -> Self {
-        let provider = rustls::crypto::CryptoProvider::get_default()
-            .cloned()
-            .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
-        Self { provider }
+        Self { provider: provider() }
     }
 }
 
@@ -136,5 +151,19 @@ impl ServerCertVerifier for EncryptOnly {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Built with the whole workspace (as CI builds it), rustls has both the aws-lc-rs and
+    /// the ring provider: `ClientConfig::builder()` could not choose and panicked, so every
+    /// session toward a TLS upstream failed once the archive's S3 client was linked in.
+    #[test]
+    fn upstream_tls_failed_once_rustls_had_two_crypto_providers() {
+        let cfg: UpstreamConfig = toml::from_str("host = \"db.example\"\ntls = \"require\"").unwrap();
+        assert!(upstream_config(&cfg).unwrap().is_some());
     }
 }

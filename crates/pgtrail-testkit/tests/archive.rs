@@ -308,3 +308,84 @@ async fn the_archive_goes_to_an_s3_compatible_store() {
     assert!(said.contains("archived 0 events"), "{said}");
     assert_eq!(sorted(duckdb(&stored, ARCHIVED_ROWS)), journal_rows(&journal, &keys));
 }
+
+fn query(archive: &Path, format: &str, sql: &str) -> std::process::Output {
+    run_pgtrail(&["query", "--archive", archive.to_str().unwrap(), "--format", format, sql])
+}
+
+/// Rows of `pgtrail query --format csv` without the header, columns joined by `|` as
+/// [`duckdb`] prints them.
+fn query_rows(archive: &Path, sql: &str) -> Vec<String> {
+    let out = query(archive, "csv", sql);
+    assert!(out.status.success(), "pgtrail query failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().skip(1).map(|line| line.replace(',', "|")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgtrail_query_answers_an_auditors_questions_as_duckdb_does() {
+    let pg = start_pg(HostAuth::ScramSha256);
+    pg.psql(&format!("CREATE ROLE bob LOGIN PASSWORD '{PASSWORD}'")).unwrap();
+    let mut capture = TestCapture::start(&pg).await;
+    for _ in 0..2 {
+        let out = psql(&pg, &capture.url("bob", "wrong-password", "postgres"), &["-c", "SELECT 1"]);
+        assert!(!out.status.success());
+    }
+    let url = capture.url("postgres", PASSWORD, "postgres");
+    assert_ok(&psql(
+        &pg,
+        &url,
+        &[
+            "-c",
+            "CREATE TABLE accounts (id int primary key, balance int)",
+            "-c",
+            "INSERT INTO accounts VALUES (1, 10), (2, 20)",
+            "-c",
+            "UPDATE accounts SET balance = 0 WHERE id = 2",
+        ],
+    ));
+    assert_ok(&psql(&pg, &capture.url("bob", PASSWORD, "postgres"), &["-c", "SELECT 42"]));
+    capture.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (to, state) = (dir.path().join("archive"), dir.path().join("cursor"));
+    archive(capture.journal_dir(), &capture.keys_dir(), &to, &state, &["--roll-events", "4"]);
+    let today = chrono::Utc::now().date_naive().to_string();
+
+    let questions = [
+        "SELECT class, count(*) AS n FROM events GROUP BY class ORDER BY class".to_owned(),
+        // Failed logins by host.
+        "SELECT remote_host, count(*) AS n FROM events WHERE class = 'CONNECT' AND sql_state IS NOT NULL \
+         GROUP BY remote_host ORDER BY remote_host"
+            .to_owned(),
+        // Who touched a table in a period (the partition filter prunes directories).
+        format!(
+            "SELECT db_user_name, command FROM events WHERE array_has(objects, 'accounts') AND date >= '{today}' \
+             ORDER BY record_seq, event_index"
+        ),
+        // All statements of one person.
+        "SELECT command_text FROM events WHERE db_user_name = 'bob' AND class NOT IN ('CONNECT', 'DISCONNECT') \
+         ORDER BY record_seq, event_index"
+            .to_owned(),
+    ];
+    for sql in &questions {
+        assert_eq!(query_rows(&to, sql), duckdb(&to, sql), "{sql}");
+    }
+    assert_eq!(query_rows(&to, &questions[1]), ["127.0.0.1|2"]);
+    assert_eq!(query_rows(&to, &questions[2]), ["postgres|CREATE TABLE", "postgres|INSERT", "postgres|UPDATE"]);
+    assert_eq!(query_rows(&to, &questions[3]), ["SELECT 42"]);
+    // No rows from another day: the partition filter holds.
+    assert!(query_rows(&to, "SELECT * FROM events WHERE date < '2000-01-01'").is_empty());
+
+    // JSON lines and the table for people.
+    let jsonl = query(&to, "jsonl", &questions[0]);
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(jsonl.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), query_rows(&to, &questions[0]).len());
+    assert!(lines.iter().all(|l| l["class"].is_string() && l["n"].is_number()), "{lines:?}");
+    let table = String::from_utf8(query(&to, "table", &questions[0]).stdout).unwrap();
+    assert!(table.contains("| class") && table.contains("| CONNECT"), "{table}");
+
+    // A mistake in the SQL: a clear error, exit 1.
+    let bad = query(&to, "table", "SELECT no_such_column FROM events");
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && said.contains("no_such_column"), "{said}");
+}

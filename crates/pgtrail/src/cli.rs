@@ -151,6 +151,23 @@ pub(crate) enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]
         roll_secs: u64,
     },
+    /// Run SQL over an archive made by `pgtrail archive`. The archive is one table named
+    /// events (the columns of the archive schema, plus the partitions date and instance:
+    /// filters on them skip whole directories).
+    ///
+    /// Example: pgtrail query --archive /srv/audit-archive "SELECT db_user_name, count(*)
+    /// FROM events WHERE date >= '2026-11-01' GROUP BY 1 ORDER BY 2 DESC"
+    Query {
+        /// The archive: a directory or s3://BUCKET/PREFIX (the AWS environment variables
+        /// configure S3, as for archive).
+        #[arg(long, value_name = "URL")]
+        archive: String,
+        /// table: aligned columns; csv: with a header row; jsonl: one JSON object per row.
+        #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
+        format: QueryFormat,
+        /// The SQL statement (DataFusion's dialect, close to PostgreSQL's).
+        sql: String,
+    },
     /// Check a journal's integrity with the public verification key only: CRCs, the hash
     /// chain, sequence continuity, checkpoint signatures and (with --witness) truncation.
     /// Exits 1 naming the first bad record.
@@ -350,6 +367,13 @@ pub(crate) enum KeysCommand {
         #[arg(long, value_name = "N")]
         seq: Option<u64>,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum QueryFormat {
+    Table,
+    Csv,
+    Jsonl,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

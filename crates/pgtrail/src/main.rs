@@ -20,7 +20,8 @@ mod cli;
 mod quickstart;
 
 use cli::{
-    AlertsCommand, Cli, Command, ExportFormat, KeysCommand, LogFileFormat, LogFormat, RulesCommand, TokenCommand,
+    AlertsCommand, Cli, Command, ExportFormat, KeysCommand, LogFileFormat, LogFormat, QueryFormat, RulesCommand,
+    TokenCommand,
 };
 
 fn init_logging(format: LogFormat) {
@@ -220,6 +221,19 @@ fn run(command: Command) -> anyhow::Result<()> {
                 done.events, done.records, done.files, done.skipped
             );
             Ok(())
+        }
+        Command::Query { archive, format, sql } => {
+            let format = match format {
+                QueryFormat::Table => pgtrail_query::Format::Table,
+                QueryFormat::Csv => pgtrail_query::Format::Csv,
+                QueryFormat::Jsonl => pgtrail_query::Format::Jsonl,
+            };
+            runtime()?.block_on(async move {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                pgtrail_query::run(&archive, &sql, format, &mut out).await?;
+                std::io::Write::flush(&mut out)?;
+                anyhow::Ok(())
+            })
         }
         Command::Verify { journal, verify_key, witness } => {
             let keys = keys::load_verifiers(&verify_key)?;
