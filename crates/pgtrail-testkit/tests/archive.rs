@@ -68,6 +68,16 @@ fn journal_rows(journal: &Path, keys: &Path) -> Vec<String> {
     rows
 }
 
+/// Three statements on a table `accounts` (DDL, then two writes) through `url`.
+fn accounts(pg: &LocalPg, url: &str) {
+    let statements = [
+        "CREATE TABLE accounts (id int primary key, balance int)",
+        "INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 10) g",
+        "UPDATE accounts SET balance = 0 WHERE id = 2",
+    ];
+    assert_ok(&psql(pg, url, &statements.iter().flat_map(|s| ["-c", s]).collect::<Vec<_>>()));
+}
+
 const ARCHIVED_ROWS: &str = "SELECT record_seq, event_index, type, class, command, command_text FROM events \
     ORDER BY record_seq, event_index";
 
@@ -81,20 +91,8 @@ async fn the_archive_holds_every_event_once_and_duckdb_reads_it() {
     let pg = start_pg(HostAuth::Trust);
     let mut capture = TestCapture::start(&pg).await;
     let url = capture.url("postgres", "", "postgres");
-    assert_ok(&psql(
-        &pg,
-        &url,
-        &[
-            "-c",
-            "CREATE TABLE accounts (id int primary key, balance int)",
-            "-c",
-            "INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 10) g",
-            "-c",
-            "UPDATE accounts SET balance = 0 WHERE id = 3",
-            "-c",
-            "SELECT * FROM accounts WHERE id = 3",
-        ],
-    ));
+    accounts(&pg, &url);
+    assert_ok(&psql(&pg, &url, &["-c", "SELECT * FROM accounts WHERE id = 2"]));
     for i in 0..20 {
         assert_ok(&psql(&pg, &url, &["-c", &format!("SELECT balance FROM accounts WHERE id = {}", i % 10 + 1)]));
     }
@@ -331,18 +329,7 @@ async fn pgtrail_query_answers_an_auditors_questions_as_duckdb_does() {
         assert!(!out.status.success());
     }
     let url = capture.url("postgres", PASSWORD, "postgres");
-    assert_ok(&psql(
-        &pg,
-        &url,
-        &[
-            "-c",
-            "CREATE TABLE accounts (id int primary key, balance int)",
-            "-c",
-            "INSERT INTO accounts VALUES (1, 10), (2, 20)",
-            "-c",
-            "UPDATE accounts SET balance = 0 WHERE id = 2",
-        ],
-    ));
+    accounts(&pg, &url);
     assert_ok(&psql(&pg, &capture.url("bob", PASSWORD, "postgres"), &["-c", "SELECT 42"]));
     capture.shutdown().await;
     let dir = tempfile::tempdir().unwrap();
