@@ -36,9 +36,16 @@ pub struct Roll {
     pub age: Duration,
 }
 
+impl Roll {
+    /// The default `events`.
+    pub const EVENTS: usize = 1_000_000;
+    /// The default `age`, in seconds.
+    pub const AGE_SECS: u64 = 60;
+}
+
 impl Default for Roll {
     fn default() -> Self {
-        Roll { events: 1_000_000, age: Duration::from_secs(60) }
+        Roll { events: Self::EVENTS, age: Duration::from_secs(Self::AGE_SECS) }
     }
 }
 
@@ -166,10 +173,8 @@ impl Archiver {
                 last_record_hash: String::new(),
             });
             part.rows.push(instance, opened.seq, index as u32, event);
-            if part.last_record_seq != opened.seq || part.last_record_hash.is_empty() {
-                part.last_record_seq = opened.seq;
-                part.last_record_hash.clone_from(&hash);
-            }
+            part.last_record_seq = opened.seq;
+            part.last_record_hash.clone_from(&hash);
         }
         self.pending += events.len();
         if !events.is_empty() && self.pending_since.is_none() {

@@ -122,36 +122,73 @@ fn name_of<T: Serialize>(value: &T) -> Option<String> {
     }
 }
 
-/// Rows being gathered for one file.
+/// One column's builder.
+#[derive(Debug)]
+enum Builder {
+    Text(StringBuilder),
+    TextList(ListBuilder<StringBuilder>),
+    U64(UInt64Builder),
+    U32(UInt32Builder),
+    I32(Int32Builder),
+    Bool(BooleanBuilder),
+    Time(TimestampMicrosecondBuilder),
+}
+
+impl Builder {
+    fn new(kind: Kind) -> Self {
+        match kind {
+            Kind::Text => Self::Text(StringBuilder::new()),
+            Kind::TextList => Self::TextList(ListBuilder::new(StringBuilder::new())),
+            Kind::U64 => Self::U64(UInt64Builder::new()),
+            Kind::U32 => Self::U32(UInt32Builder::new()),
+            Kind::I32 => Self::I32(Int32Builder::new()),
+            Kind::Bool => Self::Bool(BooleanBuilder::new()),
+            Kind::Time => Self::Time(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
+        }
+    }
+
+    fn append(&mut self, value: Value<'_>) {
+        match (self, value) {
+            (Self::Text(b), Value::Text(v)) => b.append_option(v),
+            (Self::TextList(b), Value::TextList(Some(items))) => {
+                for item in items {
+                    b.values().append_value(item);
+                }
+                b.append(true);
+            }
+            (Self::TextList(b), Value::TextList(None)) => b.append(false),
+            (Self::U64(b), Value::U64(v)) => b.append_option(v),
+            (Self::U32(b), Value::U32(v)) => b.append_value(v),
+            (Self::I32(b), Value::I32(v)) => b.append_option(v),
+            (Self::Bool(b), Value::Bool(v)) => b.append_option(v),
+            (Self::Time(b), Value::Time(v)) => b.append_option(v),
+            _ => unreachable!("Rows::push lists its values in the order and kinds of COLUMNS"),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Text(b) => Arc::new(b.finish()),
+            Self::TextList(b) => Arc::new(b.finish()),
+            Self::U64(b) => Arc::new(b.finish()),
+            Self::U32(b) => Arc::new(b.finish()),
+            Self::I32(b) => Arc::new(b.finish()),
+            Self::Bool(b) => Arc::new(b.finish()),
+            Self::Time(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Rows being gathered for one file: one builder per column of [`COLUMNS`].
 #[derive(Debug)]
 pub struct Rows {
-    text: Vec<StringBuilder>,
-    lists: Vec<ListBuilder<StringBuilder>>,
-    u64s: Vec<UInt64Builder>,
-    u32s: Vec<UInt32Builder>,
-    i32s: Vec<Int32Builder>,
-    bools: Vec<BooleanBuilder>,
-    times: Vec<TimestampMicrosecondBuilder>,
+    columns: Vec<Builder>,
     len: usize,
 }
 
 impl Default for Rows {
     fn default() -> Self {
-        let count = |k: fn(Kind) -> bool| COLUMNS.iter().filter(|(_, kind)| k(*kind)).count();
-        Rows {
-            text: (0..count(|k| matches!(k, Kind::Text))).map(|_| StringBuilder::new()).collect(),
-            lists: (0..count(|k| matches!(k, Kind::TextList)))
-                .map(|_| ListBuilder::new(StringBuilder::new()))
-                .collect(),
-            u64s: (0..count(|k| matches!(k, Kind::U64))).map(|_| UInt64Builder::new()).collect(),
-            u32s: (0..count(|k| matches!(k, Kind::U32))).map(|_| UInt32Builder::new()).collect(),
-            i32s: (0..count(|k| matches!(k, Kind::I32))).map(|_| Int32Builder::new()).collect(),
-            bools: (0..count(|k| matches!(k, Kind::Bool))).map(|_| BooleanBuilder::new()).collect(),
-            times: (0..count(|k| matches!(k, Kind::Time)))
-                .map(|_| TimestampMicrosecondBuilder::new().with_timezone("UTC"))
-                .collect(),
-            len: 0,
-        }
+        Rows { columns: COLUMNS.iter().map(|(_, kind)| Builder::new(*kind)).collect(), len: 0 }
     }
 }
 
@@ -249,71 +286,15 @@ impl Rows {
             Value::Bool(Some(e.sets_password)),
         ];
         debug_assert_eq!(values.len(), COLUMNS.len());
-        let (mut t, mut l, mut u, mut u32s, mut i, mut b, mut ts) = (0, 0, 0, 0, 0, 0, 0);
-        for value in values {
-            match value {
-                Value::Text(v) => {
-                    self.text[t].append_option(v);
-                    t += 1;
-                }
-                Value::TextList(v) => {
-                    match v {
-                        Some(items) => {
-                            for item in items {
-                                self.lists[l].values().append_value(item);
-                            }
-                            self.lists[l].append(true);
-                        }
-                        None => self.lists[l].append(false),
-                    }
-                    l += 1;
-                }
-                Value::U64(v) => {
-                    self.u64s[u].append_option(v);
-                    u += 1;
-                }
-                Value::U32(v) => {
-                    self.u32s[u32s].append_value(v);
-                    u32s += 1;
-                }
-                Value::I32(v) => {
-                    self.i32s[i].append_option(v);
-                    i += 1;
-                }
-                Value::Bool(v) => {
-                    self.bools[b].append_option(v);
-                    b += 1;
-                }
-                Value::Time(v) => {
-                    self.times[ts].append_option(v);
-                    ts += 1;
-                }
-            }
+        for (builder, value) in self.columns.iter_mut().zip(values) {
+            builder.append(value);
         }
         self.len += 1;
     }
 
     /// The rows as one batch in the archive's schema; the builders start over empty.
     pub fn finish(&mut self) -> RecordBatch {
-        let (mut t, mut l, mut u, mut u32s, mut i, mut b, mut ts) = (0, 0, 0, 0, 0, 0, 0);
-        let next = |n: &mut usize| {
-            *n += 1;
-            *n - 1
-        };
-        let columns: Vec<ArrayRef> = COLUMNS
-            .iter()
-            .map(|(_, kind)| -> ArrayRef {
-                match kind {
-                    Kind::Text => Arc::new(self.text[next(&mut t)].finish()),
-                    Kind::TextList => Arc::new(self.lists[next(&mut l)].finish()),
-                    Kind::U64 => Arc::new(self.u64s[next(&mut u)].finish()),
-                    Kind::U32 => Arc::new(self.u32s[next(&mut u32s)].finish()),
-                    Kind::I32 => Arc::new(self.i32s[next(&mut i)].finish()),
-                    Kind::Bool => Arc::new(self.bools[next(&mut b)].finish()),
-                    Kind::Time => Arc::new(self.times[next(&mut ts)].finish()),
-                }
-            })
-            .collect();
+        let columns = self.columns.iter_mut().map(Builder::finish).collect();
         self.len = 0;
         RecordBatch::try_new(schema(), columns).expect("the builders follow the schema")
     }

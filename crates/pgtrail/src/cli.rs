@@ -145,10 +145,10 @@ pub(crate) enum Command {
         #[arg(long)]
         follow: bool,
         /// Roll files after this many events.
-        #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+        #[arg(long, value_name = "N", default_value_t = pgtrail_archive::Roll::EVENTS)]
         roll_events: usize,
         /// With --follow: roll files once their oldest event has waited this long.
-        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        #[arg(long, value_name = "SECONDS", default_value_t = pgtrail_archive::Roll::AGE_SECS)]
         roll_secs: u64,
     },
     /// Run SQL over an archive made by `pgtrail archive`. The archive is one table named
