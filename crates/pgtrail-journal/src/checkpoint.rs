@@ -91,6 +91,15 @@ impl CheckpointSigner {
         CheckpointVerifier { id: self.id.clone(), key: self.key.verifying_key() }
     }
 
+    /// An ed25519 signature over `context` and `message`: for statements other than
+    /// checkpoints (a prune anchor, an archive manifest entry), each with its own context
+    /// so that one can never be taken for another.
+    pub fn sign_detached(&self, context: &[u8], message: &[u8]) -> [u8; 64] {
+        let mut signed = context.to_vec();
+        signed.extend_from_slice(message);
+        self.key.sign(&signed).to_bytes()
+    }
+
     /// The checkpoint payload for the record `seq` with chain hash `hash`.
     pub fn sign(&self, instance: &str, seq: u64, hash: &Hash, time_micros: i64) -> Vec<u8> {
         let mut payload = Vec::with_capacity(160);
@@ -211,6 +220,24 @@ impl VerifierSet {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// Checks a signature made by [`CheckpointSigner::sign_detached`] with the key `key_id`.
+    pub fn verify_detached(
+        &self,
+        key_id: &str,
+        context: &[u8],
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), String> {
+        let key = self
+            .keys
+            .get(key_id)
+            .ok_or_else(|| format!("signed by key {key_id} which is not among the verification keys"))?;
+        let signature: [u8; 64] = signature.try_into().map_err(|_| "a signature is 64 bytes".to_owned())?;
+        let mut signed = context.to_vec();
+        signed.extend_from_slice(message);
+        key.key.verify(&signed, &Signature::from_bytes(&signature)).map_err(|_| "the signature is invalid".to_owned())
     }
 }
 

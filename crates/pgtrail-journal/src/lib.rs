@@ -55,6 +55,7 @@
 pub mod checkpoint;
 pub mod config;
 mod format;
+pub mod prune;
 mod reader;
 mod recorder;
 mod verify;
@@ -63,6 +64,7 @@ mod writer;
 pub use checkpoint::{Checkpoint, CheckpointSigner, CheckpointVerifier, VerifierSet};
 pub use config::{InstanceSection, JournalConfigError, JournalSection, RecorderSection};
 pub use format::{Hash, MAX_PAYLOAD, Record, RecordKind, genesis_hash};
+pub use prune::{Anchor, Before, KeptIn, PruneReport, prune, read_anchor};
 pub use reader::JournalReader;
 pub use recorder::{
     Durable, EncodeFn, HeartbeatFn, LossCause, LossFn, Recorder, RecorderConfig, RecorderStats, WriterParts,

@@ -11,6 +11,8 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use tracing::warn;
+
 use crate::format::{Decoded, Hash, SEGMENT_HEADER_LEN, SegmentHeader, decode_record, list_segments};
 use crate::{JournalError, Record, io_err};
 
@@ -27,6 +29,8 @@ pub struct JournalReader {
     last_hash: Option<Hash>,
     /// The instance named by the segment headers read so far.
     instance: Option<String>,
+    /// Records this reader was asked for that a prune removed (first, last).
+    pruned: Option<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -49,12 +53,26 @@ impl JournalReader {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "journal directory does not exist"),
             });
         }
-        Ok(Self { dir, next_seq: from.max(1), current: None, failed: false, last_hash: None, instance: None })
+        Ok(Self {
+            dir,
+            next_seq: from.max(1),
+            current: None,
+            failed: false,
+            last_hash: None,
+            instance: None,
+            pruned: None,
+        })
     }
 
     /// The cursor: the sequence number of the next record this reader will return.
     pub fn position(&self) -> u64 {
         self.next_seq
+    }
+
+    /// Records this reader was to read that had been pruned from the journal (first, last):
+    /// it read on from the prune anchor.
+    pub fn pruned(&self) -> Option<(u64, u64)> {
+        self.pruned
     }
 
     /// The journal's instance (the DAS `instanceId`), known once a segment has been opened.
@@ -122,9 +140,35 @@ impl JournalReader {
 
     /// Opens the segment that holds `seq`; false if there is none yet.
     fn open_segment_for(&mut self, seq: u64) -> Result<bool, JournalError> {
+        let mut seq = seq;
+        // Records before a prune anchor are gone (kept in the archive): read on from it.
+        if let Some(start) = crate::prune::read_anchor(&self.dir)?.map(|anchor| anchor.first_seq)
+            && seq < start
+        {
+            warn!(
+                journal = %self.dir.display(),
+                from = seq,
+                to = start - 1,
+                "records were pruned from the journal (kept in the archive): reading on from its prune anchor"
+            );
+            self.pruned = Some((seq, start - 1));
+            self.next_seq = start;
+            self.last_hash = None;
+            seq = start;
+        }
         let segments = list_segments(&self.dir).map_err(io_err(&self.dir))?;
         let Some((_, path)) = segments.iter().rev().find(|(first, _)| *first <= seq) else {
-            return Ok(false);
+            return match segments.first() {
+                None => Ok(false), // no segment yet: the writer has not started
+                Some((first, path)) => Err(JournalError::Corrupt {
+                    path: path.clone(),
+                    offset: 0,
+                    what: format!(
+                        "the journal starts at record {first} and has no prune anchor: records {seq} to {} are missing",
+                        first - 1
+                    ),
+                }),
+            };
         };
         let mut file = File::open(path).map_err(io_err(path))?;
         let mut header = [0u8; SEGMENT_HEADER_LEN];

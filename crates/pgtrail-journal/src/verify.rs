@@ -6,7 +6,8 @@
 //! - a changed byte: a CRC, hash or header mismatch (or, if the attacker recomputed those,
 //!   a checkpoint whose signed hash no longer matches the chain);
 //! - a deleted, inserted or reordered record: a sequence gap or a broken link;
-//! - a deleted first segment: the journal no longer starts at sequence 1 and genesis;
+//! - a deleted first segment: the journal no longer starts at sequence 1 and genesis (a
+//!   journal pruned by its owner starts at its signed anchor instead: see [`crate::prune`]);
 //! - records cut from the end: a witnessed checkpoint the journal no longer has.
 //!
 //! The first failure stops verification: everything after it is unproven.
@@ -17,6 +18,7 @@ use crate::checkpoint::{Checkpoint, VerifierSet, read_witness};
 use crate::format::{
     Decoded, Hash, RecordKind, SEGMENT_HEADER_LEN, SegmentHeader, decode_record, genesis_hash, list_segments,
 };
+use crate::prune::{Anchor, read_anchor};
 use crate::{JournalError, io_err};
 
 /// What a successful verification saw.
@@ -35,6 +37,12 @@ pub struct VerifyReport {
     pub uncovered: u64,
     /// Checkpoints found in the witness (all of them matched the journal).
     pub witnessed: u64,
+    /// The first record held, when the journal was pruned (its anchor verified); 0 if not.
+    pub pruned_before: u64,
+    /// Witnessed checkpoints of pruned records (not checkable against the journal).
+    pub witnessed_pruned: u64,
+    /// Segments before the anchor that a prune has not deleted yet (not checked).
+    pub leftover_segments: usize,
 }
 
 /// The first problem found.
@@ -71,6 +79,7 @@ pub fn verify_dir(
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "journal directory does not exist"),
         });
     }
+    let anchor = read_anchor(dir)?;
     let mut segments = Vec::new();
     for (_, path) in list_segments(dir).map_err(io_err(dir))? {
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
@@ -87,23 +96,48 @@ pub fn verify_dir(
             }
         }
     };
-    Ok(verify_segments(&segments, keys, witnessed.as_deref(), witness.is_some()))
+    Ok(verify_segments(&segments, keys, witnessed.as_deref(), witness.is_some(), anchor.as_ref()))
 }
 
 /// Verifies segments given as (path, bytes), in file-name order. `witness` holds the
 /// witnessed checkpoints; `witness_expected` says a witness was configured (so an
-/// empty journal with a missing first segment is not silently fine).
+/// empty journal with a missing first segment is not silently fine). With the `anchor` of
+/// a pruned journal, verification starts where the anchor says, once its signature holds.
 pub fn verify_segments(
     segments: &[(PathBuf, Vec<u8>)],
     keys: &VerifierSet,
     witness: Option<&[Checkpoint]>,
     witness_expected: bool,
+    anchor: Option<&Anchor>,
 ) -> Result<VerifyReport, VerifyFailure> {
-    let mut report = VerifyReport { segments: segments.len(), ..VerifyReport::default() };
+    let mut report = VerifyReport::default();
     let mut expected_seq = 1u64;
     let mut last_hash: Option<Hash> = None;
     let mut instance: Option<String> = None;
-    // (seq, hash) of every record, to check the witness against.
+    let mut segments = segments;
+    if let Some(anchor) = anchor {
+        let fail = |problem: String| VerifyFailure {
+            segment: PathBuf::from(crate::prune::ANCHOR_FILE),
+            offset: 0,
+            seq: None,
+            problem,
+        };
+        anchor.verify(keys).map_err(fail)?;
+        last_hash = Some(anchor.start_hash().map_err(fail)?);
+        instance = Some(anchor.instance.clone());
+        expected_seq = anchor.first_seq;
+        report.pruned_before = anchor.first_seq;
+        // Segments a prune has not deleted yet: the anchor replaces them.
+        let leftovers = segments
+            .iter()
+            .take_while(|(path, _)| segment_first(path).is_some_and(|first| first < anchor.first_seq))
+            .count();
+        report.leftover_segments = leftovers;
+        segments = &segments[leftovers..];
+    }
+    let base_seq = expected_seq;
+    report.segments = segments.len();
+    // The hash of every record from `base_seq` on, to check the witness against.
     let mut hashes: Vec<Hash> = Vec::new();
 
     for (index, (path, bytes)) in segments.iter().enumerate() {
@@ -114,11 +148,8 @@ pub fn verify_segments(
             problem,
         };
         let header = SegmentHeader::decode(bytes).map_err(|what| fail(0, None, what.to_owned()))?;
-        let name_seq = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| fail(0, None, "segment file name is not a sequence number".into()))?;
+        let name_seq =
+            segment_first(path).ok_or_else(|| fail(0, None, "segment file name is not a sequence number".into()))?;
         if name_seq != header.first_seq {
             return Err(fail(0, None, format!("file name says sequence {name_seq}, header says {}", header.first_seq)));
         }
@@ -130,7 +161,12 @@ pub fn verify_segments(
             Some(_) => {}
         }
         if header.first_seq != expected_seq {
-            let problem = if index == 0 {
+            let problem = if index == 0 && base_seq > 1 {
+                format!(
+                    "journal starts at sequence {} but its prune anchor says {base_seq}: segments are missing",
+                    header.first_seq
+                )
+            } else if index == 0 {
                 format!("journal starts at sequence {} instead of 1: earlier segments are missing", header.first_seq)
             } else {
                 format!("segment starts at sequence {} where {expected_seq} was expected", header.first_seq)
@@ -225,7 +261,13 @@ pub fn verify_segments(
             if checkpoint.instance != report.instance {
                 return Err(fail("witness checkpoint names another instance".into()));
             }
-            match hashes.get((checkpoint.seq as usize).wrapping_sub(1)) {
+            if checkpoint.seq < base_seq {
+                // Of a pruned record: the anchor stands for it.
+                report.witnessed_pruned += 1;
+                continue;
+            }
+            let index = (checkpoint.seq - base_seq) as usize;
+            match hashes.get(index) {
                 None => {
                     return Err(fail(format!(
                         "journal truncated: the witness has a checkpoint at record {} but the journal ends at {}",
@@ -241,7 +283,7 @@ pub fn verify_segments(
                 Some(_) => {}
             }
             // The witnessed checkpoint itself must still be in the journal right after it.
-            if hashes.get(checkpoint.seq as usize).is_none() {
+            if hashes.get(index + 1).is_none() {
                 return Err(fail(format!("journal truncated: the checkpoint after record {} is gone", checkpoint.seq)));
             }
             report.witnessed += 1;
@@ -255,4 +297,9 @@ pub fn verify_segments(
         });
     }
     Ok(report)
+}
+
+/// The sequence number a segment's file name gives.
+fn segment_first(path: &std::path::Path) -> Option<u64> {
+    path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok())
 }

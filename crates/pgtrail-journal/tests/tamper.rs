@@ -220,7 +220,7 @@ fn mutate(segments: &mut Vec<(PathBuf, Vec<u8>)>, rng: &mut StdRng) -> &'static 
 fn the_intact_journal_verifies_and_covers_everything() {
     let f = fixture();
     assert!(f.segments.len() >= 3, "the fixture spans segments ({})", f.segments.len());
-    let report = verify_segments(&f.segments, &f.keys, Some(&f.witness), true).unwrap();
+    let report = verify_segments(&f.segments, &f.keys, Some(&f.witness), true, None).unwrap();
     assert_eq!(report.envelopes, 30);
     assert_eq!(report.checkpoints, 8, "every 4 records and one at close");
     assert_eq!(report.uncovered, 0);
@@ -229,7 +229,7 @@ fn the_intact_journal_verifies_and_covers_everything() {
     // A verifier with some other key refuses the signatures.
     let mut other = VerifierSet::new();
     other.add(CheckpointSigner::generate().verifying_key());
-    assert!(verify_segments(&f.segments, &other, None, false).is_err());
+    assert!(verify_segments(&f.segments, &other, None, false, None).is_err());
     let _ = &f.signer;
 }
 
@@ -251,7 +251,7 @@ fn ten_thousand_random_mutations_are_all_detected() {
             continue; // e.g. a duplicate inserted and deleted again: nothing changed
         }
         *kinds.entry(applied[0]).or_default() += 1;
-        let result = verify_segments(&segments, &f.keys, Some(&f.witness), true);
+        let result = verify_segments(&segments, &f.keys, Some(&f.witness), true, None);
         assert!(result.is_err(), "trial {trial}: mutation {applied:?} went undetected: {result:?}");
     }
     assert!(kinds.values().sum::<u32>() >= 9_900, "{kinds:?}");
@@ -267,8 +267,8 @@ fn without_the_witness_a_clean_cut_is_the_one_undetectable_change() {
     let last = segments.len() - 1;
     let recs = records(&segments[last].1);
     segments[last].1.truncate(recs[recs.len() - 1].start);
-    assert!(verify_segments(&segments, &f.keys, None, false).is_ok());
-    let err = verify_segments(&segments, &f.keys, Some(&f.witness), true).unwrap_err();
+    assert!(verify_segments(&segments, &f.keys, None, false, None).is_ok());
+    let err = verify_segments(&segments, &f.keys, Some(&f.witness), true, None).unwrap_err();
     assert!(err.problem.contains("truncated"), "{err}");
 }
 

@@ -1,0 +1,272 @@
+//! Pruning: removing a journal's oldest segments once their records are kept elsewhere
+//! (the archive), leaving a signed anchor so that what remains still verifies.
+//!
+//! Without an anchor, a journal that no longer starts at record 1 is a journal whose head
+//! was deleted, and `verify` fails. The anchor says, under the checkpoint signing key, "the
+//! records before `first_seq` were pruned, and the chain hash they ended with is
+//! `start_hash`": verification starts there instead of at genesis. Only the holder of the
+//! signing key can prune; a stranger who deletes segments still breaks verification.
+//!
+//! # Anchor file
+//!
+//! `<journal>/anchor.json`, one JSON object (see [`Anchor`]). Its signature is ed25519 over
+//! `pgtrail prune anchor v1\0` and the object's JSON with `signature` empty. A later prune
+//! replaces it. It is written (temporary file, fsync, rename) before any segment is
+//! deleted: a crash in between leaves segments before the anchor, which `verify` and
+//! readers ignore and the next prune deletes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::checkpoint::{CheckpointSigner, VerifierSet};
+use crate::format::{Decoded, Hash, SEGMENT_HEADER_LEN, SegmentHeader, decode_record, list_segments};
+use crate::verify::verify_segments;
+use crate::{JournalError, io_err};
+
+/// The anchor's file name in a journal directory.
+pub const ANCHOR_FILE: &str = "anchor.json";
+const CONTEXT: &[u8] = b"pgtrail prune anchor v1\0";
+
+/// The signed statement a prune leaves behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Anchor {
+    /// The anchor format: 1.
+    pub pgtrail_anchor: u32,
+    pub instance: String,
+    /// The first record the journal still holds; records before it were pruned.
+    pub first_seq: u64,
+    /// The chain hash of record `first_seq - 1` (hex): the start hash of the first segment kept.
+    pub start_hash: String,
+    /// When the prune was made, µs since the Unix epoch.
+    pub pruned_at_micros: i64,
+    /// Where the pruned records are kept, as the pruner vouched for it.
+    pub kept_in: Option<KeptIn>,
+    /// The signing key's id and the signature (hex).
+    pub key_id: String,
+    pub signature: String,
+}
+
+/// The archive that held the pruned records when they were pruned: its last manifest
+/// entry for this instance is pinned here, so that `pgtrail verify --archive` can tell
+/// a manifest cut short from one that is merely behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeptIn {
+    /// The archive target as given (a directory or s3:// URL).
+    pub archive: String,
+    /// The manifest entry (its seq and hash, hex) the archive had reached.
+    pub manifest_seq: u64,
+    pub manifest_hash: String,
+    /// The last journal record that entry covers.
+    pub through_record_seq: u64,
+}
+
+impl Anchor {
+    fn message(&self) -> Vec<u8> {
+        let mut unsigned = self.clone();
+        unsigned.signature = String::new();
+        serde_json::to_vec(&unsigned).expect("an anchor serializes")
+    }
+
+    /// Checks the signature with `keys`.
+    pub fn verify(&self, keys: &VerifierSet) -> Result<(), String> {
+        if self.pgtrail_anchor != 1 {
+            return Err(format!("unsupported anchor format {}", self.pgtrail_anchor));
+        }
+        let signature = hex::decode(&self.signature).map_err(|_| "the anchor's signature is not hex".to_owned())?;
+        keys.verify_detached(&self.key_id, CONTEXT, &self.message(), &signature)
+            .map_err(|what| format!("prune anchor: {what}"))
+    }
+
+    /// The chain hash the first kept record links to.
+    pub fn start_hash(&self) -> Result<Hash, String> {
+        hex::decode(&self.start_hash)
+            .ok()
+            .and_then(|bytes| Hash::try_from(bytes.as_slice()).ok())
+            .ok_or_else(|| "the anchor's start hash is not 32 bytes of hex".to_owned())
+    }
+}
+
+/// Reads the anchor of the journal in `dir`, if it has been pruned.
+pub fn read_anchor(dir: &Path) -> Result<Option<Anchor>, JournalError> {
+    let path = dir.join(ANCHOR_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(JournalError::Io { path, source: e }),
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| JournalError::Corrupt {
+        path,
+        offset: 0,
+        what: format!("not a prune anchor: {e}"),
+    })
+}
+
+/// Which records a prune may remove: those before a sequence number, or those appended
+/// before a time (µs since the Unix epoch). Only whole segments go, never the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Before {
+    Seq(u64),
+    Time(i64),
+}
+
+/// What a prune did.
+#[derive(Debug, Clone, Default)]
+pub struct PruneReport {
+    /// The segments deleted.
+    pub deleted: Vec<PathBuf>,
+    /// The first record the journal holds now.
+    pub first_seq: u64,
+    /// The anchor written (none when nothing could be pruned).
+    pub anchor: Option<Anchor>,
+    /// Why the prune stopped where it did, in words.
+    pub stopped_by: String,
+}
+
+/// Prunes the journal in `dir`: deletes its oldest segments whose records are all before
+/// `before` and at most `kept_through` (the last record kept elsewhere), after checking
+/// the whole journal with `keys` and writing an anchor signed by `signer`.
+pub fn prune(
+    dir: &Path,
+    before: Before,
+    kept_through: u64,
+    kept_in: Option<KeptIn>,
+    signer: &CheckpointSigner,
+    keys: &VerifierSet,
+) -> Result<PruneReport, JournalError> {
+    let mut keys = keys.clone();
+    keys.add(signer.verifying_key());
+    let anchor = read_anchor(dir)?;
+    let segments = list_segments(dir).map_err(io_err(dir))?;
+    let Some(((_, active), closed)) = segments.split_last() else {
+        return Ok(PruneReport { stopped_by: "the journal is empty".into(), ..PruneReport::default() });
+    };
+    // Never anchor a journal that does not verify. The last segment may be written to
+    // right now: only its link to the ones before is checked.
+    let mut loaded = Vec::with_capacity(closed.len());
+    for (first, path) in closed {
+        if anchor.as_ref().is_none_or(|a| *first >= a.first_seq) {
+            loaded.push((path.clone(), std::fs::read(path).map_err(io_err(path))?));
+        }
+    }
+    let report = verify_segments(&loaded, &keys, None, false, anchor.as_ref()).map_err(|failure| {
+        JournalError::Corrupt { path: failure.segment.clone(), offset: failure.offset, what: failure.problem }
+    })?;
+    let active_header = read_header(active)?;
+    if let Some(head) = report.last_hash
+        && active_header.start_hash != head
+    {
+        return Err(JournalError::Corrupt {
+            path: active.clone(),
+            offset: 0,
+            what: "segment start hash does not continue the chain".into(),
+        });
+    }
+    let instance = active_header.instance;
+    let first_kept_now = anchor.as_ref().map_or(1, |a| a.first_seq);
+    let mut cut = first_kept_now;
+    let mut stopped_by = String::from("the last segment is never pruned");
+    for window in segments.windows(2) {
+        let ((first, path), (next_first, _)) = (&window[0], &window[1]);
+        if *next_first <= first_kept_now {
+            continue; // left over from a prune that stopped before deleting it
+        }
+        let last = next_first - 1;
+        let allowed = match before {
+            Before::Seq(seq) => last < seq,
+            Before::Time(micros) => last_timestamp(path, *first)? < micros,
+        };
+        if !allowed {
+            stopped_by = format!("segment {} holds records from the --before point on", path.display());
+            break;
+        }
+        if last > kept_through {
+            stopped_by =
+                format!("segment {} holds records after {kept_through}, the last one kept elsewhere", path.display());
+            break;
+        }
+        cut = *next_first;
+    }
+    let mut out = PruneReport { first_seq: cut, stopped_by, ..PruneReport::default() };
+    if cut > first_kept_now {
+        let (_, kept) = segments.iter().find(|(first, _)| *first == cut).expect("cut is a segment's first record");
+        let header = read_header(kept)?;
+        let mut new = Anchor {
+            pgtrail_anchor: 1,
+            instance,
+            first_seq: cut,
+            start_hash: hex::encode(header.start_hash),
+            pruned_at_micros: crate::now_micros(),
+            kept_in,
+            key_id: signer.id().to_owned(),
+            signature: String::new(),
+        };
+        new.signature = hex::encode(signer.sign_detached(CONTEXT, &new.message()));
+        write_anchor(dir, &new)?;
+        info!(journal = %dir.display(), first_seq = cut, "journal pruned: anchor written");
+        out.anchor = Some(new);
+    }
+    // Delete what the anchor (new or old) leaves before it.
+    let first_kept = out.anchor.as_ref().map_or(first_kept_now, |a| a.first_seq);
+    if first_kept > 1 {
+        for (first, path) in &segments {
+            if *first < first_kept {
+                std::fs::remove_file(path).map_err(io_err(path))?;
+                out.deleted.push(path.clone());
+            }
+        }
+        sync_dir(dir)?;
+    }
+    Ok(out)
+}
+
+fn read_header(path: &Path) -> Result<SegmentHeader, JournalError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    SegmentHeader::decode(&bytes).map_err(|what| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        offset: 0,
+        what: what.into(),
+    })
+}
+
+/// The timestamp of a (verified, complete) segment's last record.
+fn last_timestamp(path: &Path, first: u64) -> Result<i64, JournalError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let mut offset = SEGMENT_HEADER_LEN;
+    let mut last = i64::MIN;
+    while offset < bytes.len() {
+        match decode_record(&bytes[offset..]) {
+            Decoded::Record(record, n) => {
+                last = record.timestamp_micros;
+                offset += n;
+            }
+            _ => {
+                return Err(JournalError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset: offset as u64,
+                    what: format!("unreadable record in the segment starting at {first}"),
+                });
+            }
+        }
+    }
+    Ok(last)
+}
+
+fn write_anchor(dir: &Path, anchor: &Anchor) -> Result<(), JournalError> {
+    let path = dir.join(ANCHOR_FILE);
+    let temp = dir.join(format!("{ANCHOR_FILE}.tmp"));
+    let mut json = serde_json::to_vec_pretty(anchor).expect("an anchor serializes");
+    json.push(b'\n');
+    let mut file = std::fs::File::create(&temp).map_err(io_err(&temp))?;
+    file.write_all(&json).and_then(|_| file.sync_all()).map_err(io_err(&temp))?;
+    std::fs::rename(&temp, &path).map_err(io_err(&path))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
