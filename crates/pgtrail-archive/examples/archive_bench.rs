@@ -108,6 +108,8 @@ fn main() {
         follow: false,
         roll: pgtrail_archive::Roll::default(),
         progress: false,
+        signer: pgtrail_journal::CheckpointSigner::generate(),
+        retention_days: None,
     };
     let t = Instant::now();
     let done = pgtrail_archive::run(&run, ring, &|| false).expect("archive");

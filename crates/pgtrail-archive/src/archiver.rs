@@ -6,6 +6,15 @@
 //! Restarts neither repeat nor skip: the manifest says how far the archive reaches, so
 //! records the cursor had not yet recorded as archived are skipped, and a file put without
 //! its manifest entry (a crash between the two) is deleted before anything is written.
+//!
+//! Each journal instance has its own manifest chain and its own files, so the archivers of
+//! several instances can share one archive. An archiver learns its instance from the first
+//! record it reads, and only then reads that instance's manifest.
+//!
+//! Retention: with `retention_days`, the files of dates older than that are deleted once
+//! a day (at start and after each roll): first a file with a control event `ARCHIVE
+//! RETENTION` is put, then a signed `retention` manifest entry naming the expired entries,
+//! then the files go. A crash before the deletions is finished by the next run.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -23,8 +32,10 @@ use pgtrail_reader::{Consumer, ConsumerError, Cursor, Opened, Step};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
+use pgtrail_journal::CheckpointSigner;
+
 use crate::ArchiveError;
-use crate::manifest::{self, Entry, MANIFEST_DIR};
+use crate::manifest::{self, Entry, EntryKind, MANIFEST_DIR};
 use crate::schema::{Rows, schema};
 
 /// When a file is rolled.
@@ -60,13 +71,24 @@ pub struct Progress {
 }
 
 /// Rows of one partition waiting for the next roll.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Part {
     rows: Rows,
-    instance: String,
-    first_record_seq: u64,
-    last_record_seq: u64,
-    last_record_hash: String,
+}
+
+/// What the archive holds of the instance being archived.
+#[derive(Debug)]
+struct Instance {
+    name: String,
+    /// The manifest's last entry: its seq and hash.
+    manifest_seq: u64,
+    manifest_hash: String,
+    /// The last journal record an entry covers.
+    archived_through: u64,
+    /// Events entries not expired yet: (date, entry seq, file).
+    live: Vec<(String, u64, String)>,
+    /// The UTC day retention last ran.
+    retention_checked: Option<chrono::NaiveDate>,
 }
 
 /// The archive consumer.
@@ -74,16 +96,16 @@ struct Part {
 pub struct Archiver {
     runtime: tokio::runtime::Runtime,
     store: Arc<dyn ObjectStore>,
+    signer: CheckpointSigner,
     roll: Roll,
     follow: bool,
+    retention_days: Option<u32>,
+    instance: Option<Instance>,
     parts: BTreeMap<chrono::NaiveDate, Part>,
     pending: usize,
     pending_since: Option<Instant>,
-    /// The manifest's last entry: its seq and hash.
-    manifest_seq: u64,
-    manifest_hash: String,
-    /// The last journal record the archive holds events of.
-    archived_through: u64,
+    /// The last record read (seq and chain hash): where the next roll's range ends.
+    last_read: Option<(u64, String)>,
     progress: Progress,
     show_progress: bool,
 }
@@ -92,45 +114,88 @@ fn store_error(e: object_store::Error) -> ArchiveError {
     ArchiveError::Store(e.to_string())
 }
 
+/// Whether `path` (relative to the archive's root) is a data file of `instance`.
+pub(crate) fn is_file_of(path: &str, instance: &str) -> bool {
+    path.ends_with(".parquet") && !path.starts_with(MANIFEST_DIR) && path.contains(&format!("/instance={instance}/"))
+}
+
 impl Archiver {
-    /// Opens the archive in `store`: reads and checks its manifest, and deletes files that
-    /// no manifest entry names (left by a run that stopped between the two).
-    pub fn open(store: Arc<dyn ObjectStore>, roll: Roll, follow: bool) -> Result<Self, ArchiveError> {
+    /// An archiver writing into `store`, sealing manifest entries with `signer` (the
+    /// archive key). Nothing is read until the first record says which instance it is.
+    pub fn open(
+        store: Arc<dyn ObjectStore>,
+        signer: CheckpointSigner,
+        roll: Roll,
+        follow: bool,
+    ) -> Result<Self, ArchiveError> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ArchiveError::Io)?;
-        let entries = runtime.block_on(read_manifest(store.as_ref()))?;
-        manifest::check_chain(&entries)?;
-        let named: HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
-        let files: Vec<Path> = runtime
-            .block_on(store.list(None).try_collect::<Vec<_>>())
-            .map_err(store_error)?
-            .into_iter()
-            .map(|meta| meta.location)
-            .filter(|p| p.as_ref().ends_with(".parquet") && !p.as_ref().starts_with(MANIFEST_DIR))
-            .collect();
-        for orphan in files.iter().filter(|p| !named.contains(p.as_ref())) {
-            warn!(file = %orphan, "deleting an archive file without a manifest entry (an earlier run stopped before recording it)");
-            runtime.block_on(store.delete(orphan)).map_err(store_error)?;
-        }
-        let last = entries.last();
         Ok(Archiver {
             runtime,
             store,
+            signer,
             roll,
             follow,
+            retention_days: None,
+            instance: None,
             parts: BTreeMap::new(),
             pending: 0,
             pending_since: None,
-            manifest_seq: last.map_or(0, |e| e.seq),
-            manifest_hash: last.map_or_else(|| manifest::GENESIS.to_owned(), |e| e.hash.clone()),
-            archived_through: entries.iter().map(|e| e.last_record_seq).max().unwrap_or(0),
+            last_read: None,
             progress: Progress::default(),
             show_progress: false,
         })
     }
 
-    /// The last journal record whose events the archive holds (0: none).
+    /// Delete the files of dates more than `days` days before today (UTC).
+    pub fn set_retention_days(&mut self, days: Option<u32>) {
+        self.retention_days = days;
+    }
+
+    /// Reads and checks `name`'s manifest, finishes what a crashed run left (files without
+    /// an entry are deleted, expired files still there are deleted), and applies retention.
+    /// Done on the first record if not before.
+    pub fn load(&mut self, name: &str) -> Result<(), ArchiveError> {
+        let entries = self.runtime.block_on(read_manifest(self.store.as_ref(), name))?;
+        manifest::check_chain(&entries)?;
+        let expired: HashSet<u64> = entries.iter().flat_map(|e| e.expired.iter().copied()).collect();
+        let named: HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        let files: Vec<Path> = self
+            .runtime
+            .block_on(self.store.list(None).try_collect::<Vec<_>>())
+            .map_err(store_error)?
+            .into_iter()
+            .map(|meta| meta.location)
+            .filter(|p| is_file_of(p.as_ref(), name))
+            .collect();
+        for orphan in files.iter().filter(|p| !named.contains(p.as_ref())) {
+            warn!(file = %orphan, "deleting an archive file without a manifest entry (an earlier run stopped before recording it)");
+            self.runtime.block_on(self.store.delete(orphan)).map_err(store_error)?;
+        }
+        for entry in entries.iter().filter(|e| expired.contains(&e.seq)) {
+            if files.iter().any(|p| p.as_ref() == entry.path) {
+                info!(file = %entry.path, "deleting an expired file an earlier run had not deleted yet");
+                self.runtime.block_on(self.store.delete(&Path::from(entry.path.as_str()))).map_err(store_error)?;
+            }
+        }
+        let last = entries.last();
+        self.instance = Some(Instance {
+            name: name.to_owned(),
+            manifest_seq: last.map_or(0, |e| e.seq),
+            manifest_hash: last.map_or_else(|| manifest::GENESIS.to_owned(), |e| e.hash.clone()),
+            archived_through: entries.iter().map(|e| e.through_record_seq).max().unwrap_or(0),
+            live: entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::Events && !expired.contains(&e.seq))
+                .map(|e| (e.date.clone(), e.seq, e.path.clone()))
+                .collect(),
+            retention_checked: None,
+        });
+        self.apply_retention()
+    }
+
+    /// The last journal record an entry covers (0: none, or the instance is not known yet).
     pub fn archived_through(&self) -> u64 {
-        self.archived_through
+        self.instance.as_ref().map_or(0, |i| i.archived_through)
     }
 
     pub fn progress(&self) -> Progress {
@@ -162,19 +227,9 @@ impl Archiver {
     }
 
     fn add(&mut self, instance: &str, opened: &Opened, events: &[ActivityEvent]) {
-        let hash = hex::encode(opened.hash);
         for (index, event) in events.iter().enumerate() {
-            // One journal is one instance: a run's partitions differ by date only.
-            let part = self.parts.entry(event.log_time.date_naive()).or_insert_with(|| Part {
-                rows: Rows::default(),
-                instance: instance.to_owned(),
-                first_record_seq: opened.seq,
-                last_record_seq: opened.seq,
-                last_record_hash: String::new(),
-            });
+            let part = self.parts.entry(event.log_time.date_naive()).or_default();
             part.rows.push(instance, opened.seq, index as u32, event);
-            part.last_record_seq = opened.seq;
-            part.last_record_hash.clone_from(&hash);
         }
         self.pending += events.len();
         if !events.is_empty() && self.pending_since.is_none() {
@@ -182,50 +237,128 @@ impl Archiver {
         }
     }
 
+    /// Puts `bytes` as `path`, then its manifest entry; the entry is sealed here.
+    fn put(&mut self, path: &Path, bytes: Vec<u8>, mut entry: Entry) -> Result<Entry, ArchiveError> {
+        let instance = self.instance.as_mut().expect("put after load");
+        entry.seq = instance.manifest_seq + 1;
+        entry.prev = instance.manifest_hash.clone();
+        entry.sha256 = hex::encode(Sha256::digest(&bytes));
+        let entry = entry.sealed(&self.signer);
+        let manifest = Path::from(Entry::object_name(&instance.name, entry.seq));
+        let json = serde_json::to_vec(&entry).expect("an entry serializes");
+        self.runtime
+            .block_on(async {
+                self.store.put(path, Bytes::from(bytes).into()).await?;
+                self.store.put(&manifest, Bytes::from(json).into()).await
+            })
+            .map_err(store_error)?;
+        instance.manifest_seq = entry.seq;
+        instance.manifest_hash.clone_from(&entry.hash);
+        instance.archived_through = instance.archived_through.max(entry.through_record_seq);
+        Ok(entry)
+    }
+
     /// Writes every pending partition as a file, each followed by its manifest entry.
     pub fn flush(&mut self) -> Result<(), ArchiveError> {
         let parts = std::mem::take(&mut self.parts);
+        let (through, through_hash) = self.last_read.clone().unwrap_or_default();
+        let from = self.archived_through() + 1;
         for (date, mut part) in parts {
             let date = date.format("%Y-%m-%d").to_string();
-            let instance = std::mem::take(&mut part.instance);
+            let name = self.instance.as_ref().expect("rows come after load").name.clone();
             let rows = part.rows.len() as u64;
             let bytes = parquet_bytes(&mut part.rows)?;
-            let seq = self.manifest_seq + 1;
-            let path = Path::from_iter([
-                format!("date={date}"),
-                format!("instance={instance}"),
-                format!("part-{seq:08}.parquet"),
-            ]);
+            let seq = self.instance.as_ref().map_or(0, |i| i.manifest_seq) + 1;
+            let path =
+                Path::from_iter([format!("date={date}"), format!("instance={name}"), format!("part-{seq:08}.parquet")]);
             let entry = Entry {
                 seq,
+                kind: EntryKind::Events,
                 path: path.to_string(),
-                instance,
-                date,
-                first_record_seq: part.first_record_seq,
-                last_record_seq: part.last_record_seq,
-                last_record_hash: part.last_record_hash,
+                instance: name,
+                date: date.clone(),
+                from_record_seq: from,
+                through_record_seq: through,
+                through_record_hash: through_hash.clone(),
                 rows,
-                sha256: hex::encode(Sha256::digest(&bytes)),
-                prev: self.manifest_hash.clone(),
+                sha256: String::new(),
+                expired: Vec::new(),
+                prev: String::new(),
                 hash: String::new(),
-            }
-            .sealed();
-            let manifest = Path::from(Entry::object_name(seq));
-            let json = serde_json::to_vec(&entry).expect("an entry serializes");
-            self.runtime
-                .block_on(async {
-                    self.store.put(&path, Bytes::from(bytes).into()).await?;
-                    self.store.put(&manifest, Bytes::from(json).into()).await
-                })
-                .map_err(store_error)?;
+                key_id: String::new(),
+                signature: String::new(),
+            };
+            let entry = self.put(&path, bytes, entry)?;
             info!(file = %path, rows = entry.rows, "archived");
-            self.manifest_seq = seq;
-            self.manifest_hash = entry.hash;
-            self.archived_through = self.archived_through.max(entry.last_record_seq);
+            self.instance.as_mut().expect("loaded").live.push((date, entry.seq, entry.path));
             self.progress.files += 1;
         }
         self.pending = 0;
         self.pending_since = None;
+        self.apply_retention()
+    }
+
+    /// Deletes the files of expired dates, once per UTC day, saying so in a control event
+    /// (a file of its own) and a manifest entry.
+    fn apply_retention(&mut self) -> Result<(), ArchiveError> {
+        let (Some(days), Some(instance)) = (self.retention_days, self.instance.as_mut()) else {
+            return Ok(());
+        };
+        let now = chrono::Utc::now();
+        let today = now.date_naive();
+        if instance.retention_checked == Some(today) {
+            return Ok(());
+        }
+        instance.retention_checked = Some(today);
+        let oldest_kept = (today - chrono::Duration::days(i64::from(days))).format("%Y-%m-%d").to_string();
+        let (expired, live): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut instance.live).into_iter().partition(|(date, _, _)| *date < oldest_kept);
+        instance.live = live;
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let name = instance.name.clone();
+        let (first, last) = (expired.iter().map(|e| &e.0).min().cloned(), expired.iter().map(|e| &e.0).max().cloned());
+        let detail = format!(
+            "archive retention ({days} days): deleted {} files of instance {name}, dates {} to {}, older than {oldest_kept}",
+            expired.len(),
+            first.unwrap_or_default(),
+            last.unwrap_or_default()
+        );
+        let mut event = pgtrail_event::control_event("ARCHIVE RETENTION", detail.clone());
+        event.log_time = now;
+        let mut rows = Rows::default();
+        rows.push(&name, 0, 0, &event);
+        let bytes = parquet_bytes(&mut rows)?;
+        let date = today.format("%Y-%m-%d").to_string();
+        let seq = instance.manifest_seq + 1;
+        let path = Path::from_iter([
+            format!("date={date}"),
+            format!("instance={name}"),
+            format!("retention-{seq:08}.parquet"),
+        ]);
+        let entry = Entry {
+            seq,
+            kind: EntryKind::Retention,
+            path: path.to_string(),
+            instance: name,
+            date,
+            from_record_seq: 0,
+            through_record_seq: 0,
+            through_record_hash: String::new(),
+            rows: 1,
+            sha256: String::new(),
+            expired: expired.iter().map(|e| e.1).collect(),
+            prev: String::new(),
+            hash: String::new(),
+            key_id: String::new(),
+            signature: String::new(),
+        };
+        self.put(&path, bytes, entry)?;
+        for (_, _, file) in &expired {
+            self.runtime.block_on(self.store.delete(&Path::from(file.as_str()))).map_err(store_error)?;
+        }
+        info!(files = expired.len(), oldest_kept = %oldest_kept, "archive retention deleted expired files");
         Ok(())
     }
 }
@@ -244,10 +377,10 @@ fn parquet_bytes(rows: &mut Rows) -> Result<Vec<u8>, ArchiveError> {
     Ok(out)
 }
 
-/// The manifest's entries, in order.
-pub(crate) async fn read_manifest(store: &dyn ObjectStore) -> Result<Vec<Entry>, ArchiveError> {
+/// The manifest entries of `instance`, in order.
+pub(crate) async fn read_manifest(store: &dyn ObjectStore, instance: &str) -> Result<Vec<Entry>, ArchiveError> {
     let mut names: Vec<Path> = store
-        .list(Some(&Path::from(MANIFEST_DIR)))
+        .list(Some(&Path::from(Entry::dir(instance))))
         .map_ok(|meta| meta.location)
         .try_collect()
         .await
@@ -258,6 +391,12 @@ pub(crate) async fn read_manifest(store: &dyn ObjectStore) -> Result<Vec<Entry>,
         let bytes = store.get(&name).await.map_err(store_error)?.bytes().await.map_err(store_error)?;
         let entry: Entry = serde_json::from_slice(&bytes)
             .map_err(|e| ArchiveError::Manifest(format!("{name} is not a manifest entry: {e}")))?;
+        if name.as_ref() != Entry::object_name(instance, entry.seq) {
+            return Err(ArchiveError::Manifest(format!(
+                "{name} holds entry {} of instance {:?}",
+                entry.seq, entry.instance
+            )));
+        }
         entries.push(entry);
     }
     Ok(entries)
@@ -273,13 +412,24 @@ impl Consumer for Archiver {
     ) -> Result<Step, ConsumerError> {
         self.progress.records += 1;
         self.report();
-        if opened.seq <= self.archived_through {
+        let instance = cursor.instance.clone().unwrap_or_else(|| "unknown".into());
+        match &self.instance {
+            None => self.load(&instance).map_err(ConsumerError::consumer)?,
+            Some(known) if known.name != instance => {
+                return Err(ConsumerError::consumer(ArchiveError::Manifest(format!(
+                    "one archiver reads one journal: record {} is of instance {instance:?}, not {:?}",
+                    opened.seq, known.name
+                ))));
+            }
+            Some(_) => {}
+        }
+        if opened.seq <= self.archived_through() {
             // Archived by a run that stopped before it saved its cursor.
             self.progress.skipped += 1;
             return Ok(Step::Continue);
         }
-        let instance = cursor.instance.clone().unwrap_or_else(|| "unknown".into());
         self.progress.events += events.len() as u64;
+        self.last_read = Some((opened.seq, hex::encode(opened.hash)));
         self.add(&instance, opened, &events);
         if self.pending >= self.roll.events {
             self.flush().map_err(ConsumerError::consumer)?;
@@ -289,6 +439,7 @@ impl Consumer for Archiver {
     }
 
     fn caught_up(&mut self, _cursor: &mut Cursor) -> Result<Step, ConsumerError> {
+        self.apply_retention().map_err(ConsumerError::consumer)?;
         let due = !self.follow || self.pending_since.is_some_and(|since| since.elapsed() >= self.roll.age);
         if self.pending > 0 && due {
             self.flush().map_err(ConsumerError::consumer)?;

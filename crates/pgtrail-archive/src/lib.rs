@@ -6,10 +6,12 @@ mod archiver;
 pub mod manifest;
 mod schema;
 mod store;
+mod verify;
 
 pub use archiver::{Archiver, Progress, Roll};
 pub use schema::{Rows, schema};
 pub use store::open as open_target;
+pub use verify::{ArchiveFailure, ArchiveReport, InstanceReport, verify_archive};
 
 /// What can go wrong while archiving.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,10 @@ pub struct ArchiveRun {
     pub roll: Roll,
     /// Show progress on standard error.
     pub progress: bool,
+    /// Seals the manifest entries (the archive key).
+    pub signer: pgtrail_journal::CheckpointSigner,
+    /// Delete files of dates older than this many days.
+    pub retention_days: Option<u32>,
 }
 
 /// Archives the journal as `run` says: what it holds (then returns), or with `follow`
@@ -53,7 +59,15 @@ pub fn run(
 ) -> Result<Progress, pgtrail_reader::ConsumerError> {
     use pgtrail_reader::{ConsumerError, Cursor, CursorFile, Follow, Reader, Resume, consume};
     let store = open_target(&run.target).map_err(ConsumerError::consumer)?;
-    let mut archiver = Archiver::open(store, run.roll, run.follow).map_err(ConsumerError::consumer)?;
+    let mut archiver =
+        Archiver::open(store, run.signer.clone(), run.roll, run.follow).map_err(ConsumerError::consumer)?;
+    archiver.set_retention_days(run.retention_days);
+    // The instance's manifest is read now, so that retention runs with nothing new to archive.
+    let instance = pgtrail_journal::JournalReader::instance_of(&run.journal)
+        .map_err(|e| ConsumerError::consumer(ArchiveError::Manifest(format!("reading the journal: {e}"))))?;
+    if let Some(instance) = instance {
+        archiver.load(&instance).map_err(ConsumerError::consumer)?;
+    }
     archiver.show_progress(run.progress);
     let file = run.state.as_ref().map(CursorFile::new);
     let cursor = match &file {
@@ -72,4 +86,59 @@ pub fn run(
     }
     archiver.finish_progress();
     Ok(archiver.progress())
+}
+
+/// The `[archive]` table of a configuration file.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveSection {
+    /// Delete files of dates older than this many days.
+    pub retention_days: Option<u32>,
+}
+
+impl ArchiveSection {
+    /// The `[archive]` table of the TOML file at `path` (other tables are for other commands).
+    pub fn load(path: &std::path::Path) -> Result<ArchiveSection, ArchiveError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ArchiveError::Target(format!("cannot read {}: {e}", path.display())))?;
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| ArchiveError::Target(format!("{}: {e}", path.display())))?;
+        match table.remove("archive") {
+            None => Ok(ArchiveSection::default()),
+            Some(section) => {
+                section.try_into().map_err(|e| ArchiveError::Target(format!("{}: [archive]: {e}", path.display())))
+            }
+        }
+    }
+}
+
+/// Prunes `journal` of what the archive at `target` holds: the archive and the journal are
+/// verified first (with `keys`: the checkpoint and archive verification keys), then the
+/// segments before `before` whose records the archive covers are deleted, and the anchor,
+/// signed with `signer` (the checkpoint signing key), pins the archive's last entry.
+pub fn prune_journal(
+    journal: &std::path::Path,
+    target: &str,
+    before: pgtrail_journal::Before,
+    signer: &pgtrail_journal::CheckpointSigner,
+    keys: &pgtrail_journal::VerifierSet,
+) -> Result<pgtrail_journal::PruneReport, ArchiveError> {
+    let report = match verify_archive(target, keys, Some(journal))? {
+        Ok(report) => report,
+        Err(failure) => {
+            return Err(ArchiveError::Manifest(format!("the archive does not verify, nothing pruned: {failure}")));
+        }
+    };
+    let instance = report.instances.iter().find(|i| i.journal_checked.is_some());
+    let Some(instance) = instance else {
+        return Err(ArchiveError::Manifest(format!("{target} holds nothing of this journal: nothing pruned")));
+    };
+    let kept_in = instance.last_entry.as_ref().map(|(seq, hash)| pgtrail_journal::KeptIn {
+        archive: target.to_owned(),
+        manifest_seq: *seq,
+        manifest_hash: hash.clone(),
+        through_record_seq: instance.through_record_seq,
+    });
+    pgtrail_journal::prune(journal, before, instance.through_record_seq, kept_in, signer, keys)
+        .map_err(|e| ArchiveError::Manifest(format!("pruning {}: {e}", journal.display())))
 }

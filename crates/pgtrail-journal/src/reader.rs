@@ -64,6 +64,28 @@ impl JournalReader {
         })
     }
 
+    /// The instance of the journal in `dir`, from its first segment's header (`None` while
+    /// it has no segment).
+    pub fn instance_of(dir: impl AsRef<Path>) -> Result<Option<String>, JournalError> {
+        let dir = dir.as_ref();
+        let Some((_, path)) = list_segments(dir).map_err(io_err(dir))?.into_iter().next() else {
+            return Ok(None);
+        };
+        let mut header = [0u8; SEGMENT_HEADER_LEN];
+        let mut file = File::open(&path).map_err(io_err(&path))?;
+        match file.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(JournalError::Io { path, source: e }),
+        }
+        let header = SegmentHeader::decode(&header).map_err(|what| JournalError::Corrupt {
+            path: path.clone(),
+            offset: 0,
+            what: what.into(),
+        })?;
+        Ok(Some(header.instance))
+    }
+
     /// The cursor: the sequence number of the next record this reader will return.
     pub fn position(&self) -> u64 {
         self.next_seq

@@ -118,6 +118,10 @@ pub const WRAPPING_PUBLIC: &str = "wrapping.pub";
 pub const WRAPPING_PRIVATE: &str = "wrapping.key";
 pub const SIGNING_PRIVATE: &str = "signing.key";
 pub const VERIFY_PUBLIC: &str = "verify.pub";
+/// The archive key: seals `pgtrail archive`'s manifest entries (a signing key of its own,
+/// so that the archiver's host cannot sign journal checkpoints).
+pub const ARCHIVE_PRIVATE: &str = "archive.key";
+pub const ARCHIVE_PUBLIC: &str = "archive.pub";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -170,9 +174,11 @@ fn check_id(path: &Path, stored: &str, derived: &str) -> Result<(), KeyError> {
 pub struct KeySet {
     pub wrapping_id: String,
     pub signing_id: String,
+    pub archive_id: String,
 }
 
-/// Makes a wrapping key pair and a signing key pair in `dir` (created 0700 if missing).
+/// Makes a wrapping key pair, a checkpoint signing key pair and an archive key pair in
+/// `dir` (created 0700 if missing).
 pub fn init(dir: &Path, force: bool) -> Result<KeySet, KeyError> {
     if !dir.exists() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io("create", dir))?;
@@ -195,7 +201,20 @@ pub fn init(dir: &Path, force: bool) -> Result<KeySet, KeyError> {
         &signing.verifying_key().to_bytes(),
         force,
     )?;
-    Ok(KeySet { wrapping_id: wrapping.id().to_owned(), signing_id: signing.id().to_owned() })
+    let archive = CheckpointSigner::generate();
+    write_key_file(&dir.join(ARCHIVE_PRIVATE), "signing-private", archive.id(), archive.to_bytes().as_ref(), force)?;
+    write_key_file(
+        &dir.join(ARCHIVE_PUBLIC),
+        "verify-public",
+        archive.id(),
+        &archive.verifying_key().to_bytes(),
+        force,
+    )?;
+    Ok(KeySet {
+        wrapping_id: wrapping.id().to_owned(),
+        signing_id: signing.id().to_owned(),
+        archive_id: archive.id().to_owned(),
+    })
 }
 
 pub fn load_wrapping_public(path: &Path) -> Result<WrappingPublicKey, KeyError> {
@@ -278,13 +297,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("keys");
         let ids = init(&keys, false).unwrap();
-        for name in [WRAPPING_PUBLIC, WRAPPING_PRIVATE, SIGNING_PRIVATE, VERIFY_PUBLIC] {
+        for name in [WRAPPING_PUBLIC, WRAPPING_PRIVATE, SIGNING_PRIVATE, VERIFY_PUBLIC, ARCHIVE_PRIVATE, ARCHIVE_PUBLIC]
+        {
             let mode = std::fs::metadata(keys.join(name)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{name}");
         }
         assert_eq!(load_wrapping_public(&keys.join(WRAPPING_PUBLIC)).unwrap().id(), ids.wrapping_id);
         assert_eq!(load_signer(&keys.join(SIGNING_PRIVATE)).unwrap().id(), ids.signing_id);
         assert_eq!(load_verifier(&keys.join(VERIFY_PUBLIC)).unwrap().id(), ids.signing_id);
+        assert_eq!(load_signer(&keys.join(ARCHIVE_PRIVATE)).unwrap().id(), ids.archive_id);
+        assert_eq!(load_verifier(&keys.join(ARCHIVE_PUBLIC)).unwrap().id(), ids.archive_id);
+        assert_ne!(ids.archive_id, ids.signing_id, "the archive key is a key of its own");
         assert_eq!(load_key_ring(std::slice::from_ref(&keys)).unwrap().len(), 1);
         // A second init does not overwrite keys by accident.
         let err = init(&keys, false).unwrap_err().to_string();

@@ -26,12 +26,15 @@ for row in con.execute(sys.argv[2]).fetchall():
 
 fn archive(journal: &Path, keys: &Path, to: &Path, state: &Path, extra: &[&str]) -> std::process::Output {
     let key = keys.join("wrapping.key");
+    let signing = keys.join("archive.key");
     let mut args = vec![
         "archive",
         "--journal",
         journal.to_str().unwrap(),
         "--key",
         key.to_str().unwrap(),
+        "--signing-key",
+        signing.to_str().unwrap(),
         "--to",
         to.to_str().unwrap(),
         "--state",
@@ -128,18 +131,34 @@ async fn the_archive_holds_every_event_once_and_duckdb_reads_it() {
         &to,
         &format!("SELECT count(DISTINCT filename) FROM read_parquet('{}/**/*.parquet', filename = true)", to.display()),
     );
-    let manifest = std::fs::read_dir(to.join("_manifest")).unwrap().count();
-    assert_eq!(files, [manifest.to_string()]);
-    assert!(manifest > 1, "{manifest} files for {} events rolled every 7", expected.len());
-    let rows: u64 = std::fs::read_dir(to.join("_manifest"))
-        .unwrap()
-        .map(|entry| {
-            let entry: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+    let manifest = walk(&to.join("_manifest"), "json");
+    assert_eq!(files, [manifest.len().to_string()]);
+    assert!(manifest.len() > 1, "{} files for {} events rolled every 7", manifest.len(), expected.len());
+    let rows: u64 = manifest
+        .iter()
+        .map(|path| {
+            let entry: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
             entry["rows"].as_u64().unwrap()
         })
         .sum();
     assert_eq!(rows, expected.len() as u64, "the manifest counts every row");
+    // The archive proves itself against the journal: every file, row and record.
+    let verified = verify_archive(&to, Some(&journal), &keys);
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
+    let said = String::from_utf8_lossy(&verified.stdout);
+    assert!(said.contains(&format!("{} files, {} rows", manifest.len(), expected.len())), "{said}");
+    // A file changed after the fact is found and named.
+    let changed = &walk(&to, "parquet")[0];
+    let mut bytes = std::fs::read(changed).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(changed, &bytes).unwrap();
+    let failed = verify_archive(&to, None, &keys);
+    let said = String::from_utf8_lossy(&failed.stdout);
+    assert_eq!(failed.status.code(), Some(1), "{said}");
+    assert!(said.contains("FAILED") && said.contains("was modified"), "{said}");
+    bytes[middle] ^= 0x01;
+    std::fs::write(changed, &bytes).unwrap();
 
     // Again: nothing new, nothing twice.
     let again = archive(&journal, &keys, &to, &state, &["--roll-events", "7"]);
@@ -172,6 +191,8 @@ async fn archive_resumes_exactly_after_a_crash_at_any_step() {
         .arg(&journal)
         .arg("--key")
         .arg(&key)
+        .arg("--signing-key")
+        .arg(keys.join("archive.key"))
         .arg("--to")
         .arg(&to)
         .arg("--state")
@@ -181,7 +202,7 @@ async fn archive_resumes_exactly_after_a_crash_at_any_step() {
         .unwrap();
     let manifest = to.join("_manifest");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::fs::read_dir(&manifest).map_or(0, |d| d.count()) < 3 {
+    while walk(&manifest, "json").len() < 3 {
         assert!(std::time::Instant::now() < deadline, "the following archive wrote no files");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -198,7 +219,7 @@ async fn archive_resumes_exactly_after_a_crash_at_any_step() {
     std::fs::write(&state, &old_cursor).unwrap();
 
     // A file put without its manifest entry (the crash came between the two).
-    let some_file = walk_parquet(&to).remove(0);
+    let some_file = walk(&to, "parquet").remove(0);
     let orphan = some_file.with_file_name("part-99999999.parquet");
     std::fs::copy(&some_file, &orphan).unwrap();
 
@@ -210,20 +231,34 @@ async fn archive_resumes_exactly_after_a_crash_at_any_step() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!said.contains("(0 records were archived already)"), "the stale cursor's records are skipped: {said}");
     assert_eq!(sorted(duckdb(&to, ARCHIVED_ROWS)), journal_rows(&journal, &keys));
+    let verified = verify_archive(&to, Some(&journal), &keys);
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
 }
 
-fn walk_parquet(dir: &Path) -> Vec<std::path::PathBuf> {
+/// The files under `dir` whose names end in `.ext`, sorted.
+fn walk(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
+    for entry in std::fs::read_dir(dir).into_iter().flatten() {
         let path = entry.unwrap().path();
         if path.is_dir() {
-            out.extend(walk_parquet(&path));
-        } else if path.extension().is_some_and(|e| e == "parquet") {
+            out.extend(walk(&path, ext));
+        } else if path.extension().is_some_and(|e| e == ext) {
             out.push(path);
         }
     }
     out.sort();
     out
+}
+
+/// `pgtrail verify --archive` (and the journal, when given) with the test keys.
+fn verify_archive(archive: &Path, journal: Option<&Path>, keys: &Path) -> std::process::Output {
+    let mut command = Command::new(pgtrail_binary());
+    command.args(["verify", "--archive"]).arg(archive);
+    if let Some(journal) = journal {
+        command.arg("--journal").arg(journal);
+    }
+    command.arg("--verify-key").arg(keys.join("verify.pub")).arg("--verify-key").arg(keys.join("archive.pub"));
+    command.output().expect("pgtrail runs")
 }
 
 /// A real S3-compatible server (s3s-fs) on a loopback port, storing under `root`; killed
@@ -249,6 +284,8 @@ fn archive_to_s3(journal: &Path, keys: &Path, to: &str, port: u16, secret: &str)
         .arg(journal)
         .arg("--key")
         .arg(keys.join("wrapping.key"))
+        .arg("--signing-key")
+        .arg(keys.join("archive.key"))
         .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
         .env("AWS_ACCESS_KEY_ID", "pgtrail-test")
         .env("AWS_SECRET_ACCESS_KEY", secret)
@@ -285,6 +322,8 @@ async fn the_archive_goes_to_an_s3_compatible_store() {
         .arg(&journal)
         .arg("--key")
         .arg(keys.join("wrapping.key"))
+        .arg("--signing-key")
+        .arg(keys.join("archive.key"))
         .env("AWS_ENDPOINT_URL", "http://192.0.2.10:9000")
         .env("AWS_ACCESS_KEY_ID", "pgtrail-test")
         .env("AWS_SECRET_ACCESS_KEY", secret)
@@ -298,13 +337,28 @@ async fn the_archive_goes_to_an_s3_compatible_store() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stored = root.path().join("audit/trail/db1");
     assert_eq!(sorted(duckdb(&stored, ARCHIVED_ROWS)), journal_rows(&journal, &keys));
-    assert!(stored.join("_manifest/0000000001.json").is_file());
+    assert!(!walk(&stored.join("_manifest"), "json").is_empty());
 
     // A second run reads the manifest back from the store: nothing new, nothing twice.
     let again = archive_to_s3(&journal, &keys, "s3://audit/trail/db1", port, secret);
     let said = String::from_utf8_lossy(&again.stderr);
     assert!(said.contains("archived 0 events"), "{said}");
     assert_eq!(sorted(duckdb(&stored, ARCHIVED_ROWS)), journal_rows(&journal, &keys));
+    // And it verifies there, read through the S3 API.
+    let verified = Command::new(pgtrail_binary())
+        .args(["verify", "--archive", "s3://audit/trail/db1", "--journal"])
+        .arg(&journal)
+        .arg("--verify-key")
+        .arg(keys.join("verify.pub"))
+        .arg("--verify-key")
+        .arg(keys.join("archive.pub"))
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ACCESS_KEY_ID", "pgtrail-test")
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
 }
 
 fn query(archive: &Path, format: &str, sql: &str) -> std::process::Output {
@@ -375,4 +429,84 @@ async fn pgtrail_query_answers_an_auditors_questions_as_duckdb_does() {
     let bad = query(&to, "table", "SELECT no_such_column FROM events");
     let said = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && said.contains("no_such_column"), "{said}");
+}
+
+/// `pgtrail journal prune` after `pgtrail archive`: the journal loses its oldest segments
+/// but still verifies from the signed anchor, the archive proves the pruned records, and an
+/// archive cut short below what the prune relied on is caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pruned_journal_still_verifies_and_the_archive_stands_for_what_was_pruned() {
+    let pg = start_pg(HostAuth::Trust);
+    let mut capture = TestCapture::start_with(&pg, |config| {
+        config.writer.journal.segment_max_bytes = 4096;
+        config.writer.journal.checkpoint_every_records = 3;
+    })
+    .await;
+    let url = capture.url("postgres", "", "postgres");
+    for i in 0..20 {
+        assert_ok(&psql(&pg, &url, &["-c", &format!("SELECT {i} AS step")]));
+    }
+    capture.shutdown().await;
+    let (journal, keys) = (capture.journal_dir().to_path_buf(), capture.keys_dir());
+    let segments = walk(&journal, "seg").len();
+    assert!(segments > 3, "{segments} segments");
+    let dir = tempfile::tempdir().unwrap();
+    let (to, state) = (dir.path().join("archive"), dir.path().join("archive.cursor"));
+    let expected = journal_rows(&journal, &keys);
+
+    let prune = |before: &str| {
+        let (signing, verify, archive_pub) =
+            (keys.join("signing.key"), keys.join("verify.pub"), keys.join("archive.pub"));
+        run_pgtrail(&[
+            "journal",
+            "prune",
+            "--journal",
+            journal.to_str().unwrap(),
+            "--before",
+            before,
+            "--archive",
+            to.to_str().unwrap(),
+            "--signing-key",
+            signing.to_str().unwrap(),
+            "--verify-key",
+            verify.to_str().unwrap(),
+            "--verify-key",
+            archive_pub.to_str().unwrap(),
+        ])
+    };
+    // Nothing archived yet: nothing may go.
+    assert!(!prune("1000000").status.success(), "a journal with no archive is not pruned");
+    assert_eq!(walk(&journal, "seg").len(), segments);
+
+    archive(&journal, &keys, &to, &state, &["--roll-events", "10"]);
+    let out = prune("1000000");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("pruned") && said.contains("now starts at record"), "{said}");
+    assert_eq!(walk(&journal, "seg").len(), 1, "every segment but the last is archived and pruned");
+
+    let verified = run_pgtrail(&[
+        "verify",
+        "--journal",
+        journal.to_str().unwrap(),
+        "--verify-key",
+        keys.join("verify.pub").to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success() && said.contains("signed prune anchor (verified)"), "{said}");
+    let verified = verify_archive(&to, Some(&journal), &keys);
+    let said = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success() && said.contains("pins manifest entry"), "{said}");
+    // The pruned records are still all in the archive.
+    assert_eq!(sorted(duckdb(&to, ARCHIVED_ROWS)), expected);
+
+    // The manifest's last entry and its file deleted: an archive cut short, caught by the pin.
+    let last = walk(&to.join("_manifest"), "json").pop().unwrap();
+    let entry: serde_json::Value = serde_json::from_slice(&std::fs::read(&last).unwrap()).unwrap();
+    std::fs::remove_file(to.join(entry["path"].as_str().unwrap())).unwrap();
+    std::fs::remove_file(&last).unwrap();
+    let failed = verify_archive(&to, Some(&journal), &keys);
+    let said = String::from_utf8_lossy(&failed.stdout);
+    assert_eq!(failed.status.code(), Some(1), "{said}");
+    assert!(said.contains("cut short"), "{said}");
 }

@@ -150,6 +150,18 @@ pub(crate) enum Command {
         /// With --follow: roll files once their oldest event has waited this long.
         #[arg(long, value_name = "SECONDS", default_value_t = pgtrail_archive::Roll::AGE_SECS)]
         roll_secs: u64,
+        /// The archive key (archive.key from `pgtrail keys init`): signs every manifest
+        /// entry, so that `pgtrail verify --archive` can prove the files unaltered.
+        #[arg(long, value_name = "FILE")]
+        signing_key: PathBuf,
+        /// Delete the files of dates older than this many days (UTC), once a day; each
+        /// deletion is recorded in the manifest and as an ARCHIVE RETENTION control event
+        /// in the archive. Default: archive.retention_days from --config, else keep all.
+        #[arg(long, value_name = "DAYS")]
+        retention_days: Option<u32>,
+        /// A TOML configuration file; its [archive] table is read (retention_days).
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Run SQL over an archive made by `pgtrail archive`. The archive is one table named
     /// events (the columns of the archive schema, plus the partitions date and instance:
@@ -169,12 +181,20 @@ pub(crate) enum Command {
         sql: String,
     },
     /// Check a journal's integrity with the public verification key only: CRCs, the hash
-    /// chain, sequence continuity, checkpoint signatures and (with --witness) truncation.
-    /// Exits 1 naming the first bad record.
+    /// chain, sequence continuity, checkpoint signatures, a prune anchor and (with
+    /// --witness) truncation. With --archive, check an archive too: its manifest chain and
+    /// signatures, every file's hash and rows, no file missing or extra, no journal record
+    /// left out, and (with --journal) each entry against the journal's records and the
+    /// manifest entry a prune anchor pins. Exits 1 naming the first problem.
     Verify {
-        #[arg(long, value_name = "DIR")]
-        journal: PathBuf,
-        /// Checkpoint verification key (verify.pub); repeat for rotated signing keys.
+        /// The journal directory.
+        #[arg(long, value_name = "DIR", required_unless_present = "archive")]
+        journal: Option<PathBuf>,
+        /// An archive made by `pgtrail archive` (a directory or s3://BUCKET/PREFIX).
+        #[arg(long, value_name = "URL")]
+        archive: Option<String>,
+        /// Verification keys: verify.pub for checkpoints and prune anchors, archive.pub for
+        /// the archive's manifest; repeat for each, and for rotated keys.
         #[arg(long = "verify-key", value_name = "FILE", required = true)]
         verify_key: Vec<PathBuf>,
         /// Witness directory the proxy copied checkpoints to (journal.witness_dir).
@@ -214,6 +234,9 @@ pub(crate) enum Command {
     /// Make and use keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage a journal.
+    #[command(subcommand)]
+    Journal(JournalCommand),
     /// Check rule files and try them on events.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -339,11 +362,41 @@ pub(crate) enum RulesCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum JournalCommand {
+    /// Remove a journal's oldest segments once the archive holds their events, leaving an
+    /// anchor signed with the checkpoint signing key, so that `pgtrail verify` still proves
+    /// what remains and `pgtrail verify --archive` proves the archive cannot have been cut
+    /// short below it. The archive and the journal are verified first; only whole segments
+    /// go, never the one being written. Safe while the proxy runs.
+    Prune {
+        /// The journal directory.
+        #[arg(long, value_name = "DIR")]
+        journal: PathBuf,
+        /// Prune records before this: a record sequence number, a date (YYYY-MM-DD, UTC
+        /// midnight) or an RFC 3339 time. Records the archive does not hold always stay.
+        #[arg(long, value_name = "SEQ|DATE")]
+        before: String,
+        /// The archive holding the journal's events (a directory or s3://BUCKET/PREFIX).
+        #[arg(long, value_name = "URL")]
+        archive: String,
+        /// The checkpoint signing key (signing.key): signs the anchor.
+        #[arg(long, value_name = "FILE")]
+        signing_key: PathBuf,
+        /// Verification keys for the journal and the archive (verify.pub, archive.pub, and
+        /// any rotated ones); repeat.
+        #[arg(long = "verify-key", value_name = "FILE", required = true)]
+        verify_key: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum KeysCommand {
-    /// Make a wrapping key pair (HPKE X25519) and a checkpoint signing key pair (ed25519).
+    /// Make a wrapping key pair (HPKE X25519), a checkpoint signing key pair and an archive
+    /// key pair (ed25519).
     ///
     /// Writes wrapping.pub and signing.key (for the proxy), wrapping.key (for readers:
-    /// keep it off the proxy host) and verify.pub (for `pgtrail verify`), each mode 0600.
+    /// keep it off the proxy host), verify.pub (for `pgtrail verify`), archive.key (for
+    /// `pgtrail archive`) and archive.pub (for `pgtrail verify --archive`), each mode 0600.
     Init {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,

@@ -20,8 +20,8 @@ mod cli;
 mod quickstart;
 
 use cli::{
-    AlertsCommand, Cli, Command, ExportFormat, KeysCommand, LogFileFormat, LogFormat, QueryFormat, RulesCommand,
-    TokenCommand,
+    AlertsCommand, Cli, Command, ExportFormat, JournalCommand, KeysCommand, LogFileFormat, LogFormat, QueryFormat,
+    RulesCommand, TokenCommand,
 };
 
 fn init_logging(format: LogFormat) {
@@ -200,14 +200,37 @@ fn run(command: Command) -> anyhow::Result<()> {
             let ring = keys::load_key_ring(&key)?;
             export(&journal, ring, format, output.as_deref())
         }
-        Command::Archive { journal, key, to, state, follow, roll_events, roll_secs } => {
+        Command::Archive {
+            journal,
+            key,
+            to,
+            state,
+            follow,
+            roll_events,
+            roll_secs,
+            signing_key,
+            retention_days,
+            config,
+        } => {
             let ring = keys::load_key_ring(&key)?;
+            let signer = keys::load_signer(&signing_key)?;
+            let section = config.as_deref().map(pgtrail_archive::ArchiveSection::load).transpose()?.unwrap_or_default();
+            let retention_days = retention_days.or(section.retention_days);
             let roll = pgtrail_archive::Roll {
                 events: roll_events.max(1),
                 age: std::time::Duration::from_secs(roll_secs.max(1)),
             };
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let config = pgtrail_archive::ArchiveRun { journal, target: to, state, follow, roll, progress };
+            let config = pgtrail_archive::ArchiveRun {
+                journal,
+                target: to,
+                state,
+                follow,
+                roll,
+                progress,
+                signer,
+                retention_days,
+            };
             let done = runtime()?.block_on(async move {
                 let stop = stop_on_signal();
                 tokio::task::spawn_blocking(move || {
@@ -235,9 +258,36 @@ fn run(command: Command) -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
-        Command::Verify { journal, verify_key, witness } => {
+        Command::Verify { journal, archive, verify_key, witness } => {
             let keys = keys::load_verifiers(&verify_key)?;
-            verify(&journal, &keys, witness.as_deref())
+            if let Some(journal) = &journal {
+                verify(journal, &keys, witness.as_deref())?;
+            }
+            match archive {
+                Some(archive) => verify_archive(&archive, &keys, journal.as_deref()),
+                None => Ok(()),
+            }
+        }
+        Command::Journal(JournalCommand::Prune { journal, before, archive, signing_key, verify_key }) => {
+            let before = parse_before(&before)?;
+            let signer = keys::load_signer(&signing_key)?;
+            let keys = keys::load_verifiers(&verify_key)?;
+            let report = pgtrail_archive::prune_journal(&journal, &archive, before, &signer, &keys)?;
+            match &report.anchor {
+                Some(anchor) => println!(
+                    "pruned {} segments: the journal now starts at record {} (anchor {}, signed by {})",
+                    report.deleted.len(),
+                    anchor.first_seq,
+                    journal.join(pgtrail_journal::prune::ANCHOR_FILE).display(),
+                    anchor.key_id
+                ),
+                None if report.deleted.is_empty() => println!("nothing to prune: {}", report.stopped_by),
+                None => println!("deleted {} segments an earlier prune had left", report.deleted.len()),
+            }
+            if report.anchor.is_some() {
+                println!("stopped there because {}", report.stopped_by);
+            }
+            Ok(())
         }
         Command::Rules(RulesCommand::Check { rules }) => {
             let set = pgtrail_rules::RuleSet::load(&rules)?;
@@ -315,6 +365,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 ids.wrapping_id
             );
             println!("  verify.pub    {}  anyone: pgtrail verify", ids.signing_id);
+            println!("  archive.key   {}  pgtrail archive: signs the archive's manifest", ids.archive_id);
+            println!("  archive.pub   {}  anyone: pgtrail verify --archive", ids.archive_id);
             Ok(())
         }
         Command::Keys(KeysCommand::Unwrap { key, record, journal, seq }) => {
@@ -376,6 +428,62 @@ fn set_aside_segments(journal: &std::path::Path) -> Vec<PathBuf> {
     out
 }
 
+/// `--before` of journal prune: a sequence number, a date (UTC midnight) or an RFC 3339 time.
+fn parse_before(text: &str) -> anyhow::Result<pgtrail_journal::Before> {
+    if let Ok(seq) = text.parse::<u64>() {
+        return Ok(pgtrail_journal::Before::Seq(seq));
+    }
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
+        return Ok(pgtrail_journal::Before::Time(midnight.timestamp_micros()));
+    }
+    match chrono::DateTime::parse_from_rfc3339(text) {
+        Ok(time) => Ok(pgtrail_journal::Before::Time(time.timestamp_micros())),
+        Err(_) => {
+            anyhow::bail!("--before {text:?}: give a record sequence number, a date YYYY-MM-DD or an RFC 3339 time")
+        }
+    }
+}
+
+fn verify_archive(archive: &str, keys: &VerifierSet, journal: Option<&std::path::Path>) -> anyhow::Result<()> {
+    match pgtrail_archive::verify_archive(archive, keys, journal)? {
+        Ok(report) => {
+            if report.instances.is_empty() {
+                println!("archive {archive}: empty");
+            }
+            for i in &report.instances {
+                println!(
+                    "OK: archive {archive}, instance {}: {} manifest entries signed by {}, {} files, {} rows, journal records 1 to {} with none left out",
+                    i.instance,
+                    i.entries,
+                    i.key_ids.iter().cloned().collect::<Vec<_>>().join(", "),
+                    i.files,
+                    i.rows,
+                    i.through_record_seq
+                );
+                if i.expired_files > 0 {
+                    println!(
+                        "  {} files deleted by retention ({} of them not deleted yet)",
+                        i.expired_files, i.expired_present
+                    );
+                }
+                match i.journal_checked {
+                    Some((first, last)) => println!("  checked against the journal's records {first} to {last}"),
+                    None => println!("  not checked against a journal (give --journal for that instance)"),
+                }
+                if let Some(pinned) = i.pinned_entry {
+                    println!("  the journal's prune anchor pins manifest entry {pinned}: present");
+                }
+            }
+            Ok(())
+        }
+        Err(failure) => {
+            println!("FAILED: {failure}");
+            Err(anyhow::anyhow!("archive verification failed: {failure}"))
+        }
+    }
+}
+
 fn verify(journal: &std::path::Path, keys: &VerifierSet, witness: Option<&std::path::Path>) -> anyhow::Result<()> {
     match pgtrail_journal::verify_dir(journal, keys, witness)? {
         Ok(report) => {
@@ -387,12 +495,18 @@ fn verify(journal: &std::path::Path, keys: &VerifierSet, witness: Option<&std::p
             println!(
                 "OK: instance {}, {} records in {} segments ({} envelopes, {} checkpoints), last record {}; {truncation}",
                 report.instance,
-                report.last_seq,
+                report.last_seq + 1 - report.pruned_before.max(1),
                 report.segments,
                 report.envelopes,
                 report.checkpoints,
                 report.last_seq
             );
+            if report.pruned_before > 1 {
+                println!(
+                    "pruned: records before {} were removed under a signed prune anchor (verified); {} witnessed checkpoints of them not checkable here",
+                    report.pruned_before, report.witnessed_pruned
+                );
+            }
             for aside in set_aside_segments(journal) {
                 println!(
                     "note: {} is a damaged segment set aside by --set-aside-damaged-journal; its records are not in the chain",
