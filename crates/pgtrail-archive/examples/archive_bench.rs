@@ -1,9 +1,10 @@
 //! Archive throughput: writes a journal of EVENTS pgbench-shaped events (in records of
 //! BATCH events, as the recorder groups them under load), then archives it into Parquet
-//! on one thread and reports events per second and bytes per million events. The archive
-//! is left in DIR for query timings (bench/archive.sh).
+//! on one thread REPEATS times (each into a new archive) and reports events per second
+//! (each run and the median) and bytes per million events. The last archive is left in
+//! DIR/archive for query timings (bench/archive.sh).
 //!
-//!   cargo run --release -p pgtrail-archive --example archive_bench -- DIR [EVENTS] [BATCH]
+//!   cargo run --release -p pgtrail-archive --example archive_bench -- DIR [EVENTS] [BATCH] [REPEATS]
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -77,6 +78,7 @@ fn main() {
     let dir = std::path::PathBuf::from(args.get(1).expect("usage: archive_bench DIR [EVENTS] [BATCH]"));
     let n: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
     let batch: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(100);
+    let repeats: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(1);
     std::fs::create_dir_all(&dir).expect("bench directory");
     let journal_dir = dir.join("journal");
     let archive_dir = dir.join("archive");
@@ -99,25 +101,39 @@ fn main() {
     journal.close().expect("close");
     eprintln!("journal of {n} events in records of {batch} written in {:.1} s", t.elapsed().as_secs_f64());
 
-    let mut ring = KeyRing::new();
-    ring.add(private);
-    let run = pgtrail_archive::ArchiveRun {
-        journal: journal_dir,
-        target: archive_dir.display().to_string(),
-        state: None,
-        follow: false,
-        roll: pgtrail_archive::Roll::default(),
-        progress: false,
-        signer: pgtrail_journal::CheckpointSigner::generate(),
-        retention_days: None,
-    };
-    let t = Instant::now();
-    let done = pgtrail_archive::run(&run, ring, &|| false).expect("archive");
-    let seconds = t.elapsed().as_secs_f64();
+    let signer = pgtrail_journal::CheckpointSigner::generate();
+    let mut rates = Vec::new();
+    for repeat in 1..=repeats {
+        let _ = std::fs::remove_dir_all(&archive_dir);
+        let mut ring = KeyRing::new();
+        ring.add(WrappingPrivateKey::from_bytes(&private.to_bytes()).expect("key"));
+        let run = pgtrail_archive::ArchiveRun {
+            journal: journal_dir.clone(),
+            target: archive_dir.display().to_string(),
+            state: None,
+            follow: false,
+            roll: pgtrail_archive::Roll::default(),
+            progress: false,
+            signer: signer.clone(),
+            retention_days: None,
+        };
+        let t = Instant::now();
+        let done = pgtrail_archive::run(&run, ring, &|| false).expect("archive");
+        let seconds = t.elapsed().as_secs_f64();
+        let rate = done.events as f64 / seconds;
+        println!("run {repeat}: archived {} events into {} files in {seconds:.2} s: {rate:.0} events/s", done.events, done.files);
+        rates.push(rate);
+    }
+    rates.sort_by(f64::total_cmp);
     let bytes: u64 = walk(&archive_dir).iter().map(|p| std::fs::metadata(p).map_or(0, |m| m.len())).sum();
-    println!("archived {} events into {} files in {seconds:.2} s", done.events, done.files);
-    println!("archive throughput {:.0} events/s", done.events as f64 / seconds);
-    println!("archive size {:.1} MB per million events", bytes as f64 / 1e6 / (done.events as f64 / 1e6));
+    let journal_bytes: u64 = std::fs::read_dir(&journal_dir)
+        .expect("journal")
+        .flatten()
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum();
+    println!("archive throughput {:.0} events/s (median of {repeats})", rates[rates.len() / 2]);
+    println!("archive size {:.1} MB per million events", bytes as f64 / 1e6 / (n as f64 / 1e6));
+    println!("journal size {:.1} MB per million events", journal_bytes as f64 / 1e6 / (n as f64 / 1e6));
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
