@@ -121,16 +121,16 @@ fn main() {
         let done = pgtrail_archive::run(&run, ring, &|| false).expect("archive");
         let seconds = t.elapsed().as_secs_f64();
         let rate = done.events as f64 / seconds;
-        println!("run {repeat}: archived {} events into {} files in {seconds:.2} s: {rate:.0} events/s", done.events, done.files);
+        println!(
+            "run {repeat}: archived {} events into {} files in {seconds:.2} s: {rate:.0} events/s",
+            done.events, done.files
+        );
         rates.push(rate);
     }
     rates.sort_by(f64::total_cmp);
     let bytes: u64 = walk(&archive_dir).iter().map(|p| std::fs::metadata(p).map_or(0, |m| m.len())).sum();
-    let journal_bytes: u64 = std::fs::read_dir(&journal_dir)
-        .expect("journal")
-        .flatten()
-        .map(|e| e.metadata().map_or(0, |m| m.len()))
-        .sum();
+    let journal_bytes: u64 =
+        std::fs::read_dir(&journal_dir).expect("journal").flatten().map(|e| e.metadata().map_or(0, |m| m.len())).sum();
     println!("archive throughput {:.0} events/s (median of {repeats})", rates[rates.len() / 2]);
     println!("archive size {:.1} MB per million events", bytes as f64 / 1e6 / (n as f64 / 1e6));
     println!("journal size {:.1} MB per million events", journal_bytes as f64 / 1e6 / (n as f64 / 1e6));

@@ -167,6 +167,19 @@ impl Archiver {
             .map(|meta| meta.location)
             .filter(|p| is_file_of(p.as_ref(), name))
             .collect();
+        let earlier_format = self
+            .runtime
+            .block_on(self.store.list(Some(&Path::from(MANIFEST_DIR))).try_collect::<Vec<_>>())
+            .map_err(store_error)?
+            .into_iter()
+            .find(|meta| !meta.location.as_ref().starts_with(&format!("{MANIFEST_DIR}/instance=")));
+        if let Some(meta) = earlier_format {
+            return Err(ArchiveError::Manifest(format!(
+                "{} is a manifest entry of an earlier pgtrail (one unsigned chain for the whole archive): \
+                 nothing was changed; archive into a new target",
+                meta.location
+            )));
+        }
         for orphan in files.iter().filter(|p| !named.contains(p.as_ref())) {
             warn!(file = %orphan, "deleting an archive file without a manifest entry (an earlier run stopped before recording it)");
             self.runtime.block_on(self.store.delete(orphan)).map_err(store_error)?;

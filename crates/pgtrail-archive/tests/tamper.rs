@@ -405,3 +405,31 @@ fn a_second_instance_was_skipped_by_the_first_instances_manifest() {
     assert_eq!(names, [INSTANCE, "db-SECOND"]);
     assert!(report.instances[1].journal_checked.is_some());
 }
+
+/// An archive made by the earlier format (one unsigned chain at `_manifest/N.json`) is left
+/// alone: the archiver would otherwise take its files for orphans and delete them.
+#[test]
+fn an_archive_of_the_earlier_format_is_refused_and_left_untouched() {
+    let fixture = fixture();
+    let old = fixture.dir.path().join("old");
+    let file = old.join(format!("date=2026-11-01/instance={INSTANCE}/part-00000001.parquet"));
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::copy(&files(&fixture.archive(), "parquet")[0], &file).unwrap();
+    std::fs::create_dir_all(old.join("_manifest")).unwrap();
+    std::fs::write(old.join("_manifest/0000000001.json"), b"{}").unwrap();
+    let mut ring = KeyRing::new();
+    ring.add(WrappingPrivateKey::from_bytes(&fixture.wrapping.to_bytes()).unwrap());
+    let run = ArchiveRun {
+        journal: fixture.journal(),
+        target: old.display().to_string(),
+        state: None,
+        follow: false,
+        roll: Roll::default(),
+        progress: false,
+        signer: fixture.archive_key.clone(),
+        retention_days: None,
+    };
+    let error = pgtrail_archive::run(&run, ring, &|| false).unwrap_err().to_string();
+    assert!(error.contains("earlier pgtrail"), "{error}");
+    assert!(file.exists(), "the earlier archive's file is still there");
+}
