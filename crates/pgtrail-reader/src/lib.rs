@@ -82,7 +82,11 @@ impl Opened {
 
 /// Decodes one inner DAS record (decrypted) into its events.
 pub fn decode_inner(inner: &[u8]) -> Result<Vec<ActivityEvent>, serde_json::Error> {
-    let record: ActivityRecord = serde_json::from_slice(inner)?;
+    // UTF-8 is checked once for the whole record, not string by string (from_slice does
+    // that for every field of every event).
+    let text = std::str::from_utf8(inner)
+        .map_err(|e| serde_json::Error::io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    let record: ActivityRecord = serde_json::from_str(text)?;
     Ok(record.database_activity_event_list)
 }
 
