@@ -40,19 +40,29 @@ impl Fixture {
         self.dir.path().join("archive")
     }
     fn run(&self, retention_days: Option<u32>) {
+        self.archive_into(&self.archive(), 40, retention_days).unwrap();
+    }
+
+    /// Archives this fixture's journal into `target` with its keys.
+    fn archive_into(
+        &self,
+        target: &Path,
+        roll_events: usize,
+        retention_days: Option<u32>,
+    ) -> Result<pgtrail_archive::Progress, pgtrail_reader::ConsumerError> {
         let mut ring = KeyRing::new();
         ring.add(WrappingPrivateKey::from_bytes(&self.wrapping.to_bytes()).unwrap());
         let run = ArchiveRun {
             journal: self.journal(),
-            target: self.archive().display().to_string(),
+            target: target.display().to_string(),
             state: None,
             follow: false,
-            roll: Roll { events: 40, age: std::time::Duration::from_secs(60) },
+            roll: Roll { events: roll_events, age: std::time::Duration::from_secs(60) },
             progress: false,
             signer: self.archive_key.clone(),
             retention_days,
         };
-        pgtrail_archive::run(&run, ring, &|| false).unwrap();
+        pgtrail_archive::run(&run, ring, &|| false)
     }
 }
 
@@ -383,19 +393,7 @@ fn a_second_instance_was_skipped_by_the_first_instances_manifest() {
         archive_key: first.archive_key.clone(),
     };
     append(&second, &signer, 20, Utc::now() - Duration::minutes(5));
-    let mut ring = KeyRing::new();
-    ring.add(WrappingPrivateKey::from_bytes(&first.wrapping.to_bytes()).unwrap());
-    let run = ArchiveRun {
-        journal: second.journal(),
-        target: first.archive().display().to_string(),
-        state: None,
-        follow: false,
-        roll: Roll::default(),
-        progress: false,
-        signer: first.archive_key.clone(),
-        retention_days: None,
-    };
-    let done = pgtrail_archive::run(&run, ring, &|| false).unwrap();
+    let done = second.archive_into(&first.archive(), Roll::EVENTS, None).unwrap();
     assert_eq!((done.skipped, done.events), (0, (0..20).map(|i| 1 + i % 4).sum()), "{done:?}");
     let mut keys = first.keys.clone();
     keys.add(signer.verifying_key());
@@ -417,19 +415,7 @@ fn an_archive_of_the_earlier_format_is_refused_and_left_untouched() {
     std::fs::copy(&files(&fixture.archive(), "parquet")[0], &file).unwrap();
     std::fs::create_dir_all(old.join("_manifest")).unwrap();
     std::fs::write(old.join("_manifest/0000000001.json"), b"{}").unwrap();
-    let mut ring = KeyRing::new();
-    ring.add(WrappingPrivateKey::from_bytes(&fixture.wrapping.to_bytes()).unwrap());
-    let run = ArchiveRun {
-        journal: fixture.journal(),
-        target: old.display().to_string(),
-        state: None,
-        follow: false,
-        roll: Roll::default(),
-        progress: false,
-        signer: fixture.archive_key.clone(),
-        retention_days: None,
-    };
-    let error = pgtrail_archive::run(&run, ring, &|| false).unwrap_err().to_string();
+    let error = fixture.archive_into(&old, Roll::EVENTS, None).unwrap_err().to_string();
     assert!(error.contains("earlier pgtrail"), "{error}");
     assert!(file.exists(), "the earlier archive's file is still there");
 }

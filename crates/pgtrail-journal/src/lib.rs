@@ -52,6 +52,7 @@
 //! journal continued after its last valid record. Checkpointed records are never deleted.
 //! Earlier segments are never modified; damage there is reported by readers and `verify`.
 
+pub mod anchor;
 pub mod checkpoint;
 pub mod config;
 mod format;
@@ -61,10 +62,11 @@ mod recorder;
 mod verify;
 mod writer;
 
+pub use anchor::{ANCHOR_FILE, Anchor, KeptIn, read_anchor};
 pub use checkpoint::{Checkpoint, CheckpointSigner, CheckpointVerifier, VerifierSet};
 pub use config::{InstanceSection, JournalConfigError, JournalSection, RecorderSection};
 pub use format::{Hash, MAX_PAYLOAD, Record, RecordKind, genesis_hash};
-pub use prune::{Anchor, Before, KeptIn, PruneReport, prune, read_anchor};
+pub use prune::{Before, PruneReport, prune};
 pub use reader::JournalReader;
 pub use recorder::{
     Durable, EncodeFn, HeartbeatFn, LossCause, LossFn, Recorder, RecorderConfig, RecorderStats, WriterParts,

@@ -7,104 +7,18 @@
 //! `start_hash`": verification starts there instead of at genesis. Only the holder of the
 //! signing key can prune; a stranger who deletes segments still breaks verification.
 //!
-//! # Anchor file
-//!
-//! `<journal>/anchor.json`, one JSON object (see [`Anchor`]). Its signature is ed25519 over
-//! `pgtrail prune anchor v1\0` and the object's JSON with `signature` empty. A later prune
-//! replaces it. It is written (temporary file, fsync, rename) before any segment is
-//! deleted: a crash in between leaves segments before the anchor, which `verify` and
-//! readers ignore and the next prune deletes.
+//! The anchor's format is in [`crate::anchor`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use crate::anchor::{ANCHOR_FILE, Anchor, KeptIn, read_anchor};
 use crate::checkpoint::{CheckpointSigner, VerifierSet};
-use crate::format::{Decoded, Hash, SEGMENT_HEADER_LEN, SegmentHeader, decode_record, list_segments};
+use crate::format::{Decoded, SEGMENT_HEADER_LEN, SegmentHeader, decode_record, list_segments};
 use crate::verify::verify_segments;
 use crate::{JournalError, io_err};
-
-/// The anchor's file name in a journal directory.
-pub const ANCHOR_FILE: &str = "anchor.json";
-const CONTEXT: &[u8] = b"pgtrail prune anchor v1\0";
-
-/// The signed statement a prune leaves behind.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Anchor {
-    /// The anchor format: 1.
-    pub pgtrail_anchor: u32,
-    pub instance: String,
-    /// The first record the journal still holds; records before it were pruned.
-    pub first_seq: u64,
-    /// The chain hash of record `first_seq - 1` (hex): the start hash of the first segment kept.
-    pub start_hash: String,
-    /// When the prune was made, µs since the Unix epoch.
-    pub pruned_at_micros: i64,
-    /// Where the pruned records are kept, as the pruner vouched for it.
-    pub kept_in: Option<KeptIn>,
-    /// The signing key's id and the signature (hex).
-    pub key_id: String,
-    pub signature: String,
-}
-
-/// The archive that held the pruned records when they were pruned: its last manifest
-/// entry for this instance is pinned here, so that `pgtrail verify --archive` can tell
-/// a manifest cut short from one that is merely behind.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeptIn {
-    /// The archive target as given (a directory or s3:// URL).
-    pub archive: String,
-    /// The manifest entry (its seq and hash, hex) the archive had reached.
-    pub manifest_seq: u64,
-    pub manifest_hash: String,
-    /// The last journal record that entry covers.
-    pub through_record_seq: u64,
-}
-
-impl Anchor {
-    fn message(&self) -> Vec<u8> {
-        let mut unsigned = self.clone();
-        unsigned.signature = String::new();
-        serde_json::to_vec(&unsigned).expect("an anchor serializes")
-    }
-
-    /// Checks the signature with `keys`.
-    pub fn verify(&self, keys: &VerifierSet) -> Result<(), String> {
-        if self.pgtrail_anchor != 1 {
-            return Err(format!("unsupported anchor format {}", self.pgtrail_anchor));
-        }
-        let signature = hex::decode(&self.signature).map_err(|_| "the anchor's signature is not hex".to_owned())?;
-        keys.verify_detached(&self.key_id, CONTEXT, &self.message(), &signature)
-            .map_err(|what| format!("prune anchor: {what}"))
-    }
-
-    /// The chain hash the first kept record links to.
-    pub fn start_hash(&self) -> Result<Hash, String> {
-        hex::decode(&self.start_hash)
-            .ok()
-            .and_then(|bytes| Hash::try_from(bytes.as_slice()).ok())
-            .ok_or_else(|| "the anchor's start hash is not 32 bytes of hex".to_owned())
-    }
-}
-
-/// Reads the anchor of the journal in `dir`, if it has been pruned.
-pub fn read_anchor(dir: &Path) -> Result<Option<Anchor>, JournalError> {
-    let path = dir.join(ANCHOR_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(JournalError::Io { path, source: e }),
-    };
-    serde_json::from_str(&text).map(Some).map_err(|e| JournalError::Corrupt {
-        path,
-        offset: 0,
-        what: format!("not a prune anchor: {e}"),
-    })
-}
 
 /// Which records a prune may remove: those before a sequence number, or those appended
 /// before a time (µs since the Unix epoch). Only whole segments go, never the last.
@@ -205,7 +119,7 @@ pub fn prune(
             key_id: signer.id().to_owned(),
             signature: String::new(),
         };
-        new.signature = hex::encode(signer.sign_detached(CONTEXT, &new.message()));
+        new.signature = hex::encode(signer.sign_detached(crate::anchor::CONTEXT, &new.message()));
         write_anchor(dir, &new)?;
         info!(journal = %dir.display(), first_seq = cut, "journal pruned: anchor written");
         out.anchor = Some(new);

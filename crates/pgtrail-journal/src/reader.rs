@@ -164,7 +164,7 @@ impl JournalReader {
     fn open_segment_for(&mut self, seq: u64) -> Result<bool, JournalError> {
         let mut seq = seq;
         // Records before a prune anchor are gone (kept in the archive): read on from it.
-        if let Some(start) = crate::prune::read_anchor(&self.dir)?.map(|anchor| anchor.first_seq)
+        if let Some(start) = crate::anchor::read_anchor(&self.dir)?.map(|anchor| anchor.first_seq)
             && seq < start
         {
             warn!(

@@ -14,11 +14,11 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::anchor::{Anchor, read_anchor};
 use crate::checkpoint::{Checkpoint, VerifierSet, read_witness};
 use crate::format::{
     Decoded, Hash, RecordKind, SEGMENT_HEADER_LEN, SegmentHeader, decode_record, genesis_hash, list_segments,
 };
-use crate::prune::{Anchor, read_anchor};
 use crate::{JournalError, io_err};
 
 /// What a successful verification saw.
@@ -117,7 +117,7 @@ pub fn verify_segments(
     let mut segments = segments;
     if let Some(anchor) = anchor {
         let fail = |problem: String| VerifyFailure {
-            segment: PathBuf::from(crate::prune::ANCHOR_FILE),
+            segment: PathBuf::from(crate::anchor::ANCHOR_FILE),
             offset: 0,
             seq: None,
             problem,

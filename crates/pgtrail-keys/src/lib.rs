@@ -193,28 +193,20 @@ pub fn init(dir: &Path, force: bool) -> Result<KeySet, KeyError> {
         &wrapping.public_key().to_bytes(),
         force,
     )?;
-    write_key_file(&dir.join(SIGNING_PRIVATE), "signing-private", signing.id(), signing.to_bytes().as_ref(), force)?;
-    write_key_file(
-        &dir.join(VERIFY_PUBLIC),
-        "verify-public",
-        signing.id(),
-        &signing.verifying_key().to_bytes(),
-        force,
-    )?;
+    write_signing_pair(&dir.join(SIGNING_PRIVATE), &dir.join(VERIFY_PUBLIC), &signing, force)?;
     let archive = CheckpointSigner::generate();
-    write_key_file(&dir.join(ARCHIVE_PRIVATE), "signing-private", archive.id(), archive.to_bytes().as_ref(), force)?;
-    write_key_file(
-        &dir.join(ARCHIVE_PUBLIC),
-        "verify-public",
-        archive.id(),
-        &archive.verifying_key().to_bytes(),
-        force,
-    )?;
+    write_signing_pair(&dir.join(ARCHIVE_PRIVATE), &dir.join(ARCHIVE_PUBLIC), &archive, force)?;
     Ok(KeySet {
         wrapping_id: wrapping.id().to_owned(),
         signing_id: signing.id().to_owned(),
         archive_id: archive.id().to_owned(),
     })
+}
+
+/// An ed25519 key pair: the private key file and the public one.
+fn write_signing_pair(private: &Path, public: &Path, key: &CheckpointSigner, force: bool) -> Result<(), KeyError> {
+    write_key_file(private, "signing-private", key.id(), key.to_bytes().as_ref(), force)?;
+    write_key_file(public, "verify-public", key.id(), &key.verifying_key().to_bytes(), force)
 }
 
 pub fn load_wrapping_public(path: &Path) -> Result<WrappingPublicKey, KeyError> {

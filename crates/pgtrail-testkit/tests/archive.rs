@@ -278,18 +278,25 @@ fn start_s3(root: &Path, access_key: &str, secret_key: &str) -> (KillOnDrop, u16
     (guard, port)
 }
 
+/// pgtrail with the AWS environment of the local S3 server on `port`.
+fn pgtrail_s3(port: u16, secret: &str) -> Command {
+    let mut command = Command::new(pgtrail_binary());
+    command
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ACCESS_KEY_ID", "pgtrail-test")
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_REGION", "us-east-1");
+    command
+}
+
 fn archive_to_s3(journal: &Path, keys: &Path, to: &str, port: u16, secret: &str) -> std::process::Output {
-    Command::new(pgtrail_binary())
+    pgtrail_s3(port, secret)
         .args(["archive", "--roll-events", "5", "--to", to, "--journal"])
         .arg(journal)
         .arg("--key")
         .arg(keys.join("wrapping.key"))
         .arg("--signing-key")
         .arg(keys.join("archive.key"))
-        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
-        .env("AWS_ACCESS_KEY_ID", "pgtrail-test")
-        .env("AWS_SECRET_ACCESS_KEY", secret)
-        .env("AWS_REGION", "us-east-1")
         .output()
         .expect("pgtrail runs")
 }
@@ -345,17 +352,13 @@ async fn the_archive_goes_to_an_s3_compatible_store() {
     assert!(said.contains("archived 0 events"), "{said}");
     assert_eq!(sorted(duckdb(&stored, ARCHIVED_ROWS)), journal_rows(&journal, &keys));
     // And it verifies there, read through the S3 API.
-    let verified = Command::new(pgtrail_binary())
+    let verified = pgtrail_s3(port, secret)
         .args(["verify", "--archive", "s3://audit/trail/db1", "--journal"])
         .arg(&journal)
         .arg("--verify-key")
         .arg(keys.join("verify.pub"))
         .arg("--verify-key")
         .arg(keys.join("archive.pub"))
-        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
-        .env("AWS_ACCESS_KEY_ID", "pgtrail-test")
-        .env("AWS_SECRET_ACCESS_KEY", secret)
-        .env("AWS_REGION", "us-east-1")
         .output()
         .unwrap();
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));

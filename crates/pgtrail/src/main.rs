@@ -278,7 +278,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     "pruned {} segments: the journal now starts at record {} (anchor {}, signed by {})",
                     report.deleted.len(),
                     anchor.first_seq,
-                    journal.join(pgtrail_journal::prune::ANCHOR_FILE).display(),
+                    journal.join(pgtrail_journal::ANCHOR_FILE).display(),
                     anchor.key_id
                 ),
                 None if report.deleted.is_empty() => println!("nothing to prune: {}", report.stopped_by),
