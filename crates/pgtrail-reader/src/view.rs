@@ -171,20 +171,36 @@ pub fn table_row(e: &ActivityEvent) -> String {
     )
 }
 
+/// Formats one event as a line (without the line break), given the journal's instance,
+/// the record's sequence number and the event's index in it.
+pub type LineFn = dyn Fn(&ActivityEvent, &str, u64, usize) -> String;
+
 /// Output format of `export`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportFormat {
+#[derive(Clone, Copy)]
+pub enum ExportFormat<'a> {
     /// One event per line.
     Jsonl,
     /// One DAS record per line, exactly as written (still encrypted).
     Das,
+    /// One event per line, as the function writes it (a SIEM format).
+    Lines(&'a LineFn),
+}
+
+impl std::fmt::Debug for ExportFormat<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExportFormat::Jsonl => "Jsonl",
+            ExportFormat::Das => "Das",
+            ExportFormat::Lines(_) => "Lines",
+        })
+    }
 }
 
 /// Writes every record of the journal; returns (records, events) written.
 pub fn export(
     dir: &Path,
     ring: KeyRing,
-    format: ExportFormat,
+    format: ExportFormat<'_>,
     out: &mut dyn Write,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(u64, u64), ConsumerError> {
@@ -197,7 +213,7 @@ pub fn export(
 
 /// `export`'s consumer.
 struct Exporter<'a> {
-    format: ExportFormat,
+    format: ExportFormat<'a>,
     out: &'a mut dyn Write,
     progress: &'a mut dyn FnMut(u64),
     records: u64,
@@ -210,9 +226,10 @@ impl Consumer for Exporter<'_> {
         opened: &Opened,
         events: Vec<ActivityEvent>,
         _: bool,
-        _: &mut Cursor,
+        cursor: &mut Cursor,
     ) -> Result<Step, ConsumerError> {
         self.records += 1;
+        let instance = cursor.instance.as_deref().unwrap_or_default();
         let mut write = || -> std::io::Result<()> {
             match self.format {
                 ExportFormat::Das => {
@@ -223,6 +240,14 @@ impl Consumer for Exporter<'_> {
                     for event in &events {
                         serde_json::to_writer(&mut *self.out, event)?;
                         self.out.write_all(b"\n")?;
+                        self.events += 1;
+                    }
+                }
+                ExportFormat::Lines(format) => {
+                    for (index, event) in events.iter().enumerate() {
+                        let mut line = format(event, instance, opened.seq, index);
+                        line.push('\n');
+                        self.out.write_all(line.as_bytes())?;
                         self.events += 1;
                     }
                 }

@@ -112,7 +112,8 @@ pub(crate) enum Command {
         #[arg(long, value_name = "FILE|DIR", required = true)]
         key: Vec<PathBuf>,
         /// jsonl: one event per line. das: one DAS record per line, exactly as written
-        /// (encrypted; readable by DAS consumers given `pgtrail keys unwrap`).
+        /// (encrypted; readable by DAS consumers given `pgtrail keys unwrap`). cef: one
+        /// ArcSight CEF line per event, for SIEMs (fields in the README).
         #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
         format: ExportFormat,
         /// Output file (default: standard output).
@@ -433,4 +434,5 @@ pub(crate) enum QueryFormat {
 pub(crate) enum ExportFormat {
     Jsonl,
     Das,
+    Cef,
 }

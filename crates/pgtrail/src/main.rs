@@ -392,9 +392,13 @@ fn export(
     output: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     use std::io::Write;
+    let cef = |event: &pgtrail_event::ActivityEvent, instance: &str, record_seq: u64, event_index: usize| {
+        pgtrail_export::cef::line(event, pgtrail_export::Position { instance, record_seq, event_index })
+    };
     let format = match format {
         ExportFormat::Jsonl => tail::ExportFormat::Jsonl,
         ExportFormat::Das => tail::ExportFormat::Das,
+        ExportFormat::Cef => tail::ExportFormat::Lines(&cef),
     };
     let mut out: Box<dyn Write> = match output {
         Some(path) => Box::new(std::io::BufWriter::new(
