@@ -35,10 +35,11 @@ cd "$(dirname "$0")/.."
 # Test counterparts in Python: the official AWS Encryption SDK (interop), the official
 # Standard Webhooks library (checks our webhook signatures) and aiosmtpd (a real SMTP server).
 # and the official Prometheus client (its strict OpenMetrics parser reads our /metrics), and
-# DuckDB (reads the Parquet archive as a user would).
+# DuckDB (reads the Parquet archive as a user would), and the OCSF 1.8.0 JSON schema with
+# jsonschema (validates every OCSF export).
 python_packages=("aws-encryption-sdk==4.0.7" "standardwebhooks==1.1.0" "aiosmtpd==1.4.6" "prometheus-client==0.23.1"
-  "duckdb==2.0.1")
-if ! .venv-interop/bin/python -c "import aws_encryption_sdk, standardwebhooks, aiosmtpd, prometheus_client, duckdb" 2>/dev/null; then
+  "duckdb==2.0.1" "ocsf-json-schema==1.2.0" "jsonschema==4.26.0")
+if ! .venv-interop/bin/python -c "import aws_encryption_sdk, standardwebhooks, aiosmtpd, prometheus_client, duckdb, ocsf_json_schema, jsonschema" 2>/dev/null; then
   echo "setup: installing ${python_packages[*]} into .venv-interop"
   [ -x .venv-interop/bin/pip ] || python3 -m venv .venv-interop
   .venv-interop/bin/pip install --quiet --disable-pip-version-check "${python_packages[@]}"

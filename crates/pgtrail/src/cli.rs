@@ -113,7 +113,8 @@ pub(crate) enum Command {
         key: Vec<PathBuf>,
         /// jsonl: one event per line. das: one DAS record per line, exactly as written
         /// (encrypted; readable by DAS consumers given `pgtrail keys unwrap`). cef: one
-        /// ArcSight CEF line per event, for SIEMs (fields in the README).
+        /// ArcSight CEF line per event, for SIEMs. ocsf: one OCSF 1.8.0 JSON object per
+        /// event (Authentication, Datastore Activity, Event Log Activity; see the README).
         #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
         format: ExportFormat,
         /// Output file (default: standard output).
@@ -435,4 +436,5 @@ pub(crate) enum ExportFormat {
     Jsonl,
     Das,
     Cef,
+    Ocsf,
 }

@@ -395,10 +395,14 @@ fn export(
     let cef = |event: &pgtrail_event::ActivityEvent, instance: &str, record_seq: u64, event_index: usize| {
         pgtrail_export::cef::line(event, pgtrail_export::Position { instance, record_seq, event_index })
     };
+    let ocsf = |event: &pgtrail_event::ActivityEvent, instance: &str, record_seq: u64, event_index: usize| {
+        pgtrail_export::ocsf::event(event, pgtrail_export::Position { instance, record_seq, event_index }).to_string()
+    };
     let format = match format {
         ExportFormat::Jsonl => tail::ExportFormat::Jsonl,
         ExportFormat::Das => tail::ExportFormat::Das,
         ExportFormat::Cef => tail::ExportFormat::Lines(&cef),
+        ExportFormat::Ocsf => tail::ExportFormat::Lines(&ocsf),
     };
     let mut out: Box<dyn Write> = match output {
         Some(path) => Box::new(std::io::BufWriter::new(
