@@ -60,18 +60,7 @@ async fn every_ocsf_export_validates_against_the_ocsf_1_8_schema() {
     assert!(!psql(&pg, &capture.url("postgres", "", "no_such_db"), &["-c", "SELECT 1"]).status.success());
     capture.shutdown().await;
     let (journal, keys) = (capture.journal_dir().to_path_buf(), capture.keys_dir());
-    let key = keys.join("wrapping.key");
-    let out = run_pgtrail(&[
-        "export",
-        "--journal",
-        journal.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-        "--format",
-        "ocsf",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let said = validate_ocsf(&out.stdout);
+    let (_, said) = export_ocsf(&journal, &keys.join("wrapping.key"));
     let seen: Vec<&str> = said.lines().collect();
     for expected in [
         "3002 1 1", // a login
@@ -87,6 +76,15 @@ async fn every_ocsf_export_validates_against_the_ocsf_1_8_schema() {
     ] {
         assert!(seen.iter().any(|l| l.starts_with(&format!("{expected} "))), "no {expected}: {said}");
     }
+}
+
+/// `pgtrail export --format ocsf` of `journal`, and what [`validate_ocsf`] says of it.
+fn export_ocsf(journal: &std::path::Path, key: &std::path::Path) -> (Vec<u8>, String) {
+    let (j, k) = (journal.to_str().unwrap(), key.to_str().unwrap());
+    let out = run_pgtrail(&["export", "--journal", j, "--key", k, "--format", "ocsf"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = validate_ocsf(&out.stdout);
+    (out.stdout, said)
 }
 
 /// Validates each line of `exported` against the OCSF 1.8.0 schema of its class (PyPI
@@ -170,25 +168,14 @@ fn ocsf_keeps_the_person_and_the_role_and_validates_for_denials_and_losses() {
     writer.append(now.timestamp_micros(), record.json.as_bytes()).unwrap();
     writer.close().unwrap();
 
-    let key = keys.join(pgtrail_keys::WRAPPING_PRIVATE);
-    let out = run_pgtrail(&[
-        "export",
-        "--journal",
-        journal.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-        "--format",
-        "ocsf",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let said = validate_ocsf(&out.stdout);
+    let (exported, said) = export_ocsf(&journal, &keys.join(pgtrail_keys::WRAPPING_PRIVATE));
     assert_eq!(
         said.lines().collect::<Vec<_>>(),
         ["1008 99 1 1", "1008 99 2 1", "6005 1 1 1", "6005 2 1 1", "6005 7 2 1"],
         "{said}"
     );
     let lines: Vec<serde_json::Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        String::from_utf8(exported).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let user = &lines[0]["actor"]["user"];
     assert_eq!((user["uid"].as_str(), user["email_addr"].as_str()), (Some("u-42"), Some("alice@example.com")));
     assert_eq!(user["account"]["name"], "app_rw", "the database role is kept beside the person");
