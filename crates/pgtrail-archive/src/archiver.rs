@@ -250,18 +250,23 @@ impl Archiver {
         }
     }
 
-    /// Puts `bytes` as `path`, then its manifest entry; the entry is sealed here.
-    fn put(&mut self, path: &Path, bytes: Vec<u8>, mut entry: Entry) -> Result<Entry, ArchiveError> {
+    /// The number the instance's next manifest entry takes.
+    fn next_entry_seq(&self) -> u64 {
+        self.instance.as_ref().expect("entries are written after load").manifest_seq + 1
+    }
+
+    /// Puts `bytes` as the entry's file, then the entry (sealed here: chained and signed).
+    fn put(&mut self, bytes: Vec<u8>, mut entry: Entry) -> Result<Entry, ArchiveError> {
         let instance = self.instance.as_mut().expect("put after load");
-        entry.seq = instance.manifest_seq + 1;
         entry.prev = instance.manifest_hash.clone();
         entry.sha256 = hex::encode(Sha256::digest(&bytes));
         let entry = entry.sealed(&self.signer);
         let manifest = Path::from(Entry::object_name(&instance.name, entry.seq));
         let json = serde_json::to_vec(&entry).expect("an entry serializes");
+        let file = Path::parse(&entry.path).expect("Entry::new encodes the path");
         self.runtime
             .block_on(async {
-                self.store.put(path, Bytes::from(bytes).into()).await?;
+                self.store.put(&file, Bytes::from(bytes).into()).await?;
                 self.store.put(&manifest, Bytes::from(json).into()).await
             })
             .map_err(store_error)?;
@@ -279,30 +284,13 @@ impl Archiver {
         for (date, mut part) in parts {
             let date = date.format("%Y-%m-%d").to_string();
             let name = self.instance.as_ref().expect("rows come after load").name.clone();
-            let rows = part.rows.len() as u64;
-            let bytes = parquet_bytes(&mut part.rows)?;
-            let seq = self.instance.as_ref().map_or(0, |i| i.manifest_seq) + 1;
-            let path =
-                Path::from_iter([format!("date={date}"), format!("instance={name}"), format!("part-{seq:08}.parquet")]);
-            let entry = Entry {
-                seq,
-                kind: EntryKind::Events,
-                path: path.to_string(),
-                instance: name,
-                date: date.clone(),
-                from_record_seq: from,
-                through_record_seq: through,
-                through_record_hash: through_hash.clone(),
-                rows,
-                sha256: String::new(),
-                expired: Vec::new(),
-                prev: String::new(),
-                hash: String::new(),
-                key_id: String::new(),
-                signature: String::new(),
-            };
-            let entry = self.put(&path, bytes, entry)?;
-            info!(file = %path, rows = entry.rows, "archived");
+            let mut entry = Entry::new(self.next_entry_seq(), EntryKind::Events, &name, &date, "part");
+            entry.from_record_seq = from;
+            entry.through_record_seq = through;
+            entry.through_record_hash.clone_from(&through_hash);
+            entry.rows = part.rows.len() as u64;
+            let entry = self.put(parquet_bytes(&mut part.rows)?, entry)?;
+            info!(file = %entry.path, rows = entry.rows, "archived");
             self.instance.as_mut().expect("loaded").live.push((date, entry.seq, entry.path));
             self.progress.files += 1;
         }
@@ -338,36 +326,15 @@ impl Archiver {
             first.unwrap_or_default(),
             last.unwrap_or_default()
         );
-        let mut event = pgtrail_event::control_event("ARCHIVE RETENTION", detail.clone());
+        let mut event = pgtrail_event::control_event("ARCHIVE RETENTION", detail);
         event.log_time = now;
         let mut rows = Rows::default();
         rows.push(&name, 0, 0, &event);
-        let bytes = parquet_bytes(&mut rows)?;
         let date = today.format("%Y-%m-%d").to_string();
-        let seq = instance.manifest_seq + 1;
-        let path = Path::from_iter([
-            format!("date={date}"),
-            format!("instance={name}"),
-            format!("retention-{seq:08}.parquet"),
-        ]);
-        let entry = Entry {
-            seq,
-            kind: EntryKind::Retention,
-            path: path.to_string(),
-            instance: name,
-            date,
-            from_record_seq: 0,
-            through_record_seq: 0,
-            through_record_hash: String::new(),
-            rows: 1,
-            sha256: String::new(),
-            expired: expired.iter().map(|e| e.1).collect(),
-            prev: String::new(),
-            hash: String::new(),
-            key_id: String::new(),
-            signature: String::new(),
-        };
-        self.put(&path, bytes, entry)?;
+        let mut entry = Entry::new(self.next_entry_seq(), EntryKind::Retention, &name, &date, "retention");
+        entry.rows = 1;
+        entry.expired = expired.iter().map(|e| e.1).collect();
+        self.put(parquet_bytes(&mut rows)?, entry)?;
         for (_, _, file) in &expired {
             self.runtime.block_on(self.store.delete(&Path::from(file.as_str()))).map_err(store_error)?;
         }

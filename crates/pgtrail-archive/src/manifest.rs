@@ -65,6 +65,34 @@ pub struct Entry {
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 impl Entry {
+    /// Entry `seq` of `instance` for a new file of `date` named `{stem}-{seq}.parquet`, not
+    /// sealed yet; the caller fills in what the file holds.
+    pub fn new(seq: u64, kind: EntryKind, instance: &str, date: &str, stem: &str) -> Entry {
+        Entry {
+            seq,
+            kind,
+            // Encoded as the object store encodes path parts.
+            path: object_store::path::Path::from_iter([
+                format!("date={date}"),
+                format!("instance={instance}"),
+                format!("{stem}-{seq:08}.parquet"),
+            ])
+            .to_string(),
+            instance: instance.to_owned(),
+            date: date.to_owned(),
+            from_record_seq: 0,
+            through_record_seq: 0,
+            through_record_hash: String::new(),
+            rows: 0,
+            sha256: String::new(),
+            expired: Vec::new(),
+            prev: String::new(),
+            hash: String::new(),
+            key_id: String::new(),
+            signature: String::new(),
+        }
+    }
+
     /// The hash this entry must carry: over its JSON without `hash` and `signature`.
     pub fn compute_hash(&self) -> String {
         let mut unhashed = self.clone();

@@ -56,6 +56,38 @@ pub struct InstanceReport {
     pub last_entry: Option<(u64, String)>,
 }
 
+/// What was verified of the instance, in words: one line, then a line for each extra fact.
+impl std::fmt::Display for InstanceReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&str> = self.key_ids.iter().map(String::as_str).collect();
+        write!(
+            f,
+            "instance {}: {} manifest entries signed by {}, {} files, {} rows, journal records 1 to {} with none left out",
+            self.instance,
+            self.entries,
+            keys.join(", "),
+            self.files,
+            self.rows,
+            self.through_record_seq
+        )?;
+        if self.expired_files > 0 {
+            write!(
+                f,
+                "\n  {} files deleted by retention ({} of them not deleted yet)",
+                self.expired_files, self.expired_present
+            )?;
+        }
+        match self.journal_checked {
+            Some((first, last)) => write!(f, "\n  checked against the journal's records {first} to {last}")?,
+            None => write!(f, "\n  not checked against a journal (give --journal for that instance)")?,
+        }
+        if let Some(pinned) = self.pinned_entry {
+            write!(f, "\n  the journal's prune anchor pins manifest entry {pinned}: present")?;
+        }
+        Ok(())
+    }
+}
+
 /// What the verification saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ArchiveReport {

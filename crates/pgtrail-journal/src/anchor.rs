@@ -1,5 +1,5 @@
-//! The prune anchor: the signed statement a prune leaves in a journal directory (see
-//! [`crate::prune`]).
+//! The prune anchor: the signed statement a prune leaves in a journal directory (the
+//! `prune` module makes it; `verify` and readers start from it).
 //!
 //! # Anchor file
 //!
@@ -9,17 +9,18 @@
 //! deleted: a crash in between leaves segments before the anchor, which `verify` and
 //! readers ignore and the next prune deletes.
 
+use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::JournalError;
-use crate::checkpoint::VerifierSet;
+use crate::checkpoint::{CheckpointSigner, VerifierSet};
 use crate::format::Hash;
+use crate::{JournalError, io_err};
 
 /// The anchor's file name in a journal directory.
 pub const ANCHOR_FILE: &str = "anchor.json";
-pub(crate) const CONTEXT: &[u8] = b"pgtrail prune anchor v1\0";
+const CONTEXT: &[u8] = b"pgtrail prune anchor v1\0";
 
 /// The signed statement a prune leaves behind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,7 +58,25 @@ pub struct KeptIn {
 }
 
 impl Anchor {
-    pub(crate) fn message(&self) -> Vec<u8> {
+    /// Sets `key_id` and `signature`: signed with `signer`.
+    pub(crate) fn sign(&mut self, signer: &CheckpointSigner) {
+        self.key_id = signer.id().to_owned();
+        self.signature = hex::encode(signer.sign_detached(CONTEXT, &self.message()));
+    }
+
+    /// Writes the anchor into the journal `dir` durably (a temporary file, fsync, rename).
+    pub(crate) fn write(&self, dir: &Path) -> Result<(), JournalError> {
+        let path = dir.join(ANCHOR_FILE);
+        let temp = dir.join(format!("{ANCHOR_FILE}.tmp"));
+        let mut json = serde_json::to_vec_pretty(self).expect("an anchor serializes");
+        json.push(b'\n');
+        let mut file = std::fs::File::create(&temp).map_err(io_err(&temp))?;
+        file.write_all(&json).and_then(|_| file.sync_all()).map_err(io_err(&temp))?;
+        std::fs::rename(&temp, &path).map_err(io_err(&path))?;
+        crate::sync_dir(dir)
+    }
+
+    fn message(&self) -> Vec<u8> {
         let mut unsigned = self.clone();
         unsigned.signature = String::new();
         serde_json::to_vec(&unsigned).expect("an anchor serializes")

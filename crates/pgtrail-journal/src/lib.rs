@@ -112,6 +112,11 @@ pub(crate) fn now_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
+/// Makes a directory's entries (new, renamed or deleted names) durable.
+pub(crate) fn sync_dir(dir: &std::path::Path) -> Result<(), JournalError> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> JournalError {
     let path = path.into();
     move |source| JournalError::Io { path, source }

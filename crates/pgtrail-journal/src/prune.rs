@@ -7,14 +7,13 @@
 //! `start_hash`": verification starts there instead of at genesis. Only the holder of the
 //! signing key can prune; a stranger who deletes segments still breaks verification.
 //!
-//! The anchor's format is in [`crate::anchor`].
+//! The anchor's format is in the `anchor` module.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tracing::info;
 
-use crate::anchor::{ANCHOR_FILE, Anchor, KeptIn, read_anchor};
+use crate::anchor::{Anchor, KeptIn, read_anchor};
 use crate::checkpoint::{CheckpointSigner, VerifierSet};
 use crate::format::{Decoded, SEGMENT_HEADER_LEN, SegmentHeader, decode_record, list_segments};
 use crate::verify::verify_segments;
@@ -28,6 +27,25 @@ pub enum Before {
     Time(i64),
 }
 
+/// `--before` as a user writes it: a record sequence number, a date (`YYYY-MM-DD`, UTC
+/// midnight) or an RFC 3339 time.
+impl std::str::FromStr for Before {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Before, String> {
+        if let Ok(seq) = text.parse::<u64>() {
+            return Ok(Before::Seq(seq));
+        }
+        if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
+            return Ok(Before::Time(midnight.timestamp_micros()));
+        }
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|time| Before::Time(time.timestamp_micros()))
+            .map_err(|_| format!("{text:?}: give a record sequence number, a date YYYY-MM-DD or an RFC 3339 time"))
+    }
+}
+
 /// What a prune did.
 #[derive(Debug, Clone, Default)]
 pub struct PruneReport {
@@ -39,6 +57,24 @@ pub struct PruneReport {
     pub anchor: Option<Anchor>,
     /// Why the prune stopped where it did, in words.
     pub stopped_by: String,
+}
+
+/// What the prune did, in words (`journal` is the directory pruned).
+impl PruneReport {
+    pub fn describe(&self, journal: &Path) -> String {
+        match &self.anchor {
+            Some(anchor) => format!(
+                "pruned {} segments: the journal now starts at record {} (anchor {}, signed by {})\nstopped there because {}",
+                self.deleted.len(),
+                anchor.first_seq,
+                journal.join(crate::ANCHOR_FILE).display(),
+                anchor.key_id,
+                self.stopped_by
+            ),
+            None if self.deleted.is_empty() => format!("nothing to prune: {}", self.stopped_by),
+            None => format!("deleted {} segments an earlier prune had left", self.deleted.len()),
+        }
+    }
 }
 
 /// Prunes the journal in `dir`: deletes its oldest segments whose records are all before
@@ -116,11 +152,11 @@ pub fn prune(
             start_hash: hex::encode(header.start_hash),
             pruned_at_micros: crate::now_micros(),
             kept_in,
-            key_id: signer.id().to_owned(),
+            key_id: String::new(),
             signature: String::new(),
         };
-        new.signature = hex::encode(signer.sign_detached(crate::anchor::CONTEXT, &new.message()));
-        write_anchor(dir, &new)?;
+        new.sign(signer);
+        new.write(dir)?;
         info!(journal = %dir.display(), first_seq = cut, "journal pruned: anchor written");
         out.anchor = Some(new);
     }
@@ -133,7 +169,7 @@ pub fn prune(
                 out.deleted.push(path.clone());
             }
         }
-        sync_dir(dir)?;
+        crate::sync_dir(dir)?;
     }
     Ok(out)
 }
@@ -168,19 +204,4 @@ fn last_timestamp(path: &Path, first: u64) -> Result<i64, JournalError> {
         }
     }
     Ok(last)
-}
-
-fn write_anchor(dir: &Path, anchor: &Anchor) -> Result<(), JournalError> {
-    let path = dir.join(ANCHOR_FILE);
-    let temp = dir.join(format!("{ANCHOR_FILE}.tmp"));
-    let mut json = serde_json::to_vec_pretty(anchor).expect("an anchor serializes");
-    json.push(b'\n');
-    let mut file = std::fs::File::create(&temp).map_err(io_err(&temp))?;
-    file.write_all(&json).and_then(|_| file.sync_all()).map_err(io_err(&temp))?;
-    std::fs::rename(&temp, &path).map_err(io_err(&path))?;
-    sync_dir(dir)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), JournalError> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }

@@ -7,7 +7,7 @@
 //!   a checkpoint whose signed hash no longer matches the chain);
 //! - a deleted, inserted or reordered record: a sequence gap or a broken link;
 //! - a deleted first segment: the journal no longer starts at sequence 1 and genesis (a
-//!   journal pruned by its owner starts at its signed anchor instead: see [`crate::prune`]);
+//!   journal pruned by its owner starts at its signed anchor instead, see the `prune` module);
 //! - records cut from the end: a witnessed checkpoint the journal no longer has.
 //!
 //! The first failure stops verification: everything after it is unproven.

@@ -133,7 +133,7 @@ impl Journal {
         file.write_all(&header.encode()).map_err(io_err(&path))?;
         file.sync_all().map_err(io_err(&path))?;
         // Make the new file name itself durable.
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
+        crate::sync_dir(&dir)?;
         Ok(Self {
             dir,
             options,
@@ -424,8 +424,7 @@ fn set_aside(path: &Path, valid_prefix: &[u8], damage: JournalError) -> Result<R
     File::open(&staging).and_then(|f| f.sync_all()).map_err(io_err(&staging))?;
     std::fs::rename(path, &aside).map_err(io_err(path))?;
     std::fs::rename(&staging, path).map_err(io_err(path))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+    crate::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
     let bytes_cut = std::fs::metadata(&aside).map(|m| m.len()).unwrap_or(0).saturating_sub(*offset);
     warn!(
         segment = %path.display(),

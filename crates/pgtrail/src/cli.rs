@@ -377,7 +377,7 @@ pub(crate) enum JournalCommand {
         /// Prune records before this: a record sequence number, a date (YYYY-MM-DD, UTC
         /// midnight) or an RFC 3339 time. Records the archive does not hold always stay.
         #[arg(long, value_name = "SEQ|DATE")]
-        before: String,
+        before: pgtrail_journal::Before,
         /// The archive holding the journal's events (a directory or s3://BUCKET/PREFIX).
         #[arg(long, value_name = "URL")]
         archive: String,

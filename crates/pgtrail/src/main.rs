@@ -269,24 +269,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Journal(JournalCommand::Prune { journal, before, archive, signing_key, verify_key }) => {
-            let before = parse_before(&before)?;
             let signer = keys::load_signer(&signing_key)?;
             let keys = keys::load_verifiers(&verify_key)?;
             let report = pgtrail_archive::prune_journal(&journal, &archive, before, &signer, &keys)?;
-            match &report.anchor {
-                Some(anchor) => println!(
-                    "pruned {} segments: the journal now starts at record {} (anchor {}, signed by {})",
-                    report.deleted.len(),
-                    anchor.first_seq,
-                    journal.join(pgtrail_journal::ANCHOR_FILE).display(),
-                    anchor.key_id
-                ),
-                None if report.deleted.is_empty() => println!("nothing to prune: {}", report.stopped_by),
-                None => println!("deleted {} segments an earlier prune had left", report.deleted.len()),
-            }
-            if report.anchor.is_some() {
-                println!("stopped there because {}", report.stopped_by);
-            }
+            println!("{}", report.describe(&journal));
             Ok(())
         }
         Command::Rules(RulesCommand::Check { rules }) => {
@@ -436,52 +422,14 @@ fn set_aside_segments(journal: &std::path::Path) -> Vec<PathBuf> {
     out
 }
 
-/// `--before` of journal prune: a sequence number, a date (UTC midnight) or an RFC 3339 time.
-fn parse_before(text: &str) -> anyhow::Result<pgtrail_journal::Before> {
-    if let Ok(seq) = text.parse::<u64>() {
-        return Ok(pgtrail_journal::Before::Seq(seq));
-    }
-    if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
-        return Ok(pgtrail_journal::Before::Time(midnight.timestamp_micros()));
-    }
-    match chrono::DateTime::parse_from_rfc3339(text) {
-        Ok(time) => Ok(pgtrail_journal::Before::Time(time.timestamp_micros())),
-        Err(_) => {
-            anyhow::bail!("--before {text:?}: give a record sequence number, a date YYYY-MM-DD or an RFC 3339 time")
-        }
-    }
-}
-
 fn verify_archive(archive: &str, keys: &VerifierSet, journal: Option<&std::path::Path>) -> anyhow::Result<()> {
     match pgtrail_archive::verify_archive(archive, keys, journal)? {
         Ok(report) => {
             if report.instances.is_empty() {
                 println!("archive {archive}: empty");
             }
-            for i in &report.instances {
-                println!(
-                    "OK: archive {archive}, instance {}: {} manifest entries signed by {}, {} files, {} rows, journal records 1 to {} with none left out",
-                    i.instance,
-                    i.entries,
-                    i.key_ids.iter().cloned().collect::<Vec<_>>().join(", "),
-                    i.files,
-                    i.rows,
-                    i.through_record_seq
-                );
-                if i.expired_files > 0 {
-                    println!(
-                        "  {} files deleted by retention ({} of them not deleted yet)",
-                        i.expired_files, i.expired_present
-                    );
-                }
-                match i.journal_checked {
-                    Some((first, last)) => println!("  checked against the journal's records {first} to {last}"),
-                    None => println!("  not checked against a journal (give --journal for that instance)"),
-                }
-                if let Some(pinned) = i.pinned_entry {
-                    println!("  the journal's prune anchor pins manifest entry {pinned}: present");
-                }
+            for instance in &report.instances {
+                println!("OK: archive {archive}, {instance}");
             }
             Ok(())
         }
