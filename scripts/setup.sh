@@ -4,7 +4,7 @@
 # bindgen), pgaudit 1.7 (the ingest tests), python3-venv, Java and the PostgreSQL JDBC driver (the noise test browses a
 # schema with it), cargo-nextest, cargo-fuzz and s3s-fs (a real S3-compatible server), and the
 # official AWS Encryption SDK for Python, the Standard Webhooks library, aiosmtpd and DuckDB in
-# .venv-interop (test counterparts).
+# .venv-interop (test counterparts). Chromium (headless: the reports are printed to PDF in a test).
 # pgAdmin 4 in .venv-pgadmin (the noise test browses a table with it). Node.js and the npm
 # package oidc-provider in tests/oidc (the OIDC login tests and quickstart --oidc). Safe to run again.
 set -euo pipefail
@@ -13,7 +13,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 packages=(postgresql-15 postgresql-client-15 pgbouncer libclang-dev clang python3-venv
-  openjdk-17-jre-headless libpostgresql-jdbc-java postgresql-15-pgaudit)
+  openjdk-17-jre-headless libpostgresql-jdbc-java postgresql-15-pgaudit chromium fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

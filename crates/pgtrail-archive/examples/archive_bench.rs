@@ -2,7 +2,12 @@
 //! BATCH events, as the recorder groups them under load), then archives it into Parquet
 //! on one thread REPEATS times (each into a new archive) and reports events per second
 //! (each run and the median) and bytes per million events. The last archive is left in
-//! DIR/archive for query timings (bench/archive.sh).
+//! DIR/archive, with the journal (checkpointed every 1000 records) in DIR/journal and the
+//! keys in DIR/keys, for query and report timings (bench/archive.sh, bench/report.sh).
+//!
+//! Half the database users log in as people of the identity provider; one event in a
+//! thousand is something a compliance report looks for: a GRANT, a failed login, a denied
+//! DELETE, a connection that bypassed the proxy.
 //!
 //!   cargo run --release -p pgtrail-archive --example archive_bench -- DIR [EVENTS] [BATCH] [REPEATS]
 
@@ -11,7 +16,9 @@ use std::time::Instant;
 
 use chrono::{Duration, Utc};
 use pgtrail_envelope::{KeyRing, Sealer, SealerConfig, WrappingPrivateKey};
-use pgtrail_event::{ActivityEvent, EventClass, ExitCode, ObjectKind, ObjectRef, activity_record_json};
+use pgtrail_event::{
+    ActivityEvent, EventClass, EventSource, ExitCode, Identity, ObjectKind, ObjectRef, Verdict, activity_record_json,
+};
 use pgtrail_journal::{Journal, JournalOptions};
 
 /// Event `i` of a TPC-B-like run by ten database users.
@@ -70,6 +77,46 @@ fn event(i: u64, start: chrono::DateTime<Utc>) -> ActivityEvent {
     e.object_type = Some("TABLE".into());
     e.object_name = Some(table.into());
     e.objects = vec![ObjectRef { kind: ObjectKind::Relation, name: table.into() }];
+    if i % 10 < 5 {
+        let person = format!("person_{}@bank.example", i % 3);
+        e.identity = Some(Arc::new(Identity {
+            issuer: "https://idp.bank.example".into(),
+            subject: format!("sub-{}", i % 3),
+            name: None,
+            email: Some(person),
+            groups: vec!["tellers".into()],
+            token_id: None,
+            auth_method: "oidc".into(),
+        }));
+    }
+    match i % 1000 {
+        7 => {
+            e.class = EventClass::Role;
+            e.command = "GRANT".into();
+            e.command_text = Some("GRANT SELECT ON pgbench_accounts TO auditor".into());
+        }
+        17 => {
+            e.class = EventClass::Connect;
+            e.command = "CONNECT".into();
+            e.command_text = None;
+            e.sql_state = Some("28P01".into());
+            e.error_message = Some(format!("password authentication failed for user \"teller_{}\"", i % 10));
+        }
+        27 => {
+            e.command = "DELETE".into();
+            e.command_text = Some("DELETE FROM pgbench_history".into());
+            e.verdict = Some(Verdict::Denied);
+            e.denied_by = Some("no unfiltered delete".into());
+            e.sql_state = Some("42501".into());
+        }
+        37 => {
+            e.class = EventClass::Misc;
+            e.command = "DIRECT CONNECTION".into();
+            e.command_text = None;
+            e.source = Some(EventSource::Pgaudit);
+        }
+        _ => {}
+    }
     e
 }
 
@@ -82,12 +129,24 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("bench directory");
     let journal_dir = dir.join("journal");
     let archive_dir = dir.join("archive");
-    let private = WrappingPrivateKey::generate();
+    let keys = dir.join("keys");
+    if !keys.join(pgtrail_keys::WRAPPING_PRIVATE).exists() {
+        pgtrail_keys::init(&keys, false).expect("keys");
+    }
+    let private = pgtrail_keys::load_wrapping_private(&keys.join(pgtrail_keys::WRAPPING_PRIVATE)).expect("key");
+    let _ = std::fs::remove_dir_all(&journal_dir);
 
     let t = Instant::now();
-    let mut journal =
-        Journal::open(&journal_dir, JournalOptions { instance: "db-bench".into(), ..JournalOptions::default() })
-            .expect("journal");
+    let mut journal = Journal::open(
+        &journal_dir,
+        JournalOptions {
+            instance: "db-bench".into(),
+            signer: Some(pgtrail_keys::load_signer(&keys.join(pgtrail_keys::SIGNING_PRIVATE)).expect("key")),
+            checkpoint_every_records: 1000,
+            ..JournalOptions::default()
+        },
+    )
+    .expect("journal");
     let mut sealer = Sealer::new(Arc::new(private.public_key()), SealerConfig::default());
     let start = Utc::now() - Duration::hours(1);
     let mut i = 0;
@@ -96,12 +155,14 @@ fn main() {
         i += events.len() as u64;
         let record = sealer.seal(&activity_record_json("cluster-bench", "db-bench", &events)).expect("seal");
         journal.append(Utc::now().timestamp_micros(), record.json.as_bytes()).expect("append");
+        journal.checkpoint_if_due().expect("checkpoint");
     }
+    journal.checkpoint().expect("checkpoint");
     journal.sync().expect("sync");
     journal.close().expect("close");
     eprintln!("journal of {n} events in records of {batch} written in {:.1} s", t.elapsed().as_secs_f64());
 
-    let signer = pgtrail_journal::CheckpointSigner::generate();
+    let signer = pgtrail_keys::load_signer(&keys.join(pgtrail_keys::ARCHIVE_PRIVATE)).expect("archive key");
     let mut rates = Vec::new();
     for repeat in 1..=repeats {
         let _ = std::fs::remove_dir_all(&archive_dir);

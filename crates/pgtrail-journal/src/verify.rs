@@ -43,6 +43,25 @@ pub struct VerifyReport {
     pub witnessed_pruned: u64,
     /// Segments before the anchor that a prune has not deleted yet (not checked).
     pub leftover_segments: usize,
+    /// Every checkpoint verified, in journal order.
+    pub signed: Vec<Signed>,
+}
+
+/// A verified checkpoint: the record it signs, that record's chain hash and the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    pub seq: u64,
+    pub hash: Hash,
+    pub key_id: String,
+}
+
+impl VerifyReport {
+    /// The first verified checkpoint that signs record `seq` (through the chain: a
+    /// checkpoint signs every record up to its own).
+    pub fn signing(&self, seq: u64) -> Option<&Signed> {
+        let at = self.signed.partition_point(|s| s.seq < seq);
+        self.signed.get(at)
+    }
 }
 
 /// The first problem found.
@@ -235,6 +254,11 @@ pub fn verify_segments(
                     checkpoint.verify(keys).map_err(|what| fail(record_offset, Some(record.seq), what))?;
                     report.checkpoints += 1;
                     report.last_checkpoint_seq = checkpoint.seq;
+                    report.signed.push(Signed {
+                        seq: checkpoint.seq,
+                        hash: checkpoint.hash,
+                        key_id: checkpoint.key_id,
+                    });
                     report.uncovered = 0;
                 }
             }

@@ -83,3 +83,6 @@ pub fn write(batches: &[RecordBatch], format: Format, out: &mut dyn Write) -> Re
     }
     Ok(())
 }
+
+/// The DataFusion this crate was built with, for crates that query the archive too.
+pub use datafusion;

@@ -182,6 +182,24 @@ pub(crate) enum Command {
         /// The SQL statement (DataFusion's dialect, close to PostgreSQL's).
         sql: String,
     },
+    /// Make a compliance report from an archive, signed, ending with an integrity
+    /// statement: the journal records the report covers, the checkpoints that sign them,
+    /// the archive manifest's last entry, and what verifying them found (the command
+    /// exits 1 when verification failed, after writing the report that says so).
+    ///
+    /// Kinds: object-access (who read or changed an object; --object for one),
+    /// privileged (ROLE, DDL, superuser sessions, password changes, COPY PROGRAM),
+    /// failed-logins (failed or refused logins), person (one person's activity across
+    /// database users; needs --person), denied (statements the policy denied or the
+    /// journal refused), coverage (connections that bypassed pgtrail, loss records,
+    /// the capture's control events).
+    ///
+    /// Example: pgtrail report --archive /srv/audit-archive --journal /var/lib/pgtrail/journal
+    /// --kind privileged --from 2026-11-01 --to 2026-11-30 --format html -o privileged.html
+    /// --signing-key keys/signing.key --verify-key keys/verify.pub --verify-key keys/archive.pub
+    ///
+    /// Check a report later with: pgtrail report verify privileged.html --verify-key keys/verify.pub
+    Report(ReportArgs),
     /// Check a journal's integrity with the public verification key only: CRCs, the hash
     /// chain, sequence continuity, checkpoint signatures, a prune anchor and (with
     /// --witness) truncation. With --archive, check an archive too: its manifest chain and
@@ -248,6 +266,80 @@ pub(crate) enum Command {
     /// pgtrail local tokens, for places without an identity provider.
     #[command(subcommand)]
     Token(TokenCommand),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub(crate) struct ReportArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<ReportCommand>,
+    /// The archive: a directory or s3://BUCKET/PREFIX (the AWS environment variables
+    /// configure S3, as for archive).
+    #[arg(long, value_name = "URL", required = true)]
+    pub(crate) archive: Option<String>,
+    /// object-access, privileged, failed-logins, person, denied or coverage.
+    #[arg(long, value_name = "KIND", required = true)]
+    pub(crate) kind: Option<pgtrail_report::Kind>,
+    /// Events logged at or after this time: RFC 3339 (2026-11-01T09:00:00Z) or a UTC date.
+    #[arg(long, value_name = "TIME", required = true, value_parser = |s: &str| pgtrail_report::parse_time(s, false))]
+    pub(crate) from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Events logged before this time: RFC 3339, or a UTC date to take in the whole of
+    /// that day. Default: now.
+    #[arg(long, value_name = "TIME", value_parser = |s: &str| pgtrail_report::parse_time(s, true))]
+    pub(crate) to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only this database user.
+    #[arg(long, value_name = "ROLE")]
+    pub(crate) user: Option<String>,
+    /// Only this person: the name, email or subject the identity provider gives.
+    #[arg(long, value_name = "WHO")]
+    pub(crate) person: Option<String>,
+    /// Only events on this object (a table, view or function as the events name it).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) object: Option<String>,
+    /// html: one self-contained printable page (summary, chart, rows, integrity); csv: a
+    /// header row, the rows, the integrity statement as # lines; json: one document.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Html)]
+    pub(crate) format: ReportFormat,
+    /// The report file; its signature goes next to it, in FILE.sig.
+    #[arg(long, short, value_name = "FILE", required = true)]
+    pub(crate) output: Option<PathBuf>,
+    /// A journal of an instance in the archive (repeatable): the archive is verified
+    /// against it and the integrity statement names its checkpoints. Without one, the
+    /// statement rests on the archive key alone and says so.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) journal: Vec<PathBuf>,
+    /// Verification keys: archive.pub for the manifest, verify.pub for the checkpoints
+    /// (repeat for each, and for rotated keys).
+    #[arg(long = "verify-key", value_name = "FILE", required = true)]
+    pub(crate) verify_key: Vec<PathBuf>,
+    /// The key that signs the report: the checkpoint signing key (signing.key) or a
+    /// reporter key of the same kind.
+    #[arg(long, value_name = "FILE", required = true)]
+    pub(crate) signing_key: Option<PathBuf>,
+    /// At most this many rows listed in an HTML report (the summary counts them all; CSV
+    /// and JSON list every row).
+    #[arg(long, value_name = "N", default_value_t = pgtrail_report::Spec::HTML_ROWS)]
+    pub(crate) max_rows: usize,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ReportFormat {
+    Html,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ReportCommand {
+    /// Check a report against its signature file (FILE.sig): exits 1 if the report or its
+    /// signature was changed or the key is not among the verification keys.
+    Verify {
+        /// The report file.
+        file: PathBuf,
+        /// Verification keys (verify.pub, or the reporter key's public half); repeatable.
+        #[arg(long = "verify-key", value_name = "FILE", required = true)]
+        verify_key: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

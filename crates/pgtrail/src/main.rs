@@ -21,7 +21,7 @@ mod quickstart;
 
 use cli::{
     AlertsCommand, Cli, Command, ExportFormat, JournalCommand, KeysCommand, LogFileFormat, LogFormat, QueryFormat,
-    RulesCommand, TokenCommand,
+    ReportArgs, ReportCommand, ReportFormat, RulesCommand, TokenCommand,
 };
 
 fn init_logging(format: LogFormat) {
@@ -258,6 +258,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
+        Command::Report(args) => report(args),
         Command::Verify { journal, archive, verify_key, witness } => {
             let keys = keys::load_verifiers(&verify_key)?;
             if let Some(journal) = &journal {
@@ -420,6 +421,71 @@ fn set_aside_segments(journal: &std::path::Path) -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
+}
+
+/// `pgtrail report`: writes the report, then its signature; `report verify` checks one.
+fn report(args: ReportArgs) -> anyhow::Result<()> {
+    if let Some(ReportCommand::Verify { file, verify_key }) = args.command {
+        let keys = keys::load_verifiers(&verify_key)?;
+        return match pgtrail_report::verify_file(&file, &keys)? {
+            Ok(signature) => {
+                println!("OK: {} is signed by key {} (SHA-256 {})", file.display(), signature.key_id, signature.sha256);
+                Ok(())
+            }
+            Err(why) => {
+                println!("FAILED: {}: {why}", file.display());
+                Err(anyhow::anyhow!("report verification failed: {why}"))
+            }
+        };
+    }
+    let (Some(archive), Some(kind), Some(from), Some(output), Some(signing_key)) =
+        (args.archive, args.kind, args.from, args.output, args.signing_key)
+    else {
+        anyhow::bail!("a report needs --archive, --kind, --from, --output and --signing-key");
+    };
+    let signer = keys::load_signer(&signing_key)?;
+    let keys = keys::load_verifiers(&args.verify_key)?;
+    let spec = pgtrail_report::Spec {
+        archive,
+        kind,
+        from,
+        to: args.to.unwrap_or_else(chrono::Utc::now),
+        user: args.user,
+        person: args.person,
+        object: args.object,
+        journals: args.journal,
+        html_rows: args.max_rows,
+    };
+    let format = match args.format {
+        ReportFormat::Html => pgtrail_report::Format::Html,
+        ReportFormat::Csv => pgtrail_report::Format::Csv,
+        ReportFormat::Json => pgtrail_report::Format::Json,
+    };
+    // Written aside and renamed, so a report file is always whole.
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing in {}", dir.display()))?;
+    let outcome = runtime()?.block_on(async {
+        let mut out = std::io::BufWriter::new(file.as_file_mut());
+        let outcome = pgtrail_report::generate(&spec, format, &keys, &mut out).await?;
+        std::io::Write::flush(&mut out)?;
+        anyhow::Ok(outcome)
+    })?;
+    file.persist(&output).with_context(|| format!("writing {}", output.display()))?;
+    let signature = pgtrail_report::sign_file(&output, &signer)?;
+    eprintln!(
+        "wrote {} ({} of {} events) and its signature {}",
+        output.display(),
+        outcome.written,
+        outcome.rows,
+        signature.display()
+    );
+    for line in outcome.integrity.lines() {
+        eprintln!("{line}");
+    }
+    if !outcome.integrity.verified {
+        anyhow::bail!("the report's integrity statement says NOT VERIFIED: {}", outcome.integrity.problems.join("; "));
+    }
+    Ok(())
 }
 
 fn verify_archive(archive: &str, keys: &VerifierSet, journal: Option<&std::path::Path>) -> anyhow::Result<()> {
