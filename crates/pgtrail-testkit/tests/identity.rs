@@ -479,3 +479,78 @@ async fn access_tokens_when_configured() {
     assert_eq!(identity.groups, vec!["analysts".to_owned()]);
     capture.stop().await;
 }
+
+/// `pgtrail report --kind person`: one person of the identity provider, followed across
+/// the database users they logged in as, and no one else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_report_follows_one_person_across_database_users() {
+    let Setup { provider, tls, ca_dir, pg } = Setup::start();
+    let mut capture = token_proxy(&pg, &tls, oidc_auth(&provider, ca_dir.path()), Default::default()).await;
+    let (alice, bob) = (provider.id_token("alice"), provider.id_token("bob"));
+    for (user, token, sql) in [
+        ("alice", &alice, "SELECT sum(balance) AS alice_as_alice FROM accounts"),
+        ("postgres", &alice, "SELECT 2 AS alice_as_postgres"),
+        ("bob", &bob, "SELECT 3 AS bob_as_bob"),
+    ] {
+        let (ok, out) = login(&pg, &capture, user, token, sql);
+        assert!(ok, "{out}");
+    }
+    capture.wait_for("three sessions", |e| e.iter().filter(|e| e.class == EventClass::Disconnect).count() >= 3).await;
+    capture.shutdown().await;
+    let (journal, keys) = (capture.journal_dir().to_path_buf(), capture.keys_dir());
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, report) = (dir.path().join("archive"), dir.path().join("alice.json"));
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let archived = run_pgtrail(&[
+        "archive",
+        "--journal",
+        &path(&journal),
+        "--key",
+        &path(&keys.join("wrapping.key")),
+        "--signing-key",
+        &path(&keys.join("archive.key")),
+        "--to",
+        &path(&archive),
+    ]);
+    assert!(archived.status.success(), "{}", String::from_utf8_lossy(&archived.stderr));
+    let out = run_pgtrail(&[
+        "report",
+        "--archive",
+        &path(&archive),
+        "--journal",
+        &path(&journal),
+        "--kind",
+        "person",
+        "--person",
+        "alice@example.com",
+        "--from",
+        "2026-01-01",
+        "--format",
+        "json",
+        "-o",
+        &path(&report),
+        "--signing-key",
+        &path(&keys.join("signing.key")),
+        "--verify-key",
+        &path(&keys.join("verify.pub")),
+        "--verify-key",
+        &path(&keys.join("archive.pub")),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let field = |name: &str| -> Vec<&str> { rows.iter().map(|r| r[name].as_str().unwrap()).collect() };
+    assert!(field("person").iter().all(|p| *p == "alice@example.com"), "{rows:#?}");
+    let mut users = field("database user");
+    users.sort();
+    users.dedup();
+    assert_eq!(users, ["alice", "postgres"]);
+    let texts = field("text");
+    assert!(
+        texts.iter().any(|t| t.contains("alice_as_alice")) && texts.iter().any(|t| t.contains("alice_as_postgres"))
+    );
+    assert!(!texts.iter().any(|t| t.contains("bob_as_bob")), "{texts:?}");
+    assert_eq!(report["summary"]["people"], 1);
+    assert_eq!(report["summary"]["database_users"], 2);
+    assert_eq!(report["integrity"]["verified"], true, "{:#}", report["integrity"]);
+}
