@@ -27,21 +27,29 @@ use pgtrail_event::{ActivityEvent, EventClass, EventKind, ExitCode, Verdict};
 
 use crate::Position;
 
-/// The CEF line of `event` (without the line break).
-pub fn line(event: &ActivityEvent, at: Position<'_>) -> String {
-    let failed = event.sql_state.is_some()
-        || event.error_message.is_some()
-        || matches!(event.exit_code, Some(ExitCode::SqlState(_)));
+fn failed(event: &ActivityEvent) -> bool {
+    event.sql_state.is_some() || event.error_message.is_some() || matches!(event.exit_code, Some(ExitCode::SqlState(_)))
+}
+
+/// The CEF class id and severity (0 to 10) of `event`.
+pub fn class_and_severity(event: &ActivityEvent) -> (&str, u8) {
     let denied = event.verdict == Some(Verdict::Denied);
-    let (class_id, severity) = match event.kind {
+    match event.kind {
         EventKind::Loss => ("LOSS", 9),
         EventKind::Control => ("CONTROL", 3),
         EventKind::Heartbeat => ("HEARTBEAT", 1),
         EventKind::Record if denied => ("DENIED", 7),
-        EventKind::Record if failed => (event.class.as_str(), 5),
+        EventKind::Record if failed(event) => (event.class.as_str(), 5),
         EventKind::Record if matches!(event.class, EventClass::Role | EventClass::Ddl) => (event.class.as_str(), 3),
         EventKind::Record => (event.class.as_str(), 1),
-    };
+    }
+}
+
+/// The CEF line of `event` (without the line break).
+pub fn line(event: &ActivityEvent, at: Position<'_>) -> String {
+    let failed = failed(event);
+    let denied = event.verdict == Some(Verdict::Denied);
+    let (class_id, severity) = class_and_severity(event);
     let mut out = String::with_capacity(256 + event.command_text.as_deref().map_or(0, str::len));
     out.push_str("CEF:0|pgtrail|pgtrail|");
     header(&mut out, env!("CARGO_PKG_VERSION"));

@@ -566,3 +566,53 @@ impl Drop for Tmpfs {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A syslog receiver over TLS (the certificate of `tls`) on a loopback port: every
+/// octet-counted frame (RFC 5425) it gets, as text.
+pub async fn syslog_tls_receiver(tls: &TlsFiles) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncReadExt;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut tls.cert_pem.as_bytes()).collect::<Result<_, _>>().unwrap();
+    let key = rustls_pemfile::private_key(&mut tls.key_pem.as_bytes()).unwrap().unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&frames);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, sink) = (acceptor.clone(), Arc::clone(&sink));
+            tokio::spawn(async move {
+                let mut stream = acceptor.accept(tcp).await.expect("TLS handshake");
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = stream.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    // RFC 5425 framing: MSG-LEN SP SYSLOG-MSG
+                    while let Some(space) = buffer.iter().position(|b| *b == b' ') {
+                        let len: usize = std::str::from_utf8(&buffer[..space]).unwrap().parse().expect("MSG-LEN");
+                        if buffer.len() < space + 1 + len {
+                            break;
+                        }
+                        let frame = buffer[space + 1..space + 1 + len].to_vec();
+                        buffer.drain(..space + 1 + len);
+                        sink.lock().unwrap().push(String::from_utf8(frame).expect("UTF-8 message"));
+                    }
+                }
+            });
+        }
+    });
+    (port, frames)
+}

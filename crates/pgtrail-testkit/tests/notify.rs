@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgtrail_testkit::*;
@@ -38,54 +37,6 @@ fn body(request: &Value) -> Value {
     serde_json::from_str(request["body"].as_str().unwrap()).expect("a JSON body")
 }
 
-/// A syslog receiver over TLS: every octet-counted frame it gets, as text.
-async fn syslog_receiver(tls: &TlsFiles) -> (u16, Arc<Mutex<Vec<String>>>) {
-    use tokio::io::AsyncReadExt;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut tls.cert_pem.as_bytes()).collect::<Result<_, _>>().unwrap();
-    let key = rustls_pemfile::private_key(&mut tls.key_pem.as_bytes()).unwrap().unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let frames = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&frames);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let (acceptor, sink) = (acceptor.clone(), Arc::clone(&sink));
-            tokio::spawn(async move {
-                let mut stream = acceptor.accept(tcp).await.expect("TLS handshake");
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let n = stream.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                    // RFC 5425 framing: MSG-LEN SP SYSLOG-MSG
-                    while let Some(space) = buffer.iter().position(|b| *b == b' ') {
-                        let len: usize = std::str::from_utf8(&buffer[..space]).unwrap().parse().expect("MSG-LEN");
-                        if buffer.len() < space + 1 + len {
-                            break;
-                        }
-                        let frame = buffer[space + 1..space + 1 + len].to_vec();
-                        buffer.drain(..space + 1 + len);
-                        sink.lock().unwrap().push(String::from_utf8(frame).expect("UTF-8 message"));
-                    }
-                }
-            });
-        }
-    });
-    (port, frames)
-}
-
 fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
@@ -109,7 +60,7 @@ async fn alerts_test_reaches_every_kind_of_destination_in_its_own_format() {
             .arg(tls.key_path())
             .args(["pgtrail", "mail-pw"]),
     );
-    let (syslog_port, frames) = syslog_receiver(&tls).await;
+    let (syslog_port, frames) = syslog_tls_receiver(&tls).await;
     let base = format!("http://127.0.0.1:{}", http.port);
     let ca = tls.ca_path().display().to_string();
     let destinations = dir.path().join("destinations.toml");

@@ -182,6 +182,69 @@ pub(crate) enum Command {
         /// The SQL statement (DataFusion's dialect, close to PostgreSQL's).
         sql: String,
     },
+    /// Stream a journal's events to a SIEM, with a cursor of its own: the cursor moves
+    /// only once the destination has confirmed a batch (an HTTP 2xx, and with --ack Splunk's
+    /// indexer acknowledgement), failed batches are retried with backoff (0.5 s doubling to
+    /// 30 s, until SIGTERM), so a crash or an outage never loses events; a batch may be
+    /// sent twice, and each event carries its journal position (instance:record:index) to
+    /// tell the copies apart.
+    ///
+    /// splunk-hec: --url https://splunk:8088 (the HEC base URL), the token in
+    /// PGTRAIL_FORWARD_TOKEN or --token-file; events go to /services/collector/event.
+    /// syslog-cef: --url tls://siem:6514, one CEF line per RFC 5424 message, RFC 5425
+    /// framing. ocsf-http: --url https://collector/path, a JSON array of OCSF 1.8.0 events
+    /// per POST (bearer token optional). Plain http:// or tcp:// only to loopback, or with
+    /// --allow-plaintext.
+    Forward {
+        /// The journal directory to read (the proxy's journal.dir).
+        #[arg(long, value_name = "DIR")]
+        journal: PathBuf,
+        /// Wrapping private key file or directory (repeatable), as for tail.
+        #[arg(long, value_name = "FILE|DIR", required = true)]
+        key: Vec<PathBuf>,
+        /// splunk-hec, syslog-cef or ocsf-http.
+        #[arg(long, value_name = "DESTINATION")]
+        to: pgtrail_forward::Target,
+        /// Where: see above for each destination.
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// The forwarder's cursor file (one per destination): a restart resumes after the
+        /// last batch the destination confirmed.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// Keep forwarding new records until SIGINT/SIGTERM.
+        #[arg(long)]
+        follow: bool,
+        /// A file holding the HEC token (or the bearer token of ocsf-http); keep it 0600.
+        /// Or set PGTRAIL_FORWARD_TOKEN.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Splunk HEC: wait for the indexer acknowledgement of each batch (the token must
+        /// have it enabled); the cursor moves only after it.
+        #[arg(long)]
+        ack: bool,
+        /// Splunk HEC: send a batch again when it is not acknowledged in this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = pgtrail_forward::Settings::ACK_TIMEOUT.as_secs())]
+        ack_timeout: u64,
+        /// Splunk HEC: the index (default: the token's).
+        #[arg(long, value_name = "NAME")]
+        index: Option<String>,
+        /// Splunk HEC: the sourcetype.
+        #[arg(long, value_name = "NAME", default_value = "pgtrail:activity")]
+        sourcetype: String,
+        /// Events per batch.
+        #[arg(long, value_name = "N", default_value_t = pgtrail_forward::Settings::BATCH_EVENTS)]
+        batch_events: usize,
+        /// A PEM file of CA certificates to trust besides the system's (a private CA).
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// Allow plain HTTP or TCP to a host other than loopback (events unencrypted).
+        #[arg(long)]
+        allow_plaintext: bool,
+        /// A request with no answer in this many seconds failed (and is retried).
+        #[arg(long, value_name = "SECONDS", default_value_t = pgtrail_forward::Settings::TIMEOUT.as_secs())]
+        timeout: u64,
+    },
     /// Make a compliance report from an archive, signed, ending with an integrity
     /// statement: the journal records the report covers, the checkpoints that sign them,
     /// the archive manifest's last entry, and what verifying them found (the command

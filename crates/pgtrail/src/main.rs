@@ -259,6 +259,70 @@ fn run(command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Report(args) => report(args),
+        Command::Forward {
+            journal,
+            key,
+            to,
+            url,
+            state,
+            follow,
+            token_file,
+            ack,
+            ack_timeout,
+            index,
+            sourcetype,
+            batch_events,
+            ca_file,
+            allow_plaintext,
+            timeout,
+        } => {
+            let ring = keys::load_key_ring(&key)?;
+            let token = match token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read the token file {}", path.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => std::env::var("PGTRAIL_FORWARD_TOKEN").ok().filter(|t| !t.is_empty()),
+            };
+            let settings = pgtrail_forward::Settings {
+                target: to,
+                url,
+                token,
+                ack,
+                ack_timeout: std::time::Duration::from_secs(ack_timeout.max(1)),
+                index,
+                sourcetype,
+                ca_file,
+                plaintext: allow_plaintext,
+                batch_events,
+                timeout: std::time::Duration::from_secs(timeout.max(1)),
+            };
+            let run = pgtrail_forward::ForwardRun { journal, state, follow, settings };
+            let done = runtime()?.block_on(async move {
+                let stop = stop_on_signal();
+                tokio::task::spawn_blocking(move || pgtrail_forward::run(&run, ring, &|| stop.load(Ordering::Relaxed)))
+                    .await
+                    .context("forward task failed")
+            })?;
+            match done {
+                Ok(done) => {
+                    eprintln!(
+                        "forwarded {} events in {} batches ({} attempts retried)",
+                        done.events, done.batches, done.retries
+                    );
+                    Ok(())
+                }
+                Err(pgtrail_reader::ConsumerError::Consumer(e))
+                    if matches!(e.downcast_ref(), Some(pgtrail_forward::ForwardError::Stopped)) =>
+                {
+                    eprintln!("{e}");
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
         Command::Verify { journal, archive, verify_key, witness } => {
             let keys = keys::load_verifiers(&verify_key)?;
             if let Some(journal) = &journal {
