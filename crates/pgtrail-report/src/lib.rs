@@ -150,7 +150,7 @@ pub async fn generate(
     let limit = (format == Format::Html).then_some(spec.html_rows);
     let mut sink = render::sink(format, out);
     sink.begin(&head)?;
-    let written = selection.rows(&ctx, limit, sink.as_mut()).await?;
+    let written = selection.rows(&ctx, limit, &mut |cells| sink.row(cells)).await?;
     sink.end(&head, written, &integrity)?;
     Ok(Outcome { rows: summary.rows, written, integrity })
 }

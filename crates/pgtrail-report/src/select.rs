@@ -8,7 +8,6 @@ use pgtrail_query::datafusion::arrow::array::{Array, RecordBatch};
 use pgtrail_query::datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use pgtrail_query::datafusion::prelude::SessionContext;
 
-use crate::render::Sink;
 use crate::{Kind, ReportError, Spec};
 
 /// The columns of a report's rows: (SQL, heading).
@@ -215,12 +214,12 @@ impl Selection {
             .collect())
     }
 
-    /// Streams the rows, in time order, to `sink` (at most `limit`); returns how many.
+    /// Streams the rows, in time order, to `row` (at most `limit`); returns how many.
     pub async fn rows(
         &self,
         ctx: &SessionContext,
         limit: Option<usize>,
-        sink: &mut dyn Sink,
+        row: &mut dyn FnMut(&[String]) -> std::io::Result<()>,
     ) -> Result<u64, ReportError> {
         let columns: Vec<String> = COLUMNS.iter().enumerate().map(|(i, (expr, _))| format!("{expr} AS c{i}")).collect();
         let mut sql = format!(
@@ -235,9 +234,9 @@ impl Selection {
         let mut written = 0u64;
         let mut failed = None;
         while let Some(batch) = stream.next().await {
-            cells(&batch?, |row| {
+            cells(&batch?, |cells| {
                 if failed.is_none() {
-                    match sink.row(row) {
+                    match row(cells) {
                         Ok(()) => written += 1,
                         Err(e) => failed = Some(e),
                     }
