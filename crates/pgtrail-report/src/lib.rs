@@ -64,11 +64,15 @@ pub struct Spec {
     pub journals: Vec<PathBuf>,
     /// At most this many rows in an HTML report (the summary counts them all).
     pub html_rows: usize,
+    /// Coverage reports list stretches longer than this with no event at all.
+    pub gap_secs: u64,
 }
 
 impl Spec {
     /// The default cap on the rows an HTML page lists.
     pub const HTML_ROWS: usize = 10_000;
+    /// The default gap: twelve heartbeats (one every 5 s by default) missed.
+    pub const GAP_SECS: u64 = 60;
 }
 
 /// A time given as RFC 3339 (`2026-12-01T09:00:00Z`) or a UTC date (`2026-12-01`): a date

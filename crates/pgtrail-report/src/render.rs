@@ -155,7 +155,35 @@ impl Sink for Html<'_> {
             }
             write!(self.out, "</tbody></table>")?;
         }
-        write!(self.out, "</div><h2>Activity over time (events per {})</h2>", bucket_name(s.bucket_secs))?;
+        write!(self.out, "</div>")?;
+        if head.spec.kind == crate::Kind::Coverage {
+            write!(
+                self.out,
+                "<h2>Silences: no event for more than {} s</h2><p>The capture writes a heartbeat every few seconds: \
+                 a silence means it was not running, or its events are missing.</p>",
+                head.spec.gap_secs
+            )?;
+            if s.silences.is_empty() {
+                write!(self.out, "<p>None.</p>")?;
+            } else {
+                write!(
+                    self.out,
+                    "<table><thead><tr><th>instance</th><th>last event before</th><th>first event after</th><th>seconds</th></tr></thead><tbody>"
+                )?;
+                for gap in &s.silences {
+                    write!(
+                        self.out,
+                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        escape(&gap.instance),
+                        escape(&gap.from),
+                        escape(&gap.to),
+                        gap.seconds
+                    )?;
+                }
+                write!(self.out, "</tbody></table>")?;
+            }
+        }
+        write!(self.out, "<h2>Activity over time (events per {})</h2>", bucket_name(s.bucket_secs))?;
         self.chart(s)?;
         write!(self.out, "<h2>Events</h2><table class=\"rows\"><thead><tr>")?;
         for (_, heading) in COLUMNS {
@@ -236,7 +264,15 @@ impl Sink for Csv<'_> {
         for (name, value) in head.parameters() {
             write!(self.out, "# {name}: {}\r\n", value.replace(['\r', '\n'], " "))?;
         }
-        write!(self.out, "# events: {}\r\n# integrity statement\r\n", head.summary.rows)?;
+        write!(self.out, "# events: {}\r\n", head.summary.rows)?;
+        for gap in &head.summary.silences {
+            write!(
+                self.out,
+                "# silence: instance {} had no event from {} to {} ({} s)\r\n",
+                gap.instance, gap.from, gap.to, gap.seconds
+            )?;
+        }
+        write!(self.out, "# integrity statement\r\n")?;
         for line in integrity.lines() {
             write!(self.out, "# {}\r\n", line.replace(['\r', '\n'], " "))?;
         }
@@ -267,11 +303,16 @@ impl Sink for Json<'_> {
             .iter()
             .map(|(at, n)| json!({"from": at.to_rfc3339_opts(SecondsFormat::Secs, true), "events": n}))
             .collect();
+        let silences: Vec<_> = s
+            .silences
+            .iter()
+            .map(|g| json!({"instance": g.instance, "from": g.from, "to": g.to, "seconds": g.seconds}))
+            .collect();
         let opening = json!({
             "report": head.spec.kind.title(),
             "parameters": parameters,
             "summary": {"events": s.rows, "people": s.people, "database_users": s.users, "sessions": s.sessions,
-                        "top": groups, "bucket_seconds": s.bucket_secs, "series": series},
+                        "top": groups, "bucket_seconds": s.bucket_secs, "series": series, "silences": silences},
         });
         // The document is written as it goes: everything but its closing brace, then the rows.
         let text = serde_json::to_string(&opening)?;

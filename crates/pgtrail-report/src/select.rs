@@ -45,6 +45,20 @@ pub(crate) struct Summary {
     /// Events per time bucket, from the first event's bucket to the last's.
     pub series: Vec<(DateTime<Utc>, u64)>,
     pub bucket_secs: i64,
+    /// Coverage reports: the stretches with no event at all, longer than the gap asked for
+    /// (the capture writes a heartbeat every few seconds, so silence means it was not
+    /// running, or its events are missing).
+    pub silences: Vec<Silence>,
+}
+
+/// A stretch of time in which an instance's journal has no event.
+#[derive(Debug, Clone)]
+pub(crate) struct Silence {
+    pub instance: String,
+    /// The last event before it and the first after it.
+    pub from: String,
+    pub to: String,
+    pub seconds: i64,
 }
 
 /// The journal records a report's window covers in one instance.
@@ -74,6 +88,7 @@ pub(crate) struct Selection {
     /// The window and what the kind and the filters select.
     condition: String,
     kind: Kind,
+    gap_secs: u64,
 }
 
 impl Selection {
@@ -98,7 +113,7 @@ impl Selection {
             let o = literal(object);
             condition.push_str(&format!(" AND (object_name = {o} OR array_has(objects, {o}))"));
         }
-        Selection { window, condition, kind: spec.kind }
+        Selection { window, condition, kind: spec.kind, gap_secs: spec.gap_secs }
     }
 
     async fn collect(ctx: &SessionContext, sql: &str) -> Result<Vec<Vec<String>>, ReportError> {
@@ -149,22 +164,28 @@ impl Selection {
             let top = rows.iter().map(|r| (r[0].clone(), number(r, 1))).collect();
             summary.groups.push((title, top));
         }
+        if self.kind == Kind::Coverage {
+            summary.silences = self.silences(ctx).await?;
+        }
         // The chart spans the events found, not the whole window asked for.
         let span = Self::collect(
             ctx,
-            &format!("SELECT CAST(min(log_time) AS BIGINT), CAST(max(log_time) AS BIGINT) FROM events WHERE {c}"),
+            &format!(
+                "SELECT CAST(min(date_part('epoch', log_time)) AS BIGINT), \
+                 CAST(max(date_part('epoch', log_time)) AS BIGINT) FROM events WHERE {c}"
+            ),
         )
         .await?;
-        let nanos = |i: usize| span.first().and_then(|r| r.get(i)).and_then(|s| s.parse::<i64>().ok());
-        let (Some(first), Some(last)) = (nanos(0), nanos(1)) else {
+        let seconds = |i: usize| span.first().and_then(|r| r.get(i)).and_then(|s| s.parse::<i64>().ok());
+        let (Some(first), Some(last)) = (seconds(0), seconds(1)) else {
             return Ok(summary);
         };
-        summary.bucket_secs = bucket_secs(Utc.timestamp_nanos(first), Utc.timestamp_nanos(last));
+        summary.bucket_secs = bucket_secs(Utc.timestamp_opt(first, 0).unwrap(), Utc.timestamp_opt(last, 0).unwrap());
         let series = Self::collect(
             ctx,
             &format!(
-                "SELECT CAST(date_bin(INTERVAL '{} seconds', log_time, TIMESTAMP '1970-01-01T00:00:00') AS BIGINT) \
-                 AS b, count(*) FROM events WHERE {c} GROUP BY b ORDER BY b",
+                "SELECT CAST(date_part('epoch', date_bin(INTERVAL '{} seconds', log_time, \
+                 TIMESTAMP '1970-01-01T00:00:00')) AS BIGINT) AS b, count(*) FROM events WHERE {c} GROUP BY b ORDER BY b",
                 summary.bucket_secs
             ),
         )
@@ -172,8 +193,8 @@ impl Selection {
         let counts: Vec<(i64, u64)> =
             series.iter().filter_map(|r| Some((r[0].parse::<i64>().ok()?, number(r, 1)))).collect();
         if let (Some(first), Some(last)) = (counts.first(), counts.last()) {
-            // Nanoseconds since the epoch, as the cast gives them.
-            let step = summary.bucket_secs * 1_000_000_000;
+            // Seconds since the epoch.
+            let step = summary.bucket_secs;
             let mut at = first.0;
             let mut counts = counts.iter().peekable();
             while at <= last.0 {
@@ -184,11 +205,38 @@ impl Selection {
                     }
                     _ => 0,
                 };
-                summary.series.push((Utc.timestamp_nanos(at), n));
+                summary.series.push((Utc.timestamp_opt(at, 0).unwrap(), n));
                 at += step;
             }
         }
         Ok(summary)
+    }
+
+    /// Stretches longer than the gap with no event of any kind, per instance.
+    async fn silences(&self, ctx: &SessionContext) -> Result<Vec<Silence>, ReportError> {
+        let rows = Self::collect(
+            ctx,
+            &format!(
+                "SELECT journal_instance, previous, log_time, \
+                 CAST(date_part('epoch', log_time) - date_part('epoch', previous) AS BIGINT) AS seconds \
+                 FROM (SELECT journal_instance, log_time, \
+                       lag(log_time) OVER (PARTITION BY journal_instance ORDER BY log_time) AS previous \
+                       FROM events WHERE {} AND record_seq > 0) \
+                 WHERE previous IS NOT NULL AND log_time - previous > INTERVAL '{} seconds' \
+                 ORDER BY journal_instance, log_time",
+                self.window, self.gap_secs
+            ),
+        )
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Silence {
+                instance: r[0].clone(),
+                from: r[1].clone(),
+                to: r[2].clone(),
+                seconds: r[3].parse().unwrap_or(0),
+            })
+            .collect())
     }
 
     /// The journal records holding the window's events, per instance (the retention

@@ -112,6 +112,9 @@ async fn trail() -> Trail {
     assert_ok(&psql(&pg, &app, &work.iter().flat_map(|s| ["-c", s]).collect::<Vec<_>>()));
     let denied = psql(&pg, &app, &["-c", "DELETE FROM accounts"]);
     assert!(!denied.status.success(), "the policy denies an unfiltered DELETE");
+    // Two quiet seconds (no heartbeat comes in 5 s): a silence for the coverage report.
+    // Time itself is what is tested here, so this is a wait on the clock, not a condition.
+    std::thread::sleep(std::time::Duration::from_secs(2));
     let failed = psql(&pg, &capture.url("app", "", "no_such_db"), &["-c", "SELECT 1"]);
     assert!(!failed.status.success(), "no such database");
     capture.shutdown().await;
@@ -179,8 +182,14 @@ async fn each_report_kind_lists_what_happened_and_ends_with_a_verified_integrity
     assert_eq!(column(&rows, "text"), ["DELETE FROM accounts"]);
     assert_eq!(rows[0]["outcome"], "denied by no unfiltered deletes");
 
-    // Coverage: the capture's start and stop are there; no bypass, no loss.
-    let rows = trail.csv_rows("coverage", &[]);
+    // Coverage: the capture's start and stop are there; no bypass, no loss; the quiet
+    // two seconds are a silence longer than --gap 1, and the only one of 2 s or more.
+    let rows = trail.csv_rows("coverage", &["--gap", "1"]);
+    let csv = std::fs::read_to_string(trail.dir.path().join("coverage.csv")).unwrap();
+    let silences: Vec<&str> = csv.lines().filter(|l| l.starts_with("# silence:")).collect();
+    let seconds = |l: &str| -> u64 { l.rsplit('(').next().unwrap().trim_end_matches(" s)").parse().unwrap() };
+    let long: Vec<&&str> = silences.iter().filter(|l| seconds(l) >= 2).collect();
+    assert_eq!(long.len(), 1, "{silences:?}");
     let commands = column(&rows, "command");
     assert!(commands.contains(&"CAPTURE STARTED") && commands.contains(&"CAPTURE STOPPED"), "{commands:?}");
     assert!(column(&rows, "class").iter().all(|c| *c == "CONTROL"), "{rows:#?}");
@@ -267,4 +276,84 @@ async fn a_report_is_signed_renders_in_chromium_and_says_when_the_archive_was_da
     let page = std::fs::read_to_string(&damaged).unwrap();
     assert!(page.contains("NOT VERIFIED") && page.contains("missing"), "{page}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("NOT VERIFIED"));
+}
+
+/// A journal of one DDL statement a day for 30 days (signed checkpoints), archived.
+fn month_of_ddl(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use std::sync::Arc;
+    let (journal, keys, archive) = (dir.join("journal"), dir.join("keys"), dir.join("archive"));
+    pgtrail_keys::init(&keys, false).unwrap();
+    let wrapping = pgtrail_keys::load_wrapping_public(&keys.join("wrapping.pub")).unwrap();
+    let signer = pgtrail_keys::load_signer(&keys.join("signing.key")).unwrap();
+    let options =
+        pgtrail_journal::JournalOptions { instance: "db-month".into(), signer: Some(signer), ..Default::default() };
+    let mut writer = pgtrail_journal::Journal::open(&journal, options).unwrap();
+    let mut sealer = pgtrail_envelope::Sealer::new(Arc::new(wrapping), Default::default());
+    let first: chrono::DateTime<chrono::Utc> = "2026-10-01T12:00:00Z".parse().unwrap();
+    for day in 0..30 {
+        let at = first + chrono::Duration::days(day);
+        let mut event = pgtrail_event::ActivityEvent::new(pgtrail_event::EventClass::Ddl, "CREATE TABLE", at);
+        event.command_text = Some(format!("CREATE TABLE t{day} (id int)").into());
+        let record = sealer.seal(&pgtrail_event::activity_record_json("c", "db-month", &[event])).unwrap();
+        writer.append(at.timestamp_micros(), record.json.as_bytes()).unwrap();
+    }
+    writer.checkpoint().unwrap();
+    writer.close().unwrap();
+    let out = run_pgtrail(&[
+        "archive",
+        "--journal",
+        journal.to_str().unwrap(),
+        "--key",
+        keys.join("wrapping.key").to_str().unwrap(),
+        "--signing-key",
+        keys.join("archive.key").to_str().unwrap(),
+        "--to",
+        archive.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (journal, keys, archive)
+}
+
+/// The chart once read the archive's microsecond times as nanoseconds: a month of events
+/// looked like 43 minutes, drawn in thousands of one-minute bars.
+#[test]
+fn a_months_chart_has_six_hour_bars_from_the_first_day_regression_microseconds_read_as_nanoseconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, keys, archive) = month_of_ddl(dir.path());
+    let output = dir.path().join("month.json");
+    let out = run_pgtrail(&[
+        "report",
+        "--archive",
+        archive.to_str().unwrap(),
+        "--journal",
+        journal.to_str().unwrap(),
+        "--kind",
+        "privileged",
+        "--from",
+        "2026-10-01",
+        "--to",
+        "2026-10-31",
+        "--format",
+        "json",
+        "-o",
+        output.to_str().unwrap(),
+        "--signing-key",
+        keys.join("signing.key").to_str().unwrap(),
+        "--verify-key",
+        keys.join("verify.pub").to_str().unwrap(),
+        "--verify-key",
+        keys.join("archive.pub").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&output).unwrap()).unwrap();
+    let summary = &report["summary"];
+    assert_eq!(summary["events"], 30);
+    // 29 days between the first event and the last: 6-hour bars, 29 * 4 + 1 of them.
+    assert_eq!(summary["bucket_seconds"], 6 * 3600);
+    let series = summary["series"].as_array().unwrap();
+    assert_eq!(series.len(), 29 * 4 + 1);
+    assert_eq!(series[0]["from"], "2026-10-01T12:00:00Z");
+    assert_eq!(series.iter().map(|b| b["events"].as_u64().unwrap()).sum::<u64>(), 30);
+    assert!(series.iter().all(|b| b["events"] == 0 || b["events"] == 1));
+    assert_eq!(report["integrity"]["verified"], true, "{:#}", report["integrity"]);
 }

@@ -383,6 +383,10 @@ pub(crate) struct ReportArgs {
     /// and JSON list every row).
     #[arg(long, value_name = "N", default_value_t = pgtrail_report::Spec::HTML_ROWS)]
     pub(crate) max_rows: usize,
+    /// Coverage reports: list the stretches of more than this many seconds in which an
+    /// instance recorded no event at all (not even a heartbeat).
+    #[arg(long, value_name = "SECONDS", default_value_t = pgtrail_report::Spec::GAP_SECS)]
+    pub(crate) gap: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

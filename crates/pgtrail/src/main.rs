@@ -519,6 +519,7 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         object: args.object,
         journals: args.journal,
         html_rows: args.max_rows,
+        gap_secs: args.gap.max(1),
     };
     let format = match args.format {
         ReportFormat::Html => pgtrail_report::Format::Html,
