@@ -5,9 +5,10 @@
 //! `pgtrail export --format jsonl` writes it. The token goes in `Authorization: Splunk
 //! TOKEN`. With indexer acknowledgements, every request carries the run's channel
 //! (`X-Splunk-Request-Channel`, a GUID), the answer's `ackId` is polled at
-//! `/services/collector/ack` (`{"acks": [ID]}` -> `{"acks": {"ID": true}}`), and the batch
-//! counts as delivered only once it is acknowledged; without an acknowledgement in time,
-//! the batch is sent again.
+//! `/services/collector/ack` (`{"acks": [ID, ...]}` -> `{"acks": {"ID": true, ...}}`), and a
+//! batch counts as delivered only once it is acknowledged. Several batches are in flight
+//! at once (the forwarder's window), their acks polled together; a batch not acknowledged
+//! in time is sent again.
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -30,6 +31,16 @@ pub(crate) struct Hec {
     sourcetype: String,
     body: Vec<u8>,
     pending: usize,
+    /// Batches sent and not acknowledged yet.
+    in_flight: Vec<InFlight>,
+}
+
+/// A batch awaiting its acknowledgement.
+struct InFlight {
+    body: Vec<u8>,
+    /// `None`: to be sent again.
+    ack_id: Option<u64>,
+    sent: Instant,
 }
 
 impl Hec {
@@ -54,6 +65,7 @@ impl Hec {
             sourcetype: settings.sourcetype.clone(),
             body: Vec::new(),
             pending: 0,
+            in_flight: Vec::new(),
         })
     }
 
@@ -76,28 +88,33 @@ impl Hec {
             .map_err(|_| Failure::retriable(format!("HTTP {status} with an answer that is not JSON")))
     }
 
-    /// Polls the acknowledgement of `id` until it is true or the time is up.
-    fn acknowledged(&self, id: u64) -> Result<(), Failure> {
-        let deadline = Instant::now() + self.ack_timeout;
-        let mut wait = Duration::from_millis(100);
-        let mut last;
-        loop {
-            let body = serde_json::to_vec(&serde_json::json!({ "acks": [id] })).expect("JSON");
-            match self.post(&self.ack_url, body) {
-                Ok(answer) if answer["acks"][id.to_string()] == true => return Ok(()),
-                Ok(_) => last = "not acknowledged yet".into(),
-                Err(failure) if !failure.retriable => return Err(failure),
-                Err(failure) => last = failure.message,
-            }
-            if Instant::now() + wait > deadline {
-                return Err(Failure::retriable(format!(
-                    "no indexer acknowledgement of ackId {id} in {} s ({last}): sending the batch again",
-                    self.ack_timeout.as_secs()
-                )));
-            }
-            std::thread::sleep(wait);
-            wait = (wait * 2).min(Duration::from_secs(1));
+    /// Posts a batch; its ackId when acknowledgements are on.
+    fn post_batch(&self, body: Vec<u8>) -> Result<Option<u64>, Failure> {
+        let answer = self.post(&self.event_url, body)?;
+        if answer["code"] != 0 {
+            return Err(Failure::fatal(format!("HEC answered {answer}")));
         }
+        if self.channel.is_none() {
+            return Ok(None);
+        }
+        answer["ackId"].as_u64().map(Some).ok_or_else(|| {
+            Failure::fatal(
+                "HEC gave no ackId: indexer acknowledgement is not enabled for this token (drop --ack, or enable it)",
+            )
+        })
+    }
+
+    /// One poll of the acknowledgements of the batches in flight: the acknowledged ones
+    /// leave.
+    fn poll(&mut self) -> Result<(), Failure> {
+        let ids: Vec<u64> = self.in_flight.iter().filter_map(|b| b.ack_id).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let body = serde_json::to_vec(&serde_json::json!({ "acks": ids })).expect("JSON");
+        let answer = self.post(&self.ack_url, body)?;
+        self.in_flight.retain(|b| b.ack_id.is_none_or(|id| answer["acks"][id.to_string()] != true));
+        Ok(())
     }
 }
 
@@ -135,20 +152,59 @@ impl Destination for Hec {
         self.pending
     }
 
-    fn deliver(&mut self) -> Result<(), Failure> {
-        let answer = self.post(&self.event_url, self.body.clone())?;
-        if answer["code"] != 0 {
-            return Err(Failure::fatal(format!("HEC answered {answer}")));
-        }
-        if self.channel.is_some() {
-            let id = answer["ackId"].as_u64().ok_or_else(|| {
-                Failure::fatal("HEC gave no ackId: indexer acknowledgement is not enabled for this token (drop --ack, or enable it)")
-            })?;
-            self.acknowledged(id)?;
+    fn send(&mut self) -> Result<(), Failure> {
+        let ack_id = self.post_batch(self.body.clone())?;
+        if ack_id.is_some() {
+            let body = std::mem::take(&mut self.body);
+            self.in_flight.push(InFlight { body, ack_id, sent: Instant::now() });
         }
         self.body.clear();
         self.pending = 0;
         Ok(())
+    }
+
+    fn unconfirmed(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn confirm(&mut self, stop: &dyn Fn() -> bool) -> Result<(), Failure> {
+        // Batches whose acknowledgement did not come in time go again, with new ackIds.
+        for i in 0..self.in_flight.len() {
+            if self.in_flight[i].ack_id.is_none() {
+                let ack_id = self.post_batch(self.in_flight[i].body.clone())?;
+                self.in_flight[i].ack_id = ack_id;
+                self.in_flight[i].sent = Instant::now();
+            }
+        }
+        let mut wait = Duration::from_millis(20);
+        loop {
+            match self.poll() {
+                Ok(()) => {}
+                Err(failure) if !failure.retriable => return Err(failure),
+                // A failed poll is tried again; the ack timeout bounds it.
+                Err(failure) => tracing::debug!(error = %failure.message, "polling HEC acknowledgements failed"),
+            }
+            if self.in_flight.is_empty() {
+                return Ok(());
+            }
+            if stop() {
+                return Err(Failure::retriable("stopped while waiting for acknowledgements"));
+            }
+            let late: Vec<u64> = self
+                .in_flight
+                .iter_mut()
+                .filter(|b| b.sent.elapsed() > self.ack_timeout)
+                .filter_map(|b| b.ack_id.take())
+                .collect();
+            if !late.is_empty() {
+                return Err(Failure::retriable(format!(
+                    "no indexer acknowledgement of ackIds {late:?} in {} s: sending those batches again",
+                    self.ack_timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_millis(500));
+        }
     }
 }
 

@@ -62,12 +62,15 @@ pub struct Settings {
     pub plaintext: bool,
     /// Events per batch (one request, or one burst of syslog frames).
     pub batch_events: usize,
+    /// Splunk HEC with acknowledgements: batches sent before waiting for their acks.
+    pub window: usize,
     /// A request that gets no answer in this time failed (and is retried).
     pub timeout: Duration,
 }
 
 impl Settings {
     pub const BATCH_EVENTS: usize = 500;
+    pub const WINDOW: usize = 16;
     pub const TIMEOUT: Duration = Duration::from_secs(30);
     pub const ACK_TIMEOUT: Duration = Duration::from_secs(120);
 }
@@ -103,15 +106,26 @@ impl Failure {
     }
 }
 
-/// A destination: collects a batch, then delivers it whole.
+/// A destination: collects a batch, sends it whole, and (for those that acknowledge)
+/// confirms what it was sent.
 pub(crate) trait Destination: Send {
     /// Adds one event to the batch.
     fn add(&mut self, event: &ActivityEvent, at: Position<'_>);
-    /// Events in the batch.
+    /// Events in the batch not sent yet.
     fn pending(&self) -> usize;
-    /// Sends the batch; `Ok` once the destination confirmed it (the batch is then empty).
-    /// A failed batch stays as it is, to be sent again.
-    fn deliver(&mut self) -> Result<(), Failure>;
+    /// Sends the batch (which is then empty). A destination without acknowledgements has
+    /// it once this returns `Ok`; one with them still has to confirm it. A batch that
+    /// failed stays as it is, to be sent again.
+    fn send(&mut self) -> Result<(), Failure>;
+    /// Batches sent and not confirmed yet.
+    fn unconfirmed(&self) -> usize {
+        0
+    }
+    /// Waits until every batch sent is confirmed, checking `stop` between polls; a batch
+    /// not confirmed in time fails this call and is sent again by the next one.
+    fn confirm(&mut self, _stop: &dyn Fn() -> bool) -> Result<(), Failure> {
+        Ok(())
+    }
 }
 
 /// Counts of a forwarding run.
@@ -124,10 +138,12 @@ pub struct Progress {
 }
 
 /// The consumer: batches events to its destination and asks for the cursor to be saved
-/// only after the destination confirmed everything handed over so far.
+/// only after the destination confirmed everything handed over so far. With
+/// acknowledgements, up to `window` batches are in flight before it waits for them.
 pub struct Forwarder<'a> {
     destination: Box<dyn Destination>,
     batch_events: usize,
+    window: usize,
     stop: &'a (dyn Fn() -> bool + Sync),
     progress: Progress,
     /// Records handed over since the cursor was last saved.
@@ -151,6 +167,7 @@ impl<'a> Forwarder<'a> {
         Ok(Forwarder {
             destination,
             batch_events: settings.batch_events.max(1),
+            window: settings.window.max(1),
             stop,
             progress: Progress::default(),
             unsaved: false,
@@ -161,30 +178,32 @@ impl<'a> Forwarder<'a> {
         self.progress
     }
 
-    /// Delivers the batch, retrying with backoff (0.5 s doubling to 30 s) until it is
-    /// confirmed, the destination refuses it for good, or `stop`.
-    fn flush(&mut self) -> Result<(), ForwardError> {
-        let events = self.destination.pending() as u64;
+    /// Runs `step` until it succeeds, the destination refuses for good, or `stop`;
+    /// between attempts it waits 0.5 s, doubling to 30 s.
+    fn retrying(
+        &mut self,
+        what: &str,
+        mut step: impl FnMut(&mut dyn Destination, &dyn Fn() -> bool) -> Result<(), Failure>,
+    ) -> Result<(), ForwardError> {
         let mut wait = Duration::from_millis(500);
+        let stop = self.stop;
         loop {
-            match self.destination.deliver() {
-                Ok(()) => {
-                    self.progress.events += events;
-                    self.progress.batches += 1;
-                    return Ok(());
-                }
+            match step(self.destination.as_mut(), &|| stop()) {
+                Ok(()) => return Ok(()),
                 Err(failure) if !failure.retriable => return Err(ForwardError::Refused(failure.message)),
                 Err(failure) => {
+                    if stop() {
+                        return Err(ForwardError::Stopped);
+                    }
                     self.progress.retries += 1;
                     tracing::warn!(
                         error = %failure.message,
-                        events,
                         retry_in_ms = wait.as_millis() as u64,
-                        "forwarding a batch failed; retrying"
+                        "{what} failed; retrying"
                     );
                     let until = std::time::Instant::now() + wait;
                     while std::time::Instant::now() < until {
-                        if (self.stop)() {
+                        if stop() {
                             return Err(ForwardError::Stopped);
                         }
                         std::thread::sleep(Duration::from_millis(50).min(wait));
@@ -193,6 +212,23 @@ impl<'a> Forwarder<'a> {
                 }
             }
         }
+    }
+
+    /// Sends the pending batch.
+    fn send(&mut self) -> Result<(), ForwardError> {
+        let events = self.destination.pending() as u64;
+        self.retrying("sending a batch", |d, _| d.send())?;
+        self.progress.events += events;
+        self.progress.batches += 1;
+        Ok(())
+    }
+
+    /// Waits until the destination confirmed every batch sent.
+    fn confirm(&mut self) -> Result<(), ForwardError> {
+        if self.destination.unconfirmed() == 0 {
+            return Ok(());
+        }
+        self.retrying("confirming batches", |d, stop| d.confirm(stop))
     }
 }
 
@@ -212,15 +248,21 @@ impl Consumer for Forwarder<'_> {
         if self.destination.pending() < self.batch_events {
             return Ok(Step::Continue);
         }
-        self.flush().map_err(ConsumerError::consumer)?;
+        self.send().map_err(ConsumerError::consumer)?;
+        // Everything up to this record is sent; once it is all confirmed, the cursor moves.
+        if self.destination.unconfirmed() > 0 && self.destination.unconfirmed() < self.window {
+            return Ok(Step::Continue);
+        }
+        self.confirm().map_err(ConsumerError::consumer)?;
         self.unsaved = false;
         Ok(Step::Save)
     }
 
     fn caught_up(&mut self, _cursor: &mut Cursor) -> Result<Step, ConsumerError> {
         if self.destination.pending() > 0 {
-            self.flush().map_err(ConsumerError::consumer)?;
+            self.send().map_err(ConsumerError::consumer)?;
         }
+        self.confirm().map_err(ConsumerError::consumer)?;
         if std::mem::take(&mut self.unsaved) { Ok(Step::Save) } else { Ok(Step::Continue) }
     }
 }

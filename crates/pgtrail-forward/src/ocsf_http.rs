@@ -41,7 +41,7 @@ impl Destination for OcsfHttp {
         self.pending
     }
 
-    fn deliver(&mut self) -> Result<(), Failure> {
+    fn send(&mut self) -> Result<(), Failure> {
         let mut body = self.body.clone();
         body.push(b']');
         let mut request = self.http.client.post(self.url.clone()).header("content-type", "application/json").body(body);

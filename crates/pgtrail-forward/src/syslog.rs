@@ -152,7 +152,7 @@ impl Destination for Syslog {
         self.pending
     }
 
-    fn deliver(&mut self) -> Result<(), Failure> {
+    fn send(&mut self) -> Result<(), Failure> {
         let timeout = self.timeout;
         let connection = &mut self.connection;
         let result = self.runtime.block_on(async {

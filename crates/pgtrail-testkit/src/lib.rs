@@ -616,3 +616,48 @@ pub async fn syslog_tls_receiver(tls: &TlsFiles) -> (u16, std::sync::Arc<std::sy
     });
     (port, frames)
 }
+
+/// `pgtrail archive` of `journal` into `to` with the keys `pgtrail keys init` made in
+/// `keys` (the wrapping key to read, the archive key to sign); `extra` flags after them.
+/// Panics with pgtrail's message unless it succeeds.
+pub fn archive_journal(journal: &Path, keys: &Path, to: &Path, extra: &[&str]) -> Output {
+    let (wrapping, signing) = (keys.join("wrapping.key"), keys.join("archive.key"));
+    let mut args = vec![
+        "archive",
+        "--journal",
+        journal.to_str().expect("UTF-8 path"),
+        "--key",
+        wrapping.to_str().expect("UTF-8 path"),
+        "--signing-key",
+        signing.to_str().expect("UTF-8 path"),
+        "--to",
+        to.to_str().expect("UTF-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    let out = run_pgtrail(&args);
+    assert!(out.status.success(), "pgtrail archive failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// `pgtrail report` over `archive`, checked against `journal`, signed and verified with
+/// the keys in `keys`, written to `output`; `extra` holds the kind, the window, the format.
+pub fn report(archive: &Path, journal: &Path, keys: &Path, output: &Path, extra: &[&str]) -> Output {
+    let (signing, verify, archive_pub) = (keys.join("signing.key"), keys.join("verify.pub"), keys.join("archive.pub"));
+    let mut args = vec![
+        "report",
+        "--archive",
+        archive.to_str().expect("UTF-8 path"),
+        "--journal",
+        journal.to_str().expect("UTF-8 path"),
+        "--output",
+        output.to_str().expect("UTF-8 path"),
+        "--signing-key",
+        signing.to_str().expect("UTF-8 path"),
+        "--verify-key",
+        verify.to_str().expect("UTF-8 path"),
+        "--verify-key",
+        archive_pub.to_str().expect("UTF-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    run_pgtrail(&args)
+}

@@ -25,25 +25,9 @@ for row in con.execute(sys.argv[2]).fetchall():
 }
 
 fn archive(journal: &Path, keys: &Path, to: &Path, state: &Path, extra: &[&str]) -> std::process::Output {
-    let key = keys.join("wrapping.key");
-    let signing = keys.join("archive.key");
-    let mut args = vec![
-        "archive",
-        "--journal",
-        journal.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-        "--signing-key",
-        signing.to_str().unwrap(),
-        "--to",
-        to.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-    ];
+    let mut args = vec!["--state", state.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let out = run_pgtrail(&args);
-    assert!(out.status.success(), "pgtrail archive failed: {}", String::from_utf8_lossy(&out.stderr));
-    out
+    archive_journal(journal, keys, to, &args)
 }
 
 /// Every event of the journal, as (record seq, index in its record, type, class, command,

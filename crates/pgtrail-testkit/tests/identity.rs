@@ -500,42 +500,9 @@ async fn a_person_report_follows_one_person_across_database_users() {
     let (journal, keys) = (capture.journal_dir().to_path_buf(), capture.keys_dir());
     let dir = tempfile::tempdir().unwrap();
     let (archive, report) = (dir.path().join("archive"), dir.path().join("alice.json"));
-    let path = |p: &Path| p.to_str().unwrap().to_owned();
-    let archived = run_pgtrail(&[
-        "archive",
-        "--journal",
-        &path(&journal),
-        "--key",
-        &path(&keys.join("wrapping.key")),
-        "--signing-key",
-        &path(&keys.join("archive.key")),
-        "--to",
-        &path(&archive),
-    ]);
-    assert!(archived.status.success(), "{}", String::from_utf8_lossy(&archived.stderr));
-    let out = run_pgtrail(&[
-        "report",
-        "--archive",
-        &path(&archive),
-        "--journal",
-        &path(&journal),
-        "--kind",
-        "person",
-        "--person",
-        "alice@example.com",
-        "--from",
-        "2026-01-01",
-        "--format",
-        "json",
-        "-o",
-        &path(&report),
-        "--signing-key",
-        &path(&keys.join("signing.key")),
-        "--verify-key",
-        &path(&keys.join("verify.pub")),
-        "--verify-key",
-        &path(&keys.join("archive.pub")),
-    ]);
+    archive_journal(&journal, &keys, &archive, &[]);
+    let args = ["--kind", "person", "--person", "alice@example.com", "--from", "2026-01-01", "--format", "json"];
+    let out = pgtrail_testkit::report(&archive, &journal, &keys, &report, &args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();

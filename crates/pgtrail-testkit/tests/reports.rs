@@ -21,34 +21,12 @@ struct Trail {
 }
 
 impl Trail {
-    /// Runs `pgtrail report` with `args` after the archive, journal and keys.
+    /// `pgtrail report --kind KIND --format FORMAT` from 2026 on, into `name`.
     fn report(&self, kind: &str, format: &str, name: &str, extra: &[&str]) -> (std::process::Output, PathBuf) {
         let output = self.dir.path().join(name);
-        let (signing, verify, archive_pub) =
-            (self.keys.join("signing.key"), self.keys.join("verify.pub"), self.keys.join("archive.pub"));
-        let mut args = vec![
-            "report",
-            "--archive",
-            self.archive.to_str().unwrap(),
-            "--journal",
-            self.journal.to_str().unwrap(),
-            "--kind",
-            kind,
-            "--from",
-            "2026-01-01",
-            "--format",
-            format,
-            "--output",
-            output.to_str().unwrap(),
-            "--signing-key",
-            signing.to_str().unwrap(),
-            "--verify-key",
-            verify.to_str().unwrap(),
-            "--verify-key",
-            archive_pub.to_str().unwrap(),
-        ];
+        let mut args = vec!["--kind", kind, "--from", "2026-01-01", "--format", format];
         args.extend_from_slice(extra);
-        (run_pgtrail(&args), output)
+        (report(&self.archive, &self.journal, &self.keys, &output, &args), output)
     }
 
     /// The CSV report's rows as maps from heading to value (the `#` lines left out).
@@ -121,20 +99,7 @@ async fn trail() -> Trail {
     let (journal, keys) = (capture.journal_dir().to_path_buf(), capture.keys_dir());
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("archive");
-    let out = run_pgtrail(&[
-        "archive",
-        "--journal",
-        journal.to_str().unwrap(),
-        "--key",
-        keys.join("wrapping.key").to_str().unwrap(),
-        "--signing-key",
-        keys.join("archive.key").to_str().unwrap(),
-        "--to",
-        archive.to_str().unwrap(),
-        "--roll-events",
-        "5",
-    ]);
-    assert!(out.status.success(), "archive: {}", String::from_utf8_lossy(&out.stderr));
+    archive_journal(&journal, &keys, &archive, &["--roll-events", "5"]);
     Trail { journal, keys, archive, dir, _capture: capture }
 }
 
@@ -299,18 +264,7 @@ fn month_of_ddl(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     }
     writer.checkpoint().unwrap();
     writer.close().unwrap();
-    let out = run_pgtrail(&[
-        "archive",
-        "--journal",
-        journal.to_str().unwrap(),
-        "--key",
-        keys.join("wrapping.key").to_str().unwrap(),
-        "--signing-key",
-        keys.join("archive.key").to_str().unwrap(),
-        "--to",
-        archive.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    archive_journal(&journal, &keys, &archive, &[]);
     (journal, keys, archive)
 }
 
@@ -321,29 +275,8 @@ fn a_months_chart_has_six_hour_bars_from_the_first_day_regression_microseconds_r
     let dir = tempfile::tempdir().unwrap();
     let (journal, keys, archive) = month_of_ddl(dir.path());
     let output = dir.path().join("month.json");
-    let out = run_pgtrail(&[
-        "report",
-        "--archive",
-        archive.to_str().unwrap(),
-        "--journal",
-        journal.to_str().unwrap(),
-        "--kind",
-        "privileged",
-        "--from",
-        "2026-10-01",
-        "--to",
-        "2026-10-31",
-        "--format",
-        "json",
-        "-o",
-        output.to_str().unwrap(),
-        "--signing-key",
-        keys.join("signing.key").to_str().unwrap(),
-        "--verify-key",
-        keys.join("verify.pub").to_str().unwrap(),
-        "--verify-key",
-        keys.join("archive.pub").to_str().unwrap(),
-    ]);
+    let args = ["--kind", "privileged", "--from", "2026-10-01", "--to", "2026-10-31", "--format", "json"];
+    let out = report(&archive, &journal, &keys, &output, &args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&output).unwrap()).unwrap();
     let summary = &report["summary"];

@@ -226,6 +226,10 @@ pub(crate) enum Command {
         /// Splunk HEC: send a batch again when it is not acknowledged in this many seconds.
         #[arg(long, value_name = "SECONDS", default_value_t = pgtrail_forward::Settings::ACK_TIMEOUT.as_secs())]
         ack_timeout: u64,
+        /// Splunk HEC with --ack: batches sent before waiting for their acknowledgements
+        /// (polled together); the cursor moves once all of them are acknowledged.
+        #[arg(long, value_name = "N", default_value_t = pgtrail_forward::Settings::WINDOW)]
+        in_flight: usize,
         /// Splunk HEC: the index (default: the token's).
         #[arg(long, value_name = "NAME")]
         index: Option<String>,

@@ -269,6 +269,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             token_file,
             ack,
             ack_timeout,
+            in_flight,
             index,
             sourcetype,
             batch_events,
@@ -297,6 +298,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 ca_file,
                 plaintext: allow_plaintext,
                 batch_events,
+                window: in_flight,
                 timeout: std::time::Duration::from_secs(timeout.max(1)),
             };
             let run = pgtrail_forward::ForwardRun { journal, state, follow, settings };
