@@ -77,8 +77,9 @@ impl Trail {
         String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
     }
 
-    /// Every event of the journal as `pgtrail export --format jsonl` gives it, by position.
-    fn events(&self) -> BTreeMap<String, Value> {
+    /// Every event of the journal as `pgtrail export --format jsonl` gives it, with its
+    /// position, in journal order (positions are not in string order: `vm:4:10` follows `vm:4:9`).
+    fn events(&self) -> Vec<(String, Value)> {
         let cef = self.export("cef");
         let jsonl = self.export("jsonl");
         assert_eq!(cef.len(), jsonl.len());
@@ -135,8 +136,10 @@ async fn splunk_hec_gets_every_event_acknowledged_once_and_the_cursor_follows_th
 
     let delivered = acknowledged(&received);
     assert_eq!(delivered.len(), expected.len(), "each event once");
+    let in_order = |events: &[(String, Value)]| events.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+    assert_eq!(in_order(&delivered), in_order(&expected), "in journal order");
+    let expected: BTreeMap<String, Value> = expected.into_iter().collect();
     let by_position: BTreeMap<String, Value> = delivered.into_iter().collect();
-    assert_eq!(by_position.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
     for (position, event) in &by_position {
         assert_eq!(&event["event"], &expected[position], "the event as export writes it");
         assert_eq!(event["sourcetype"], "pgtrail:activity");
@@ -194,7 +197,7 @@ async fn a_batch_that_is_never_acknowledged_is_sent_again_and_the_cursor_does_no
     let out = trail.forward("splunk-hec", &format!("http://127.0.0.1:{}", receiver.port), &state, &["--ack"]);
     assert!(out.status.success(), "{}", said(&out));
     let positions: Vec<String> = acknowledged(&acked).into_iter().map(|(p, _)| p).collect();
-    assert_eq!(positions, expected.keys().cloned().collect::<Vec<_>>());
+    assert_eq!(positions, expected.into_iter().map(|(p, _)| p).collect::<Vec<_>>(), "in journal order");
 
     // A wrong token is refused for good: a clear error, not a retry loop, and no cursor.
     let fresh = trail.dir.path().join("fresh.cursor");
