@@ -73,6 +73,18 @@ impl Settings {
     pub const WINDOW: usize = 16;
     pub const TIMEOUT: Duration = Duration::from_secs(30);
     pub const ACK_TIMEOUT: Duration = Duration::from_secs(120);
+    /// The environment variable a token can come from (never argv: others can read it).
+    pub const TOKEN_ENV: &'static str = "PGTRAIL_FORWARD_TOKEN";
+
+    /// The destination's token: the first line of `file` if given, else `PGTRAIL_FORWARD_TOKEN`.
+    pub fn token(file: Option<&std::path::Path>) -> Result<Option<String>, ForwardError> {
+        match file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|t| Some(t.trim().to_owned()))
+                .map_err(|e| ForwardError::Setup(format!("cannot read the token file {}: {e}", path.display()))),
+            None => Ok(std::env::var(Self::TOKEN_ENV).ok().filter(|t| !t.is_empty())),
+        }
+    }
 }
 
 /// What can go wrong while forwarding.

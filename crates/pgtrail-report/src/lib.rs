@@ -119,6 +119,42 @@ pub struct Outcome {
     pub integrity: Integrity,
 }
 
+/// A report written to a file and signed.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub outcome: Outcome,
+    /// The detached signature beside the report (`FILE.sig`).
+    pub signature: PathBuf,
+}
+
+/// Writes the report to `output` and signs it with `signer`. The report is written
+/// beside `output` and renamed into place, so a report file is always whole; the
+/// signature follows it. A report that says NOT VERIFIED is written and signed too (the
+/// caller decides what that means for its exit status).
+pub async fn write_signed(
+    spec: &Spec,
+    format: Format,
+    keys: &pgtrail_journal::VerifierSet,
+    signer: &pgtrail_journal::CheckpointSigner,
+    output: &std::path::Path,
+) -> Result<Written, ReportError> {
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| ReportError::Io { path, source }
+    };
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
+    let outcome = {
+        let mut out = std::io::BufWriter::new(file.as_file_mut());
+        let outcome = generate(spec, format, keys, &mut out).await?;
+        out.flush()?;
+        outcome
+    };
+    file.persist(output).map_err(|e| io(output)(e.error))?;
+    let signature = sign_file(output, signer)?;
+    Ok(Written { outcome, signature })
+}
+
 /// Computes the report `spec` asks for and writes it to `out` in `format`; `keys` verify
 /// the archive manifest and the journals' checkpoints.
 pub async fn generate(

@@ -278,15 +278,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             timeout,
         } => {
             let ring = keys::load_key_ring(&key)?;
-            let token = match token_file {
-                Some(path) => Some(
-                    std::fs::read_to_string(&path)
-                        .with_context(|| format!("cannot read the token file {}", path.display()))?
-                        .trim()
-                        .to_owned(),
-                ),
-                None => std::env::var("PGTRAIL_FORWARD_TOKEN").ok().filter(|t| !t.is_empty()),
-            };
+            let token = pgtrail_forward::Settings::token(token_file.as_deref())?;
             let settings = pgtrail_forward::Settings {
                 target: to,
                 url,
@@ -528,17 +520,8 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         ReportFormat::Csv => pgtrail_report::Format::Csv,
         ReportFormat::Json => pgtrail_report::Format::Json,
     };
-    // Written aside and renamed, so a report file is always whole.
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing in {}", dir.display()))?;
-    let outcome = runtime()?.block_on(async {
-        let mut out = std::io::BufWriter::new(file.as_file_mut());
-        let outcome = pgtrail_report::generate(&spec, format, &keys, &mut out).await?;
-        std::io::Write::flush(&mut out)?;
-        anyhow::Ok(outcome)
-    })?;
-    file.persist(&output).with_context(|| format!("writing {}", output.display()))?;
-    let signature = pgtrail_report::sign_file(&output, &signer)?;
+    let written = runtime()?.block_on(pgtrail_report::write_signed(&spec, format, &keys, &signer, &output))?;
+    let (outcome, signature) = (written.outcome, written.signature);
     eprintln!(
         "wrote {} ({} of {} events) and its signature {}",
         output.display(),
