@@ -324,6 +324,9 @@ pub(crate) enum Command {
     /// Manage a journal.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// The fleet transport on NATS JetStream.
+    #[command(subcommand)]
+    Transport(TransportCommand),
     /// Check rule files and try them on events.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -410,6 +413,34 @@ pub(crate) enum ReportCommand {
         /// Verification keys (verify.pub, or the reporter key's public half); repeatable.
         #[arg(long = "verify-key", value_name = "FILE", required = true)]
         verify_key: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TransportCommand {
+    /// Create the audit stream on a JetStream cluster, or check the one there (exit 1 with
+    /// every shortcoming named: too few replicas, delete or purge allowed, rollups, memory
+    /// storage, a short de-duplication window or retention, other subjects). A stream that
+    /// falls short is reported, never changed. Subjects: pgtrail.records.<instance>.
+    Init {
+        /// The NATS servers: nats://HOST:PORT, comma-separated for several.
+        #[arg(long, value_name = "URL")]
+        nats: String,
+        /// The stream's name.
+        #[arg(long, value_name = "NAME", default_value = pgtrail_transport_nats::StreamSpec::NAME)]
+        stream: String,
+        /// Copies of every record, on different servers (JetStream allows up to 5).
+        #[arg(long, value_name = "N", default_value_t = pgtrail_transport_nats::StreamSpec::REPLICAS)]
+        replicas: usize,
+        /// Records older than this many days expire (0: never).
+        #[arg(long, value_name = "DAYS", default_value_t = 400)]
+        max_age_days: u64,
+        /// A record sent again within this many seconds (same message id) is stored once.
+        #[arg(long, value_name = "SECONDS", default_value_t = pgtrail_transport_nats::StreamSpec::DUPLICATE_WINDOW.as_secs())]
+        duplicate_window: u64,
+        /// Only check the stream; never create it.
+        #[arg(long)]
+        check: bool,
     },
 }
 

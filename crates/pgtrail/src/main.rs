@@ -21,7 +21,7 @@ mod quickstart;
 
 use cli::{
     AlertsCommand, Cli, Command, ExportFormat, JournalCommand, KeysCommand, LogFileFormat, LogFormat, QueryFormat,
-    ReportArgs, ReportCommand, ReportFormat, RulesCommand, TokenCommand,
+    ReportArgs, ReportCommand, ReportFormat, RulesCommand, TokenCommand, TransportCommand,
 };
 
 fn init_logging(format: LogFormat) {
@@ -259,6 +259,26 @@ fn run(command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Report(args) => report(args),
+        Command::Transport(TransportCommand::Init { nats, stream, replicas, max_age_days, duplicate_window, check }) => {
+            let spec = pgtrail_transport_nats::StreamSpec {
+                name: stream,
+                replicas: replicas.max(1),
+                max_age: std::time::Duration::from_secs(max_age_days * 86_400),
+                duplicate_window: std::time::Duration::from_secs(duplicate_window),
+            };
+            let outcome = runtime()?.block_on(pgtrail_transport_nats::init(&nats, &spec, check))?;
+            let done = match outcome {
+                pgtrail_transport_nats::Outcome::Created => "created",
+                pgtrail_transport_nats::Outcome::Fit => "exists and is fit",
+            };
+            println!(
+                "stream {} {done}: subjects {}.>, {} replicas, file storage, DenyDelete and DenyPurge on",
+                spec.name,
+                pgtrail_transport_nats::SUBJECT_PREFIX,
+                spec.replicas
+            );
+            Ok(())
+        }
         Command::Forward {
             journal,
             key,

@@ -1,0 +1,194 @@
+//! Owns: the fleet transport on NATS JetStream (the only crate that depends on
+//! async-nats). For now: the audit stream itself, created or checked by `pgtrail transport
+//! init`: one subject per journal instance (`pgtrail.records.<instance>`), file storage,
+//! replicas, a retention age, a de-duplication window for resends, no rollups, and
+//! DenyDelete and DenyPurge, so that nobody with access to the stream's API can take
+//! records out of it.
+//! Must not: know what a record holds, or change a stream it was only asked to check.
+
+use std::time::Duration;
+
+use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+
+/// The subjects of the audit stream: one per journal instance under this prefix.
+pub const SUBJECT_PREFIX: &str = "pgtrail.records";
+
+/// The subject of one instance's records.
+pub fn subject(instance: &str) -> String {
+    format!("{SUBJECT_PREFIX}.{instance}")
+}
+
+/// The audit stream wanted.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    pub name: String,
+    pub replicas: usize,
+    /// Records older than this expire (0: never).
+    pub max_age: Duration,
+    /// A record published twice within this window (same Nats-Msg-Id) is stored once.
+    pub duplicate_window: Duration,
+}
+
+impl StreamSpec {
+    pub const NAME: &str = "PGTRAIL";
+    pub const REPLICAS: usize = 3;
+    pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+    /// The stream's JetStream configuration.
+    pub fn config(&self) -> Config {
+        Config {
+            name: self.name.clone(),
+            subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+            storage: StorageType::File,
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            num_replicas: self.replicas,
+            max_age: self.max_age,
+            duplicate_window: self.duplicate_window,
+            allow_rollup: false,
+            deny_delete: true,
+            deny_purge: true,
+            description: Some("pgtrail audit records: one subject per journal instance".into()),
+            ..Config::default()
+        }
+    }
+
+    /// What in an existing stream's configuration falls short of this spec, in words.
+    pub fn problems(&self, found: &Config) -> Vec<String> {
+        let mut problems = Vec::new();
+        if found.num_replicas < self.replicas {
+            problems.push(format!(
+                "{} replica(s), {} wanted: losing a node could lose records",
+                found.num_replicas, self.replicas
+            ));
+        }
+        if !found.deny_delete {
+            problems.push("deleting messages is allowed (DenyDelete is off)".into());
+        }
+        if !found.deny_purge {
+            problems.push("purging is allowed (DenyPurge is off)".into());
+        }
+        if found.allow_rollup {
+            problems.push("rollups are allowed (a rollup message erases a subject's history)".into());
+        }
+        let wanted = format!("{SUBJECT_PREFIX}.>");
+        if !found.subjects.iter().any(|s| *s == wanted) {
+            problems.push(format!("its subjects {:?} do not take in {wanted}", found.subjects));
+        }
+        if found.storage != StorageType::File {
+            problems.push("memory storage: records do not survive a restart of the servers".into());
+        }
+        if found.duplicate_window < Duration::from_secs(60) {
+            problems.push(format!(
+                "a de-duplication window of {} s: a resend after a longer outage is stored twice",
+                found.duplicate_window.as_secs()
+            ));
+        }
+        if self.max_age > Duration::ZERO && found.max_age > Duration::ZERO && found.max_age < self.max_age {
+            problems.push(format!(
+                "records expire after {} days, {} wanted",
+                found.max_age.as_secs() / 86_400,
+                self.max_age.as_secs() / 86_400
+            ));
+        }
+        problems
+    }
+}
+
+/// What can go wrong on the transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot reach NATS at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("JetStream: {0}")]
+    JetStream(String),
+    #[error("the stream {name} is not fit for an audit trail: {}", problems.join("; "))]
+    Unfit { name: String, problems: Vec<String> },
+    #[error("the stream {0} does not exist (run pgtrail transport init without --check to create it)")]
+    Missing(String),
+}
+
+/// What `init` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    /// It was there already, and fit.
+    Fit,
+}
+
+/// Connects to the NATS servers at `url` (comma-separated URLs for a cluster).
+pub async fn connect(url: &str) -> Result<async_nats::Client, TransportError> {
+    let addrs: Vec<&str> = url.split(',').map(str::trim).collect();
+    let options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5)).name("pgtrail");
+    options
+        .connect(addrs.as_slice())
+        .await
+        .map_err(|e| TransportError::Connect { url: url.to_owned(), message: e.to_string() })
+}
+
+/// Creates the stream `spec` describes, or checks the one there (only checks with
+/// `check_only`): a stream that falls short is reported, never changed.
+pub async fn init(url: &str, spec: &StreamSpec, check_only: bool) -> Result<Outcome, TransportError> {
+    let client = connect(url).await?;
+    let jetstream = async_nats::jetstream::new(client);
+    match jetstream.get_stream(&spec.name).await {
+        Ok(mut stream) => {
+            let info = stream.info().await.map_err(|e| TransportError::JetStream(e.to_string()))?;
+            let problems = spec.problems(&info.config);
+            if problems.is_empty() {
+                Ok(Outcome::Fit)
+            } else {
+                Err(TransportError::Unfit { name: spec.name.clone(), problems })
+            }
+        }
+        Err(e) if is_not_found(&e) => {
+            if check_only {
+                return Err(TransportError::Missing(spec.name.clone()));
+            }
+            jetstream.create_stream(spec.config()).await.map_err(|e| TransportError::JetStream(e.to_string()))?;
+            Ok(Outcome::Created)
+        }
+        Err(e) => Err(TransportError::JetStream(e.to_string())),
+    }
+}
+
+fn is_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    matches!(e.kind(), GetStreamErrorKind::JetStream(api) if api.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> StreamSpec {
+        StreamSpec {
+            name: "PGTRAIL".into(),
+            replicas: 3,
+            max_age: Duration::from_secs(400 * 86_400),
+            duplicate_window: StreamSpec::DUPLICATE_WINDOW,
+        }
+    }
+
+    #[test]
+    fn the_stream_it_creates_is_fit() {
+        assert_eq!(spec().problems(&spec().config()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_way_a_stream_can_lose_records_is_named() {
+        let mut config = spec().config();
+        config.num_replicas = 1;
+        config.deny_delete = false;
+        config.deny_purge = false;
+        config.allow_rollup = true;
+        config.storage = StorageType::Memory;
+        config.duplicate_window = Duration::from_secs(2);
+        config.max_age = Duration::from_secs(86_400);
+        config.subjects = vec!["other.>".into()];
+        let problems = spec().problems(&config);
+        assert_eq!(problems.len(), 8, "{problems:#?}");
+        assert!(problems[0].starts_with("1 replica(s), 3 wanted"));
+        assert!(problems.iter().any(|p| p.contains("DenyPurge is off")));
+    }
+}
