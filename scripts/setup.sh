@@ -13,7 +13,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 packages=(postgresql-15 postgresql-client-15 pgbouncer libclang-dev clang python3-venv
-  openjdk-17-jre-headless libpostgresql-jdbc-java postgresql-15-pgaudit chromium fonts-dejavu-core)
+  openjdk-17-jre-headless libpostgresql-jdbc-java postgresql-15-pgaudit chromium fonts-dejavu-core nats-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -56,6 +56,36 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
+impl Record {
+    /// The record exactly as the journal frames it in a segment (header with length, CRC,
+    /// kind, sequence, time, previous hash and own hash, then the payload): what a
+    /// transport carries, so that a reader elsewhere checks the same CRC, hash and link.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(RECORD_HEADER_LEN + self.payload.len());
+        encode_record(&mut out, self.kind, self.seq, self.timestamp_micros, &self.prev_hash, &self.payload);
+        out
+    }
+
+    /// Parses records framed as [`Record::to_bytes`] writes them, one after another, each
+    /// with its CRC and own hash checked (whether they link up is [`crate::Chain`]'s
+    /// check). `Err` says what is wrong and where.
+    pub fn parse_all(bytes: &[u8]) -> Result<Vec<Record>, String> {
+        let mut records = Vec::new();
+        let mut offset = 0;
+        while offset < bytes.len() {
+            match decode_record(&bytes[offset..]) {
+                Decoded::Record(record, n) => {
+                    records.push(record);
+                    offset += n;
+                }
+                Decoded::Incomplete => return Err(format!("a record is cut short at byte {offset}")),
+                Decoded::Corrupt(what) => return Err(format!("at byte {offset}: {what}")),
+            }
+        }
+        Ok(records)
+    }
+}
+
 /// The chain hash before the first record of an instance's journal.
 pub fn genesis_hash(instance: &str) -> Hash {
     let mut h = Sha256::new();

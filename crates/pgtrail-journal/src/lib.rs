@@ -71,7 +71,7 @@ pub use reader::JournalReader;
 pub use recorder::{
     Durable, EncodeFn, HeartbeatFn, LossCause, LossFn, Recorder, RecorderConfig, RecorderStats, WriterParts,
 };
-pub use verify::{Signed, VerifyFailure, VerifyReport, verify_dir, verify_segments};
+pub use verify::{Chain, Signed, VerifyFailure, VerifyReport, verify_dir, verify_segments};
 pub use writer::{Journal, JournalOptions, Mark, Recovery};
 
 use std::path::PathBuf;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::anchor::{Anchor, read_anchor};
 use crate::checkpoint::{Checkpoint, VerifierSet, read_witness};
 use crate::format::{
-    Decoded, Hash, RecordKind, SEGMENT_HEADER_LEN, SegmentHeader, decode_record, genesis_hash, list_segments,
+    Decoded, Hash, Record, RecordKind, SEGMENT_HEADER_LEN, SegmentHeader, decode_record, genesis_hash, list_segments,
 };
 use crate::{JournalError, io_err};
 
@@ -197,6 +197,7 @@ pub fn verify_segments(
             return Err(fail(0, None, "segment start hash does not continue the chain".into()));
         }
         let mut prev = header.start_hash;
+        let mut chain = Chain::resume(&header.instance, expected_seq - 1, prev);
         let mut offset = SEGMENT_HEADER_LEN;
         while offset < bytes.len() {
             let record = match decode_record(&bytes[offset..]) {
@@ -215,58 +216,13 @@ pub fn verify_segments(
                 Decoded::Corrupt(what) => return Err(fail(offset as u64, Some(expected_seq), what)),
             };
             let record_offset = offset as u64 - (crate::format::RECORD_HEADER_LEN + record.payload.len()) as u64;
-            if record.seq != expected_seq {
-                return Err(fail(
-                    record_offset,
-                    Some(record.seq),
-                    format!("sequence {} where {expected_seq} was expected", record.seq),
-                ));
-            }
-            if record.prev_hash != prev {
-                return Err(fail(
-                    record_offset,
-                    Some(record.seq),
-                    "previous-hash does not match the record before it (a record was removed, inserted or moved)"
-                        .into(),
-                ));
-            }
-            match record.kind {
-                RecordKind::Envelope => {
-                    report.envelopes += 1;
-                    report.uncovered += 1;
-                }
-                RecordKind::Checkpoint => {
-                    let checkpoint = Checkpoint::parse(&record.payload)
-                        .map_err(|what| fail(record_offset, Some(record.seq), what.into()))?;
-                    if checkpoint.instance != header.instance {
-                        return Err(fail(record_offset, Some(record.seq), "checkpoint names another instance".into()));
-                    }
-                    if checkpoint.seq + 1 != record.seq || checkpoint.hash != prev {
-                        return Err(fail(
-                            record_offset,
-                            Some(record.seq),
-                            format!(
-                                "checkpoint signs record {} with a hash that is not the chain's: records before it were changed",
-                                checkpoint.seq
-                            ),
-                        ));
-                    }
-                    checkpoint.verify(keys).map_err(|what| fail(record_offset, Some(record.seq), what))?;
-                    report.checkpoints += 1;
-                    report.last_checkpoint_seq = checkpoint.seq;
-                    report.signed.push(Signed {
-                        seq: checkpoint.seq,
-                        hash: checkpoint.hash,
-                        key_id: checkpoint.key_id,
-                    });
-                    report.uncovered = 0;
-                }
-            }
+            chain.push(&record, Some(keys)).map_err(|problem| fail(record_offset, Some(record.seq), problem))?;
             prev = record.hash;
             hashes.push(record.hash);
             expected_seq += 1;
         }
         last_hash = Some(prev);
+        chain.absorb_into(&mut report);
     }
     report.instance = instance.unwrap_or_default();
     report.last_seq = expected_seq - 1;
@@ -321,6 +277,106 @@ pub fn verify_segments(
         });
     }
     Ok(report)
+}
+
+/// Checks records one at a time, as a transport hands them over: each must be the next in
+/// sequence, link to the one before, and every checkpoint must sign the chain as it is
+/// (with `keys`, its signature too). The same checks [`verify_segments`] makes inside a
+/// segment; CRCs and a record's own hash are checked when it is parsed.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    instance: String,
+    next_seq: u64,
+    prev: Hash,
+    report: VerifyReport,
+}
+
+impl Chain {
+    /// At the start of an instance's journal: record 1 links to the genesis hash.
+    pub fn new(instance: &str) -> Chain {
+        Chain::resume(instance, 0, genesis_hash(instance))
+    }
+
+    /// After record `seq`, whose hash is `hash` (a cursor, or a verified anchor).
+    pub fn resume(instance: &str, seq: u64, hash: Hash) -> Chain {
+        Chain { instance: instance.to_owned(), next_seq: seq + 1, prev: hash, report: VerifyReport::default() }
+    }
+
+    /// The sequence number the next record must have.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The hash of the last record checked (the genesis or resume hash before any).
+    pub fn last_hash(&self) -> Hash {
+        self.prev
+    }
+
+    /// What the records checked so far were: envelopes, checkpoints, the signed ones.
+    pub fn report(&self) -> VerifyReport {
+        let mut report = self.report.clone();
+        report.instance = self.instance.clone();
+        report.last_seq = self.next_seq - 1;
+        report.last_hash = Some(self.prev);
+        report
+    }
+
+    /// Checks `record` as the next one; `Err` says what is wrong (nothing is taken in then).
+    pub fn push(&mut self, record: &Record, keys: Option<&VerifierSet>) -> Result<(), String> {
+        if record.seq != self.next_seq {
+            return Err(format!("sequence {} where {} was expected", record.seq, self.next_seq));
+        }
+        if record.prev_hash != self.prev {
+            return Err(
+                "previous-hash does not match the record before it (a record was removed, inserted or moved)".into()
+            );
+        }
+        match record.kind {
+            RecordKind::Envelope => {
+                self.report.envelopes += 1;
+                self.report.uncovered += 1;
+            }
+            RecordKind::Checkpoint => {
+                let checkpoint = Checkpoint::parse(&record.payload).map_err(str::to_owned)?;
+                if checkpoint.instance != self.instance {
+                    return Err("checkpoint names another instance".into());
+                }
+                if checkpoint.seq + 1 != record.seq || checkpoint.hash != self.prev {
+                    return Err(format!(
+                        "checkpoint signs record {} with a hash that is not the chain's: records before it were changed",
+                        checkpoint.seq
+                    ));
+                }
+                if let Some(keys) = keys {
+                    checkpoint.verify(keys)?;
+                    self.report.checkpoints += 1;
+                    self.report.last_checkpoint_seq = checkpoint.seq;
+                    self.report.signed.push(Signed {
+                        seq: checkpoint.seq,
+                        hash: checkpoint.hash,
+                        key_id: checkpoint.key_id,
+                    });
+                    self.report.uncovered = 0;
+                }
+            }
+        }
+        self.prev = record.hash;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Adds this chain's counts to a journal's report (one chain per segment there).
+    fn absorb_into(self, report: &mut VerifyReport) {
+        report.envelopes += self.report.envelopes;
+        report.checkpoints += self.report.checkpoints;
+        if self.report.checkpoints > 0 {
+            report.last_checkpoint_seq = self.report.last_checkpoint_seq;
+            report.uncovered = self.report.uncovered;
+        } else {
+            report.uncovered += self.report.uncovered;
+        }
+        report.signed.extend(self.report.signed);
+    }
 }
 
 /// The sequence number a segment's file name gives.

@@ -13,6 +13,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+pub use nats::NatsCluster;
 use pgtrail_capture::Capture;
 use pgtrail_capture::config::{CaptureConfig, FileConfig, Overrides};
 use pgtrail_event::{ActivityEvent, EventClass};
@@ -20,6 +21,8 @@ pub use pgtrail_localpg::{HostAuth, LocalPg, LocalPgOptions};
 use pgtrail_wire::{BackendMessage, Limits, PROTOCOL_V3, StartupMessage, decode_backend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+mod nats;
 
 /// The password every test role gets unless a test says otherwise.
 pub const PASSWORD: &str = "s3cret-pw";

@@ -26,7 +26,7 @@ use cli::{
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGTRAIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
     use std::io::IsTerminal;
     // Colours only on a terminal: a log file or a collector gets plain key=value text.
     let builder = tracing_subscriber::fmt()
@@ -259,7 +259,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Report(args) => report(args),
-        Command::Transport(TransportCommand::Init { nats, stream, replicas, max_age_days, duplicate_window, check }) => {
+        Command::Transport(TransportCommand::Init {
+            nats,
+            stream,
+            replicas,
+            max_age_days,
+            duplicate_window,
+            check,
+        }) => {
             let spec = pgtrail_transport_nats::StreamSpec {
                 name: stream,
                 replicas: replicas.max(1),
