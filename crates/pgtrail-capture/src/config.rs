@@ -20,6 +20,7 @@ use pgtrail_proxy::{
     AuthConfig, DeliverySection, PolicyConfig, ProxyConfig, ProxyConfigError, ProxySection, UpstreamConfig,
     UpstreamTlsMode,
 };
+use pgtrail_transport_nats::{NatsConfigError, NatsTransport, TransportSection};
 use serde::Deserialize;
 
 /// A configuration that cannot be used, naming the key or the file.
@@ -55,6 +56,8 @@ pub enum ConfigError {
     Keys(#[from] KeyError),
     #[error(transparent)]
     Pgaudit(#[from] PgauditConfigError),
+    #[error(transparent)]
+    Transport(#[from] NatsConfigError),
 }
 
 /// The whole file: one section per crate.
@@ -85,6 +88,9 @@ pub struct FileConfig {
     /// `[policy]`: password restriction and deny rules, applied in the proxy.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// `[transport.nats]`: publish the journal to the fleet's audit stream.
+    #[serde(default)]
+    pub transport: TransportSection,
 }
 
 /// What a journal writer runs with: the proxy's, or `pgtrail ingest`'s.
@@ -100,6 +106,8 @@ pub struct WriterConfig {
     pub wrapping_public_key: PathBuf,
     /// The checkpoint signing key file.
     pub signing_key: PathBuf,
+    /// Publishing to the audit stream on NATS JetStream (`[transport.nats]`).
+    pub transport: Option<NatsTransport>,
 }
 
 /// Everything `pgtrail proxy` runs with, resolved and validated.
@@ -140,7 +148,9 @@ impl FileConfig {
         self.envelope.validate()?;
         let instance_id = self.instance.instance_id()?;
         let keys = self.keys.resolve(overrides.keys.as_deref())?;
+        let transport = self.transport.nats.as_ref().map(|nats| nats.resolve(&journal_dir)).transpose()?;
         Ok(WriterConfig {
+            transport,
             journal: self.journal.options(instance_id.clone()),
             recorder: self.recorder.recorder_config(self.delivery.heartbeat()),
             cluster_id: self.instance.cluster_id.clone(),

@@ -18,6 +18,7 @@ use pgtrail_envelope::Sealer;
 use pgtrail_event::{ActivityEvent, control_event, heartbeat_event, loss_event};
 use pgtrail_journal::{Journal, JournalError, JournalOptions, Recorder, RecorderStats, WriterParts};
 use pgtrail_proxy::{Durable, EventSink, Proxy, ProxyStats};
+use pgtrail_transport_nats::{LagAlarm, PublishStats, RunningPublisher};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -49,31 +50,46 @@ use pgtrail_metrics::{EventCounts, Family};
 use pgtrail_pgaudit::correlate::{Correlator, ProxySessions};
 
 /// Hands proxy events to the recorder without ever waiting, counting them by class and,
-/// when pgAudit is ingested, noting which backend serves which session (for correlation).
+/// when pgAudit is ingested, noting which backend serves which session (for correlation);
+/// with `sync_waits_for_stream`, a durable event also waits for the audit stream.
 #[derive(Debug)]
-pub struct RecorderSink(pub Recorder<ActivityEvent>, pub Arc<EventCounts>, pub Option<Arc<ProxySessions>>);
+pub struct RecorderSink {
+    pub recorder: Recorder<ActivityEvent>,
+    pub counts: Arc<EventCounts>,
+    pub sessions: Option<Arc<ProxySessions>>,
+    /// The publisher whose acknowledgement sync delivery waits for, too.
+    pub stream: Option<Arc<PublishStats>>,
+}
 
 impl EventSink for RecorderSink {
     fn emit(&self, event: ActivityEvent) {
-        self.1.count(&event);
-        if let Some(sessions) = &self.2 {
+        self.counts.count(&event);
+        if let Some(sessions) = &self.sessions {
             sessions.observe(&event);
         }
         // A full queue is counted by the recorder and reported as a loss record.
-        self.0.record(event);
+        self.recorder.record(event);
     }
 
     fn emit_durable(&self, event: ActivityEvent) -> Durable {
-        self.1.count(&event);
-        if let Some(sessions) = &self.2 {
+        self.counts.count(&event);
+        if let Some(sessions) = &self.sessions {
             sessions.observe(&event);
         }
-        let durable = self.0.record_durable(event);
-        Box::pin(async move { durable.await.is_ok() })
+        let durable = self.recorder.record_durable(event);
+        let stream = self.stream.clone();
+        Box::pin(async move {
+            let Ok(seq) = durable.await else { return false };
+            if let Some(stream) = stream {
+                stream.wait_published(seq).await;
+            }
+            true
+        })
     }
 
     fn healthy(&self) -> bool {
-        self.0.healthy()
+        self.recorder.healthy()
+            && self.stream.as_ref().is_none_or(|stream| stream.connected.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -104,6 +120,8 @@ pub struct Capture {
     next_sealer: Arc<Mutex<Option<Sealer>>>,
     /// The pgAudit ingester ([pgaudit]): its stop flag and task.
     ingest: Option<(Arc<std::sync::atomic::AtomicBool>, IngestTask)>,
+    /// The publisher to the audit stream ([transport.nats]).
+    publisher: Option<RunningPublisher>,
     /// The configuration running now.
     config: CaptureConfig,
     wrapping_id: String,
@@ -206,7 +224,7 @@ pub async fn open_journal(config: &WriterConfig) -> Result<JournalWriter, Captur
 /// restart. Typed comparisons: Debug text would differ with HashMap order (regression,
 /// issue 12.8: an unchanged `[auth.mapping]` read as a change needing a restart).
 fn needing_restart(old: &CaptureConfig, new: &CaptureConfig) -> Vec<&'static str> {
-    let restart: [(&'static str, bool); 8] = [
+    let restart: [(&'static str, bool); 9] = [
         ("proxy", old.proxy != new.proxy || old.workers != new.workers),
         ("journal", old.writer.journal_dir != new.writer.journal_dir || old.writer.journal != new.writer.journal),
         ("recorder", old.writer.recorder != new.writer.recorder),
@@ -218,6 +236,7 @@ fn needing_restart(old: &CaptureConfig, new: &CaptureConfig) -> Vec<&'static str
         ("delivery", old.proxy.delivery != new.proxy.delivery),
         ("pgaudit", old.pgaudit != new.pgaudit),
         ("metrics", old.metrics_listen != new.metrics_listen),
+        ("transport", old.writer.transport != new.writer.transport),
     ];
     restart.iter().filter(|(_, c)| *c).map(|(name, _)| *name).collect()
 }
@@ -245,7 +264,13 @@ impl Capture {
             ));
             (stop, task)
         });
-        let sink = RecorderSink(recorder, Arc::clone(&events), sessions);
+        let publisher = start_publisher(&config.writer, &recorder);
+        let stream = publisher
+            .as_ref()
+            .filter(|_| config.writer.transport.as_ref().is_some_and(|t| t.sync_waits_for_stream))
+            .filter(|_| config.proxy.delivery.is_sync())
+            .map(|p| Arc::clone(&p.stats));
+        let sink = RecorderSink { recorder, counts: Arc::clone(&events), sessions, stream };
         let proxy = Proxy::bind(config.proxy.clone(), Arc::new(sink)).await?;
         let addr = proxy.local_addr();
         control.record(control_event(
@@ -276,6 +301,7 @@ impl Capture {
             control: Some(control),
             next_sealer,
             ingest,
+            publisher,
             config,
             wrapping_id,
         })
@@ -341,8 +367,14 @@ impl Capture {
         if let Some(control) = self.control.take() {
             control.record(control_event("CAPTURE STOPPED", "clean shutdown".into()));
         }
+        if let Some(publisher) = &mut self.publisher {
+            publisher.stop_alarms().await;
+        }
         // The proxy's recorder handles are gone with it: the recorder drains and finishes.
         (&mut self.recorder).await?.map_err(CaptureError::JournalWrite)?;
+        if let Some(publisher) = self.publisher.take() {
+            finish_publisher(publisher).await;
+        }
         Ok(())
     }
 }
@@ -353,8 +385,77 @@ impl Capture {
         let (proxy, journal, events) =
             (Arc::clone(&self.stats), Arc::clone(&self.recorder_stats), Arc::clone(&self.events));
         let healthy = Arc::clone(&self.journal_healthy);
-        move || capture_families(&proxy, &journal, &events, healthy.load(std::sync::atomic::Ordering::Relaxed))
+        let publisher = self.publisher.as_ref().map(|p| Arc::clone(&p.stats));
+        move || {
+            let mut families =
+                capture_families(&proxy, &journal, &events, healthy.load(std::sync::atomic::Ordering::Relaxed));
+            if let Some(publisher) = &publisher {
+                families.extend(transport_families(publisher));
+            }
+            families
+        }
     }
+}
+
+/// Starts publishing the journal to the audit stream, if `[transport.nats]` says so: each
+/// record once the recorder has made it durable; a lag past the threshold, and its end,
+/// are recorded as control events.
+pub fn start_publisher(config: &WriterConfig, recorder: &Recorder<ActivityEvent>) -> Option<RunningPublisher> {
+    let transport = config.transport.clone()?;
+    let stats = Arc::clone(recorder.stats());
+    let durable = Arc::new(move || stats.durable_seq.load(std::sync::atomic::Ordering::Acquire));
+    let control = recorder.clone();
+    let alarm = Box::new(move |alarm: LagAlarm| {
+        let event = match alarm {
+            LagAlarm::Behind { records, threshold } => control_event(
+                "TRANSPORT LAGGING",
+                format!(
+                    "{records} journal records are not in the audit stream yet (threshold {threshold});                      they wait in the local journal"
+                ),
+            ),
+            LagAlarm::CaughtUp { after } => control_event(
+                "TRANSPORT CAUGHT UP",
+                format!("the audit stream holds every journal record again, after {} s", after.as_secs()),
+            ),
+        };
+        control.record(event);
+    });
+    tracing::info!(url = %transport.settings.url, stream = %transport.settings.stream, "publishing the journal to JetStream");
+    Some(RunningPublisher::start(config.journal_dir.clone(), transport, durable, alarm))
+}
+
+/// How long a stopping writer waits for the stream to take its last records.
+const PUBLISH_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Gives the publisher a moment to publish the journal's last records (the stop event,
+/// the final checkpoint); what it cannot is published by the next start.
+pub async fn finish_publisher(publisher: RunningPublisher) {
+    if let Err(e) = publisher.finish(PUBLISH_DRAIN).await {
+        tracing::error!(error = %e, "the audit stream publisher stopped with an error");
+    }
+}
+
+fn transport_families(stats: &PublishStats) -> Vec<Family> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let n = |v: &std::sync::atomic::AtomicU64| v.load(Relaxed) as f64;
+    vec![
+        Family::gauge(
+            "pgtrail_transport_lag_records",
+            "Journal records durable locally and not yet acknowledged by the audit stream.",
+        )
+        .value(stats.lag() as f64),
+        Family::counter("pgtrail_transport_published_records", "Journal records acknowledged by the audit stream.")
+            .value(n(&stats.records)),
+        Family::counter("pgtrail_transport_messages", "Messages acknowledged by the audit stream.")
+            .value(n(&stats.messages)),
+        Family::counter(
+            "pgtrail_transport_failures",
+            "Failed attempts to publish (unreachable, timed out, refused); each is retried.",
+        )
+        .value(n(&stats.failures)),
+        Family::gauge("pgtrail_transport_connected", "1 while the last attempt reached the audit stream.")
+            .value(f64::from(u8::from(stats.connected.load(Relaxed)))),
+    ]
 }
 
 fn capture_families(proxy: &ProxyStats, journal: &RecorderStats, events: &EventCounts, healthy: bool) -> Vec<Family> {

@@ -82,6 +82,8 @@ pub struct RecorderStats {
     pub bytes_written: AtomicU64,
     /// When the last batch became durable, in µs since the epoch (0: not yet).
     pub last_write_micros: AtomicU64,
+    /// The sequence of the last record known durable (fsync'd): what a publisher may read.
+    pub durable_seq: AtomicU64,
 }
 
 /// Builds the loss item for `count` items dropped between two times (µs since epoch).
@@ -166,12 +168,13 @@ pub type EncodeFn<T> = Box<dyn FnMut(&[T]) -> Vec<u8> + Send>;
 /// Makes a heartbeat item.
 pub type HeartbeatFn<T> = Box<dyn Fn() -> T + Send>;
 
-/// The future of [`Recorder::record_durable`].
-pub type Durable = Pin<Box<dyn Future<Output = Result<(), JournalError>> + Send>>;
+/// The future of [`Recorder::record_durable`]: the sequence of the last durable journal
+/// record once the item is in it (the item's record or a later one).
+pub type Durable = Pin<Box<dyn Future<Output = Result<u64, JournalError>> + Send>>;
 
 struct Entry<T> {
     item: T,
-    ack: Option<oneshot::Sender<()>>,
+    ack: Option<oneshot::Sender<u64>>,
 }
 
 /// The producer side. Cloning is cheap; the writer finishes when every clone is dropped.
@@ -294,6 +297,7 @@ impl<T: Send + 'static> Recorder<T> {
             reported_drops: 0,
             last_write: Instant::now(),
         };
+        writer.note_durable();
         let handle = tokio::task::spawn_blocking(move || writer.run());
         (Self { tx, stats, first_drop_micros, healthy, losses, alive }, handle)
     }
@@ -427,6 +431,7 @@ impl<T> Writer<T> {
         self.write(Vec::new())?;
         // A clean shutdown ends with a checkpoint covering everything.
         self.journal.checkpoint().inspect_err(|e| error!(error = %e, "final journal checkpoint failed"))?;
+        self.note_durable();
         Ok(())
     }
 
@@ -439,11 +444,13 @@ impl<T> Writer<T> {
             self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
             self.write(vec![Entry { item, ack: None }])?;
         }
-        self.journal.checkpoint_if_due().map(drop).or_else(|e| {
+        let checkpointed = self.journal.checkpoint_if_due().map(drop).or_else(|e| {
             // Not fatal: the next write or idle tick tries again.
             warn!(error = %e, "journal checkpoint failed; will retry");
             Ok(())
-        })
+        });
+        self.note_durable();
+        checkpointed
     }
 
     fn add_loss_item(&mut self, batch: &mut Vec<T>) {
@@ -507,13 +514,23 @@ impl<T> Writer<T> {
         self.last_write = Instant::now();
         self.stats.items_written.fetch_add(entries, Ordering::Relaxed);
         self.stats.last_write_micros.store(now_micros().max(0) as u64, Ordering::Relaxed);
+        let durable = self.note_durable();
         for ack in acks {
-            let _ = ack.send(());
+            let _ = ack.send(durable);
         }
         if let Err(e) = self.journal.checkpoint_if_due() {
             warn!(error = %e, "journal checkpoint failed; will retry");
         }
+        self.note_durable();
         Ok(())
+    }
+
+    /// Publishes the last durable record's sequence (every record appended so far is
+    /// synced when this is called: after a sync, a checkpoint, or at open).
+    fn note_durable(&self) -> u64 {
+        let last = self.journal.next_seq().saturating_sub(1);
+        self.stats.durable_seq.store(last, Ordering::Release);
+        last
     }
 
     /// Appends the payloads and syncs. A failure part-way leaves the journal where it was

@@ -1,7 +1,8 @@
 //! Reads a journal back, for every consumer: `tail`, `export`, the alerting consumer, and
 //! the archive, forwarders and console that come after them.
 //!
-//! Owns: where records come from ([`RecordSource`]; a local journal directory today),
+//! Owns: where records come from ([`RecordSource`], [`Origin`]: a local journal directory,
+//! or a [`RemoteSource`] such as the fleet's audit stream),
 //! opening and decoding them ([`Reader`]: the DAS envelope decrypted with a key ring, the
 //! inner record decoded into events), the durable [`Cursor`] a consumer resumes from, and
 //! the one loop every consumer runs ([`consume`]). Records are checked while they are read:
@@ -24,7 +25,7 @@ use pgtrail_journal::{Hash, JournalError, RecordKind};
 
 pub use consume::{Consumer, ConsumerError, Follow, Resume, Step, consume};
 pub use cursor::{Cursor, CursorFile};
-pub use source::{JournalSource, RecordSource};
+pub use source::{JournalSource, Origin, RecordSource, RemoteSource};
 
 /// Errors reading a journal back.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +119,17 @@ impl Reader<JournalSource> {
             Resume::ReplayToCursor => 1,
         };
         Ok(Self::new(JournalSource::open(dir, from)?, ring))
+    }
+}
+
+impl Reader<Box<dyn RecordSource>> {
+    /// As [`Reader::resume_at`], from any [`Origin`]: a journal here or the audit stream.
+    pub fn resume_from(origin: &Origin, ring: KeyRing, cursor: &Cursor, resume: Resume) -> Result<Self, ReadError> {
+        let from = match resume {
+            Resume::AfterCursor => cursor.seq.max(1),
+            Resume::ReplayToCursor => 1,
+        };
+        Ok(Self::new(origin.open(from)?, ring))
     }
 }
 

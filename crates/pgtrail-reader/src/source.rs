@@ -39,3 +39,63 @@ impl RecordSource for JournalSource {
         self.reader.instance()
     }
 }
+
+impl<S: RecordSource + ?Sized> RecordSource for Box<S> {
+    fn next_record(&mut self) -> Result<Option<Record>, JournalError> {
+        (**self).next_record()
+    }
+
+    fn instance(&self) -> Option<&str> {
+        (**self).instance()
+    }
+}
+
+/// A source on another machine (the fleet's audit stream), opened at a record.
+pub trait RemoteSource: std::fmt::Debug + Send + Sync {
+    /// The records from `from` on (records before it may be read to check the chain).
+    fn open(&self, from: u64) -> Result<Box<dyn RecordSource>, JournalError>;
+    /// The instance whose records these are.
+    fn instance(&self) -> &str;
+}
+
+/// Where a consumer reads records from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// A journal directory on this machine.
+    Journal(PathBuf),
+    /// One instance's records elsewhere (`--nats`).
+    Remote(std::sync::Arc<dyn RemoteSource>),
+}
+
+impl From<PathBuf> for Origin {
+    fn from(dir: PathBuf) -> Self {
+        Origin::Journal(dir)
+    }
+}
+
+impl Origin {
+    /// The records from `from` on.
+    pub fn open(&self, from: u64) -> Result<Box<dyn RecordSource>, JournalError> {
+        match self {
+            Origin::Journal(dir) => Ok(Box::new(JournalSource::open(dir.clone(), from)?)),
+            Origin::Remote(remote) => remote.open(from),
+        }
+    }
+
+    /// The instance whose records these are, once known (a journal not yet written has none).
+    pub fn instance(&self) -> Result<Option<String>, JournalError> {
+        match self {
+            Origin::Journal(dir) => JournalReader::instance_of(dir),
+            Origin::Remote(remote) => Ok(Some(remote.instance().to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Journal(dir) => write!(f, "{}", dir.display()),
+            Origin::Remote(remote) => write!(f, "the audit stream's instance {}", remote.instance()),
+        }
+    }
+}

@@ -204,9 +204,19 @@ pub fn export(
     out: &mut dyn Write,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(u64, u64), ConsumerError> {
-    let mut reader = Reader::open(dir, ring)?;
+    export_from(&mut Reader::open(dir, ring)?, format, out, progress)
+}
+
+/// Writes every record `reader` has (a journal's, or one instance's in the audit stream);
+/// returns (records, events) written.
+pub fn export_from<S: crate::RecordSource>(
+    reader: &mut Reader<S>,
+    format: ExportFormat<'_>,
+    out: &mut dyn Write,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(u64, u64), ConsumerError> {
     let mut exporter = Exporter { format, out, progress, records: 0, events: 0 };
-    consume(&mut reader, Cursor::default(), None, &mut exporter, Follow::NO, &|| false)?;
+    consume(reader, Cursor::default(), None, &mut exporter, Follow::NO, &|| false)?;
     exporter.out.flush().map_err(ConsumerError::consumer)?;
     Ok((exporter.records, exporter.events))
 }

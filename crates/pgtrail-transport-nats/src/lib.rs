@@ -1,21 +1,46 @@
 //! Owns: the fleet transport on NATS JetStream (the only crate that depends on
-//! async-nats). For now: the audit stream itself, created or checked by `pgtrail transport
-//! init`: one subject per journal instance (`pgtrail.records.<instance>`), file storage,
-//! replicas, a retention age, a de-duplication window for resends, no rollups, and
+//! async-nats): publishing journals to the audit stream (see [`publish`]) and the
+//! audit stream itself, created or checked by `pgtrail transport init`: one subject per
+//! journal instance (`pgtrail.records.<instance>`), file storage, replicas, a retention age, a de-duplication window for resends, no rollups, and
 //! DenyDelete and DenyPurge, so that nobody with access to the stream's API can take
 //! records out of it.
 //! Must not: know what a record holds, or change a stream it was only asked to check.
 
 use std::time::Duration;
 
+mod config;
+mod publish;
+mod running;
+mod source;
+
+/// The NATS client, for tools and tests that talk to the servers themselves.
+pub use async_nats;
+pub use config::{NatsConfigError, NatsSection, NatsTransport, TransportSection, default_state};
+
+pub use publish::{Durable, Position, PublishSettings, PublishStats, publish};
+pub use running::{LagAlarm, RunningPublisher};
+pub use source::{StreamOrigin, StreamSource, instances, verify_instance};
+
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
 
 /// The subjects of the audit stream: one per journal instance under this prefix.
 pub const SUBJECT_PREFIX: &str = "pgtrail.records";
 
-/// The subject of one instance's records.
-pub fn subject(instance: &str) -> String {
-    format!("{SUBJECT_PREFIX}.{instance}")
+/// The subject of one instance's records. An instance id that cannot be part of a NATS
+/// subject (whitespace, a `*` or `>` token, an empty token as in `a..b`) is refused; dots
+/// are kept (a host name `db1.example.com` is the subject `pgtrail.records.db1.example.com`).
+pub fn subject(instance: &str) -> Result<String, TransportError> {
+    let usable = !instance.is_empty()
+        && instance.split('.').all(|token| {
+            !token.is_empty()
+                && token != "*"
+                && token != ">"
+                && !token.chars().any(|c| c.is_whitespace() || c.is_control())
+        });
+    if !usable {
+        return Err(TransportError::Instance(instance.to_owned()));
+    }
+    Ok(format!("{SUBJECT_PREFIX}.{instance}"))
 }
 
 /// The audit stream wanted.
@@ -72,7 +97,7 @@ impl StreamSpec {
             problems.push("rollups are allowed (a rollup message erases a subject's history)".into());
         }
         let wanted = format!("{SUBJECT_PREFIX}.>");
-        if !found.subjects.iter().any(|s| *s == wanted) {
+        if !found.subjects.contains(&wanted) {
             problems.push(format!("its subjects {:?} do not take in {wanted}", found.subjects));
         }
         if found.storage != StorageType::File {
@@ -106,6 +131,27 @@ pub enum TransportError {
     Unfit { name: String, problems: Vec<String> },
     #[error("the stream {0} does not exist (run pgtrail transport init without --check to create it)")]
     Missing(String),
+    #[error("message {stream_seq} on {subject} is not a run of pgtrail journal records: {what}")]
+    Foreign { subject: String, stream_seq: u64, what: String },
+    #[error(
+        "the stream holds records of {subject} up to {found}, but it had acknowledged up to {saved}: \
+         records were lost from the stream (was it deleted and created again?)"
+    )]
+    Lost { subject: String, saved: u64, found: u64 },
+    #[error(
+        "record {record} on {subject} is not the local journal's record {record}: \
+         the stream holds another journal of this instance (a journal started again under the same instance name?)"
+    )]
+    Diverged { subject: String, record: u64 },
+    #[error("the publisher's position file {path}: {message}")]
+    State { path: std::path::PathBuf, message: String },
+    #[error("the local journal: {0}")]
+    Journal(String),
+    #[error(
+        "the instance id {0:?} cannot name a NATS subject (no whitespace, no empty, `*` or `>` parts between dots): \
+         set [instance] instance_id"
+    )]
+    Instance(String),
 }
 
 /// What `init` did.
@@ -152,7 +198,7 @@ pub async fn init(url: &str, spec: &StreamSpec, check_only: bool) -> Result<Outc
     }
 }
 
-fn is_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+pub(crate) fn is_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
     use async_nats::jetstream::context::GetStreamErrorKind;
     matches!(e.kind(), GetStreamErrorKind::JetStream(api) if api.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
@@ -167,6 +213,14 @@ mod tests {
             replicas: 3,
             max_age: Duration::from_secs(400 * 86_400),
             duplicate_window: StreamSpec::DUPLICATE_WINDOW,
+        }
+    }
+
+    #[test]
+    fn an_instance_id_that_cannot_be_a_subject_is_refused() {
+        assert_eq!(subject("db1.example.com").unwrap(), "pgtrail.records.db1.example.com");
+        for bad in ["", "a..b", "a.>", "*", "a b", "a.", ".a", "a\tb"] {
+            assert!(subject(bad).is_err(), "{bad:?}");
         }
     }
 

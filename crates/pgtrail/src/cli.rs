@@ -106,8 +106,10 @@ pub(crate) enum Command {
     /// Write every record of a journal to stdout or a file (decrypting, checking the chain).
     Export {
         /// The journal directory to read (the proxy's journal.dir).
-        #[arg(long, value_name = "DIR")]
-        journal: PathBuf,
+        #[arg(long, value_name = "DIR", required_unless_present = "nats", conflicts_with = "nats")]
+        journal: Option<PathBuf>,
+        #[command(flatten)]
+        source: StreamArgs,
         /// Wrapping private key file or directory (repeatable), as for tail.
         #[arg(long, value_name = "FILE|DIR", required = true)]
         key: Vec<PathBuf>,
@@ -275,8 +277,10 @@ pub(crate) enum Command {
     /// manifest entry a prune anchor pins. Exits 1 naming the first problem.
     Verify {
         /// The journal directory.
-        #[arg(long, value_name = "DIR", required_unless_present = "archive")]
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["archive", "nats"])]
         journal: Option<PathBuf>,
+        #[command(flatten)]
+        source: StreamArgs,
         /// An archive made by `pgtrail archive` (a directory or s3://BUCKET/PREFIX).
         #[arg(long, value_name = "URL")]
         archive: Option<String>,
@@ -416,6 +420,22 @@ pub(crate) enum ReportCommand {
     },
 }
 
+/// Reading records from the audit stream on JetStream instead of a journal directory.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct StreamArgs {
+    /// Read from the audit stream on these NATS servers (nats://HOST:PORT, comma-separated)
+    /// instead of a journal directory. Each instance's chain and checkpoints are checked
+    /// across the stream exactly as in a journal.
+    #[arg(long, value_name = "URL")]
+    pub(crate) nats: Option<String>,
+    /// The audit stream's name (with --nats).
+    #[arg(long = "stream", value_name = "NAME", default_value = pgtrail_transport_nats::StreamSpec::NAME)]
+    pub(crate) stream: String,
+    /// Only this instance (repeatable; with --nats). Default: every instance in the stream.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) instance: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum TransportCommand {
     /// Create the audit stream on a JetStream cluster, or check the one there (exit 1 with
@@ -441,6 +461,35 @@ pub(crate) enum TransportCommand {
         /// Only check the stream; never create it.
         #[arg(long)]
         check: bool,
+    },
+    /// Publish a journal to the audit stream: each record, once durable, exactly as the
+    /// journal frames it, on pgtrail.records.<instance>, de-duplicated by message id
+    /// (instance:record) and checked by the expected last subject sequence, so the stream
+    /// can neither skip nor reorder records. Resumes where the stream says it stands (checked
+    /// against --state and the local journal); while JetStream is unreachable records wait
+    /// in the journal and are sent once it is back. Runs until SIGTERM or Ctrl-C.
+    /// (The proxy and `pgtrail ingest` publish by themselves with [transport.nats].)
+    Publish {
+        /// The journal directory to publish.
+        #[arg(long, value_name = "DIR")]
+        journal: PathBuf,
+        /// The NATS servers: nats://HOST:PORT, comma-separated for several.
+        #[arg(long, value_name = "URL")]
+        nats: String,
+        /// The audit stream's name.
+        #[arg(long, value_name = "NAME", default_value = pgtrail_transport_nats::StreamSpec::NAME)]
+        stream: String,
+        /// Where the last acknowledged position is saved (checked against the stream on start:
+        /// a stream holding less than was acknowledged is reported as loss).
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// Most records in one message.
+        #[arg(long, value_name = "N", default_value_t = pgtrail_transport_nats::PublishSettings::RUN_RECORDS)]
+        run_records: usize,
+        /// Exit once everything the journal holds is in the stream (a backfill), instead of
+        /// following it.
+        #[arg(long)]
+        until_caught_up: bool,
     },
 }
 

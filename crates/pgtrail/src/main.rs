@@ -21,7 +21,7 @@ mod quickstart;
 
 use cli::{
     AlertsCommand, Cli, Command, ExportFormat, JournalCommand, KeysCommand, LogFileFormat, LogFormat, QueryFormat,
-    ReportArgs, ReportCommand, ReportFormat, RulesCommand, TokenCommand, TransportCommand,
+    ReportArgs, ReportCommand, ReportFormat, RulesCommand, StreamArgs, TokenCommand, TransportCommand,
 };
 
 fn init_logging(format: LogFormat) {
@@ -196,9 +196,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Quickstart(args) => runtime()?.block_on(quickstart::run(args)),
-        Command::Export { journal, key, format, output } => {
-            let ring = keys::load_key_ring(&key)?;
-            export(&journal, ring, format, output.as_deref())
+        Command::Export { journal, source, key, format, output } => {
+            export(journal, &source, &key, format, output.as_deref())
         }
         Command::Archive {
             journal,
@@ -344,8 +343,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                 Err(e) => Err(e.into()),
             }
         }
-        Command::Verify { journal, archive, verify_key, witness } => {
+        Command::Verify { journal, source, archive, verify_key, witness } => {
             let keys = keys::load_verifiers(&verify_key)?;
+            if let Some(url) = &source.nats {
+                verify_stream(url, &source, &keys)?;
+            }
             if let Some(journal) = &journal {
                 verify(journal, &keys, witness.as_deref())?;
             }
@@ -359,6 +361,39 @@ fn run(command: Command) -> anyhow::Result<()> {
             let keys = keys::load_verifiers(&verify_key)?;
             let report = pgtrail_archive::prune_journal(&journal, &archive, before, &signer, &keys)?;
             println!("{}", report.describe(&journal));
+            Ok(())
+        }
+        Command::Transport(TransportCommand::Publish {
+            journal,
+            nats,
+            stream,
+            state,
+            run_records,
+            until_caught_up,
+        }) => {
+            let settings = pgtrail_transport_nats::PublishSettings {
+                url: nats,
+                stream,
+                run_records: run_records.max(1),
+                run_bytes: pgtrail_transport_nats::PublishSettings::RUN_BYTES,
+                ack_timeout: pgtrail_transport_nats::PublishSettings::ACK_TIMEOUT,
+                state,
+                poll: pgtrail_transport_nats::PublishSettings::POLL,
+            };
+            let stats = Arc::new(pgtrail_transport_nats::PublishStats::default());
+            runtime()?.block_on(async {
+                let signalled = stop_on_signal();
+                let stop = || {
+                    signalled.load(Ordering::Relaxed) || (until_caught_up && stats.caught_up.load(Ordering::Relaxed))
+                };
+                pgtrail_transport_nats::publish(&journal, &settings, None, stats.clone(), &stop).await
+            })?;
+            eprintln!(
+                "published {} records in {} messages; the stream holds the journal up to record {}",
+                stats.records.load(Ordering::Relaxed),
+                stats.messages.load(Ordering::Relaxed),
+                stats.published_seq.load(Ordering::Relaxed)
+            );
             Ok(())
         }
         Command::Rules(RulesCommand::Check { rules }) => {
@@ -419,11 +454,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             let state = state.unwrap_or_else(|| journal.with_extension("ingest-position"));
             runtime()?.block_on(async move {
                 let writer = pgtrail_capture::open_journal(&resolved).await?;
+                let mut publisher = pgtrail_capture::start_publisher(&resolved, &writer.recorder);
                 let stop = stop_on_signal();
                 let ingest = pgtrail_pgaudit::IngestConfig { log_dir, format, state };
                 // Standalone: no proxy sessions to correlate with (the proxy's [pgaudit] section does).
                 let result = pgtrail_pgaudit::ingest::run(writer.recorder, ingest, stop, None).await;
+                if let Some(publisher) = &mut publisher {
+                    publisher.stop_alarms().await;
+                }
                 writer.task.await.context("journal writer failed")??;
+                if let Some(publisher) = publisher {
+                    pgtrail_capture::finish_publisher(publisher).await;
+                }
                 result.map(drop).map_err(anyhow::Error::from)
             })
         }
@@ -457,9 +499,43 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The instances to read from the audit stream: those named, or every one it holds.
+fn stream_instances(url: &str, source: &StreamArgs) -> anyhow::Result<Vec<String>> {
+    if !source.instance.is_empty() {
+        return Ok(source.instance.clone());
+    }
+    let instances = pgtrail_transport_nats::instances(url, &source.stream)?;
+    if instances.is_empty() {
+        anyhow::bail!("the stream {} holds no records yet", source.stream);
+    }
+    Ok(instances)
+}
+
+fn verify_stream(url: &str, source: &StreamArgs, keys: &VerifierSet) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for instance in stream_instances(url, source)? {
+        match pgtrail_transport_nats::verify_instance(url, &source.stream, &instance, keys) {
+            Ok(report) => println!(
+                "OK: instance {instance} in stream {}: {} records ({} envelopes, {} checkpoints verified), last record {}, {} after the last checkpoint",
+                source.stream, report.last_seq, report.envelopes, report.checkpoints, report.last_seq, report.uncovered
+            ),
+            Err(e @ pgtrail_transport_nats::TransportError::Foreign { .. }) => {
+                println!("FAILED: instance {instance} in stream {}: {e}", source.stream);
+                failed += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("stream verification failed for {failed} instance(s)");
+    }
+    Ok(())
+}
+
 fn export(
-    journal: &std::path::Path,
-    ring: pgtrail_envelope::KeyRing,
+    journal: Option<PathBuf>,
+    source: &StreamArgs,
+    key: &[PathBuf],
     format: ExportFormat,
     output: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
@@ -489,7 +565,20 @@ fn export(
             eprint!("\r{records} records...");
         }
     };
-    let (records, events) = tail::export(journal, ring, format, &mut out, &mut progress)?;
+    let (records, events) = match (journal, &source.nats) {
+        (Some(journal), _) => tail::export(&journal, keys::load_key_ring(key)?, format, &mut out, &mut progress)?,
+        (None, Some(url)) => {
+            let (mut records, mut events) = (0, 0);
+            for instance in stream_instances(url, source)? {
+                let stream = pgtrail_transport_nats::StreamSource::open(url, &source.stream, &instance, 1, None)?;
+                let mut reader = pgtrail_reader::Reader::new(stream, keys::load_key_ring(key)?);
+                let (r, e) = tail::export_from(&mut reader, format, &mut out, &mut progress)?;
+                (records, events) = (records + r, events + e);
+            }
+            (records, events)
+        }
+        (None, None) => anyhow::bail!("give --journal DIR or --nats URL"),
+    };
     out.flush()?;
     if output.is_some() {
         eprintln!("\rexported {records} records ({events} events)");

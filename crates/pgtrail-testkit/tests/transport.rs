@@ -1,0 +1,484 @@
+//! The fleet transport against a real 3-node NATS JetStream cluster (Debian nats-server,
+//! three processes with their own stores and routes on loopback): the audit stream's
+//! creation and checks, publishing journals while pgbench runs through two proxies in
+//! front of two PostgreSQL servers with a node killed mid-run, and reading the stream back
+//! with every chain verified.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use pgtrail_testkit::*;
+use pgtrail_transport_nats::async_nats;
+
+fn said(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn pgtrail(args: &[&str]) -> Output {
+    Command::new(pgtrail_binary()).args(args).output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_stream_is_replicated_and_refuses_purge_and_delete() {
+    let cluster = NatsCluster::start(3);
+    let url = cluster.url();
+    let client = async_nats::connect(cluster.node_url(0)).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+
+    // A stream made by hand that could lose records is reported, point by point, and left alone.
+    let mut loose = pgtrail_transport_nats::StreamSpec {
+        name: "PGTRAIL".into(),
+        replicas: 1,
+        max_age: Duration::ZERO,
+        duplicate_window: Duration::from_secs(120),
+    }
+    .config();
+    (loose.deny_delete, loose.deny_purge) = (false, false);
+    jetstream.create_stream(loose).await.unwrap();
+    for args in [vec!["--check"], vec![]] {
+        let out = pgtrail(&[&["transport", "init", "--nats", &url][..], &args].concat());
+        assert!(!out.status.success(), "{}", said(&out));
+        let text = said(&out);
+        for problem in ["1 replica(s), 3 wanted", "DenyDelete is off", "DenyPurge is off"] {
+            assert!(text.contains(problem), "{problem:?} not in: {text}");
+        }
+    }
+    let mut stream = jetstream.get_stream("PGTRAIL").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().config.num_replicas, 1, "a stream that was only checked is not changed");
+    jetstream.delete_stream("PGTRAIL").await.unwrap();
+
+    // Created as the audit trail needs it: 3 replicas on 3 servers, no delete, no purge.
+    let out = pgtrail(&["transport", "init", "--nats", &url]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(said(&out).contains("stream PGTRAIL created"), "{}", said(&out));
+    let out = pgtrail(&["transport", "init", "--nats", &url, "--check"]);
+    assert!(out.status.success() && said(&out).contains("exists and is fit"), "{}", said(&out));
+    let mut stream = jetstream.get_stream("PGTRAIL").await.unwrap();
+    let info = stream.info().await.unwrap().clone();
+    assert_eq!(info.config.num_replicas, 3);
+    let cluster_info = info.cluster.expect("a clustered stream");
+    assert_eq!(cluster_info.replicas.len() + 1, 3, "a leader and two replicas: {cluster_info:?}");
+
+    // What anyone with access to the stream's API might try: the server refuses each.
+    let ack = jetstream.publish("pgtrail.records.x", "a record".into()).await.unwrap().await.unwrap();
+    let purge = stream.purge().await;
+    assert!(purge.is_err(), "purge refused: {purge:?}");
+    let delete = stream.delete_message(ack.sequence).await;
+    assert!(delete.is_err(), "delete refused: {delete:?}");
+    // Nor can the stream be reconfigured to allow purging again.
+    let mut config = info.config.clone();
+    config.deny_purge = false;
+    let update = jetstream.update_stream(config).await;
+    assert!(update.is_err_and(|e| e.to_string().contains("can not cancel deny purge")), "update refused");
+    let out = pgtrail(&["transport", "init", "--nats", &url, "--check"]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert_eq!(stream.info().await.unwrap().state.messages, 1, "the message is still there");
+}
+
+/// One PostgreSQL server behind one proxy process, with its journal published by
+/// `pgtrail transport publish`.
+struct Site {
+    pg: LocalPg,
+    journal: PathBuf,
+    keys: PathBuf,
+    port: u16,
+    proxy: KillOnDrop,
+    publisher: Option<KillOnDrop>,
+    dir: PathBuf,
+    instance: String,
+}
+
+impl Site {
+    fn start(dir: &Path, instance: &str) -> Site {
+        Site::start_with(dir, instance, "")
+    }
+
+    /// A site whose proxy configuration has `extra` sections too.
+    fn start_with(dir: &Path, instance: &str, extra: &str) -> Site {
+        let pg = start_pg(HostAuth::Trust);
+        let dir = dir.join(instance);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (journal, keys) = (dir.join("journal"), dir.join("keys"));
+        keys_init(&keys);
+        let port = free_port();
+        let config = dir.join("pgtrail.toml");
+        let extra = format!("[instance]\ninstance_id = \"{instance}\"\n{extra}");
+        write_proxy_config(&config, port, &pg, &journal, &keys, &extra);
+        let proxy = KillOnDrop(spawn_proxy_with_config(&config, &dir.join("proxy.log"), port));
+        Site { pg, journal, keys, port, proxy, publisher: None, dir, instance: instance.into() }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn publish(&mut self, url: &str, log: &str) {
+        let child = Command::new(pgtrail_binary())
+            .args(["transport", "publish", "--nats", url, "--journal"])
+            .arg(&self.journal)
+            .arg("--state")
+            .arg(self.dir.join("publish.state"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join(log)).unwrap())
+            .spawn()
+            .unwrap();
+        self.publisher = Some(KillOnDrop(child));
+    }
+
+    fn pgbench(&self, seconds: u32) -> std::process::Child {
+        Command::new(self.pg.binaries().bin("pgbench"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-n", "-S"])
+            .args(["-c", "2", "-j", "1", "-T", &seconds.to_string(), "postgres"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn wrapping_key(&self) -> String {
+        self.keys.join("wrapping.key").display().to_string()
+    }
+
+    /// Every event of the local journal, as `export --format cef` positions them.
+    fn local_events(&self) -> Vec<String> {
+        let out = pgtrail(&[
+            "export",
+            "--journal",
+            self.journal.to_str().unwrap(),
+            "--key",
+            &self.wrapping_key(),
+            "--format",
+            "cef",
+        ]);
+        assert!(out.status.success(), "{}", said(&out));
+        String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+    }
+
+    /// The last record of the local journal.
+    fn last_record(&self) -> u64 {
+        let out = pgtrail(&[
+            "verify",
+            "--journal",
+            self.journal.to_str().unwrap(),
+            "--verify-key",
+            self.keys.join("verify.pub").to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", said(&out));
+        let text = said(&out);
+        text.split("last record ").nth(1).unwrap().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    }
+}
+
+/// The stream's records of `instance` exported as CEF, as a consumer elsewhere reads them.
+fn stream_events(url: &str, site: &Site) -> Output {
+    pgtrail(&["export", "--nats", url, "--instance", &site.instance, "--key", &site.wrapping_key(), "--format", "cef"])
+}
+
+/// Waits until the stream holds the local journal's last record of `site`.
+fn wait_published(url: &str, site: &Site) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let last = site.last_record();
+    loop {
+        let out = pgtrail(&[
+            "verify",
+            "--nats",
+            url,
+            "--instance",
+            &site.instance,
+            "--verify-key",
+            site.keys.join("verify.pub").to_str().unwrap(),
+        ]);
+        let text = said(&out);
+        let streamed: Option<u64> =
+            text.split("last record ").nth(1).and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok());
+        if out.status.success() && streamed == Some(last) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the stream did not reach record {last} of {}: {text}", site.instance);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The index of the server leading the audit stream.
+fn stream_leader(cluster: &NatsCluster) -> usize {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let name = runtime.block_on(async {
+        let jetstream = async_nats::jetstream::new(async_nats::connect(cluster.node_url(0)).await.unwrap());
+        let mut stream = jetstream.get_stream("PGTRAIL").await.unwrap();
+        stream.info().await.unwrap().cluster.clone().unwrap().leader.unwrap()
+    });
+    name.trim_start_matches('n').parse::<usize>().unwrap() - 1
+}
+
+#[test]
+fn two_proxies_publish_through_a_node_kill_and_every_record_arrives_once_in_order() {
+    let mut cluster = NatsCluster::start(3);
+    let url = cluster.url();
+    let out = pgtrail(&["transport", "init", "--nats", &url]);
+    assert!(out.status.success(), "{}", said(&out));
+    let dir = tempfile::tempdir().unwrap();
+    let mut sites = [Site::start(dir.path(), "db-east-1"), Site::start(dir.path(), "db-west-1")];
+    for site in &sites {
+        let init = Command::new(site.pg.binaries().bin("pgbench"))
+            .args(["-h", "127.0.0.1", "-p", &site.port.to_string(), "-U", "postgres", "-i", "-s", "1", "postgres"])
+            .output()
+            .unwrap();
+        assert!(init.status.success(), "{}", said(&init));
+    }
+    for site in &mut sites {
+        site.publish(&url, "publish1.log");
+    }
+    let benches: Vec<_> = sites.iter().map(|s| s.pgbench(8)).collect();
+
+    // The stream's leader dies mid-run (SIGKILL) and comes back later with its store: the
+    // publishers meet a leader election.
+    std::thread::sleep(Duration::from_secs(2));
+    let leader = stream_leader(&cluster);
+    cluster.kill(leader);
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.restart(leader);
+    for bench in benches {
+        let out = bench.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", said(&out));
+    }
+
+    // A publisher killed with SIGKILL and started again sends nothing twice and skips nothing.
+    let site = &mut sites[0];
+    signal(&site.publisher.as_ref().unwrap().0, "-KILL");
+    site.publisher = None;
+    let more = site.pgbench(1).wait_with_output().unwrap();
+    assert!(more.status.success());
+    site.publish(&url, "publish2.log");
+    // The proxies stop cleanly (a last checkpoint): the journals are complete.
+    for site in &mut sites {
+        signal(&site.proxy.0, "-TERM");
+        assert!(site.proxy.0.wait().unwrap().success());
+    }
+
+    for site in &sites {
+        wait_published(&url, site);
+        let local = site.local_events();
+        assert!(local.len() > 1000, "{} events", local.len());
+        let out = stream_events(&url, site);
+        assert!(out.status.success(), "{}", said(&out));
+        let streamed: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
+        assert_eq!(streamed.len(), local.len(), "every event once ({})", site.instance);
+        assert!(streamed == local, "the same events in the same order ({})", site.instance);
+    }
+    // Both chains, with their signed checkpoints, verify across the stream.
+    let keys: Vec<String> = sites.iter().map(|s| s.keys.join("verify.pub").display().to_string()).collect();
+    let out = pgtrail(&["verify", "--nats", &url, "--verify-key", &keys[0], "--verify-key", &keys[1]]);
+    assert!(out.status.success(), "{}", said(&out));
+    let text = said(&out);
+    let verified: BTreeMap<&str, bool> =
+        sites.iter().map(|s| (s.instance.as_str(), text.contains(&format!("OK: instance {}", s.instance)))).collect();
+    assert!(verified.values().all(|&ok| ok), "{text}");
+    let checkpoints: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.split(" checkpoints verified").next()?.rsplit(", ").next()?.parse().ok())
+        .collect();
+    assert!(checkpoints.len() == 2 && checkpoints.iter().all(|&n| n > 0), "{text}");
+    // A message replayed into one instance's subject (a record of it again) is caught there,
+    // and only there.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let jetstream = async_nats::jetstream::new(async_nats::connect(cluster.node_url(0)).await.unwrap());
+        let stream = jetstream.get_stream("PGTRAIL").await.unwrap();
+        let first = stream.get_raw_message(1).await.unwrap();
+        jetstream.publish(first.subject.to_string(), first.payload).await.unwrap().await.unwrap();
+    });
+    let out = pgtrail(&["verify", "--nats", &url, "--verify-key", &keys[0], "--verify-key", &keys[1]]);
+    assert!(!out.status.success(), "{}", said(&out));
+    let text = said(&out);
+    assert_eq!(text.matches("FAILED: instance").count(), 1, "{text}");
+    assert!(text.contains("sequence 1 where") && text.contains("OK: instance"), "{text}");
+
+    // The publishers met the leader's death: they said so once, and recovered.
+    let logs: String = sites.iter().map(|s| std::fs::read_to_string(s.dir.join("publish1.log")).unwrap()).collect();
+    assert!(
+        logs.contains("publishing to JetStream failed") && logs.contains("publishing to JetStream again"),
+        "{logs}"
+    );
+}
+
+/// One sample of the proxy's /metrics (the exposition format itself is checked with the
+/// official parser in tests/metrics.rs).
+fn metric(port: u16, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint accepts");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = rest.strip_prefix("{}").unwrap_or(rest).strip_prefix(' ')?;
+            value.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} in {response}"))
+}
+
+fn wait_until(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The local journal's events of `site` as JSON lines (control events included).
+fn local_jsonl(site: &Site) -> String {
+    let out = pgtrail(&[
+        "export",
+        "--journal",
+        site.journal.to_str().unwrap(),
+        "--key",
+        &site.wrapping_key(),
+        "--format",
+        "jsonl",
+    ]);
+    assert!(out.status.success(), "{}", said(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_proxy_publishes_by_itself_through_a_20_second_outage_of_the_whole_cluster() {
+    let mut cluster = NatsCluster::start(3);
+    let url = cluster.url();
+    assert!(pgtrail(&["transport", "init", "--nats", &url]).status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_port();
+    let extra = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[transport.nats]\nurl = \"{url}\"\nlag_alarm_records = 20\n"
+    );
+    let mut site = Site::start_with(dir.path(), "db-north-1", &extra);
+    let init = Command::new(site.pg.binaries().bin("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &site.port.to_string(), "-U", "postgres", "-i", "-s", "1", "postgres"])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", said(&init));
+    let published = || metric(metrics, "pgtrail_transport_published_records_total");
+    wait_until("the first records in the stream", Duration::from_secs(20), || published() > 0.0);
+    let bench = site.pgbench(40);
+    wait_until("pgbench through the proxy", Duration::from_secs(20), || {
+        metric(metrics, "pgtrail_journal_records_total") > published() + 5.0
+            || metric(metrics, "pgtrail_transport_lag_records") > 0.0
+    });
+
+    // The whole cluster goes down for 20 s: capture goes on, records wait in the journal,
+    // and the lag grows.
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    let down = Instant::now();
+    let (written_before, lag_before) =
+        (metric(metrics, "pgtrail_journal_records_total"), metric(metrics, "pgtrail_transport_lag_records"));
+    let mut lags = Vec::new();
+    while down.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_secs(1));
+        lags.push(metric(metrics, "pgtrail_transport_lag_records"));
+    }
+    assert_eq!(metric(metrics, "pgtrail_transport_connected"), 0.0);
+    // Under load the recorder puts many events in one record: a few records a second here.
+    let written_during = metric(metrics, "pgtrail_journal_records_total") - written_before;
+    assert!(written_during > 40.0, "capture went on: {written_during} records written while the cluster was down");
+    assert!(lags.windows(2).all(|w| w[1] >= w[0]), "the lag only grows while nothing is taken: {lags:?}");
+    let lag = *lags.last().unwrap();
+    assert!(
+        lag - lag_before >= written_during * 0.8 && lag > 20.0,
+        "the lag grew from {lag_before} to {lag} while {written_during} records were written"
+    );
+
+    cluster.restart_all();
+    let out = bench.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", said(&out));
+    wait_until("the stream to catch up", Duration::from_secs(60), || {
+        metric(metrics, "pgtrail_transport_lag_records") == 0.0 && metric(metrics, "pgtrail_transport_connected") == 1.0
+    });
+    // The journal itself says the stream lagged, and that it caught up.
+    wait_until("the caught-up control event", Duration::from_secs(30), || {
+        local_jsonl(&site).contains("TRANSPORT CAUGHT UP")
+    });
+    assert!(local_jsonl(&site).contains("TRANSPORT LAGGING"));
+    // A clean stop publishes the last records (the stop event, the final checkpoint).
+    signal(&site.proxy.0, "-TERM");
+    let status = site.proxy.0.wait().unwrap();
+    let log = std::fs::read_to_string(site.dir.join("proxy.log")).unwrap();
+    assert!(status.success(), "the proxy stops cleanly: {log}");
+    wait_published(&url, &site);
+    let local = site.local_events();
+    let out = stream_events(&url, &site);
+    assert!(out.status.success(), "{}", said(&out));
+    let streamed: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(streamed.len(), local.len(), "every event once");
+    assert!(streamed == local, "the same events in the same order");
+    let key = site.keys.join("verify.pub");
+    let out = pgtrail(&["verify", "--nats", &url, "--verify-key", key.to_str().unwrap()]);
+    assert!(out.status.success() && said(&out).contains("OK: instance db-north-1"), "{}", said(&out));
+    assert!(log.contains("publishing to JetStream failed") && log.contains("publishing to JetStream again"), "{log}");
+}
+
+#[test]
+fn sync_delivery_can_wait_for_the_stream_and_fail_closed_refuses_while_it_is_down() {
+    let mut cluster = NatsCluster::start(3);
+    let url = cluster.url();
+    assert!(pgtrail(&["transport", "init", "--nats", &url]).status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_port();
+    let extra = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[delivery]\nmode = \"sync\"\nfail_closed = true\n\
+         [transport.nats]\nurl = \"{url}\"\nsync_waits_for_stream = true\n"
+    );
+    let mut site = Site::start_with(dir.path(), "db-south-1", &extra);
+    let connected = || metric(metrics, "pgtrail_transport_connected") == 1.0;
+    wait_until("the publisher to reach the stream", Duration::from_secs(20), connected);
+
+    // When psql has its answer, the statement's record is in the stream already.
+    for n in 0..3 {
+        let marker = format!("SELECT 'in the stream before the answer {n}'");
+        assert_ok(&psql(&site.pg, &site.url(), &["-c", &marker]));
+        let out = stream_events(&url, &site);
+        assert!(out.status.success(), "{}", said(&out));
+        assert!(said(&out).contains(&marker), "{marker} not in the stream when psql returned");
+    }
+
+    // With the cluster down, statements are refused (58030) rather than run unstreamed.
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    let waiting = Command::new(site.pg.binaries().bin("psql"))
+        .arg(site.url())
+        .args(["-X", "-c", "SELECT 'while the cluster goes down'"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the publisher to notice", Duration::from_secs(30), || !connected());
+    let refused = psql(&site.pg, &site.url(), &["-c", "SELECT 'refused'"]);
+    assert!(!refused.status.success(), "{}", said(&refused));
+    assert!(said(&refused).contains("pgtrail"), "{}", said(&refused));
+    // The SQLSTATE a driver sees: 58030, the same as when the local journal cannot write.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let refused = runtime.block_on(tokio_postgres::connect(&site.url(), tokio_postgres::NoTls)).err().unwrap();
+    assert_eq!(refused.code().map(|c| c.code()), Some("58030"), "{refused}");
+
+    cluster.restart_all();
+    wait_until("the publisher to reach the stream again", Duration::from_secs(60), connected);
+    let waited = waiting.wait_with_output().unwrap();
+    let text = said(&waited);
+    assert!(waited.status.success() || text.contains("58030") || text.contains("pgtrail"), "{text}");
+    assert_ok(&psql(&site.pg, &site.url(), &["-c", "SELECT 'after the outage'"]));
+    signal(&site.proxy.0, "-TERM");
+    let status = site.proxy.0.wait().unwrap();
+    let log = std::fs::read_to_string(site.dir.join("proxy.log")).unwrap();
+    assert!(status.success(), "the proxy stops cleanly: {log}");
+    wait_published(&url, &site);
+    let streamed = String::from_utf8(stream_events(&url, &site).stdout).unwrap();
+    assert!(streamed.contains("after the outage"));
+    assert_eq!(streamed.lines().count(), site.local_events().len());
+}

@@ -1,0 +1,456 @@
+//! Publishing a local journal to the audit stream.
+//!
+//! Records go out exactly as the journal frames them, in runs of consecutive records (one
+//! JetStream message per run, up to [`PublishSettings::run_records`]), on the instance's
+//! subject. Every message carries:
+//! - `Nats-Msg-Id` = `<instance>:<first record>`: a resend after a crash or a lost
+//!   acknowledgement within the duplicate window is stored once;
+//! - `Nats-Expected-Last-Subject-Sequence` = the stream sequence of the instance's last
+//!   stored message: the server refuses a message that would skip or reorder records.
+//!
+//! The stream itself says where publishing stands: on start and after any doubt (a failed
+//! or duplicate publish, a refused expectation) the publisher reads the instance's last
+//! message back, checks that its last record is the local journal's record of that sequence
+//! (same hash), and goes on after it. The saved position (`--state`) is checked against the
+//! stream the same way: a stream that holds fewer records than this publisher was
+//! acknowledged for lost them, which is an error, never papered over.
+//!
+//! One message per instance is in flight at a time, so that the expected subject sequence
+//! is always known; a run carries everything the journal holds beyond it (up to the
+//! limits), so a backlog goes out in large messages. Several instances publish
+//! concurrently, each with its own message in flight.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use pgtrail_journal::{Hash, JournalReader, Record};
+use serde::{Deserialize, Serialize};
+
+use crate::{TransportError, subject};
+
+/// How to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishSettings {
+    /// The NATS servers (comma-separated URLs).
+    pub url: String,
+    /// The audit stream (made by `pgtrail transport init`).
+    pub stream: String,
+    /// Most records in one message.
+    pub run_records: usize,
+    /// Most bytes in one message (below the servers' max_payload, 1 MiB by default).
+    pub run_bytes: usize,
+    /// How long to wait for the stream's acknowledgement.
+    pub ack_timeout: Duration,
+    /// Where the last acknowledged position is saved (None: only the stream says).
+    pub state: Option<PathBuf>,
+    /// How often to look for new records when caught up.
+    pub poll: Duration,
+}
+
+impl PublishSettings {
+    pub const RUN_RECORDS: usize = 256;
+    pub const RUN_BYTES: usize = 768 * 1024;
+    pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const POLL: Duration = Duration::from_millis(20);
+}
+
+/// Counters a metrics endpoint shows.
+#[derive(Debug, Default)]
+pub struct PublishStats {
+    /// Records acknowledged by the stream (replicated) since start.
+    pub records: AtomicU64,
+    /// Messages acknowledged since start.
+    pub messages: AtomicU64,
+    /// The last record the stream holds (acknowledged or found there).
+    pub published_seq: AtomicU64,
+    /// The last durable record of the local journal, as far as the publisher knows.
+    pub journal_seq: AtomicU64,
+    /// Failed attempts (unreachable, timed out, refused).
+    pub failures: AtomicU64,
+    /// Whether the last attempt reached the stream.
+    pub connected: AtomicBool,
+    /// Whether the stream held everything the journal had when last looked.
+    pub caught_up: AtomicBool,
+    /// Woken whenever `published_seq` moves.
+    pub published: tokio::sync::Notify,
+}
+
+impl PublishStats {
+    /// Records durable in the local journal and not yet in the stream.
+    pub fn lag(&self) -> u64 {
+        self.journal_seq.load(Ordering::Relaxed).saturating_sub(self.published_seq.load(Ordering::Relaxed))
+    }
+
+    /// Waits until the stream holds record `seq` (acknowledged, so stored on its replicas).
+    pub async fn wait_published(&self, seq: u64) {
+        loop {
+            let notified = self.published.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.published_seq.load(Ordering::Acquire) >= seq {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn set_published(&self, seq: u64) {
+        self.published_seq.store(seq, Ordering::Release);
+        self.published.notify_waiters();
+    }
+}
+
+/// Where publishing stands: the last record in the stream and its stream sequence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The journal sequence of the last record published (0: none).
+    pub record: u64,
+    /// Its hash (hex), to tell a stream of another journal.
+    #[serde(with = "hex_hash")]
+    pub hash: Option<Hash>,
+    /// The stream sequence of the message holding it (0: none).
+    pub stream_seq: u64,
+}
+
+mod hex_hash {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(hash: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        match hash {
+            Some(h) => s.serialize_some(&hex::encode(h)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| {
+            let bytes = hex::decode(&t).map_err(serde::de::Error::custom)?;
+            bytes.try_into().map_err(|_| serde::de::Error::custom("a hash is 32 bytes"))
+        })
+        .transpose()
+    }
+}
+
+/// The journal's last durable record, where the writer shares it (the proxy's recorder);
+/// without it, whatever the journal files hold is published.
+pub type Durable = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Publishes the journal in `journal` until `stop` says so. Transient failures (servers
+/// unreachable, no stream leader, timeouts) are retried with backoff while records wait in
+/// the journal; the error returned is one a retry will not mend (the stream holds records
+/// the journal does not, the saved position is ahead of the stream, the stream is missing).
+pub async fn publish(
+    journal: &Path,
+    settings: &PublishSettings,
+    durable: Option<Durable>,
+    stats: Arc<PublishStats>,
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<(), TransportError> {
+    let mut backoff = Backoff::default();
+    let instance = loop {
+        if let Some(instance) = JournalReader::instance_of(journal).map_err(journal_error)? {
+            break instance;
+        }
+        if stop() {
+            return Ok(());
+        }
+        tokio::time::sleep(settings.poll).await;
+    };
+    let client = loop {
+        match crate::connect(&settings.url).await {
+            Ok(client) => break client,
+            Err(e) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                backoff.failed(&e.to_string());
+                if stop() {
+                    return Ok(());
+                }
+                backoff.wait().await;
+            }
+        }
+    };
+    let mut publisher = Publisher {
+        jetstream: async_nats::jetstream::new(client),
+        settings,
+        journal,
+        subject: subject(&instance)?,
+        instance,
+        durable,
+        stats,
+        reader: None,
+        position: Position::default(),
+        saved: load_state(settings.state.as_deref())?,
+    };
+    let mut run: Vec<Record> = Vec::new();
+    let mut synced = false;
+    while !stop() {
+        if !synced {
+            match publisher.sync().await {
+                Ok(()) => {
+                    synced = true;
+                    run.clear();
+                    backoff.recovered(&publisher.instance);
+                }
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(why)) => {
+                    publisher.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    publisher.stats.connected.store(false, Ordering::Relaxed);
+                    backoff.failed(&why);
+                    backoff.wait().await;
+                    continue;
+                }
+            }
+        }
+        if run.is_empty() {
+            run = publisher.next_run()?;
+            if run.is_empty() {
+                tokio::time::sleep(settings.poll).await;
+                continue;
+            }
+        }
+        match publisher.send(&run).await {
+            Ok(true) => {
+                run.clear();
+                backoff.recovered(&publisher.instance);
+            }
+            // A duplicate or a refused expectation: what the stream holds decides.
+            Ok(false) => synced = false,
+            Err(Attempt::Fatal(e)) => return Err(e),
+            Err(Attempt::Retry(why)) => {
+                publisher.stats.failures.fetch_add(1, Ordering::Relaxed);
+                publisher.stats.connected.store(false, Ordering::Relaxed);
+                backoff.failed(&why);
+                backoff.wait().await;
+                // The message may have been stored without its acknowledgement reaching us.
+                synced = false;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A failed step: worth retrying, or not.
+enum Attempt {
+    Retry(String),
+    Fatal(TransportError),
+}
+
+struct Publisher<'a> {
+    jetstream: async_nats::jetstream::Context,
+    settings: &'a PublishSettings,
+    journal: &'a Path,
+    instance: String,
+    subject: String,
+    durable: Option<Durable>,
+    stats: Arc<PublishStats>,
+    reader: Option<JournalReader>,
+    position: Position,
+    /// The position saved by an earlier run (checked against the stream).
+    saved: Option<Position>,
+}
+
+impl Publisher<'_> {
+    /// Learns from the stream where this instance's records end, checks that against the
+    /// local journal and the saved position, and positions the journal reader after it.
+    async fn sync(&mut self) -> Result<(), Attempt> {
+        let stream = self.jetstream.get_stream(&self.settings.stream).await.map_err(|e| {
+            if crate::is_not_found(&e) {
+                Attempt::Fatal(TransportError::Missing(self.settings.stream.clone()))
+            } else {
+                Attempt::Retry(format!("looking up the stream {}: {e}", self.settings.stream))
+            }
+        })?;
+        let found = match stream.get_last_raw_message_by_subject(&self.subject).await {
+            Ok(message) => {
+                let records = Record::parse_all(&message.payload).map_err(|what| {
+                    Attempt::Fatal(TransportError::Foreign {
+                        subject: self.subject.clone(),
+                        stream_seq: message.sequence,
+                        what,
+                    })
+                })?;
+                let last = records.last().ok_or_else(|| {
+                    Attempt::Fatal(TransportError::Foreign {
+                        subject: self.subject.clone(),
+                        stream_seq: message.sequence,
+                        what: "an empty message".into(),
+                    })
+                })?;
+                Position { record: last.seq, hash: Some(last.hash), stream_seq: message.sequence }
+            }
+            Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Position::default()
+            }
+            Err(e) => return Err(Attempt::Retry(format!("reading the last message of {}: {e}", self.subject))),
+        };
+        if let Some(saved) = self.saved
+            && saved.record > found.record
+        {
+            return Err(Attempt::Fatal(TransportError::Lost {
+                subject: self.subject.clone(),
+                saved: saved.record,
+                found: found.record,
+            }));
+        }
+        if found.record > 0 {
+            let local = self.local_record(found.record).map_err(Attempt::Fatal)?;
+            if Some(local.hash) != found.hash {
+                return Err(Attempt::Fatal(TransportError::Diverged {
+                    subject: self.subject.clone(),
+                    record: found.record,
+                }));
+            }
+        }
+        let reader =
+            JournalReader::open(self.journal, found.record + 1).map_err(|e| Attempt::Fatal(journal_error(e)))?;
+        self.reader = Some(reader);
+        self.position = found;
+        self.stats.set_published(found.record);
+        self.stats.connected.store(true, Ordering::Relaxed);
+        self.save()?;
+        Ok(())
+    }
+
+    /// The local journal's record `seq`.
+    fn local_record(&self, seq: u64) -> Result<Record, TransportError> {
+        let mut reader = JournalReader::open(self.journal, seq).map_err(journal_error)?;
+        match reader.next_record().map_err(journal_error)? {
+            Some(record) if record.seq == seq => Ok(record),
+            _ => Err(TransportError::Diverged { subject: self.subject.clone(), record: seq }),
+        }
+    }
+
+    /// The next run of durable records after the position (empty when there are none).
+    fn next_run(&mut self) -> Result<Vec<Record>, TransportError> {
+        let limit = self.durable.as_ref().map(|durable| durable());
+        let reader = self.reader.as_mut().expect("synced before reading");
+        let mut run = Vec::new();
+        let mut bytes = 0;
+        while run.len() < self.settings.run_records {
+            let next = JournalReader::position(reader);
+            if limit.is_some_and(|limit| next > limit) {
+                break;
+            }
+            match reader.next_record().map_err(journal_error)? {
+                Some(record) => {
+                    bytes += record.payload.len() + 96;
+                    run.push(record);
+                    if bytes >= self.settings.run_bytes {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        let head = limit.unwrap_or_else(|| run.last().map_or(self.position.record, |r| r.seq));
+        self.stats.journal_seq.fetch_max(head, Ordering::Relaxed);
+        self.stats.caught_up.store(run.is_empty(), Ordering::Relaxed);
+        Ok(run)
+    }
+
+    /// Publishes one run; `Ok(false)` when the stream says it holds it already or expected
+    /// something else (the caller syncs again).
+    async fn send(&mut self, run: &[Record]) -> Result<bool, Attempt> {
+        let first = run.first().expect("a run is not empty");
+        let last = run.last().expect("a run is not empty");
+        let mut payload = Vec::with_capacity(run.iter().map(|r| r.payload.len() + 96).sum());
+        for record in run {
+            payload.extend_from_slice(&record.to_bytes());
+        }
+        let message = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(format!("{}:{}", self.instance, first.seq))
+            .expected_stream(&self.settings.stream)
+            .expected_last_subject_sequence(self.position.stream_seq);
+        let ack = self
+            .jetstream
+            .send_publish(self.subject.clone(), message)
+            .await
+            .map_err(|e| Attempt::Retry(format!("publishing to {}: {e}", self.subject)))?;
+        let ack = match tokio::time::timeout(self.settings.ack_timeout, ack.into_future()).await {
+            Err(_) => return Err(Attempt::Retry(format!("no acknowledgement from {} in time", self.subject))),
+            Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                tracing::info!(subject = %self.subject, "the stream holds other records than expected: reading its last message back");
+                return Ok(false);
+            }
+            Ok(Err(e)) if e.kind() == PublishErrorKind::StreamNotFound => {
+                return Err(Attempt::Retry(format!("no stream takes {} (no servers or no leader)", self.subject)));
+            }
+            Ok(Err(e)) => return Err(Attempt::Retry(format!("publishing to {}: {e}", self.subject))),
+            Ok(Ok(ack)) => ack,
+        };
+        if ack.duplicate {
+            return Ok(false);
+        }
+        self.position = Position { record: last.seq, hash: Some(last.hash), stream_seq: ack.sequence };
+        self.stats.records.fetch_add(run.len() as u64, Ordering::Relaxed);
+        self.stats.messages.fetch_add(1, Ordering::Relaxed);
+        self.stats.set_published(last.seq);
+        self.stats.connected.store(true, Ordering::Relaxed);
+        self.save()?;
+        Ok(true)
+    }
+
+    fn save(&mut self) -> Result<(), Attempt> {
+        let Some(path) = &self.settings.state else { return Ok(()) };
+        let text = serde_json::to_string(&self.position).expect("a position serializes");
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| Attempt::Fatal(TransportError::State { path: path.clone(), message: e.to_string() }))?;
+        self.saved = Some(self.position);
+        Ok(())
+    }
+}
+
+fn load_state(path: Option<&Path>) -> Result<Option<Position>, TransportError> {
+    let Some(path) = path else { return Ok(None) };
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| TransportError::State { path: path.to_path_buf(), message: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(TransportError::State { path: path.to_path_buf(), message: e.to_string() }),
+    }
+}
+
+fn journal_error(e: pgtrail_journal::JournalError) -> TransportError {
+    TransportError::Journal(e.to_string())
+}
+
+/// Retry pacing, and one log line when publishing fails and one when it recovers.
+#[derive(Debug, Default)]
+struct Backoff {
+    delay: Duration,
+    failing: bool,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn failed(&mut self, why: &str) {
+        if !self.failing {
+            tracing::warn!(error = why, "publishing to JetStream failed: records wait in the local journal; retrying");
+        }
+        self.failing = true;
+        self.delay = (self.delay * 2).clamp(Self::FIRST, Self::MAX);
+    }
+
+    fn recovered(&mut self, instance: &str) {
+        if self.failing {
+            tracing::info!(instance, "publishing to JetStream again");
+        }
+        self.failing = false;
+        self.delay = Duration::ZERO;
+    }
+
+    async fn wait(&self) {
+        tokio::time::sleep(self.delay).await;
+    }
+}
