@@ -34,7 +34,8 @@ SIZES="${SIZES:-1 8 32}"
 command -v nats-server >/dev/null || { echo "run scripts/setup.sh first (nats-server)" >&2; exit 1; }
 
 echo "building (release)..." >&2
-cargo build --release --locked --bin pgtrail -p pgtrail-transport-nats --example fleet_journals >&2
+cargo build --release --locked -p pgtrail --bin pgtrail >&2
+cargo build --release --locked -p pgtrail-transport-nats --example fleet_journals >&2
 PGTRAIL="$PWD/target/release/pgtrail"
 GEN="$PWD/target/release/examples/fleet_journals"
 work=$(mktemp -d /tmp/pgtrail-transport-bench.XXXXXX)

@@ -52,7 +52,8 @@ pub enum AlertsError {
 /// Where `alerts run` reads and writes.
 #[derive(Debug)]
 pub struct AlertsRun {
-    pub journal: PathBuf,
+    /// Where the events come from: a journal directory, or one instance of the audit stream.
+    pub journal: pgtrail_reader::Origin,
     pub rules: RuleSet,
     /// The cursor file.
     pub state: PathBuf,
@@ -227,7 +228,7 @@ pub fn run_with(
         .and_then(|micros| micros.parse().ok())
         .and_then(chrono::DateTime::from_timestamp_micros);
     let mut reader =
-        Reader::resume_at(&config.journal, ring, &cursor, Resume::ReplayToCursor).map_err(ConsumerError::from)?;
+        Reader::resume_from(&config.journal, ring, &cursor, Resume::ReplayToCursor).map_err(ConsumerError::from)?;
     let mut alerting = Alerting {
         engine: Engine::new(config.rules),
         status: Arc::clone(&config.status),

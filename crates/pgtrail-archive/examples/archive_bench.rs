@@ -169,7 +169,7 @@ fn main() {
         let mut ring = KeyRing::new();
         ring.add(WrappingPrivateKey::from_bytes(&private.to_bytes()).expect("key"));
         let run = pgtrail_archive::ArchiveRun {
-            journal: journal_dir.clone(),
+            journal: journal_dir.clone().into(),
             target: archive_dir.display().to_string(),
             state: None,
             follow: false,

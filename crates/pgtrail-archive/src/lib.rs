@@ -33,7 +33,8 @@ pub enum ArchiveError {
 /// One `pgtrail archive` run.
 #[derive(Debug, Clone)]
 pub struct ArchiveRun {
-    pub journal: std::path::PathBuf,
+    /// Where the events come from: a journal directory, or one instance of the audit stream.
+    pub journal: pgtrail_reader::Origin,
     /// A directory (or `file://` URL), or `s3://BUCKET/PREFIX`.
     pub target: String,
     /// The cursor file; without one, the run reads the journal from its start and skips
@@ -63,7 +64,9 @@ pub fn run(
         Archiver::open(store, run.signer.clone(), run.roll, run.follow).map_err(ConsumerError::consumer)?;
     archiver.set_retention_days(run.retention_days);
     // The instance's manifest is read now, so that retention runs with nothing new to archive.
-    let instance = pgtrail_journal::JournalReader::instance_of(&run.journal)
+    let instance = run
+        .journal
+        .instance()
         .map_err(|e| ConsumerError::consumer(ArchiveError::Manifest(format!("reading the journal: {e}"))))?;
     if let Some(instance) = instance {
         archiver.load(&instance).map_err(ConsumerError::consumer)?;
@@ -74,7 +77,7 @@ pub fn run(
         Some(file) => file.load()?,
         None => Cursor::default(),
     };
-    let mut reader = Reader::resume_at(&run.journal, ring, &cursor, Resume::AfterCursor)?;
+    let mut reader = Reader::resume_from(&run.journal, ring, &cursor, Resume::AfterCursor)?;
     let follow = if run.follow { Follow::every(std::time::Duration::from_millis(200)) } else { Follow::NO };
     let cursor = consume(&mut reader, cursor, file.as_ref(), &mut archiver, follow, stop)?;
     // Stopped while following: what is pending goes out before the process ends.

@@ -53,7 +53,7 @@ impl Fixture {
         let mut ring = KeyRing::new();
         ring.add(WrappingPrivateKey::from_bytes(&self.wrapping.to_bytes()).unwrap());
         let run = ArchiveRun {
-            journal: self.journal(),
+            journal: self.journal().into(),
             target: target.display().to_string(),
             state: None,
             follow: false,

@@ -282,7 +282,8 @@ impl Consumer for Forwarder<'_> {
 /// One `pgtrail forward` run.
 #[derive(Debug, Clone)]
 pub struct ForwardRun {
-    pub journal: std::path::PathBuf,
+    /// Where the events come from: a journal directory, or one instance of the audit stream.
+    pub journal: pgtrail_reader::Origin,
     /// The forwarder's own cursor file.
     pub state: std::path::PathBuf,
     /// Keep following the journal until `stop`.
@@ -301,7 +302,7 @@ pub fn run(
     let mut forwarder = Forwarder::open(&run.settings, stop).map_err(ConsumerError::consumer)?;
     let file = CursorFile::new(&run.state);
     let cursor = file.load()?;
-    let mut reader = Reader::resume_at(&run.journal, ring, &cursor, Resume::AfterCursor)?;
+    let mut reader = Reader::resume_from(&run.journal, ring, &cursor, Resume::AfterCursor)?;
     let follow = if run.follow { Follow::every(Duration::from_millis(200)) } else { Follow::NO };
     consume(&mut reader, cursor, Some(&file), &mut forwarder, follow, stop)?;
     Ok(forwarder.progress())

@@ -40,7 +40,7 @@ pub enum Format {
 
 /// Prints matching events; with `follow`, keeps waiting for new ones until `stop` says so.
 pub fn run(
-    dir: &Path,
+    origin: &crate::Origin,
     ring: KeyRing,
     filter: &Filter,
     format: Format,
@@ -48,7 +48,7 @@ pub fn run(
     out: &mut dyn Write,
     stop: &dyn Fn() -> bool,
 ) -> Result<(), ConsumerError> {
-    let mut reader = Reader::open(dir, ring)?;
+    let mut reader = Reader::new(origin.open(1).map_err(crate::ReadError::from)?, ring);
     if format == Format::Table {
         writeln!(out, "{}", table_header()).map_err(ConsumerError::consumer)?;
     }

@@ -62,7 +62,25 @@ impl NatsCluster {
         for i in 0..size {
             cluster.wait_healthy(i);
         }
+        cluster.wait_meta_peers();
         cluster
+    }
+
+    /// Waits until the meta group's leader sees every other server as a current peer: only
+    /// then can a stream with as many replicas as servers be placed.
+    fn wait_meta_peers(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let peers_current = |node: &Node| {
+            let body = http_get(node.monitor_port, "/jsz")?;
+            let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let replicas = jsz["meta_cluster"]["replicas"].as_array()?;
+            let current = replicas.iter().filter(|r| r["current"] == true).count();
+            Some(current + 1 >= self.nodes.len())
+        };
+        while !self.nodes.iter().any(|node| peers_current(node) == Some(true)) {
+            assert!(Instant::now() < deadline, "the meta group does not see all {} servers in 60 s", self.nodes.len());
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The client URLs of every server, comma-separated (what `--nats` takes).

@@ -303,6 +303,12 @@ fn two_proxies_publish_through_a_node_kill_and_every_record_arrives_once_in_orde
     );
 }
 
+/// `pgtrail transport init`, which must succeed.
+fn init_stream(url: &str) {
+    let out = pgtrail(&["transport", "init", "--nats", url]);
+    assert!(out.status.success(), "{}", said(&out));
+}
+
 /// One sample of the proxy's /metrics (the exposition format itself is checked with the
 /// official parser in tests/metrics.rs).
 fn metric(port: u16, name: &str) -> f64 {
@@ -349,7 +355,7 @@ fn local_jsonl(site: &Site) -> String {
 fn the_proxy_publishes_by_itself_through_a_20_second_outage_of_the_whole_cluster() {
     let mut cluster = NatsCluster::start(3);
     let url = cluster.url();
-    assert!(pgtrail(&["transport", "init", "--nats", &url]).status.success());
+    init_stream(&url);
     let dir = tempfile::tempdir().unwrap();
     let metrics = free_port();
     let extra = format!(
@@ -426,7 +432,7 @@ fn the_proxy_publishes_by_itself_through_a_20_second_outage_of_the_whole_cluster
 fn sync_delivery_can_wait_for_the_stream_and_fail_closed_refuses_while_it_is_down() {
     let mut cluster = NatsCluster::start(3);
     let url = cluster.url();
-    assert!(pgtrail(&["transport", "init", "--nats", &url]).status.success());
+    init_stream(&url);
     let dir = tempfile::tempdir().unwrap();
     let metrics = free_port();
     let extra = format!(
@@ -481,4 +487,132 @@ fn sync_delivery_can_wait_for_the_stream_and_fail_closed_refuses_while_it_is_dow
     let streamed = String::from_utf8(stream_events(&url, &site).stdout).unwrap();
     assert!(streamed.contains("after the outage"));
     assert_eq!(streamed.lines().count(), site.local_events().len());
+}
+
+/// Lines of a JSON-lines file once it has at least `n` (waits up to 60 s).
+fn wait_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
+    wait_lines_or(path, n, String::new)
+}
+
+/// As [`wait_lines`], with `logs()` in the failure message.
+fn wait_lines_or(path: &Path, n: usize, logs: impl Fn() -> String) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} lines in {}, {n} wanted: {text}\n{}",
+            lines.len(),
+            path.display(),
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn consumers_elsewhere_read_the_stream_and_the_alert_consumer_keeps_alerting_through_a_node_kill() {
+    let mut cluster = NatsCluster::start(3);
+    let url = cluster.url();
+    init_stream(&url);
+    let dir = tempfile::tempdir().unwrap();
+    // Both proxies publish by themselves; the consumers never see their directories.
+    let extra = format!("[transport.nats]\nurl = \"{url}\"\n");
+    let mut sites =
+        [Site::start_with(dir.path(), "db-east-2", &extra), Site::start_with(dir.path(), "db-west-2", &extra)];
+    // One key pair for both sites' consumers would be the usual set-up; here each site has
+    // its own, so each consumer is given both.
+    let keys: Vec<String> = sites.iter().map(|s| s.wrapping_key()).collect();
+    let (rules, alerts) = (dir.path().join("rules.toml"), dir.path().join("alerts.jsonl"));
+    std::fs::write(&rules, "[[rule]]\nname = \"ddl\"\ncondition = 'class == \"DDL\"'\nseverity = \"high\"\n").unwrap();
+    assert_ok(&psql(&sites[0].pg, &sites[0].url(), &["-c", "SELECT 'first'"]));
+    wait_until("db-east-2 in the stream", Duration::from_secs(30), || {
+        pgtrail(&[
+            "verify",
+            "--nats",
+            &url,
+            "--instance",
+            "db-east-2",
+            "--verify-key",
+            sites[0].keys.join("verify.pub").to_str().unwrap(),
+        ])
+        .status
+        .success()
+    });
+    let mut alerting = KillOnDrop(
+        Command::new(pgtrail_binary())
+            .args(["alerts", "run", "--nats", &url, "--instance", "db-east-2", "--key", &keys[0], "--key", &keys[1]])
+            .arg("--rules")
+            .arg(&rules)
+            .arg("--state")
+            .arg(dir.path().join("alerts.cursor"))
+            .arg("--output")
+            .arg(&alerts)
+            .args(["--gap-secs", "600"])
+            .stderr(std::fs::File::create(dir.path().join("alerts.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    assert_ok(&psql(&sites[0].pg, &sites[0].url(), &["-c", "CREATE TABLE before_the_kill (id int)"]));
+    let first = wait_lines(&alerts, 1);
+    assert_eq!(first[0]["event"]["commandText"], "CREATE TABLE before_the_kill (id int)");
+
+    // The stream's leader dies: the consumer keeps reading, the next DDL alerts.
+    let leader = stream_leader(&cluster);
+    cluster.kill(leader);
+    assert_ok(&psql(&sites[0].pg, &sites[0].url(), &["-c", "CREATE TABLE after_the_kill (id int)"]));
+    let logs = || {
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+        format!(
+            "alerts.log:\n{}\nproxy.log:\n{}",
+            read(dir.path().join("alerts.log")),
+            read(sites[0].dir.join("proxy.log"))
+        )
+    };
+    let second = wait_lines_or(&alerts, 2, logs);
+    assert_eq!(second[1]["event"]["commandText"], "CREATE TABLE after_the_kill (id int)");
+    cluster.restart(leader);
+    assert_ok(&psql(&sites[1].pg, &sites[1].url(), &["-c", "CREATE TABLE west_table (id int)"]));
+    for site in &mut sites {
+        signal(&site.proxy.0, "-TERM");
+        assert!(site.proxy.0.wait().unwrap().success());
+        wait_published(&url, site);
+    }
+    signal(&alerting.0, "-TERM");
+    assert!(alerting.0.wait().unwrap().success());
+    assert_eq!(wait_lines(&alerts, 2).len(), 2, "one alert per DDL, none twice");
+
+    // tail reads every instance at once, each chain on its own.
+    let keyargs = ["--key", &keys[0], "--key", &keys[1]];
+    let out = pgtrail(&[&["tail", "--nats", &url, "--json"][..], &keyargs].concat());
+    assert!(out.status.success(), "{}", said(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for statement in ["CREATE TABLE before_the_kill", "CREATE TABLE after_the_kill", "CREATE TABLE west_table"] {
+        assert!(text.contains(statement), "{statement} not in tail --nats");
+    }
+    // The archive of both instances from the stream, each with its own cursor, holds every
+    // event the journals hold.
+    let archive = dir.path().join("archive");
+    let state = dir.path().join("archive.cursor");
+    let out = pgtrail(
+        &[
+            &["archive", "--nats", &url, "--to", archive.to_str().unwrap(), "--state", state.to_str().unwrap()][..],
+            &keyargs,
+            &["--signing-key", sites[0].keys.join("archive.key").to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", said(&out));
+    for site in &sites {
+        assert!(dir.path().join(format!("archive.cursor.{}", site.instance)).exists());
+        let sql = format!("SELECT count(*) AS n FROM events WHERE journal_instance = '{}'", site.instance);
+        let out = pgtrail(&["query", "--archive", archive.to_str().unwrap(), "--format", "csv", &sql]);
+        assert!(out.status.success(), "{}", said(&out));
+        let count: usize = String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
+        assert_eq!(count, site.local_events().len(), "{}: every event archived once", site.instance);
+    }
 }

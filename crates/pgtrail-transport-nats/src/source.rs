@@ -20,8 +20,12 @@ use pgtrail_reader::RecordSource;
 
 use crate::{SUBJECT_PREFIX, TransportError, subject};
 
-/// How long a message the stream says is there may take to arrive.
-const ARRIVAL: Duration = Duration::from_secs(30);
+/// How long a message the stream says is there may take to arrive (through restarts of
+/// the consumer) before the read fails.
+const ARRIVAL: Duration = Duration::from_secs(60);
+/// How long to wait for it before starting the consumer again after the last message read
+/// (a server died under it, an election moved the stream).
+const STALL: Duration = Duration::from_secs(3);
 
 /// The instances whose records the stream holds (from its subjects).
 pub fn instances(url: &str, stream: &str) -> Result<Vec<String>, TransportError> {
@@ -92,15 +96,7 @@ impl StreamSource {
             let stream = jetstream.get_stream(stream).await.map_err(|e| {
                 if crate::is_not_found(&e) { TransportError::Missing(stream.to_owned()) } else { js(e) }
             })?;
-            let consumer = stream
-                .create_consumer(OrderedConfig {
-                    filter_subject: subject.clone(),
-                    deliver_policy: DeliverPolicy::All,
-                    ..OrderedConfig::default()
-                })
-                .await
-                .map_err(js)?;
-            let messages = consumer.messages().await.map_err(js)?;
+            let messages = ordered(&stream, &subject, 0).await?;
             Ok::<_, TransportError>((stream, messages))
         })?;
         Ok(StreamSource {
@@ -156,26 +152,13 @@ impl StreamSource {
                     return Ok(None);
                 }
             }
-            let next = self.runtime.block_on(async { tokio::time::timeout(ARRIVAL, self.messages.next()).await });
-            let message = match next {
-                Err(_) => {
-                    return Err(TransportError::JetStream(format!(
-                        "message {} of {} did not arrive in {} s",
-                        self.last_seq,
-                        self.subject,
-                        ARRIVAL.as_secs()
-                    )));
-                }
-                Ok(None) => return Err(TransportError::JetStream(format!("the consumer of {} ended", self.subject))),
-                // The ordered consumer starts itself again after the sequence it delivered
-                // last (a server died, heartbeats were missed); the chain check would catch
-                // anything it skipped.
-                Ok(Some(Err(e))) => {
-                    tracing::debug!(subject = %self.subject, error = %e, "the stream's consumer restarts");
-                    continue;
-                }
-                Ok(Some(Ok(message))) => message,
-            };
+            let message = self.runtime.block_on(next_message(
+                &mut self.messages,
+                &self.stream,
+                &self.subject,
+                self.read_seq,
+                self.last_seq,
+            ))?;
             let seq = message.info().map_err(|e| TransportError::JetStream(e.to_string()))?.stream_sequence;
             self.read_seq = seq;
             let records = Record::parse_all(&message.payload).map_err(|what| TransportError::Foreign {
@@ -231,6 +214,63 @@ impl pgtrail_reader::RemoteSource for StreamOrigin {
     fn instance(&self) -> &str {
         &self.instance
     }
+}
+
+/// The next message on the subject (the stream says there is one), starting the
+/// consumer again after the last message read when it stalls or fails; the chain check
+/// would catch anything a restart skipped or repeated.
+async fn next_message(
+    messages: &mut Ordered,
+    stream: &async_nats::jetstream::stream::Stream,
+    subject: &str,
+    read_seq: u64,
+    last_seq: u64,
+) -> Result<async_nats::jetstream::Message, TransportError> {
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    loop {
+        match tokio::time::timeout(STALL, messages.next()).await {
+            Ok(Some(Ok(message))) => return Ok(message),
+            Ok(Some(Err(e))) => {
+                tracing::debug!(subject = %subject, error = %e, "the stream's consumer failed")
+            }
+            Ok(None) => tracing::debug!(subject = %subject, "the stream's consumer ended"),
+            Err(_) => tracing::debug!(subject = %subject, "the stream's consumer stalled"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(TransportError::JetStream(format!(
+                "message {} of {} did not arrive in {} s",
+                last_seq,
+                subject,
+                ARRIVAL.as_secs()
+            )));
+        }
+        match ordered(stream, subject, read_seq).await {
+            Ok(started) => *messages = started,
+            Err(e) => {
+                tracing::debug!(subject = %subject, error = %e, "the stream's consumer cannot start yet");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// An ordered consumer of `subject` from the message after stream sequence `after`.
+async fn ordered(
+    stream: &async_nats::jetstream::stream::Stream,
+    subject: &str,
+    after: u64,
+) -> Result<Ordered, TransportError> {
+    let deliver_policy =
+        if after == 0 { DeliverPolicy::All } else { DeliverPolicy::ByStartSequence { start_sequence: after + 1 } };
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy,
+            ..OrderedConfig::default()
+        })
+        .await
+        .map_err(js)?;
+    consumer.messages().await.map_err(js)
 }
 
 /// The stream sequence of the subject's last message (0: none).

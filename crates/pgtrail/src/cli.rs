@@ -70,8 +70,10 @@ pub(crate) enum Command {
     /// Print the events in a journal, oldest first (decrypting, checking the hash chain).
     Tail {
         /// Directory of the journal.
-        #[arg(long, value_name = "DIR")]
-        journal: PathBuf,
+        #[arg(long, value_name = "DIR", required_unless_present = "nats", conflicts_with = "nats")]
+        journal: Option<PathBuf>,
+        #[command(flatten)]
+        source: StreamArgs,
         /// Wrapping private key file (wrapping.key), or a directory of wrapping*.key files.
         /// Repeat for records wrapped to older keys.
         #[arg(long, value_name = "FILE|DIR", required = true)]
@@ -128,9 +130,13 @@ pub(crate) enum Command {
     /// a hash-chained manifest (_manifest/). Without --follow it archives what the journal
     /// holds and exits; a restart resumes exactly where the last file ended.
     Archive {
-        /// The journal directory to archive (the proxy's journal.dir).
-        #[arg(long, value_name = "DIR")]
-        journal: PathBuf,
+        /// The journal directory to archive (the proxy's journal.dir). With --nats instead,
+        /// every instance of the stream (or those named) is archived at once, each with its
+        /// own cursor (--state FILE.<instance>).
+        #[arg(long, value_name = "DIR", required_unless_present = "nats", conflicts_with = "nats")]
+        journal: Option<PathBuf>,
+        #[command(flatten)]
+        source: StreamArgs,
         /// Wrapping private key file or directory (repeatable), as for tail.
         #[arg(long, value_name = "FILE|DIR", required = true)]
         key: Vec<PathBuf>,
@@ -198,9 +204,13 @@ pub(crate) enum Command {
     /// per POST (bearer token optional). Plain http:// or tcp:// only to loopback, or with
     /// --allow-plaintext.
     Forward {
-        /// The journal directory to read (the proxy's journal.dir).
-        #[arg(long, value_name = "DIR")]
-        journal: PathBuf,
+        /// The journal directory to read (the proxy's journal.dir). With --nats instead,
+        /// every instance of the stream (or those named) is forwarded at once, each with its
+        /// own cursor (--state FILE.<instance>).
+        #[arg(long, value_name = "DIR", required_unless_present = "nats", conflicts_with = "nats")]
+        journal: Option<PathBuf>,
+        #[command(flatten)]
+        source: StreamArgs,
         /// Wrapping private key file or directory (repeatable), as for tail.
         #[arg(long, value_name = "FILE|DIR", required = true)]
         key: Vec<PathBuf>,
@@ -550,8 +560,12 @@ pub(crate) enum AlertsCommand {
     /// every event, and writes each alert (firing or resolved) as a JSON line. After a
     /// restart it resumes at its cursor without repeating alerts.
     Run {
-        #[arg(long, value_name = "DIR")]
-        journal: PathBuf,
+        /// The journal directory to read. With --nats instead: one instance of the stream
+        /// per process (--instance, needed when the stream holds several).
+        #[arg(long, value_name = "DIR", required_unless_present = "nats", conflicts_with = "nats")]
+        journal: Option<PathBuf>,
+        #[command(flatten)]
+        source: StreamArgs,
         /// Wrapping private key file or directory (repeatable).
         #[arg(long, value_name = "FILE|DIR", required = true)]
         key: Vec<PathBuf>,

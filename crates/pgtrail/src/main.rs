@@ -179,20 +179,26 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Proxy { config, listen, upstream, journal, keys, set_aside_damaged_journal } => {
             proxy(config, Overrides { listen, upstream, journal, keys }, set_aside_damaged_journal)
         }
-        Command::Tail { journal, key, follow, user, class, json, heartbeats, confirmations } => {
-            let ring = keys::load_key_ring(&key)?;
+        Command::Tail { journal, source, key, follow, user, class, json, heartbeats, confirmations } => {
+            let origins = origins(journal, &source)?;
             let filter = tail::Filter { user, class, heartbeats, confirmations };
             let format = if json { tail::Format::Json } else { tail::Format::Table };
             runtime()?.block_on(async move {
                 let stop = stop_on_signal();
                 tokio::task::spawn_blocking(move || {
-                    let stdout = std::io::stdout();
-                    let mut out = stdout.lock();
-                    tail::run(&journal, ring, &filter, format, follow, &mut out, &|| stop.load(Ordering::Relaxed))
+                    // Several instances of the stream: one reader each, whole lines on stdout.
+                    each_origin(&origins, |origin, _| {
+                        let mut out = tail::SharedStdout::default();
+                        let ring = keys::load_key_ring(&key)?;
+                        let stop = || stop.load(Ordering::Relaxed);
+                        Ok(tail::run(origin, ring, &filter, format, follow, &mut out, &stop)?)
+                    })
+                    .into_iter()
+                    .collect::<anyhow::Result<Vec<()>>>()
                 })
                 .await
                 .context("tail task failed")?
-                .map_err(anyhow::Error::from)
+                .map(drop)
             })
         }
         Command::Quickstart(args) => runtime()?.block_on(quickstart::run(args)),
@@ -201,6 +207,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Archive {
             journal,
+            source,
             key,
             to,
             state,
@@ -211,7 +218,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             retention_days,
             config,
         } => {
-            let ring = keys::load_key_ring(&key)?;
+            // Loaded once now so that a bad key fails before anything starts; each reader loads its own.
+            keys::load_key_ring(&key)?;
             let signer = keys::load_signer(&signing_key)?;
             let section = config.as_deref().map(pgtrail_archive::ArchiveSection::load).transpose()?.unwrap_or_default();
             let retention_days = retention_days.or(section.retention_days);
@@ -220,29 +228,34 @@ fn run(command: Command) -> anyhow::Result<()> {
                 age: std::time::Duration::from_secs(roll_secs.max(1)),
             };
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let config = pgtrail_archive::ArchiveRun {
-                journal,
-                target: to,
-                state,
-                follow,
-                roll,
-                progress,
-                signer,
-                retention_days,
-            };
-            let done = runtime()?.block_on(async move {
+            let origins = origins(journal, &source)?;
+            let several = origins.len() > 1;
+            let results = runtime()?.block_on(async move {
                 let stop = stop_on_signal();
                 tokio::task::spawn_blocking(move || {
-                    pgtrail_archive::run(&config, ring, &|| stop.load(Ordering::Relaxed))
+                    each_origin(&origins, |origin, instance| {
+                        let config = pgtrail_archive::ArchiveRun {
+                            journal: origin.clone(),
+                            target: to.clone(),
+                            state: state.as_deref().map(|s| state_for(s, instance, several)),
+                            follow,
+                            roll,
+                            progress: progress && !several,
+                            signer: signer.clone(),
+                            retention_days,
+                        };
+                        let done = pgtrail_archive::run(&config, keys::load_key_ring(&key)?, &|| stop.load(Ordering::Relaxed))?;
+                        eprintln!(
+                            "{instance}: archived {} events of {} records into {} files ({} records were archived already)",
+                            done.events, done.records, done.files, done.skipped
+                        );
+                        Ok(())
+                    })
                 })
                 .await
                 .context("archive task failed")
-            })??;
-            eprintln!(
-                "archived {} events of {} records into {} files ({} records were archived already)",
-                done.events, done.records, done.files, done.skipped
-            );
-            Ok(())
+            })?;
+            results.into_iter().collect::<anyhow::Result<Vec<()>>>().map(drop)
         }
         Command::Query { archive, format, sql } => {
             let format = match format {
@@ -287,6 +300,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Forward {
             journal,
+            source,
             key,
             to,
             url,
@@ -303,7 +317,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             allow_plaintext,
             timeout,
         } => {
-            let ring = keys::load_key_ring(&key)?;
+            keys::load_key_ring(&key)?;
             let token = pgtrail_forward::Settings::token(token_file.as_deref())?;
             let settings = pgtrail_forward::Settings {
                 target: to,
@@ -319,29 +333,40 @@ fn run(command: Command) -> anyhow::Result<()> {
                 window: in_flight,
                 timeout: std::time::Duration::from_secs(timeout.max(1)),
             };
-            let run = pgtrail_forward::ForwardRun { journal, state, follow, settings };
-            let done = runtime()?.block_on(async move {
+            let origins = origins(journal, &source)?;
+            let several = origins.len() > 1;
+            let results = runtime()?.block_on(async move {
                 let stop = stop_on_signal();
-                tokio::task::spawn_blocking(move || pgtrail_forward::run(&run, ring, &|| stop.load(Ordering::Relaxed)))
-                    .await
-                    .context("forward task failed")
+                tokio::task::spawn_blocking(move || {
+                    each_origin(&origins, |origin, instance| {
+                        let run = pgtrail_forward::ForwardRun {
+                            journal: origin.clone(),
+                            state: state_for(&state, instance, several),
+                            follow,
+                            settings: settings.clone(),
+                        };
+                        match pgtrail_forward::run(&run, keys::load_key_ring(&key)?, &|| stop.load(Ordering::Relaxed)) {
+                            Ok(done) => {
+                                eprintln!(
+                                    "{instance}: forwarded {} events in {} batches ({} attempts retried)",
+                                    done.events, done.batches, done.retries
+                                );
+                                Ok(())
+                            }
+                            Err(pgtrail_reader::ConsumerError::Consumer(e))
+                                if matches!(e.downcast_ref(), Some(pgtrail_forward::ForwardError::Stopped)) =>
+                            {
+                                eprintln!("{e}");
+                                Ok(())
+                            }
+                            Err(e) => Err(e.into()),
+                        }
+                    })
+                })
+                .await
+                .context("forward task failed")
             })?;
-            match done {
-                Ok(done) => {
-                    eprintln!(
-                        "forwarded {} events in {} batches ({} attempts retried)",
-                        done.events, done.batches, done.retries
-                    );
-                    Ok(())
-                }
-                Err(pgtrail_reader::ConsumerError::Consumer(e))
-                    if matches!(e.downcast_ref(), Some(pgtrail_forward::ForwardError::Stopped)) =>
-                {
-                    eprintln!("{e}");
-                    Ok(())
-                }
-                Err(e) => Err(e.into()),
-            }
+            results.into_iter().collect::<anyhow::Result<Vec<()>>>().map(drop)
         }
         Command::Verify { journal, source, archive, verify_key, witness } => {
             let keys = keys::load_verifiers(&verify_key)?;
@@ -405,7 +430,26 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rules(RulesCommand::Test { rules, events, json }) => rules_test(&rules, &events, json),
-        Command::Alerts(AlertsCommand::Run { journal, key, rules, state, output, gap_secs, destinations, metrics }) => {
+        Command::Alerts(AlertsCommand::Run {
+            journal,
+            source,
+            key,
+            rules,
+            state,
+            output,
+            gap_secs,
+            destinations,
+            metrics,
+        }) => {
+            let mut origins = origins(journal, &source)?;
+            if origins.len() > 1 {
+                let names: Vec<String> = origins.iter().map(ToString::to_string).collect();
+                anyhow::bail!(
+                    "alerts run reads one instance per process: name it with --instance ({})",
+                    names.join(", ")
+                );
+            }
+            let journal = origins.remove(0);
             let ring = keys::load_key_ring(&key)?;
             let rules = pgtrail_rules::RuleSet::load(&rules)?;
             let notify = destinations.as_deref().map(pgtrail_notify::NotifyConfig::load).transpose()?;
@@ -497,6 +541,60 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Where a consumer reads: the journal directory, or each instance of the audit stream
+/// (those named with --instance, or every one it holds).
+fn origins(journal: Option<PathBuf>, source: &StreamArgs) -> anyhow::Result<Vec<pgtrail_reader::Origin>> {
+    match (journal, &source.nats) {
+        (Some(dir), _) => Ok(vec![dir.into()]),
+        (None, Some(url)) => Ok(stream_instances(url, source)?
+            .into_iter()
+            .map(|instance| {
+                let origin =
+                    pgtrail_transport_nats::StreamOrigin { url: url.clone(), stream: source.stream.clone(), instance };
+                pgtrail_reader::Origin::Remote(Arc::new(origin))
+            })
+            .collect()),
+        (None, None) => anyhow::bail!("give --journal DIR, or --nats URL to read the audit stream"),
+    }
+}
+
+/// Runs `each` for every origin, at once on threads of its own when there are several
+/// (each instance has its own chain and cursor); the results in the origins' order. `each`
+/// gets the origin and its instance name (or the journal directory).
+fn each_origin<T: Send>(
+    origins: &[pgtrail_reader::Origin],
+    each: impl Fn(&pgtrail_reader::Origin, &str) -> anyhow::Result<T> + Sync,
+) -> Vec<anyhow::Result<T>> {
+    let name = |origin: &pgtrail_reader::Origin| match origin {
+        pgtrail_reader::Origin::Remote(remote) => remote.instance().to_owned(),
+        journal => journal.to_string(),
+    };
+    if let [origin] = origins {
+        return vec![each(origin, &name(origin))];
+    }
+    std::thread::scope(|scope| {
+        let each = &each;
+        let running: Vec<_> = origins
+            .iter()
+            .map(|origin| {
+                let instance = name(origin);
+                scope.spawn(move || each(origin, &instance).with_context(|| format!("instance {instance}")))
+            })
+            .collect();
+        running.into_iter().map(|r| r.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a reader panicked")))).collect()
+    })
+}
+
+/// The cursor file of one instance when a consumer reads several: FILE.<instance>.
+fn state_for(state: &std::path::Path, instance: &str, several: bool) -> PathBuf {
+    if !several {
+        return state.to_path_buf();
+    }
+    let mut name = state.as_os_str().to_owned();
+    name.push(format!(".{instance}"));
+    PathBuf::from(name)
 }
 
 /// The instances to read from the audit stream: those named, or every one it holds.

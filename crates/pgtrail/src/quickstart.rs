@@ -143,14 +143,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // printer held stdout's lock for its whole life, so alerts came out only at Ctrl-C).
     let printer = tokio::task::spawn_blocking(move || {
         let mut out = tail::SharedStdout::default();
-        tail::run(&journal_dir, ring, &tail::Filter::default(), tail::Format::Table, true, &mut out, &|| {
-            flag.load(Ordering::Relaxed)
-        })
+        tail::run(
+            &journal_dir.clone().into(),
+            ring,
+            &tail::Filter::default(),
+            tail::Format::Table,
+            true,
+            &mut out,
+            &|| flag.load(Ordering::Relaxed),
+        )
     });
     // The alerting consumer with the built-in rule pack, as `pgtrail alerts run` runs it.
     let alerts_stop = Arc::clone(&stop);
     let alert_config = pgtrail_alerts::AlertsRun {
-        journal: journal.clone(),
+        journal: journal.clone().into(),
         rules: pgtrail_rules::RuleSet::parse("builtin = true\n", "built-in pack")?,
         state: workdir.path().join("alerts.cursor"),
         gap: std::time::Duration::from_secs(30),
