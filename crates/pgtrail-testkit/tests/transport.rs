@@ -143,17 +143,15 @@ impl Site {
 
     /// Every event of the local journal, as `export --format cef` positions them.
     fn local_events(&self) -> Vec<String> {
-        let out = pgtrail(&[
-            "export",
-            "--journal",
-            self.journal.to_str().unwrap(),
-            "--key",
-            &self.wrapping_key(),
-            "--format",
-            "cef",
-        ]);
+        self.local_export("cef").lines().map(str::to_owned).collect()
+    }
+
+    /// `pgtrail export --format FORMAT` of the local journal.
+    fn local_export(&self, format: &str) -> String {
+        let journal = self.journal.to_str().unwrap();
+        let out = pgtrail(&["export", "--journal", journal, "--key", &self.wrapping_key(), "--format", format]);
         assert!(out.status.success(), "{}", said(&out));
-        String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+        String::from_utf8(out.stdout).unwrap()
     }
 
     /// The last record of the local journal.
@@ -338,17 +336,7 @@ fn wait_until(what: &str, limit: Duration, done: impl Fn() -> bool) {
 
 /// The local journal's events of `site` as JSON lines (control events included).
 fn local_jsonl(site: &Site) -> String {
-    let out = pgtrail(&[
-        "export",
-        "--journal",
-        site.journal.to_str().unwrap(),
-        "--key",
-        &site.wrapping_key(),
-        "--format",
-        "jsonl",
-    ]);
-    assert!(out.status.success(), "{}", said(&out));
-    String::from_utf8(out.stdout).unwrap()
+    site.local_export("jsonl")
 }
 
 #[test]

@@ -198,10 +198,7 @@ pub async fn publish(
                 }
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Retry(why)) => {
-                    publisher.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    publisher.stats.connected.store(false, Ordering::Relaxed);
-                    backoff.failed(&why);
-                    backoff.wait().await;
+                    publisher.failed(&mut backoff, &why).await;
                     continue;
                 }
             }
@@ -222,10 +219,7 @@ pub async fn publish(
             Ok(false) => synced = false,
             Err(Attempt::Fatal(e)) => return Err(e),
             Err(Attempt::Retry(why)) => {
-                publisher.stats.failures.fetch_add(1, Ordering::Relaxed);
-                publisher.stats.connected.store(false, Ordering::Relaxed);
-                backoff.failed(&why);
-                backoff.wait().await;
+                publisher.failed(&mut backoff, &why).await;
                 // The message may have been stored without its acknowledgement reaching us.
                 synced = false;
             }
@@ -255,6 +249,14 @@ struct Publisher<'a> {
 }
 
 impl Publisher<'_> {
+    /// A failed attempt: counted, said once in the log, and paced.
+    async fn failed(&self, backoff: &mut Backoff, why: &str) {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        self.stats.connected.store(false, Ordering::Relaxed);
+        backoff.failed(why);
+        backoff.wait().await;
+    }
+
     /// Learns from the stream where this instance's records end, checks that against the
     /// local journal and the saved position, and positions the journal reader after it.
     async fn sync(&mut self) -> Result<(), Attempt> {
