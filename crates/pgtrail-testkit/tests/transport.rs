@@ -604,3 +604,55 @@ fn consumers_elsewhere_read_the_stream_and_the_alert_consumer_keeps_alerting_thr
         assert_eq!(count, site.local_events().len(), "{}: every event archived once", site.instance);
     }
 }
+
+#[test]
+fn pgtrail_ingest_publishes_pgaudit_records_to_the_stream_by_itself() {
+    let cluster = NatsCluster::start(3);
+    let url = cluster.url();
+    init_stream(&url);
+    let pg = start_pgaudit_pg("stderr");
+    pg.psql("CREATE EXTENSION pgaudit; CREATE TABLE ingested_table (id int)").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, keys, config) =
+        (dir.path().join("journal"), dir.path().join("keys"), dir.path().join("pgtrail.toml"));
+    keys_init(&keys);
+    let wrapping = keys.join("wrapping.key").display().to_string();
+    std::fs::write(&config, format!("[instance]\ninstance_id = \"db-ingest-1\"\n[transport.nats]\nurl = \"{url}\"\n"))
+        .unwrap();
+    let mut ingest = KillOnDrop(
+        Command::new(pgtrail_binary())
+            .args(["ingest", "--format", "stderr", "--log-dir"])
+            .arg(pg.log_dir())
+            .arg("--journal")
+            .arg(&journal)
+            .arg("--keys")
+            .arg(&keys)
+            .arg("--config")
+            .arg(&config)
+            .stderr(std::fs::File::create(dir.path().join("ingest.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let streamed = || {
+        let out =
+            pgtrail(&["export", "--nats", &url, "--instance", "db-ingest-1", "--key", &wrapping, "--format", "jsonl"]);
+        assert!(out.status.success(), "{}", said(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    wait_until("pgAudit's record of the DDL in the stream", Duration::from_secs(30), || {
+        streamed().contains("CREATE TABLE ingested_table")
+    });
+    signal(&ingest.0, "-TERM");
+    assert!(ingest.0.wait().unwrap().success());
+    // Stopped cleanly, the last records (the stop, the final checkpoint) are in the stream too.
+    let local = || {
+        let journal = journal.to_str().unwrap();
+        let out = pgtrail(&["export", "--journal", journal, "--key", &wrapping, "--format", "jsonl"]);
+        assert!(out.status.success(), "{}", said(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(streamed(), local(), "the stream holds the ingest journal, event for event");
+    let verify_key = keys.join("verify.pub");
+    let out = pgtrail(&["verify", "--nats", &url, "--verify-key", verify_key.to_str().unwrap()]);
+    assert!(out.status.success() && said(&out).contains("OK: instance db-ingest-1"), "{}", said(&out));
+}
