@@ -5,6 +5,7 @@
 # schema with it), cargo-nextest, cargo-fuzz and s3s-fs (a real S3-compatible server), and the
 # official AWS Encryption SDK for Python, the Standard Webhooks library, aiosmtpd and DuckDB in
 # .venv-interop (test counterparts). Chromium (headless: the reports are printed to PDF in a test).
+# nats-server (the transport tests run a 3-node JetStream cluster of it).
 # pgAdmin 4 in .venv-pgadmin (the noise test browses a table with it). Node.js and the npm
 # package oidc-provider in tests/oidc (the OIDC login tests and quickstart --oidc). Safe to run again.
 set -euo pipefail
