@@ -656,3 +656,60 @@ fn pgtrail_ingest_publishes_pgaudit_records_to_the_stream_by_itself() {
     let out = pgtrail(&["verify", "--nats", &url, "--verify-key", verify_key.to_str().unwrap()]);
     assert!(out.status.success() && said(&out).contains("OK: instance db-ingest-1"), "{}", said(&out));
 }
+
+/// A journal of `records` records of instance `instance` whose payloads start with `tag`.
+fn write_journal(dir: &Path, instance: &str, tag: &str, records: usize) {
+    let options = pgtrail_journal::JournalOptions { instance: instance.into(), ..Default::default() };
+    let mut journal = pgtrail_journal::Journal::open(dir, options).unwrap();
+    for i in 0..records {
+        journal.append(1_700_000_000_000_000 + i as i64, format!("{tag} record {i}").as_bytes()).unwrap();
+    }
+    journal.sync().unwrap();
+    journal.close().unwrap();
+}
+
+fn publish_once(url: &str, journal: &Path, state: &Path) -> Output {
+    Command::new(pgtrail_binary())
+        .args(["transport", "publish", "--until-caught-up", "--nats", url, "--journal"])
+        .arg(journal)
+        .arg("--state")
+        .arg(state)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_stream_that_lost_records_or_holds_another_journal_is_an_error_not_a_fresh_start() {
+    let cluster = NatsCluster::start(3);
+    let url = cluster.url();
+    init_stream(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let (first, other, state) = (dir.path().join("first"), dir.path().join("other"), dir.path().join("state.json"));
+    write_journal(&first, "db-lost-1", "first", 40);
+    let out = publish_once(&url, &first, &state);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(said(&out).contains("up to record 40"), "{}", said(&out));
+
+    // Another journal under the same instance name (a host rebuilt, its journal started
+    // again): the stream's last record is not this journal's record of that sequence.
+    write_journal(&other, "db-lost-1", "other", 60);
+    let out = publish_once(&url, &other, &dir.path().join("other-state.json"));
+    assert!(!out.status.success(), "{}", said(&out));
+    assert!(said(&out).contains("the stream holds another journal of this instance"), "{}", said(&out));
+
+    // The stream deleted and made again (JetStream allows deleting a whole stream even with
+    // DenyDelete): the publisher's saved position says what it had acknowledged.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let jetstream = async_nats::jetstream::new(async_nats::connect(cluster.node_url(0)).await.unwrap());
+        jetstream.delete_stream("PGTRAIL").await.unwrap();
+    });
+    init_stream(&url);
+    let out = publish_once(&url, &first, &state);
+    assert!(!out.status.success(), "{}", said(&out));
+    assert!(
+        said(&out).contains("up to 0, but it had acknowledged up to 40: records were lost from the stream"),
+        "{}",
+        said(&out)
+    );
+}
