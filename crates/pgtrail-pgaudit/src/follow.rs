@@ -154,7 +154,9 @@ impl Follower {
     /// Saves `position` (an item's [`Item::start`]): reading again starts there, so the
     /// entries from it on are handed out again after a restart.
     pub fn commit_at(&self, position: &Position) -> std::io::Result<()> {
-        let tmp = self.state.with_extension("tmp");
+        let mut tmp = self.state.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = std::path::PathBuf::from(tmp);
         {
             let mut file = std::fs::File::create(&tmp)?;
             std::io::Write::write_all(&mut file, serde_json::to_string(position).unwrap_or_default().as_bytes())?;

@@ -102,7 +102,11 @@ impl CursorFile {
             let path = path.to_path_buf();
             move |source| ReadError::CursorIo { action, path, source }
         };
-        let tmp = self.path.with_extension("tmp");
+        // FILE.tmp beside FILE: the cursors of several instances (FILE.<instance>) must not
+        // share one temporary file, as with_extension would make them.
+        let mut tmp = self.path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = std::path::PathBuf::from(tmp);
         let mut file = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
         file.write_all(text.as_bytes()).and_then(|()| file.sync_data()).map_err(io("write", &tmp))?;
         std::fs::rename(&tmp, &self.path).map_err(io("replace", &self.path))?;
@@ -128,7 +132,7 @@ mod tests {
         cursor.state.insert("gap".into(), String::new());
         file.save(&cursor).unwrap();
         assert_eq!(file.load().unwrap(), cursor);
-        assert!(!dir.path().join("c.tmp").exists(), "the temporary file is renamed away");
+        assert!(!dir.path().join("c.cursor.tmp").exists(), "the temporary file is renamed away");
         // The alerting consumer's files of earlier versions: a number, then its own lines.
         std::fs::write(file.path(), "17\nticked 5\ngap\n").unwrap();
         let old = file.load().unwrap();
@@ -136,5 +140,22 @@ mod tests {
         assert_eq!(old.state.get("gap").map(String::as_str), Some(""));
         std::fs::write(file.path(), "seventeen\n").unwrap();
         assert!(file.load().unwrap_err().to_string().contains("not a pgtrail cursor"));
+    }
+
+    /// Issue 18: `archive --nats` with two instances failed with "cannot replace the cursor
+    /// file archive.cursor.db-west-2: No such file or directory": the cursors
+    /// archive.cursor.db-east-2 and archive.cursor.db-west-2, saved at once, both wrote and
+    /// renamed archive.cursor.tmp.
+    #[test]
+    fn regression_the_cursors_of_two_instances_shared_one_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // What the shared temporary file would be: a directory, so that using it fails.
+        std::fs::create_dir(dir.path().join("archive.cursor.tmp")).unwrap();
+        for instance in ["db-east-2", "db-west-2"] {
+            let file = CursorFile::new(dir.path().join(format!("archive.cursor.{instance}")));
+            let cursor = Cursor { seq: 7, instance: Some(instance.into()), ..Cursor::default() };
+            file.save(&cursor).unwrap();
+            assert_eq!(file.load().unwrap(), cursor);
+        }
     }
 }

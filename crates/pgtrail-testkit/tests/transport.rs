@@ -546,13 +546,6 @@ fn consumers_elsewhere_read_the_stream_and_the_alert_consumer_keeps_alerting_thr
             .unwrap(),
     );
     assert_ok(&psql(&sites[0].pg, &sites[0].url(), &["-c", "CREATE TABLE before_the_kill (id int)"]));
-    let first = wait_lines(&alerts, 1);
-    assert_eq!(first[0]["event"]["commandText"], "CREATE TABLE before_the_kill (id int)");
-
-    // The stream's leader dies: the consumer keeps reading, the next DDL alerts.
-    let leader = stream_leader(&cluster);
-    cluster.kill(leader);
-    assert_ok(&psql(&sites[0].pg, &sites[0].url(), &["-c", "CREATE TABLE after_the_kill (id int)"]));
     let logs = || {
         let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
         format!(
@@ -561,6 +554,13 @@ fn consumers_elsewhere_read_the_stream_and_the_alert_consumer_keeps_alerting_thr
             read(sites[0].dir.join("proxy.log"))
         )
     };
+    let first = wait_lines_or(&alerts, 1, logs);
+    assert_eq!(first[0]["event"]["commandText"], "CREATE TABLE before_the_kill (id int)");
+
+    // The stream's leader dies: the consumer keeps reading, the next DDL alerts.
+    let leader = stream_leader(&cluster);
+    cluster.kill(leader);
+    assert_ok(&psql(&sites[0].pg, &sites[0].url(), &["-c", "CREATE TABLE after_the_kill (id int)"]));
     let second = wait_lines_or(&alerts, 2, logs);
     assert_eq!(second[1]["event"]["commandText"], "CREATE TABLE after_the_kill (id int)");
     cluster.restart(leader);

@@ -401,7 +401,9 @@ impl Publisher<'_> {
     fn save(&mut self) -> Result<(), Attempt> {
         let Some(path) = &self.settings.state else { return Ok(()) };
         let text = serde_json::to_string(&self.position).expect("a position serializes");
-        let tmp = path.with_extension("tmp");
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = std::path::PathBuf::from(tmp);
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, path))
             .map_err(|e| Attempt::Fatal(TransportError::State { path: path.clone(), message: e.to_string() }))?;
