@@ -36,8 +36,9 @@ command -v nats-server >/dev/null || { echo "run scripts/setup.sh first (nats-se
 echo "building (release)..." >&2
 cargo build --release --locked -p pgtrail --bin pgtrail >&2
 cargo build --release --locked -p pgtrail-transport-nats --example fleet_journals >&2
-PGTRAIL="$PWD/target/release/pgtrail"
-GEN="$PWD/target/release/examples/fleet_journals"
+TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
+PGTRAIL="$TARGET/release/pgtrail"
+GEN="$TARGET/release/examples/fleet_journals"
 work=$(mktemp -d /tmp/pgtrail-transport-bench.XXXXXX)
 SERVER_PIDS=()
 stop_cluster() {
