@@ -146,6 +146,24 @@ pub fn consume<S: RecordSource>(
     }
 }
 
+/// Runs `each` for every origin, on threads of its own when there are several (each
+/// instance has its own chain and cursor); the results in the origins' order, each error
+/// naming its origin.
+pub fn each_origin<T: Send, E: std::fmt::Display + Send>(
+    origins: &[crate::Origin],
+    each: impl Fn(&crate::Origin) -> Result<T, E> + Sync,
+) -> Vec<Result<T, String>> {
+    let named = |origin: &crate::Origin, result: Result<T, E>| result.map_err(|e| format!("{}: {e:#}", origin.name()));
+    if let [origin] = origins {
+        return vec![each(origin).map_err(|e| format!("{e:#}"))];
+    }
+    std::thread::scope(|scope| {
+        let each = &each;
+        let running: Vec<_> = origins.iter().map(|origin| scope.spawn(move || named(origin, each(origin)))).collect();
+        running.into_iter().map(|r| r.join().unwrap_or_else(|_| Err("a reader panicked".into()))).collect()
+    })
+}
+
 fn check_cursor(cursor: &Cursor, opened: &Opened, instance: Option<&str>) -> Result<(), ReadError> {
     let instance_differs = matches!((&cursor.instance, instance), (Some(a), Some(b)) if a != b);
     let hash_differs = cursor.hash.is_some_and(|h| h != opened.hash);

@@ -82,6 +82,24 @@ impl Origin {
         }
     }
 
+    /// What to call it in messages: the instance for the stream, the directory for a journal.
+    pub fn name(&self) -> String {
+        match self {
+            Origin::Journal(dir) => dir.display().to_string(),
+            Origin::Remote(remote) => remote.instance().to_owned(),
+        }
+    }
+
+    /// The cursor file of this origin when a consumer reads several: FILE.<name>.
+    pub fn cursor_path(&self, state: &std::path::Path, several: bool) -> PathBuf {
+        if !several {
+            return state.to_path_buf();
+        }
+        let mut path = state.as_os_str().to_owned();
+        path.push(format!(".{}", self.name()));
+        PathBuf::from(path)
+    }
+
     /// The instance whose records these are, once known (a journal not yet written has none).
     pub fn instance(&self) -> Result<Option<String>, JournalError> {
         match self {

@@ -2,7 +2,6 @@
 //! JSON lines, and the DAS records exactly as written. Both are consumers of the reader.
 
 use std::io::Write;
-use std::path::Path;
 use std::time::Duration;
 
 use pgtrail_envelope::KeyRing;
@@ -196,20 +195,9 @@ impl std::fmt::Debug for ExportFormat<'_> {
     }
 }
 
-/// Writes every record of the journal; returns (records, events) written.
-pub fn export(
-    dir: &Path,
-    ring: KeyRing,
-    format: ExportFormat<'_>,
-    out: &mut dyn Write,
-    progress: &mut dyn FnMut(u64),
-) -> Result<(u64, u64), ConsumerError> {
-    export_from(&mut Reader::open(dir, ring)?, format, out, progress)
-}
-
 /// Writes every record `reader` has (a journal's, or one instance's in the audit stream);
 /// returns (records, events) written.
-pub fn export_from<S: crate::RecordSource>(
+pub fn export<S: crate::RecordSource>(
     reader: &mut Reader<S>,
     format: ExportFormat<'_>,
     out: &mut dyn Write,

@@ -19,7 +19,7 @@ pub use config::{NatsConfigError, NatsSection, NatsTransport, TransportSection, 
 
 pub use publish::{Durable, Position, PublishSettings, PublishStats, publish};
 pub use running::{LagAlarm, RunningPublisher};
-pub use source::{StreamOrigin, StreamSource, instances, verify_instance};
+pub use source::{StreamOrigin, StreamSource, instances, origins, stream_instances, verify_instance};
 
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
 
@@ -131,6 +131,8 @@ pub enum TransportError {
     Unfit { name: String, problems: Vec<String> },
     #[error("the stream {0} does not exist (run pgtrail transport init without --check to create it)")]
     Missing(String),
+    #[error("the stream {0} holds no records yet")]
+    Empty(String),
     #[error("message {stream_seq} on {subject} is not a run of pgtrail journal records: {what}")]
     Foreign { subject: String, stream_seq: u64, what: String },
     #[error(

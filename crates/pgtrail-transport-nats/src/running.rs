@@ -98,11 +98,6 @@ impl RunningPublisher {
         }
     }
 
-    /// Whether the publisher can make records reach the stream now.
-    pub fn connected(&self) -> bool {
-        self.stats.connected.load(Ordering::Relaxed) && !self.task.is_finished()
-    }
-
     /// Publishes what is durable (for at most `drain`), then stops. Records left over are
     /// published by the next run, from the stream's own position.
     pub async fn finish(mut self, drain: Duration) -> Result<(), TransportError> {

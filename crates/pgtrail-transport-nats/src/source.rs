@@ -192,6 +192,30 @@ impl RecordSource for StreamSource {
     }
 }
 
+/// The instances to read: those `named`, or every one the stream holds (an error when it
+/// holds none yet).
+pub fn stream_instances(url: &str, stream: &str, named: &[String]) -> Result<Vec<String>, TransportError> {
+    if !named.is_empty() {
+        return Ok(named.to_vec());
+    }
+    let found = instances(url, stream)?;
+    if found.is_empty() {
+        return Err(TransportError::Empty(stream.to_owned()));
+    }
+    Ok(found)
+}
+
+/// Consumers' origins: the instances [`stream_instances`] gives, each read from the stream.
+pub fn origins(url: &str, stream: &str, named: &[String]) -> Result<Vec<pgtrail_reader::Origin>, TransportError> {
+    Ok(stream_instances(url, stream, named)?
+        .into_iter()
+        .map(|instance| {
+            let origin = StreamOrigin { url: url.to_owned(), stream: stream.to_owned(), instance };
+            pgtrail_reader::Origin::Remote(std::sync::Arc::new(origin))
+        })
+        .collect())
+}
+
 /// One instance of the audit stream as a consumer's origin (`--nats`): each open reads the
 /// subject from its first message, checking the chain from the genesis.
 #[derive(Debug, Clone)]

@@ -187,18 +187,15 @@ fn run(command: Command) -> anyhow::Result<()> {
                 let stop = stop_on_signal();
                 tokio::task::spawn_blocking(move || {
                     // Several instances of the stream: one reader each, whole lines on stdout.
-                    each_origin(&origins, |origin, _| {
+                    all_ok(pgtrail_reader::each_origin(&origins, |origin| {
                         let mut out = tail::SharedStdout::default();
                         let ring = keys::load_key_ring(&key)?;
                         let stop = || stop.load(Ordering::Relaxed);
-                        Ok(tail::run(origin, ring, &filter, format, follow, &mut out, &stop)?)
-                    })
-                    .into_iter()
-                    .collect::<anyhow::Result<Vec<()>>>()
+                        anyhow::Ok(tail::run(origin, ring, &filter, format, follow, &mut out, &stop)?)
+                    }))
                 })
                 .await
                 .context("tail task failed")?
-                .map(drop)
             })
         }
         Command::Quickstart(args) => runtime()?.block_on(quickstart::run(args)),
@@ -230,32 +227,37 @@ fn run(command: Command) -> anyhow::Result<()> {
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let origins = origins(journal, &source)?;
             let several = origins.len() > 1;
-            let results = runtime()?.block_on(async move {
+            runtime()?.block_on(async move {
                 let stop = stop_on_signal();
                 tokio::task::spawn_blocking(move || {
-                    each_origin(&origins, |origin, instance| {
+                    all_ok(pgtrail_reader::each_origin(&origins, |origin| {
                         let config = pgtrail_archive::ArchiveRun {
                             journal: origin.clone(),
                             target: to.clone(),
-                            state: state.as_deref().map(|s| state_for(s, instance, several)),
+                            state: state.as_deref().map(|s| origin.cursor_path(s, several)),
                             follow,
                             roll,
                             progress: progress && !several,
                             signer: signer.clone(),
                             retention_days,
                         };
-                        let done = pgtrail_archive::run(&config, keys::load_key_ring(&key)?, &|| stop.load(Ordering::Relaxed))?;
+                        let done = pgtrail_archive::run(&config, keys::load_key_ring(&key)?, &|| {
+                            stop.load(Ordering::Relaxed)
+                        })?;
                         eprintln!(
-                            "{instance}: archived {} events of {} records into {} files ({} records were archived already)",
-                            done.events, done.records, done.files, done.skipped
+                            "{}: archived {} events of {} records into {} files ({} records were archived already)",
+                            origin.name(),
+                            done.events,
+                            done.records,
+                            done.files,
+                            done.skipped
                         );
-                        Ok(())
-                    })
+                        anyhow::Ok(())
+                    }))
                 })
                 .await
-                .context("archive task failed")
-            })?;
-            results.into_iter().collect::<anyhow::Result<Vec<()>>>().map(drop)
+                .context("archive task failed")?
+            })
         }
         Command::Query { archive, format, sql } => {
             let format = match format {
@@ -335,21 +337,24 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             let origins = origins(journal, &source)?;
             let several = origins.len() > 1;
-            let results = runtime()?.block_on(async move {
+            runtime()?.block_on(async move {
                 let stop = stop_on_signal();
                 tokio::task::spawn_blocking(move || {
-                    each_origin(&origins, |origin, instance| {
+                    all_ok(pgtrail_reader::each_origin(&origins, |origin| {
                         let run = pgtrail_forward::ForwardRun {
                             journal: origin.clone(),
-                            state: state_for(&state, instance, several),
+                            state: origin.cursor_path(&state, several),
                             follow,
                             settings: settings.clone(),
                         };
                         match pgtrail_forward::run(&run, keys::load_key_ring(&key)?, &|| stop.load(Ordering::Relaxed)) {
                             Ok(done) => {
                                 eprintln!(
-                                    "{instance}: forwarded {} events in {} batches ({} attempts retried)",
-                                    done.events, done.batches, done.retries
+                                    "{}: forwarded {} events in {} batches ({} attempts retried)",
+                                    origin.name(),
+                                    done.events,
+                                    done.batches,
+                                    done.retries
                                 );
                                 Ok(())
                             }
@@ -359,14 +364,13 @@ fn run(command: Command) -> anyhow::Result<()> {
                                 eprintln!("{e}");
                                 Ok(())
                             }
-                            Err(e) => Err(e.into()),
+                            Err(e) => Err(anyhow::Error::from(e)),
                         }
-                    })
+                    }))
                 })
                 .await
-                .context("forward task failed")
-            })?;
-            results.into_iter().collect::<anyhow::Result<Vec<()>>>().map(drop)
+                .context("forward task failed")?
+            })
         }
         Command::Verify { journal, source, archive, verify_key, witness } => {
             let keys = keys::load_verifiers(&verify_key)?;
@@ -443,7 +447,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }) => {
             let mut origins = origins(journal, &source)?;
             if origins.len() > 1 {
-                let names: Vec<String> = origins.iter().map(ToString::to_string).collect();
+                let names: Vec<String> = origins.iter().map(pgtrail_reader::Origin::name).collect();
                 anyhow::bail!(
                     "alerts run reads one instance per process: name it with --instance ({})",
                     names.join(", ")
@@ -548,70 +552,19 @@ fn run(command: Command) -> anyhow::Result<()> {
 fn origins(journal: Option<PathBuf>, source: &StreamArgs) -> anyhow::Result<Vec<pgtrail_reader::Origin>> {
     match (journal, &source.nats) {
         (Some(dir), _) => Ok(vec![dir.into()]),
-        (None, Some(url)) => Ok(stream_instances(url, source)?
-            .into_iter()
-            .map(|instance| {
-                let origin =
-                    pgtrail_transport_nats::StreamOrigin { url: url.clone(), stream: source.stream.clone(), instance };
-                pgtrail_reader::Origin::Remote(Arc::new(origin))
-            })
-            .collect()),
+        (None, Some(url)) => Ok(pgtrail_transport_nats::origins(url, &source.stream, &source.instance)?),
         (None, None) => anyhow::bail!("give --journal DIR, or --nats URL to read the audit stream"),
     }
 }
 
-/// Runs `each` for every origin, at once on threads of its own when there are several
-/// (each instance has its own chain and cursor); the results in the origins' order. `each`
-/// gets the origin and its instance name (or the journal directory).
-fn each_origin<T: Send>(
-    origins: &[pgtrail_reader::Origin],
-    each: impl Fn(&pgtrail_reader::Origin, &str) -> anyhow::Result<T> + Sync,
-) -> Vec<anyhow::Result<T>> {
-    let name = |origin: &pgtrail_reader::Origin| match origin {
-        pgtrail_reader::Origin::Remote(remote) => remote.instance().to_owned(),
-        journal => journal.to_string(),
-    };
-    if let [origin] = origins {
-        return vec![each(origin, &name(origin))];
-    }
-    std::thread::scope(|scope| {
-        let each = &each;
-        let running: Vec<_> = origins
-            .iter()
-            .map(|origin| {
-                let instance = name(origin);
-                scope.spawn(move || each(origin, &instance).with_context(|| format!("instance {instance}")))
-            })
-            .collect();
-        running.into_iter().map(|r| r.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a reader panicked")))).collect()
-    })
-}
-
-/// The cursor file of one instance when a consumer reads several: FILE.<instance>.
-fn state_for(state: &std::path::Path, instance: &str, several: bool) -> PathBuf {
-    if !several {
-        return state.to_path_buf();
-    }
-    let mut name = state.as_os_str().to_owned();
-    name.push(format!(".{instance}"));
-    PathBuf::from(name)
-}
-
-/// The instances to read from the audit stream: those named, or every one it holds.
-fn stream_instances(url: &str, source: &StreamArgs) -> anyhow::Result<Vec<String>> {
-    if !source.instance.is_empty() {
-        return Ok(source.instance.clone());
-    }
-    let instances = pgtrail_transport_nats::instances(url, &source.stream)?;
-    if instances.is_empty() {
-        anyhow::bail!("the stream {} holds no records yet", source.stream);
-    }
-    Ok(instances)
+/// Ok when every origin's run was.
+fn all_ok(results: Vec<Result<(), String>>) -> anyhow::Result<()> {
+    results.into_iter().collect::<Result<Vec<()>, String>>().map(drop).map_err(anyhow::Error::msg)
 }
 
 fn verify_stream(url: &str, source: &StreamArgs, keys: &VerifierSet) -> anyhow::Result<()> {
     let mut failed = 0;
-    for instance in stream_instances(url, source)? {
+    for instance in pgtrail_transport_nats::stream_instances(url, &source.stream, &source.instance)? {
         match pgtrail_transport_nats::verify_instance(url, &source.stream, &instance, keys) {
             Ok(report) => println!(
                 "OK: instance {instance} in stream {}: {} records ({} envelopes, {} checkpoints verified), last record {}, {} after the last checkpoint",
@@ -663,20 +616,13 @@ fn export(
             eprint!("\r{records} records...");
         }
     };
-    let (records, events) = match (journal, &source.nats) {
-        (Some(journal), _) => tail::export(&journal, keys::load_key_ring(key)?, format, &mut out, &mut progress)?,
-        (None, Some(url)) => {
-            let (mut records, mut events) = (0, 0);
-            for instance in stream_instances(url, source)? {
-                let stream = pgtrail_transport_nats::StreamSource::open(url, &source.stream, &instance, 1, None)?;
-                let mut reader = pgtrail_reader::Reader::new(stream, keys::load_key_ring(key)?);
-                let (r, e) = tail::export_from(&mut reader, format, &mut out, &mut progress)?;
-                (records, events) = (records + r, events + e);
-            }
-            (records, events)
-        }
-        (None, None) => anyhow::bail!("give --journal DIR or --nats URL"),
-    };
+    let (mut records, mut events) = (0, 0);
+    // One origin after the other: the output keeps each instance's events together.
+    for origin in origins(journal, source)? {
+        let mut reader = pgtrail_reader::Reader::new(origin.open(1)?, keys::load_key_ring(key)?);
+        let (r, e) = tail::export(&mut reader, format, &mut out, &mut progress)?;
+        (records, events) = (records + r, events + e);
+    }
     out.flush()?;
     if output.is_some() {
         eprintln!("\rexported {records} records ({events} events)");
