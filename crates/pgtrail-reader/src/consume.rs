@@ -147,20 +147,18 @@ pub fn consume<S: RecordSource>(
 }
 
 /// Runs `each` for every origin, on threads of its own when there are several (each
-/// instance has its own chain and cursor); the results in the origins' order, each error
-/// naming its origin.
-pub fn each_origin<T: Send, E: std::fmt::Display + Send>(
+/// instance has its own chain and cursor); the results in the origins' order.
+pub fn each_origin<T: Send, E: Send>(
     origins: &[crate::Origin],
     each: impl Fn(&crate::Origin) -> Result<T, E> + Sync,
-) -> Vec<Result<T, String>> {
-    let named = |origin: &crate::Origin, result: Result<T, E>| result.map_err(|e| format!("{}: {e:#}", origin.name()));
+) -> Vec<Result<T, E>> {
     if let [origin] = origins {
-        return vec![each(origin).map_err(|e| format!("{e:#}"))];
+        return vec![each(origin)];
     }
     std::thread::scope(|scope| {
         let each = &each;
-        let running: Vec<_> = origins.iter().map(|origin| scope.spawn(move || named(origin, each(origin)))).collect();
-        running.into_iter().map(|r| r.join().unwrap_or_else(|_| Err("a reader panicked".into()))).collect()
+        let running: Vec<_> = origins.iter().map(|origin| scope.spawn(move || each(origin))).collect();
+        running.into_iter().map(|r| r.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
     })
 }
 

@@ -187,12 +187,15 @@ fn run(command: Command) -> anyhow::Result<()> {
                 let stop = stop_on_signal();
                 tokio::task::spawn_blocking(move || {
                     // Several instances of the stream: one reader each, whole lines on stdout.
-                    all_ok(pgtrail_reader::each_origin(&origins, |origin| {
-                        let mut out = tail::SharedStdout::default();
-                        let ring = keys::load_key_ring(&key)?;
-                        let stop = || stop.load(Ordering::Relaxed);
-                        anyhow::Ok(tail::run(origin, ring, &filter, format, follow, &mut out, &stop)?)
-                    }))
+                    all_ok(
+                        &origins,
+                        pgtrail_reader::each_origin(&origins, |origin| {
+                            let mut out = tail::SharedStdout::default();
+                            let ring = keys::load_key_ring(&key)?;
+                            let stop = || stop.load(Ordering::Relaxed);
+                            anyhow::Ok(tail::run(origin, ring, &filter, format, follow, &mut out, &stop)?)
+                        }),
+                    )
                 })
                 .await
                 .context("tail task failed")?
@@ -230,30 +233,33 @@ fn run(command: Command) -> anyhow::Result<()> {
             runtime()?.block_on(async move {
                 let stop = stop_on_signal();
                 tokio::task::spawn_blocking(move || {
-                    all_ok(pgtrail_reader::each_origin(&origins, |origin| {
-                        let config = pgtrail_archive::ArchiveRun {
-                            journal: origin.clone(),
-                            target: to.clone(),
-                            state: state.as_deref().map(|s| origin.cursor_path(s, several)),
-                            follow,
-                            roll,
-                            progress: progress && !several,
-                            signer: signer.clone(),
-                            retention_days,
-                        };
-                        let done = pgtrail_archive::run(&config, keys::load_key_ring(&key)?, &|| {
-                            stop.load(Ordering::Relaxed)
-                        })?;
-                        eprintln!(
-                            "{}: archived {} events of {} records into {} files ({} records were archived already)",
-                            origin.name(),
-                            done.events,
-                            done.records,
-                            done.files,
-                            done.skipped
-                        );
-                        anyhow::Ok(())
-                    }))
+                    all_ok(
+                        &origins,
+                        pgtrail_reader::each_origin(&origins, |origin| {
+                            let config = pgtrail_archive::ArchiveRun {
+                                journal: origin.clone(),
+                                target: to.clone(),
+                                state: state.as_deref().map(|s| origin.cursor_path(s, several)),
+                                follow,
+                                roll,
+                                progress: progress && !several,
+                                signer: signer.clone(),
+                                retention_days,
+                            };
+                            let done = pgtrail_archive::run(&config, keys::load_key_ring(&key)?, &|| {
+                                stop.load(Ordering::Relaxed)
+                            })?;
+                            eprintln!(
+                                "{}: archived {} events of {} records into {} files ({} records were archived already)",
+                                origin.name(),
+                                done.events,
+                                done.records,
+                                done.files,
+                                done.skipped
+                            );
+                            anyhow::Ok(())
+                        }),
+                    )
                 })
                 .await
                 .context("archive task failed")?
@@ -340,33 +346,38 @@ fn run(command: Command) -> anyhow::Result<()> {
             runtime()?.block_on(async move {
                 let stop = stop_on_signal();
                 tokio::task::spawn_blocking(move || {
-                    all_ok(pgtrail_reader::each_origin(&origins, |origin| {
-                        let run = pgtrail_forward::ForwardRun {
-                            journal: origin.clone(),
-                            state: origin.cursor_path(&state, several),
-                            follow,
-                            settings: settings.clone(),
-                        };
-                        match pgtrail_forward::run(&run, keys::load_key_ring(&key)?, &|| stop.load(Ordering::Relaxed)) {
-                            Ok(done) => {
-                                eprintln!(
-                                    "{}: forwarded {} events in {} batches ({} attempts retried)",
-                                    origin.name(),
-                                    done.events,
-                                    done.batches,
-                                    done.retries
-                                );
-                                Ok(())
+                    all_ok(
+                        &origins,
+                        pgtrail_reader::each_origin(&origins, |origin| {
+                            let run = pgtrail_forward::ForwardRun {
+                                journal: origin.clone(),
+                                state: origin.cursor_path(&state, several),
+                                follow,
+                                settings: settings.clone(),
+                            };
+                            match pgtrail_forward::run(&run, keys::load_key_ring(&key)?, &|| {
+                                stop.load(Ordering::Relaxed)
+                            }) {
+                                Ok(done) => {
+                                    eprintln!(
+                                        "{}: forwarded {} events in {} batches ({} attempts retried)",
+                                        origin.name(),
+                                        done.events,
+                                        done.batches,
+                                        done.retries
+                                    );
+                                    Ok(())
+                                }
+                                Err(pgtrail_reader::ConsumerError::Consumer(e))
+                                    if matches!(e.downcast_ref(), Some(pgtrail_forward::ForwardError::Stopped)) =>
+                                {
+                                    eprintln!("{e}");
+                                    Ok(())
+                                }
+                                Err(e) => Err(anyhow::Error::from(e)),
                             }
-                            Err(pgtrail_reader::ConsumerError::Consumer(e))
-                                if matches!(e.downcast_ref(), Some(pgtrail_forward::ForwardError::Stopped)) =>
-                            {
-                                eprintln!("{e}");
-                                Ok(())
-                            }
-                            Err(e) => Err(anyhow::Error::from(e)),
-                        }
-                    }))
+                        }),
+                    )
                 })
                 .await
                 .context("forward task failed")?
@@ -557,9 +568,18 @@ fn origins(journal: Option<PathBuf>, source: &StreamArgs) -> anyhow::Result<Vec<
     }
 }
 
-/// Ok when every origin's run was.
-fn all_ok(results: Vec<Result<(), String>>) -> anyhow::Result<()> {
-    results.into_iter().collect::<Result<Vec<()>, String>>().map(drop).map_err(anyhow::Error::msg)
+/// Ok when every origin's run was; else the first error, naming its origin when there
+/// were several (the error itself is kept: a closed stdout is recognised as such).
+fn all_ok(origins: &[pgtrail_reader::Origin], results: Vec<anyhow::Result<()>>) -> anyhow::Result<()> {
+    let several = origins.len() > 1;
+    for (origin, result) in origins.iter().zip(results) {
+        if several {
+            result.with_context(|| format!("instance {}", origin.name()))?;
+        } else {
+            result?;
+        }
+    }
+    Ok(())
 }
 
 fn verify_stream(url: &str, source: &StreamArgs, keys: &VerifierSet) -> anyhow::Result<()> {
