@@ -26,7 +26,7 @@ use pgtrail_envelope::KeyRing;
 use pgtrail_event::ActivityEvent;
 use pgtrail_metrics::{EventCounts, Family, MetricsError};
 use pgtrail_notify::{Notifier, NotifyConfig, NotifyError};
-use pgtrail_reader::{Consumer, ConsumerError, Cursor, CursorFile, Follow, Opened, Reader, Resume, Step, consume};
+use pgtrail_reader::{Consumer, ConsumerError, Cursor, CursorStore, Follow, Opened, Reader, Resume, Step, consume};
 use pgtrail_rules::{Alarm, Alert, AlertStatus, Engine, RuleSet, Severity};
 use tracing::{info, warn};
 
@@ -55,8 +55,8 @@ pub struct AlertsRun {
     /// Where the events come from: a journal directory, or one instance of the audit stream.
     pub journal: pgtrail_reader::Origin,
     pub rules: RuleSet,
-    /// The cursor file.
-    pub state: PathBuf,
+    /// Where the cursor is kept (a file, or the audit stream's bucket).
+    pub state: Arc<dyn CursorStore>,
     /// Alert when no record at all (not even a heartbeat) arrives for this long.
     pub gap: Duration,
     /// Live counters for the metrics endpoint.
@@ -220,7 +220,7 @@ pub fn run_with(
     on_alerts: &mut dyn FnMut(&[Alert]) -> std::io::Result<()>,
     stop: &dyn Fn() -> bool,
 ) -> Result<(), AlertsError> {
-    let file = CursorFile::new(&config.state);
+    let file = Arc::clone(&config.state);
     let cursor = file.load().map_err(ConsumerError::from)?;
     let saved_tick = cursor
         .state
@@ -238,7 +238,7 @@ pub fn run_with(
         last_record: std::time::Instant::now(),
         gap: config.gap,
     };
-    consume(&mut reader, cursor, Some(&file), &mut alerting, Follow::every(Duration::from_millis(50)), stop)?;
+    consume(&mut reader, cursor, Some(&*file), &mut alerting, Follow::every(Duration::from_millis(50)), stop)?;
     Ok(())
 }
 

@@ -39,7 +39,7 @@ pub struct ArchiveRun {
     pub target: String,
     /// The cursor file; without one, the run reads the journal from its start and skips
     /// what the manifest says is archived.
-    pub state: Option<std::path::PathBuf>,
+    pub state: Option<std::sync::Arc<dyn pgtrail_reader::CursorStore>>,
     /// Keep following the journal until `stop`.
     pub follow: bool,
     pub roll: Roll,
@@ -58,7 +58,7 @@ pub fn run(
     ring: pgtrail_envelope::KeyRing,
     stop: &dyn Fn() -> bool,
 ) -> Result<Progress, pgtrail_reader::ConsumerError> {
-    use pgtrail_reader::{ConsumerError, Cursor, CursorFile, Follow, Reader, Resume, consume};
+    use pgtrail_reader::{ConsumerError, Cursor, Follow, Reader, Resume, consume};
     let store = open_target(&run.target).map_err(ConsumerError::consumer)?;
     let mut archiver =
         Archiver::open(store, run.signer.clone(), run.roll, run.follow).map_err(ConsumerError::consumer)?;
@@ -72,19 +72,20 @@ pub fn run(
         archiver.load(&instance).map_err(ConsumerError::consumer)?;
     }
     archiver.show_progress(run.progress);
-    let file = run.state.as_ref().map(CursorFile::new);
-    let cursor = match &file {
+    let file = run.state.as_deref();
+    let cursor = match file {
         Some(file) => file.load()?,
         None => Cursor::default(),
     };
     let mut reader = Reader::resume_from(&run.journal, ring, &cursor, Resume::AfterCursor)?;
     let follow = if run.follow { Follow::every(std::time::Duration::from_millis(200)) } else { Follow::NO };
-    let cursor = consume(&mut reader, cursor, file.as_ref(), &mut archiver, follow, stop)?;
+    let cursor = consume(&mut reader, cursor, file, &mut archiver, follow, stop)?;
     // Stopped while following: what is pending goes out before the process ends.
     if archiver.has_pending() {
         archiver.flush().map_err(ConsumerError::consumer)?;
-        if let Some(file) = &file {
+        if let Some(file) = file {
             file.save(&cursor)?;
+            reader.consumed(cursor.seq)?;
         }
     }
     archiver.finish_progress();

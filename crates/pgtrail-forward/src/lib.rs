@@ -284,8 +284,8 @@ impl Consumer for Forwarder<'_> {
 pub struct ForwardRun {
     /// Where the events come from: a journal directory, or one instance of the audit stream.
     pub journal: pgtrail_reader::Origin,
-    /// The forwarder's own cursor file.
-    pub state: std::path::PathBuf,
+    /// Where the forwarder keeps its cursor (a file, or the audit stream's bucket).
+    pub state: std::sync::Arc<dyn pgtrail_reader::CursorStore>,
     /// Keep following the journal until `stop`.
     pub follow: bool,
     pub settings: Settings,
@@ -298,13 +298,12 @@ pub fn run(
     ring: pgtrail_envelope::KeyRing,
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<Progress, ConsumerError> {
-    use pgtrail_reader::{CursorFile, Follow, Reader, Resume, consume};
+    use pgtrail_reader::{Follow, Reader, Resume, consume};
     let mut forwarder = Forwarder::open(&run.settings, stop).map_err(ConsumerError::consumer)?;
-    let file = CursorFile::new(&run.state);
-    let cursor = file.load()?;
+    let cursor = run.state.load()?;
     let mut reader = Reader::resume_from(&run.journal, ring, &cursor, Resume::AfterCursor)?;
     let follow = if run.follow { Follow::every(Duration::from_millis(200)) } else { Follow::NO };
-    consume(&mut reader, cursor, Some(&file), &mut forwarder, follow, stop)?;
+    consume(&mut reader, cursor, Some(&*run.state), &mut forwarder, follow, stop)?;
     Ok(forwarder.progress())
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pgtrail_event::ActivityEvent;
 
-use crate::{Cursor, CursorFile, Opened, ReadError, Reader, RecordSource};
+use crate::{Cursor, CursorStore, Opened, ReadError, Reader, RecordSource};
 
 /// Where a consumer starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +96,8 @@ impl Follow {
 
 /// Runs `consumer` over `reader` from `cursor` (a saved cursor, or the default for the
 /// beginning) until the end of the journal, or with `follow` until `stop` says so. With a
-/// cursor file, the cursor is saved there whenever the consumer says [`Step::Save`].
+/// cursor store, the cursor is saved there whenever the consumer says [`Step::Save`], and
+/// then the source is told ([`Reader::consumed`]).
 ///
 /// The reader must start at the record `cursor.seq` or before (see [`Reader::resume_at`](crate::Reader::resume_at)).
 /// The record at the cursor is checked to be the one the cursor names (instance and
@@ -104,14 +105,20 @@ impl Follow {
 pub fn consume<S: RecordSource>(
     reader: &mut Reader<S>,
     mut cursor: Cursor,
-    file: Option<&CursorFile>,
+    store: Option<&dyn CursorStore>,
     consumer: &mut dyn Consumer,
     follow: Follow,
     stop: &dyn Fn() -> bool,
 ) -> Result<Cursor, ConsumerError> {
     let resume_at = cursor.seq;
     let mut reached = resume_at == 0;
-    let save = |cursor: &Cursor| file.map_or(Ok(()), |f| f.save(cursor));
+    let save = |reader: &mut Reader<S>, cursor: &Cursor| -> Result<(), ReadError> {
+        if let Some(store) = store {
+            store.save(cursor)?;
+            reader.consumed(cursor.seq)?;
+        }
+        Ok(())
+    };
     loop {
         while let Some(opened) = reader.next_envelope()? {
             if opened.seq <= resume_at {
@@ -133,11 +140,11 @@ pub fn consume<S: RecordSource>(
             cursor.seq = opened.seq;
             cursor.hash = Some(opened.hash);
             if step == Step::Save {
-                save(&cursor)?;
+                save(reader, &cursor)?;
             }
         }
         if reached && consumer.caught_up(&mut cursor)? == Step::Save {
-            save(&cursor)?;
+            save(reader, &cursor)?;
         }
         if !follow.follow || stop() {
             return Ok(cursor);

@@ -60,44 +60,12 @@ impl CursorFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Cursor::default()),
             Err(source) => return Err(ReadError::CursorIo { action: "read", path: self.path.clone(), source }),
         };
-        let bad = |problem: String| ReadError::CursorFormat { path: self.path.clone(), problem };
-        let mut lines = text.lines();
-        let first = lines.next().unwrap_or_default().trim();
-        let seq = first.parse().map_err(|_| bad(format!("the first line {first:?} is not a sequence number")))?;
-        let mut cursor = Cursor { seq, ..Cursor::default() };
-        for line in lines.map(str::trim).filter(|l| !l.is_empty()) {
-            let (key, value) = line.split_once(' ').unwrap_or((line, ""));
-            match key {
-                "instance" => cursor.instance = Some(value.to_owned()),
-                "hash" => {
-                    let bytes = hex::decode(value).map_err(|_| bad(format!("hash {value:?} is not hex")))?;
-                    cursor.hash = Some(bytes.try_into().map_err(|_| bad("hash is not 32 bytes".into()))?);
-                }
-                _ => {
-                    cursor.state.insert(key.to_owned(), value.to_owned());
-                }
-            }
-        }
-        Ok(cursor)
+        Cursor::parse(&text).map_err(|problem| ReadError::CursorFormat { path: self.path.clone(), problem })
     }
 
     /// Replaces the saved cursor atomically and durably.
     pub fn save(&self, cursor: &Cursor) -> Result<(), ReadError> {
-        let mut text = format!("{}\n", cursor.seq);
-        if let Some(instance) = &cursor.instance {
-            text.push_str(&format!("instance {instance}\n"));
-        }
-        if let Some(hash) = &cursor.hash {
-            text.push_str(&format!("hash {}\n", hex::encode(hash)));
-        }
-        for (key, value) in &cursor.state {
-            debug_assert!(!key.contains([' ', '\n']) && !value.contains('\n'));
-            if value.is_empty() {
-                text.push_str(&format!("{key}\n"));
-            } else {
-                text.push_str(&format!("{key} {value}\n"));
-            }
-        }
+        let text = cursor.to_text();
         let io = |action: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |source| ReadError::CursorIo { action, path, source }
@@ -115,6 +83,69 @@ impl CursorFile {
             _ => Path::new("."),
         };
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io("sync the directory of", &self.path))
+    }
+}
+
+impl Cursor {
+    /// The cursor in the text format above (a cursor file's content, or a stored value).
+    pub fn to_text(&self) -> String {
+        let mut text = format!("{}\n", self.seq);
+        if let Some(instance) = &self.instance {
+            text.push_str(&format!("instance {instance}\n"));
+        }
+        if let Some(hash) = &self.hash {
+            text.push_str(&format!("hash {}\n", hex::encode(hash)));
+        }
+        for (key, value) in &self.state {
+            debug_assert!(!key.contains([' ', '\n']) && !value.contains('\n'));
+            if value.is_empty() {
+                text.push_str(&format!("{key}\n"));
+            } else {
+                text.push_str(&format!("{key} {value}\n"));
+            }
+        }
+        text
+    }
+
+    /// Reads the text format above; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<Cursor, String> {
+        let mut lines = text.lines();
+        let first = lines.next().unwrap_or_default().trim();
+        let seq = first.parse().map_err(|_| format!("the first line {first:?} is not a sequence number"))?;
+        let mut cursor = Cursor { seq, ..Cursor::default() };
+        for line in lines.map(str::trim).filter(|l| !l.is_empty()) {
+            let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+            match key {
+                "instance" => cursor.instance = Some(value.to_owned()),
+                "hash" => {
+                    let bytes = hex::decode(value).map_err(|_| format!("hash {value:?} is not hex"))?;
+                    cursor.hash = Some(bytes.try_into().map_err(|_| "hash is not 32 bytes".to_owned())?);
+                }
+                _ => {
+                    cursor.state.insert(key.to_owned(), value.to_owned());
+                }
+            }
+        }
+        Ok(cursor)
+    }
+}
+
+/// Where a consumer keeps its cursor: a [`CursorFile`] here, or a store elsewhere (the
+/// audit stream's key-value bucket), so that a consumer needs no disk of its own.
+pub trait CursorStore: std::fmt::Debug + Send + Sync {
+    /// The saved cursor, or the default (the start) when none was saved yet.
+    fn load(&self) -> Result<Cursor, ReadError>;
+    /// Replaces the saved cursor; returns once it is durable.
+    fn save(&self, cursor: &Cursor) -> Result<(), ReadError>;
+}
+
+impl CursorStore for CursorFile {
+    fn load(&self) -> Result<Cursor, ReadError> {
+        CursorFile::load(self)
+    }
+
+    fn save(&self, cursor: &Cursor) -> Result<(), ReadError> {
+        CursorFile::save(self, cursor)
     }
 }
 

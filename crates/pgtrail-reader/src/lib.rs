@@ -24,7 +24,7 @@ use pgtrail_event::{ActivityEvent, ActivityRecord};
 use pgtrail_journal::{Hash, JournalError, RecordKind};
 
 pub use consume::{Consumer, ConsumerError, Follow, Resume, Step, consume, each_origin};
-pub use cursor::{Cursor, CursorFile};
+pub use cursor::{Cursor, CursorFile, CursorStore};
 pub use source::{JournalSource, Origin, RecordSource, RemoteSource};
 
 /// Errors reading a journal back.
@@ -51,6 +51,8 @@ pub enum ReadError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot {action} the cursor {name}: {message}")]
+    CursorStore { action: &'static str, name: String, message: String },
     #[error("{path} is not a pgtrail cursor: {problem}")]
     CursorFormat { path: PathBuf, problem: String },
     #[error(
@@ -141,6 +143,12 @@ impl<S: RecordSource> Reader<S> {
     /// The source's instance, once known.
     pub fn instance(&self) -> Option<&str> {
         self.source.instance()
+    }
+
+    /// Tells the source that every record up to `seq` is consumed and the cursor saved
+    /// (the audit stream acknowledges them to its durable consumer).
+    pub fn consumed(&mut self, seq: u64) -> Result<(), ReadError> {
+        Ok(self.source.consumed(seq)?)
     }
 
     /// The next envelope, or `None` at the live tail (calling again later returns records

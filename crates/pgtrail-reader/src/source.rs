@@ -14,6 +14,12 @@ pub trait RecordSource: std::fmt::Debug {
 
     /// The instance whose records these are, once known.
     fn instance(&self) -> Option<&str>;
+
+    /// Every record up to `seq` is consumed and the consumer's cursor saved: a source that
+    /// tracks its readers' progress (a durable consumer of the audit stream) records it.
+    fn consumed(&mut self, _seq: u64) -> Result<(), JournalError> {
+        Ok(())
+    }
 }
 
 /// A journal directory on this machine, read while its writer may still append.
@@ -48,6 +54,10 @@ impl<S: RecordSource + ?Sized> RecordSource for Box<S> {
     fn instance(&self) -> Option<&str> {
         (**self).instance()
     }
+
+    fn consumed(&mut self, seq: u64) -> Result<(), JournalError> {
+        (**self).consumed(seq)
+    }
 }
 
 /// A source on another machine (the fleet's audit stream), opened at a record.
@@ -56,6 +66,11 @@ pub trait RemoteSource: std::fmt::Debug + Send + Sync {
     fn open(&self, from: u64) -> Result<Box<dyn RecordSource>, JournalError>;
     /// The instance whose records these are.
     fn instance(&self) -> &str;
+    /// Where a consumer of this source keeps its cursor, when the source has a place for
+    /// it (a key-value bucket beside the stream); `None`: a local file.
+    fn cursor_store(&self) -> Option<std::sync::Arc<dyn crate::CursorStore>> {
+        None
+    }
 }
 
 /// Where a consumer reads records from.
@@ -88,6 +103,22 @@ impl Origin {
             Origin::Journal(dir) => dir.display().to_string(),
             Origin::Remote(remote) => remote.instance().to_owned(),
         }
+    }
+
+    /// Where a consumer of this origin keeps its cursor: the source's own store when it
+    /// has one (the audit stream read through a named consumer), else the file `state`
+    /// ([`Origin::cursor_path`]); `None` when neither is there.
+    pub fn cursor(
+        &self,
+        state: Option<&std::path::Path>,
+        several: bool,
+    ) -> Option<std::sync::Arc<dyn crate::CursorStore>> {
+        if let Origin::Remote(remote) = self
+            && let Some(store) = remote.cursor_store()
+        {
+            return Some(store);
+        }
+        state.map(|state| std::sync::Arc::new(crate::CursorFile::new(self.cursor_path(state, several))) as _)
     }
 
     /// The cursor file of this origin when a consumer reads several: FILE.<name>.

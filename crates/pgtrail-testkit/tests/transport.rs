@@ -531,38 +531,62 @@ fn consumers_elsewhere_read_the_stream_and_the_alert_consumer_keeps_alerting_thr
         .status
         .success()
     });
-    let mut alerting = KillOnDrop(
-        Command::new(pgtrail_binary())
-            .args(["alerts", "run", "--nats", &url, "--instance", "db-east-2", "--key", &keys[0], "--key", &keys[1]])
-            .arg("--rules")
-            .arg(&rules)
-            .arg("--state")
-            .arg(dir.path().join("alerts.cursor"))
-            .arg("--output")
-            .arg(&alerts)
-            .args(["--gap-secs", "600"])
-            .stderr(std::fs::File::create(dir.path().join("alerts.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    assert_ok(&psql(&sites[0].pg, &sites[0].url(), &["-c", "CREATE TABLE before_the_kill (id int)"]));
-    let logs = || {
-        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
-        format!(
-            "alerts.log:\n{}\nproxy.log:\n{}",
-            read(dir.path().join("alerts.log")),
-            read(sites[0].dir.join("proxy.log"))
+    // Two alert consumers: one with a cursor file, reading through an ordered consumer; one
+    // named, reading through a durable consumer with its cursor in the stream's bucket.
+    let alerts_named = dir.path().join("alerts-named.jsonl");
+    let alert_consumer = |cursor: [&str; 2], output: &Path, log: &str| {
+        KillOnDrop(
+            Command::new(pgtrail_binary())
+                .args([
+                    "alerts",
+                    "run",
+                    "--nats",
+                    &url,
+                    "--instance",
+                    "db-east-2",
+                    "--key",
+                    &keys[0],
+                    "--key",
+                    &keys[1],
+                ])
+                .arg("--rules")
+                .arg(&rules)
+                .args(cursor)
+                .arg("--output")
+                .arg(output)
+                .args(["--gap-secs", "600"])
+                .stderr(std::fs::File::create(dir.path().join(log)).unwrap())
+                .spawn()
+                .unwrap(),
         )
     };
-    let first = wait_lines_or(&alerts, 1, logs);
-    assert_eq!(first[0]["event"]["commandText"], "CREATE TABLE before_the_kill (id int)");
+    let cursor_file = dir.path().join("alerts.cursor");
+    let mut alerting = alert_consumer(["--state", cursor_file.to_str().unwrap()], &alerts, "alerts.log");
+    let mut alerting_named = alert_consumer(["--consumer", "alarms"], &alerts_named, "alerts-named.log");
+    assert_ok(&psql(&sites[0].pg, &sites[0].url(), &["-c", "CREATE TABLE before_the_kill (id int)"]));
+    let proxy_log = sites[0].dir.join("proxy.log");
+    let logs = || {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!(
+            "alerts.log:\n{}\nalerts-named.log:\n{}\nproxy.log:\n{}",
+            read(&dir.path().join("alerts.log")),
+            read(&dir.path().join("alerts-named.log")),
+            read(&proxy_log)
+        )
+    };
+    for output in [&alerts, &alerts_named] {
+        let first = wait_lines_or(output, 1, logs);
+        assert_eq!(first[0]["event"]["commandText"], "CREATE TABLE before_the_kill (id int)");
+    }
 
     // The stream's leader dies: the consumer keeps reading, the next DDL alerts.
     let leader = stream_leader(&cluster);
     cluster.kill(leader);
     assert_ok(&psql(&sites[0].pg, &sites[0].url(), &["-c", "CREATE TABLE after_the_kill (id int)"]));
-    let second = wait_lines_or(&alerts, 2, logs);
-    assert_eq!(second[1]["event"]["commandText"], "CREATE TABLE after_the_kill (id int)");
+    for output in [&alerts, &alerts_named] {
+        let second = wait_lines_or(output, 2, logs);
+        assert_eq!(second[1]["event"]["commandText"], "CREATE TABLE after_the_kill (id int)");
+    }
     cluster.restart(leader);
     assert_ok(&psql(&sites[1].pg, &sites[1].url(), &["-c", "CREATE TABLE west_table (id int)"]));
     for site in &mut sites {
@@ -570,9 +594,11 @@ fn consumers_elsewhere_read_the_stream_and_the_alert_consumer_keeps_alerting_thr
         assert!(site.proxy.0.wait().unwrap().success());
         wait_published(&url, site);
     }
-    signal(&alerting.0, "-TERM");
-    assert!(alerting.0.wait().unwrap().success());
-    assert_eq!(wait_lines(&alerts, 2).len(), 2, "one alert per DDL, none twice");
+    for (child, output) in [(&mut alerting, &alerts), (&mut alerting_named, &alerts_named)] {
+        signal(&child.0, "-TERM");
+        assert!(child.0.wait().unwrap().success(), "{}", logs());
+        assert_eq!(wait_lines(output, 2).len(), 2, "one alert per DDL, none twice");
+    }
 
     // tail reads every instance at once, each chain on its own.
     let keyargs = ["--key", &keys[0], "--key", &keys[1]];
@@ -603,6 +629,158 @@ fn consumers_elsewhere_read_the_stream_and_the_alert_consumer_keeps_alerting_thr
         let count: usize = String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
         assert_eq!(count, site.local_events().len(), "{}: every event archived once", site.instance);
     }
+}
+
+/// The archive's count of `instance`'s events.
+fn archived_events(archive: &Path, instance: &str) -> usize {
+    let sql = format!("SELECT count(*) AS n FROM events WHERE journal_instance = '{instance}'");
+    let out = pgtrail(&["query", "--archive", archive.to_str().unwrap(), "--format", "csv", &sql]);
+    if !out.status.success() {
+        return 0; // nothing archived yet
+    }
+    String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn a_named_consumer_keeps_its_cursor_in_the_stream_and_resumes_on_another_machine_after_a_kill() {
+    let cluster = NatsCluster::start(3);
+    let url = cluster.url();
+    init_stream(&url);
+    let out = pgtrail(&["transport", "init", "--nats", &url, "--check"]);
+    assert!(out.status.success(), "init made the cursors' bucket, which --check finds: {}", said(&out));
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("[transport.nats]\nurl = \"{url}\"\n");
+    let mut site = Site::start_with(dir.path(), "db-north-1", &extra);
+    let key = site.wrapping_key();
+    let signing_key = site.keys.join("archive.key").display().to_string();
+    let (rules, alerts, archive) =
+        (dir.path().join("rules.toml"), dir.path().join("alerts.jsonl"), dir.path().join("archive"));
+    std::fs::write(&rules, "[[rule]]\nname = \"ddl\"\ncondition = 'class == \"DDL\"'\nseverity = \"high\"\n").unwrap();
+    // Each "machine" is a working directory of its own: the consumers are given no state
+    // file, so anything they kept locally would show up there.
+    let machine = |name: &str| {
+        let cwd = dir.path().join(name);
+        std::fs::create_dir_all(&cwd).unwrap();
+        cwd
+    };
+    let consumer = |cwd: &Path, args: &[&str], log: &str| {
+        KillOnDrop(
+            Command::new(pgtrail_binary())
+                .current_dir(cwd)
+                .args(args)
+                .args(["--nats", &url, "--instance", "db-north-1", "--key", &key])
+                .stderr(std::fs::File::create(cwd.join(log)).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let (rules_arg, alerts_arg, archive_arg) =
+        (rules.to_str().unwrap(), alerts.to_str().unwrap(), archive.to_str().unwrap());
+    let alerting_args =
+        ["alerts", "run", "--consumer", "alarms", "--rules", rules_arg, "--output", alerts_arg, "--gap-secs", "600"];
+    let archive_args = [
+        "archive",
+        "--consumer",
+        "archiver",
+        "--follow",
+        "--roll-secs",
+        "1",
+        "--to",
+        archive_arg,
+        "--signing-key",
+        &signing_key,
+    ];
+    let statements = |tag: &str| {
+        let selects: Vec<String> = (0..40).map(|i| format!("SELECT '{tag} {i}'")).collect();
+        let mut args = Vec::new();
+        for select in &selects {
+            args.extend(["-c", select.as_str()]);
+        }
+        assert_ok(&psql(&site.pg, &site.url(), &args));
+    };
+
+    let one = machine("one");
+    let mut alerting = consumer(&one, &alerting_args, "alerts.log");
+    let mut archiving = consumer(&one, &archive_args, "archive.log");
+    let logs = |cwd: &Path| {
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+        format!("alerts.log:\n{}\narchive.log:\n{}", read(cwd.join("alerts.log")), read(cwd.join("archive.log")))
+    };
+    assert_ok(&psql(&site.pg, &site.url(), &["-c", "CREATE TABLE north_first (id int)"]));
+    statements("before");
+    let first = wait_lines_or(&alerts, 1, || logs(&one));
+    assert_eq!(first[0]["event"]["commandText"], "CREATE TABLE north_first (id int)");
+    wait_until("some events archived", Duration::from_secs(60), || archived_events(&archive, "db-north-1") > 40);
+
+    // Both consumers die without a word; more happens while they are down.
+    for child in [&mut alerting, &mut archiving] {
+        signal(&child.0, "-KILL");
+        child.0.wait().unwrap();
+    }
+    statements("while down");
+    assert_ok(&psql(&site.pg, &site.url(), &["-c", "CREATE TABLE north_second (id int)"]));
+    statements("after");
+
+    // They start again on another machine, from the cursors the stream keeps.
+    let two = machine("two");
+    let mut alerting = consumer(&two, &alerting_args, "alerts.log");
+    let mut archiving = consumer(&two, &archive_args, "archive.log");
+    let second = wait_lines_or(&alerts, 2, || logs(&two));
+    assert_eq!(second[1]["event"]["commandText"], "CREATE TABLE north_second (id int)");
+    signal(&site.proxy.0, "-TERM");
+    assert!(site.proxy.0.wait().unwrap().success());
+    wait_published(&url, &site);
+    let local = site.local_events().len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while archived_events(&archive, "db-north-1") < local {
+        assert!(Instant::now() < deadline, "the archive did not reach {local} events\n{}", logs(&two));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for child in [&mut alerting, &mut archiving] {
+        signal(&child.0, "-TERM");
+        assert!(child.0.wait().unwrap().success(), "{}", logs(&two));
+    }
+    assert_eq!(archived_events(&archive, "db-north-1"), local, "every event archived once, through the kill");
+    assert_eq!(wait_lines(&alerts, 2).len(), 2, "one alert per DDL: none repeated after the restart");
+    for cwd in [&one, &two] {
+        let mut kept: Vec<String> =
+            std::fs::read_dir(cwd).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        kept.sort();
+        assert_eq!(kept, ["alerts.log", "archive.log"], "nothing kept on the consumer's machine");
+    }
+
+    // The servers hold each consumer's cursor and its durable consumer's position. The
+    // archive's cursor is the one an archive of the local journal ends with.
+    let state = dir.path().join("local-archive.cursor");
+    let out = pgtrail(&[
+        "archive",
+        "--journal",
+        site.journal.to_str().unwrap(),
+        "--to",
+        dir.path().join("local-archive").to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--key",
+        &key,
+        "--signing-key",
+        &signing_key,
+    ]);
+    assert!(out.status.success(), "{}", said(&out));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let jetstream = async_nats::jetstream::new(async_nats::connect(cluster.node_url(0)).await.unwrap());
+        let bucket = jetstream.get_key_value("PGTRAIL_CURSORS").await.unwrap();
+        let saved = bucket.get("archiver.db-north-1").await.unwrap().expect("the archive's cursor is in the bucket");
+        assert_eq!(String::from_utf8_lossy(&saved), std::fs::read_to_string(&state).unwrap());
+        let alarms = bucket.get("alarms.db-north-1").await.unwrap().expect("the alert consumer's cursor too");
+        assert!(String::from_utf8_lossy(&alarms).contains("instance db-north-1"));
+        let stream = jetstream.get_stream("PGTRAIL").await.unwrap();
+        let info = stream.consumer_info("archiver_db-north-1").await.unwrap();
+        assert_eq!(info.config.durable_name.as_deref(), Some("archiver_db-north-1"));
+        assert!(info.ack_floor.stream_sequence > 0, "acknowledged as the cursor was saved: {info:?}");
+        let last = stream.get_last_raw_message_by_subject("pgtrail.records.db-north-1").await.unwrap().sequence;
+        assert!(info.ack_floor.stream_sequence <= last);
+    });
 }
 
 #[test]

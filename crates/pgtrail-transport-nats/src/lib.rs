@@ -3,12 +3,14 @@
 //! audit stream itself, created or checked by `pgtrail transport init`: one subject per
 //! journal instance (`pgtrail.records.<instance>`), file storage, replicas, a retention age, a de-duplication window for resends, no rollups, and
 //! DenyDelete and DenyPurge, so that nobody with access to the stream's API can take
-//! records out of it.
+//! records out of it; and beside it the key-value bucket of named consumers' cursors
+//! (see [`cursor`]).
 //! Must not: know what a record holds, or change a stream it was only asked to check.
 
 use std::time::Duration;
 
 mod config;
+pub mod cursor;
 mod publish;
 mod running;
 mod source;
@@ -16,6 +18,7 @@ mod source;
 /// The NATS client, for tools and tests that talk to the servers themselves.
 pub use async_nats;
 pub use config::{NatsConfigError, NatsSection, NatsTransport, TransportSection, default_state};
+pub use cursor::KvCursor;
 
 pub use publish::{Durable, Position, PublishSettings, PublishStats, publish};
 pub use running::{LagAlarm, RunningPublisher};
@@ -149,6 +152,8 @@ pub enum TransportError {
     State { path: std::path::PathBuf, message: String },
     #[error("the local journal: {0}")]
     Journal(String),
+    #[error("the consumer name {0:?} cannot name a JetStream consumer: letters, digits, `-` and `_` only")]
+    Consumer(String),
     #[error(
         "the instance id {0:?} cannot name a NATS subject (no whitespace, no empty, `*` or `>` parts between dots): \
          set [instance] instance_id"
@@ -174,11 +179,45 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, TransportError> {
         .map_err(|e| TransportError::Connect { url: url.to_owned(), message: e.to_string() })
 }
 
-/// Creates the stream `spec` describes, or checks the one there (only checks with
-/// `check_only`): a stream that falls short is reported, never changed.
+/// Creates the stream `spec` describes and its cursors' bucket, or checks those there
+/// (only checks with `check_only`): a stream that falls short is reported, never changed.
 pub async fn init(url: &str, spec: &StreamSpec, check_only: bool) -> Result<Outcome, TransportError> {
     let client = connect(url).await?;
     let jetstream = async_nats::jetstream::new(client);
+    let outcome = init_stream(&jetstream, spec, check_only).await?;
+    let bucket = cursor::bucket(&spec.name);
+    match jetstream.get_stream(format!("KV_{bucket}")).await {
+        Ok(mut found) => {
+            let info = found.info().await.map_err(|e| TransportError::JetStream(e.to_string()))?;
+            if info.config.num_replicas < spec.replicas {
+                return Err(TransportError::Unfit {
+                    name: bucket,
+                    problems: vec![format!(
+                        "{} replica(s), {} wanted: losing a node could lose consumers' cursors",
+                        info.config.num_replicas, spec.replicas
+                    )],
+                });
+            }
+        }
+        Err(e) if is_not_found(&e) => {
+            if check_only {
+                return Err(TransportError::Missing(bucket));
+            }
+            jetstream
+                .create_stream(cursor::bucket_stream(&spec.name, spec.replicas))
+                .await
+                .map_err(|e| TransportError::JetStream(e.to_string()))?;
+        }
+        Err(e) => return Err(TransportError::JetStream(e.to_string())),
+    }
+    Ok(outcome)
+}
+
+async fn init_stream(
+    jetstream: &async_nats::jetstream::Context,
+    spec: &StreamSpec,
+    check_only: bool,
+) -> Result<Outcome, TransportError> {
     match jetstream.get_stream(&spec.name).await {
         Ok(mut stream) => {
             let info = stream.info().await.map_err(|e| TransportError::JetStream(e.to_string()))?;

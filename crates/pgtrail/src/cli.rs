@@ -151,6 +151,12 @@ pub(crate) enum Command {
         /// skipped.
         #[arg(long, value_name = "FILE")]
         state: Option<PathBuf>,
+        /// With --nats: keep the cursor in the stream's key-value bucket (<stream>_CURSORS,
+        /// key NAME.<instance>) instead of a file, and read through the durable consumer
+        /// NAME_<instance>, acknowledged as the cursor is saved. The consumer then needs no
+        /// disk of its own and can move to another machine; run one process per NAME.
+        #[arg(long, value_name = "NAME", requires = "nats", conflicts_with = "state")]
+        consumer: Option<String>,
         /// Keep archiving new records until SIGINT/SIGTERM (then write what is pending).
         #[arg(long)]
         follow: bool,
@@ -222,8 +228,14 @@ pub(crate) enum Command {
         url: String,
         /// The forwarder's cursor file (one per destination): a restart resumes after the
         /// last batch the destination confirmed.
-        #[arg(long, value_name = "FILE")]
-        state: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "consumer")]
+        state: Option<PathBuf>,
+        /// With --nats: keep the cursor in the stream's key-value bucket (<stream>_CURSORS,
+        /// key NAME.<instance>) instead of a file, and read through the durable consumer
+        /// NAME_<instance>, acknowledged as the cursor is saved. The consumer then needs no
+        /// disk of its own and can move to another machine; run one process per NAME.
+        #[arg(long, value_name = "NAME", requires = "nats", conflicts_with = "state")]
+        consumer: Option<String>,
         /// Keep forwarding new records until SIGINT/SIGTERM.
         #[arg(long)]
         follow: bool,
@@ -451,7 +463,9 @@ pub(crate) enum TransportCommand {
     /// Create the audit stream on a JetStream cluster, or check the one there (exit 1 with
     /// every shortcoming named: too few replicas, delete or purge allowed, rollups, memory
     /// storage, a short de-duplication window or retention, other subjects). A stream that
-    /// falls short is reported, never changed. Subjects: pgtrail.records.<instance>.
+    /// falls short is reported, never changed. Subjects: pgtrail.records.<instance>. Also
+    /// creates (or checks) the key-value bucket <stream>_CURSORS where named consumers
+    /// (--consumer) keep their cursors, with as many replicas.
     Init {
         /// The NATS servers: nats://HOST:PORT, comma-separated for several.
         #[arg(long, value_name = "URL")]
@@ -572,8 +586,14 @@ pub(crate) enum AlertsCommand {
         #[arg(long, value_name = "FILE")]
         rules: PathBuf,
         /// Cursor file (created if missing): where to resume after a restart.
-        #[arg(long, value_name = "FILE")]
-        state: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "consumer")]
+        state: Option<PathBuf>,
+        /// With --nats: keep the cursor in the stream's key-value bucket (<stream>_CURSORS,
+        /// key NAME.<instance>) instead of a file, and read through the durable consumer
+        /// NAME_<instance>, acknowledged as the cursor is saved. The consumer then needs no
+        /// disk of its own and can move to another machine; run one process per NAME.
+        #[arg(long, value_name = "NAME", requires = "nats", conflicts_with = "state")]
+        consumer: Option<String>,
         /// Append alerts to this file instead of standard output.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,

@@ -211,6 +211,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             key,
             to,
             state,
+            consumer,
             follow,
             roll_events,
             roll_secs,
@@ -228,7 +229,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 age: std::time::Duration::from_secs(roll_secs.max(1)),
             };
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let origins = origins(journal, &source)?;
+            let origins = consumer_origins(journal, &source, consumer.as_deref())?;
             let several = origins.len() > 1;
             runtime()?.block_on(async move {
                 let stop = stop_on_signal();
@@ -239,7 +240,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                             let config = pgtrail_archive::ArchiveRun {
                                 journal: origin.clone(),
                                 target: to.clone(),
-                                state: state.as_deref().map(|s| origin.cursor_path(s, several)),
+                                state: origin.cursor(state.as_deref(), several),
                                 follow,
                                 roll,
                                 progress: progress && !several,
@@ -299,10 +300,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 pgtrail_transport_nats::Outcome::Fit => "exists and is fit",
             };
             println!(
-                "stream {} {done}: subjects {}.>, {} replicas, file storage, DenyDelete and DenyPurge on",
+                "stream {} {done}: subjects {}.>, {} replicas, file storage, DenyDelete and DenyPurge on; \
+                 consumers' cursors in the bucket {}",
                 spec.name,
                 pgtrail_transport_nats::SUBJECT_PREFIX,
-                spec.replicas
+                spec.replicas,
+                pgtrail_transport_nats::cursor::bucket(&spec.name)
             );
             Ok(())
         }
@@ -313,6 +316,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             to,
             url,
             state,
+            consumer,
             follow,
             token_file,
             ack,
@@ -341,7 +345,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 window: in_flight,
                 timeout: std::time::Duration::from_secs(timeout.max(1)),
             };
-            let origins = origins(journal, &source)?;
+            let origins = consumer_origins(journal, &source, consumer.as_deref())?;
             let several = origins.len() > 1;
             runtime()?.block_on(async move {
                 let stop = stop_on_signal();
@@ -351,7 +355,9 @@ fn run(command: Command) -> anyhow::Result<()> {
                         pgtrail_reader::each_origin(&origins, |origin| {
                             let run = pgtrail_forward::ForwardRun {
                                 journal: origin.clone(),
-                                state: origin.cursor_path(&state, several),
+                                state: origin
+                                    .cursor(state.as_deref(), several)
+                                    .context("give --state FILE or --consumer NAME")?,
                                 follow,
                                 settings: settings.clone(),
                             };
@@ -451,12 +457,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             key,
             rules,
             state,
+            consumer,
             output,
             gap_secs,
             destinations,
             metrics,
         }) => {
-            let mut origins = origins(journal, &source)?;
+            let mut origins = consumer_origins(journal, &source, consumer.as_deref())?;
             if origins.len() > 1 {
                 let names: Vec<String> = origins.iter().map(pgtrail_reader::Origin::name).collect();
                 anyhow::bail!(
@@ -465,6 +472,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 );
             }
             let journal = origins.remove(0);
+            let state = journal.cursor(state.as_deref(), false).context("give --state FILE or --consumer NAME")?;
             let ring = keys::load_key_ring(&key)?;
             let rules = pgtrail_rules::RuleSet::load(&rules)?;
             let notify = destinations.as_deref().map(pgtrail_notify::NotifyConfig::load).transpose()?;
@@ -561,9 +569,18 @@ fn run(command: Command) -> anyhow::Result<()> {
 /// Where a consumer reads: the journal directory, or each instance of the audit stream
 /// (those named with --instance, or every one it holds).
 fn origins(journal: Option<PathBuf>, source: &StreamArgs) -> anyhow::Result<Vec<pgtrail_reader::Origin>> {
+    consumer_origins(journal, source, None)
+}
+
+/// As [`origins`], the stream's instances read through the named consumer when there is one.
+fn consumer_origins(
+    journal: Option<PathBuf>,
+    source: &StreamArgs,
+    consumer: Option<&str>,
+) -> anyhow::Result<Vec<pgtrail_reader::Origin>> {
     match (journal, &source.nats) {
         (Some(dir), _) => Ok(vec![dir.into()]),
-        (None, Some(url)) => Ok(pgtrail_transport_nats::origins(url, &source.stream, &source.instance)?),
+        (None, Some(url)) => Ok(pgtrail_transport_nats::origins(url, &source.stream, &source.instance, consumer)?),
         (None, None) => anyhow::bail!("give --journal DIR, or --nats URL to read the audit stream"),
     }
 }

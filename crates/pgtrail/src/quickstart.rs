@@ -158,7 +158,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let alert_config = pgtrail_alerts::AlertsRun {
         journal: journal.clone().into(),
         rules: pgtrail_rules::RuleSet::parse("builtin = true\n", "built-in pack")?,
-        state: workdir.path().join("alerts.cursor"),
+        state: Arc::new(pgtrail_reader::CursorFile::new(workdir.path().join("alerts.cursor"))),
         gap: std::time::Duration::from_secs(30),
         status: Arc::default(),
     };
