@@ -20,7 +20,6 @@ use pgtrail_proxy::{
     AuthConfig, DeliverySection, PolicyConfig, ProxyConfig, ProxyConfigError, ProxySection, UpstreamConfig,
     UpstreamTlsMode,
 };
-use pgtrail_transport_nats::{NatsConfigError, NatsTransport, TransportSection};
 use serde::Deserialize;
 
 /// A configuration that cannot be used, naming the key or the file.
@@ -56,8 +55,8 @@ pub enum ConfigError {
     Keys(#[from] KeyError),
     #[error(transparent)]
     Pgaudit(#[from] PgauditConfigError),
-    #[error(transparent)]
-    Transport(#[from] NatsConfigError),
+    #[error("{0}")]
+    Transport(String),
 }
 
 /// The whole file: one section per crate.
@@ -88,9 +87,49 @@ pub struct FileConfig {
     /// `[policy]`: password restriction and deny rules, applied in the proxy.
     #[serde(default)]
     pub policy: PolicyConfig,
-    /// `[transport.nats]`: publish the journal to the fleet's audit stream.
+    /// `[transport.<kind>]` (`[transport.nats]`): publish the journal to the fleet's audit
+    /// stream. Each kind's table belongs to its transport crate (see [`Transports`]).
     #[serde(default)]
-    pub transport: TransportSection,
+    pub transport: std::collections::BTreeMap<String, toml::Value>,
+}
+
+/// Turns a `[transport.<kind>]` table into a transport for the journal in the given
+/// directory; the error names what is wrong.
+pub type TransportResolver = std::sync::Arc<
+    dyn Fn(&toml::Value, &Path) -> Result<std::sync::Arc<dyn pgtrail_journal::ship::Transport>, String> + Send + Sync,
+>;
+
+/// The transports a journal writer can ship with, by kind: the binary registers each
+/// transport crate's resolver, so this crate knows none of them.
+#[derive(Clone, Default)]
+pub struct Transports(std::collections::BTreeMap<String, TransportResolver>);
+
+impl Transports {
+    /// With `kind` (`[transport.<kind>]`) resolved by `resolve`.
+    pub fn with(mut self, kind: &str, resolve: TransportResolver) -> Self {
+        self.0.insert(kind.to_owned(), resolve);
+        self
+    }
+}
+
+impl std::fmt::Debug for Transports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+/// A resolved `[transport.<kind>]`: compares by its table, so a reload sees a change.
+#[derive(Clone, Debug)]
+pub struct TransportSetting {
+    pub kind: String,
+    pub table: toml::Value,
+    pub transport: std::sync::Arc<dyn pgtrail_journal::ship::Transport>,
+}
+
+impl PartialEq for TransportSetting {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.table == other.table
+    }
 }
 
 /// What a journal writer runs with: the proxy's, or `pgtrail ingest`'s.
@@ -106,8 +145,8 @@ pub struct WriterConfig {
     pub wrapping_public_key: PathBuf,
     /// The checkpoint signing key file.
     pub signing_key: PathBuf,
-    /// Publishing to the audit stream on NATS JetStream (`[transport.nats]`).
-    pub transport: Option<NatsTransport>,
+    /// Publishing to the fleet's audit stream (`[transport.<kind>]`).
+    pub transport: Option<TransportSetting>,
 }
 
 /// Everything `pgtrail proxy` runs with, resolved and validated.
@@ -130,6 +169,8 @@ pub struct Overrides {
     pub upstream: Option<String>,
     pub journal: Option<PathBuf>,
     pub keys: Option<PathBuf>,
+    /// The transports this build has (`[transport.<kind>]`).
+    pub transports: Transports,
 }
 
 impl FileConfig {
@@ -137,6 +178,30 @@ impl FileConfig {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
+    }
+
+    /// The one `[transport.<kind>]` table, resolved by its kind's resolver.
+    fn resolve_transport(
+        &self,
+        transports: &Transports,
+        journal_dir: &Path,
+    ) -> Result<Option<TransportSetting>, ConfigError> {
+        let mut tables = self.transport.iter();
+        let Some((kind, table)) = tables.next() else { return Ok(None) };
+        if let Some((other, _)) = tables.next() {
+            return Err(ConfigError::Transport(format!(
+                "[transport.{kind}] and [transport.{other}]: a journal is published to one transport"
+            )));
+        }
+        let resolve = transports.0.get(kind).ok_or_else(|| {
+            let known: Vec<&str> = transports.0.keys().map(String::as_str).collect();
+            ConfigError::Transport(format!(
+                "[transport.{kind}] is not a transport this build has (it has: {})",
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            ))
+        })?;
+        let transport = resolve(table, journal_dir).map_err(ConfigError::Transport)?;
+        Ok(Some(TransportSetting { kind: kind.clone(), table: table.clone(), transport }))
     }
 
     /// What a journal writer needs: `[journal]`, `[recorder]`, `[instance]`, `[envelope]`,
@@ -148,7 +213,7 @@ impl FileConfig {
         self.envelope.validate()?;
         let instance_id = self.instance.instance_id()?;
         let keys = self.keys.resolve(overrides.keys.as_deref())?;
-        let transport = self.transport.nats.as_ref().map(|nats| nats.resolve(&journal_dir)).transpose()?;
+        let transport = self.resolve_transport(&overrides.transports, &journal_dir)?;
         Ok(WriterConfig {
             transport,
             journal: self.journal.options(instance_id.clone()),
@@ -266,6 +331,19 @@ mod tests {
         assert!(matches!(FileConfig::default().resolve(&overrides), Err(ConfigError::NoUpstream)));
     }
 
+    /// The transports are the binary's to register: a kind this build lacks, or two at
+    /// once, is named.
+    #[test]
+    fn a_transport_this_build_lacks_is_named() {
+        let overrides = Overrides { journal: Some("/tmp/j".into()), keys: Some("/k".into()), ..Overrides::default() };
+        let file: FileConfig = toml::from_str("[transport.kafka]\nbrokers = \"k1:9092\"\n").unwrap();
+        let err = file.resolve_writer(&overrides).unwrap_err().to_string();
+        assert!(err.contains("[transport.kafka] is not a transport this build has (it has: none)"), "{err}");
+        let two: FileConfig = toml::from_str("[transport.kafka]\n[transport.nats]\n").unwrap();
+        let err = two.resolve_writer(&overrides).unwrap_err().to_string();
+        assert!(err.contains("a journal is published to one transport"), "{err}");
+    }
+
     /// Issue 14.4: configurations compare by value, section by section.
     #[test]
     fn an_unchanged_file_loads_equal_and_a_changed_one_does_not() {
@@ -286,6 +364,7 @@ mod tests {
             upstream: Some("postgres://127.0.0.1:5555".into()),
             journal: Some("/tmp/j".into()),
             keys: Some("/etc/pgtrail/keys".into()),
+            ..Overrides::default()
         };
         let config = FileConfig::default().resolve(&overrides).unwrap();
         assert_eq!(config.proxy.listen.port(), 7000);

@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 
 use pgtrail_envelope::Sealer;
 use pgtrail_event::{ActivityEvent, control_event, heartbeat_event, loss_event};
+use pgtrail_journal::ship::{LagAlarm, ShipStats, Shipping};
 use pgtrail_journal::{Journal, JournalError, JournalOptions, Recorder, RecorderStats, WriterParts};
 use pgtrail_proxy::{Durable, EventSink, Proxy, ProxyStats};
-use pgtrail_transport_nats::{LagAlarm, PublishStats, RunningPublisher};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -58,7 +58,7 @@ pub struct RecorderSink {
     pub counts: Arc<EventCounts>,
     pub sessions: Option<Arc<ProxySessions>>,
     /// The publisher whose acknowledgement sync delivery waits for, too.
-    pub stream: Option<Arc<PublishStats>>,
+    pub stream: Option<Arc<ShipStats>>,
 }
 
 impl EventSink for RecorderSink {
@@ -120,8 +120,8 @@ pub struct Capture {
     next_sealer: Arc<Mutex<Option<Sealer>>>,
     /// The pgAudit ingester ([pgaudit]): its stop flag and task.
     ingest: Option<(Arc<std::sync::atomic::AtomicBool>, IngestTask)>,
-    /// The publisher to the audit stream ([transport.nats]).
-    publisher: Option<RunningPublisher>,
+    /// The publisher to the audit stream ([transport.<kind>]).
+    publisher: Option<Box<dyn Shipping>>,
     /// The configuration running now.
     config: CaptureConfig,
     wrapping_id: String,
@@ -267,9 +267,9 @@ impl Capture {
         let publisher = start_publisher(&config.writer, &recorder);
         let stream = publisher
             .as_ref()
-            .filter(|_| config.writer.transport.as_ref().is_some_and(|t| t.sync_waits_for_stream))
+            .filter(|_| config.writer.transport.as_ref().is_some_and(|t| t.transport.sync_waits()))
             .filter(|_| config.proxy.delivery.is_sync())
-            .map(|p| Arc::clone(&p.stats));
+            .map(|p| p.stats());
         let sink = RecorderSink { recorder, counts: Arc::clone(&events), sessions, stream };
         let proxy = Proxy::bind(config.proxy.clone(), Arc::new(sink)).await?;
         let addr = proxy.local_addr();
@@ -385,7 +385,7 @@ impl Capture {
         let (proxy, journal, events) =
             (Arc::clone(&self.stats), Arc::clone(&self.recorder_stats), Arc::clone(&self.events));
         let healthy = Arc::clone(&self.journal_healthy);
-        let publisher = self.publisher.as_ref().map(|p| Arc::clone(&p.stats));
+        let publisher = self.publisher.as_ref().map(|p| p.stats());
         move || {
             let mut families =
                 capture_families(&proxy, &journal, &events, healthy.load(std::sync::atomic::Ordering::Relaxed));
@@ -397,11 +397,11 @@ impl Capture {
     }
 }
 
-/// Starts publishing the journal to the audit stream, if `[transport.nats]` says so: each
+/// Starts publishing the journal to the audit stream, if `[transport.<kind>]` says so: each
 /// record once the recorder has made it durable; a lag past the threshold, and its end,
 /// are recorded as control events.
-pub fn start_publisher(config: &WriterConfig, recorder: &Recorder<ActivityEvent>) -> Option<RunningPublisher> {
-    let transport = config.transport.clone()?;
+pub fn start_publisher(config: &WriterConfig, recorder: &Recorder<ActivityEvent>) -> Option<Box<dyn Shipping>> {
+    let transport = config.transport.as_ref()?;
     let stats = Arc::clone(recorder.stats());
     let durable = Arc::new(move || stats.durable_seq.load(std::sync::atomic::Ordering::Acquire));
     let control = recorder.clone();
@@ -420,8 +420,8 @@ pub fn start_publisher(config: &WriterConfig, recorder: &Recorder<ActivityEvent>
         };
         control.record(event);
     });
-    tracing::info!(url = %transport.settings.url, stream = %transport.settings.stream, "publishing the journal to JetStream");
-    Some(RunningPublisher::start(config.journal_dir.clone(), transport, durable, alarm))
+    tracing::info!(to = %transport.transport.describe(), "publishing the journal to the audit stream");
+    Some(transport.transport.start(config.journal_dir.clone(), durable, alarm))
 }
 
 /// How long a stopping writer waits for the stream to take its last records.
@@ -429,13 +429,13 @@ const PUBLISH_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Gives the publisher a moment to publish the journal's last records (the stop event,
 /// the final checkpoint); what it cannot is published by the next start.
-pub async fn finish_publisher(publisher: RunningPublisher) {
+pub async fn finish_publisher(publisher: Box<dyn Shipping>) {
     if let Err(e) = publisher.finish(PUBLISH_DRAIN).await {
         tracing::error!(error = %e, "the audit stream publisher stopped with an error");
     }
 }
 
-fn transport_families(stats: &PublishStats) -> Vec<Family> {
+fn transport_families(stats: &ShipStats) -> Vec<Family> {
     use std::sync::atomic::Ordering::Relaxed;
     let n = |v: &std::sync::atomic::AtomicU64| v.load(Relaxed) as f64;
     vec![

@@ -59,6 +59,7 @@ mod format;
 pub mod prune;
 mod reader;
 mod recorder;
+pub mod ship;
 mod verify;
 mod writer;
 

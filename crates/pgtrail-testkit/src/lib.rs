@@ -108,6 +108,7 @@ pub fn capture_config(pg: &LocalPg, journal: &Path) -> CaptureConfig {
             upstream: Some(format!("postgres://{}:{}", pg.host(), pg.port())),
             journal: Some(journal.to_path_buf()),
             keys: Some(keys),
+            ..Overrides::default()
         })
         .expect("test configuration resolves");
     config.writer.recorder.max_batch_delay = Duration::from_millis(20);

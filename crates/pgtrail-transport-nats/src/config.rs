@@ -8,11 +8,14 @@ use serde::Deserialize;
 
 use crate::{PublishSettings, StreamSpec};
 
-/// `[transport]`: where records go besides the local journal.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TransportSection {
-    pub nats: Option<NatsSection>,
+/// The journal writer's resolver of `[transport.nats]` (see the capture crate's
+/// `Transports`): the table checked and resolved for the journal in `journal_dir`.
+pub fn transport(
+    table: &toml::Value,
+    journal_dir: &Path,
+) -> Result<std::sync::Arc<dyn pgtrail_journal::ship::Transport>, String> {
+    let section: NatsSection = table.clone().try_into().map_err(|e| format!("[transport.nats]: {e}"))?;
+    Ok(std::sync::Arc::new(section.resolve(journal_dir).map_err(|e| e.to_string())?))
 }
 
 /// `[transport.nats]`.
@@ -157,6 +160,21 @@ mod tests {
         allowed.allow_plaintext = true;
         assert!(allowed.resolve(dir).is_ok());
         assert!(matches!(section("http://127.0.0.1:4222").resolve(dir), Err(NatsConfigError::Url(_))));
+    }
+
+    #[test]
+    fn the_writer_resolves_its_table_and_names_a_wrong_key() {
+        let table: toml::Value =
+            toml::from_str("url = \"nats://127.0.0.1:4222\"\nsync_waits_for_stream = true").unwrap();
+        let resolved = transport(&table, Path::new("/j")).unwrap();
+        assert!(resolved.sync_waits());
+        assert_eq!(resolved.describe(), "JetStream stream PGTRAIL on nats://127.0.0.1:4222");
+        let secret: toml::Value = toml::from_str("url = \"tls://audit:s3cret@nats1:4222\"").unwrap();
+        let described = transport(&secret, Path::new("/j")).unwrap().describe();
+        assert!(!described.contains("s3cret") && described.contains("nats1:4222"), "{described}");
+        let wrong: toml::Value = toml::from_str("url = \"nats://127.0.0.1:4222\"\nstreem = \"X\"").unwrap();
+        let err = transport(&wrong, Path::new("/j")).unwrap_err();
+        assert!(err.starts_with("[transport.nats]") && err.contains("streem"), "{err}");
     }
 
     #[test]

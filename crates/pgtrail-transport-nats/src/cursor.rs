@@ -2,7 +2,7 @@
 //! instance (`<consumer>.<instance>`) in the key-value bucket `<stream>_CURSORS`, replicated
 //! like the stream, so that a consumer needs no disk of its own and can move to another
 //! machine. The value is the cursor in the reader's text format. Each consumer name also
-//! has a durable consumer per instance on the stream (see [`crate::source`]), acknowledged
+//! has a durable consumer per instance on the stream (see the source module), acknowledged
 //! up to the saved cursor: the servers show how far each consumer is (`nats consumer info`).
 
 use std::time::Duration;
@@ -62,7 +62,7 @@ impl KvCursor {
     /// `pgtrail transport init` creates).
     pub fn open(url: &str, stream: &str, name: &str, instance: &str) -> Result<KvCursor, TransportError> {
         let key = key(name, instance)?;
-        let runtime = crate::source::runtime()?;
+        let runtime = crate::runtime()?;
         let store = runtime.block_on(async {
             let client = crate::connect(url).await?;
             let jetstream = async_nats::jetstream::new(client);

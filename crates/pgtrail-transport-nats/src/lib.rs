@@ -4,7 +4,11 @@
 //! journal instance (`pgtrail.records.<instance>`), file storage, replicas, a retention age, a de-duplication window for resends, no rollups, and
 //! DenyDelete and DenyPurge, so that nobody with access to the stream's API can take
 //! records out of it; and beside it the key-value bucket of named consumers' cursors
-//! (see [`cursor`]).
+//! (see [`cursor`]). It plugs in behind small traits of the core crates: a journal writer
+//! publishes through `pgtrail_journal::ship::Transport` (the binary registers
+//! [`transport`] for `[transport.nats]`), consumers read through the reader's
+//! `RemoteSource` and keep cursors through its `CursorStore`; another broker would
+//! implement the same three.
 //! Must not: know what a record holds, or change a stream it was only asked to check.
 
 use std::time::Duration;
@@ -17,11 +21,11 @@ mod source;
 
 /// The NATS client, for tools and tests that talk to the servers themselves.
 pub use async_nats;
-pub use config::{NatsConfigError, NatsSection, NatsTransport, TransportSection, default_state};
+pub use config::{NatsConfigError, NatsSection, NatsTransport, default_state, transport};
 pub use cursor::KvCursor;
 
-pub use publish::{Durable, Position, PublishSettings, PublishStats, publish};
-pub use running::{LagAlarm, RunningPublisher};
+pub use publish::{Position, PublishSettings, publish};
+pub use running::RunningPublisher;
 pub use source::{StreamOrigin, StreamSource, instances, origins, stream_instances, verify_instance};
 
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
@@ -167,6 +171,16 @@ pub enum Outcome {
     Created,
     /// It was there already, and fit.
     Fit,
+}
+
+/// A small runtime for the synchronous readers (consumers run on the blocking pool).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, TransportError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("pgtrail-nats")
+        .enable_all()
+        .build()
+        .map_err(|e| TransportError::JetStream(format!("starting the NATS client's runtime: {e}")))
 }
 
 /// Connects to the NATS servers at `url` (comma-separated URLs for a cluster).

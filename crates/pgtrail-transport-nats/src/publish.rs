@@ -22,11 +22,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
+use pgtrail_journal::ship::{Durable, ShipStats};
 use pgtrail_journal::{Hash, JournalReader, Record};
 use serde::{Deserialize, Serialize};
 
@@ -56,52 +57,6 @@ impl PublishSettings {
     pub const RUN_BYTES: usize = 768 * 1024;
     pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
     pub const POLL: Duration = Duration::from_millis(20);
-}
-
-/// Counters a metrics endpoint shows.
-#[derive(Debug, Default)]
-pub struct PublishStats {
-    /// Records acknowledged by the stream (replicated) since start.
-    pub records: AtomicU64,
-    /// Messages acknowledged since start.
-    pub messages: AtomicU64,
-    /// The last record the stream holds (acknowledged or found there).
-    pub published_seq: AtomicU64,
-    /// The last durable record of the local journal, as far as the publisher knows.
-    pub journal_seq: AtomicU64,
-    /// Failed attempts (unreachable, timed out, refused).
-    pub failures: AtomicU64,
-    /// Whether the last attempt reached the stream.
-    pub connected: AtomicBool,
-    /// Whether the stream held everything the journal had when last looked.
-    pub caught_up: AtomicBool,
-    /// Woken whenever `published_seq` moves.
-    pub published: tokio::sync::Notify,
-}
-
-impl PublishStats {
-    /// Records durable in the local journal and not yet in the stream.
-    pub fn lag(&self) -> u64 {
-        self.journal_seq.load(Ordering::Relaxed).saturating_sub(self.published_seq.load(Ordering::Relaxed))
-    }
-
-    /// Waits until the stream holds record `seq` (acknowledged, so stored on its replicas).
-    pub async fn wait_published(&self, seq: u64) {
-        loop {
-            let notified = self.published.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.published_seq.load(Ordering::Acquire) >= seq {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    fn set_published(&self, seq: u64) {
-        self.published_seq.store(seq, Ordering::Release);
-        self.published.notify_waiters();
-    }
 }
 
 /// Where publishing stands: the last record in the stream and its stream sequence.
@@ -136,10 +91,6 @@ mod hex_hash {
     }
 }
 
-/// The journal's last durable record, where the writer shares it (the proxy's recorder);
-/// without it, whatever the journal files hold is published.
-pub type Durable = Arc<dyn Fn() -> u64 + Send + Sync>;
-
 /// Publishes the journal in `journal` until `stop` says so. Transient failures (servers
 /// unreachable, no stream leader, timeouts) are retried with backoff while records wait in
 /// the journal; the error returned is one a retry will not mend (the stream holds records
@@ -148,7 +99,7 @@ pub async fn publish(
     journal: &Path,
     settings: &PublishSettings,
     durable: Option<Durable>,
-    stats: Arc<PublishStats>,
+    stats: Arc<ShipStats>,
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<(), TransportError> {
     let mut backoff = Backoff::default();
@@ -241,7 +192,7 @@ struct Publisher<'a> {
     instance: String,
     subject: String,
     durable: Option<Durable>,
-    stats: Arc<PublishStats>,
+    stats: Arc<ShipStats>,
     reader: Option<JournalReader>,
     position: Position,
     /// The position saved by an earlier run (checked against the stream).

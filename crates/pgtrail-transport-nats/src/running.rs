@@ -7,23 +7,50 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use pgtrail_journal::ship::{Durable, LagAlarm, ShipFuture, ShipStats, Shipping, Transport};
 use tokio::task::JoinHandle;
 
-use crate::{Durable, NatsTransport, PublishStats, TransportError, publish};
+use crate::{NatsTransport, TransportError, publish};
 
-/// What the lag watcher reports, for the writer to record as a control event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LagAlarm {
-    /// More than the threshold of durable records are not in the stream yet.
-    Behind { records: u64, threshold: u64 },
-    /// The stream holds everything again after a [`LagAlarm::Behind`].
-    CaughtUp { after: Duration },
+impl Transport for NatsTransport {
+    fn describe(&self) -> String {
+        // The URL may carry credentials (nats://user:password@host): only hosts are named.
+        let hosts: Vec<&str> = self
+            .settings
+            .url
+            .split(',')
+            .map(|server| server.trim().rsplit_once('@').map_or(server.trim(), |(_, host)| host))
+            .collect();
+        format!("JetStream stream {} on {}", self.settings.stream, hosts.join(","))
+    }
+
+    fn sync_waits(&self) -> bool {
+        self.sync_waits_for_stream
+    }
+
+    fn start(&self, journal: PathBuf, durable: Durable, alarm: Box<dyn FnMut(LagAlarm) + Send>) -> Box<dyn Shipping> {
+        Box::new(RunningPublisher::start(journal, self.clone(), durable, alarm))
+    }
+}
+
+impl Shipping for RunningPublisher {
+    fn stats(&self) -> Arc<ShipStats> {
+        Arc::clone(&self.stats)
+    }
+
+    fn stop_alarms(&mut self) -> ShipFuture<'_, ()> {
+        Box::pin(RunningPublisher::stop_alarms(self))
+    }
+
+    fn finish(self: Box<Self>, drain: Duration) -> ShipFuture<'static, Result<(), String>> {
+        Box::pin(async move { RunningPublisher::finish(*self, drain).await.map_err(|e| e.to_string()) })
+    }
 }
 
 /// A publisher running beside a journal writer.
 #[derive(Debug)]
 pub struct RunningPublisher {
-    pub stats: Arc<PublishStats>,
+    pub stats: Arc<ShipStats>,
     stop: Arc<AtomicBool>,
     /// Set at shutdown: publish what is durable, then stop.
     draining: Arc<AtomicBool>,
@@ -41,7 +68,7 @@ impl RunningPublisher {
         durable: Durable,
         mut alarm: Box<dyn FnMut(LagAlarm) + Send>,
     ) -> Self {
-        let stats = Arc::new(PublishStats::default());
+        let stats = Arc::new(ShipStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let draining = Arc::new(AtomicBool::new(false));
         let threshold = transport.lag_alarm_records;

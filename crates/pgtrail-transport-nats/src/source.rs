@@ -31,7 +31,7 @@ const STALL: Duration = Duration::from_secs(3);
 
 /// The instances whose records the stream holds (from its subjects).
 pub fn instances(url: &str, stream: &str) -> Result<Vec<String>, TransportError> {
-    let runtime = runtime()?;
+    let runtime = crate::runtime()?;
     runtime.block_on(async {
         let client = crate::connect(url).await?;
         let jetstream = async_nats::jetstream::new(client);
@@ -129,7 +129,7 @@ impl StreamSource {
         keys: Option<VerifierSet>,
         durable: Option<&str>,
     ) -> Result<StreamSource, TransportError> {
-        let runtime = runtime()?;
+        let runtime = crate::runtime()?;
         let subject = subject(instance)?;
         let (client, stream, feed) = runtime.block_on(async {
             let client = crate::connect(url).await?;
@@ -507,15 +507,6 @@ async fn last_sequence(stream: &async_nats::jetstream::stream::Stream, subject: 
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
         Err(e) => Err(js(e)),
     }
-}
-
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, TransportError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("pgtrail-nats")
-        .enable_all()
-        .build()
-        .map_err(|e| TransportError::JetStream(format!("starting the NATS client's runtime: {e}")))
 }
 
 fn js(e: impl std::fmt::Display) -> TransportError {

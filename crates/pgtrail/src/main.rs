@@ -176,9 +176,11 @@ async fn run_proxy(resolved: CaptureConfig, config_file: Option<PathBuf>, overri
 /// Runs one subcommand.
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Proxy { config, listen, upstream, journal, keys, set_aside_damaged_journal } => {
-            proxy(config, Overrides { listen, upstream, journal, keys }, set_aside_damaged_journal)
-        }
+        Command::Proxy { config, listen, upstream, journal, keys, set_aside_damaged_journal } => proxy(
+            config,
+            Overrides { listen, upstream, journal, keys, transports: transports() },
+            set_aside_damaged_journal,
+        ),
         Command::Tail { journal, source, key, follow, user, class, json, heartbeats, confirmations } => {
             let origins = origins(journal, &source)?;
             let filter = tail::Filter { user, class, heartbeats, confirmations };
@@ -426,7 +428,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 state,
                 poll: pgtrail_transport_nats::PublishSettings::POLL,
             };
-            let stats = Arc::new(pgtrail_transport_nats::PublishStats::default());
+            let stats = Arc::new(pgtrail_journal::ship::ShipStats::default());
             runtime()?.block_on(async {
                 let signalled = stop_on_signal();
                 let stop = || {
@@ -516,7 +518,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 None => FileConfig::default(),
             };
             // A journal writer only: no proxy runs here, so no upstream is needed.
-            let overrides = Overrides { journal: Some(journal.clone()), keys: Some(keys), ..Overrides::default() };
+            let overrides = Overrides {
+                journal: Some(journal.clone()),
+                keys: Some(keys),
+                transports: transports(),
+                ..Overrides::default()
+            };
             let resolved = file.resolve_writer(&overrides)?;
             let state = state.unwrap_or_else(|| journal.with_extension("ingest-position"));
             runtime()?.block_on(async move {
@@ -568,6 +575,11 @@ fn run(command: Command) -> anyhow::Result<()> {
 
 /// Where a consumer reads: the journal directory, or each instance of the audit stream
 /// (those named with --instance, or every one it holds).
+/// The transports a journal writer can publish with (`[transport.<kind>]`).
+fn transports() -> pgtrail_capture::config::Transports {
+    pgtrail_capture::config::Transports::default().with("nats", Arc::new(pgtrail_transport_nats::transport))
+}
+
 fn origins(journal: Option<PathBuf>, source: &StreamArgs) -> anyhow::Result<Vec<pgtrail_reader::Origin>> {
     consumer_origins(journal, source, None)
 }

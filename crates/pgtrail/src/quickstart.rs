@@ -70,6 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         upstream: Some(format!("postgres://{}:{}", pg.host(), pg.port())),
         journal: Some(journal.clone()),
         keys: Some(keys_dir.clone()),
+        ..Overrides::default()
     })?;
     // The safe way is the easy way: a witness copy of every checkpoint, so `verify` also
     // catches a journal cut short.
