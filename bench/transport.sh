@@ -22,6 +22,12 @@
 #   end to end: every event from the first publisher's start to the consumer's last event.
 #   CPU:      seconds of user + system time of the publishers, of the three nats-server
 #             processes, and of the consumer (getrusage of children, /proc for servers).
+#   steady:   then, at a steady rate (STEADY_RATE events/s, 20,000 by default: a busy
+#             proxy's rate, spread over STEADY_N = 8 instances, for STEADY_SECS = 20 s), the
+#             journals are written live while N following publishers and one following
+#             consumer (`pgtrail tail --nats --follow --json`, every instance) run: the
+#             consumer lag is each event's delay from its record's creation to the
+#             consumer's output (p50, p99, max), and whether the consumer kept up.
 # The machine has 2 cores: the cluster, the publishers and the consumer share them, so
 # these are the floor of what separate hosts would do. Medians of REPEATS are printed last.
 set -euo pipefail
@@ -30,6 +36,9 @@ TOTAL="${TOTAL:-2000000}"
 BATCH="${BATCH:-50}"
 REPEATS="${REPEATS:-3}"
 SIZES="${SIZES:-1 8 32}"
+STEADY_RATE="${STEADY_RATE:-20000}"
+STEADY_N="${STEADY_N:-8}"
+STEADY_SECS="${STEADY_SECS:-20}"
 . bench/lib.sh
 command -v nats-server >/dev/null || { echo "run scripts/setup.sh first (nats-server)" >&2; exit 1; }
 
@@ -142,6 +151,60 @@ for n in $SIZES; do
   done
 done
 
+# The steady-rate phase: live journals, following publishers, one following consumer.
+STEADY=""
+n=$STEADY_N
+per=$((STEADY_RATE * STEADY_SECS / n))
+events=$((per * n))
+instances=(); for ((i = 0; i < n; i++)); do instances+=(--instance "sim-$i"); done
+for repeat in $(seq 1 "$REPEATS"); do
+  run="$work/steady-$repeat"; gen="$run/gen"; mkdir -p "$gen"
+  start_cluster "$run"
+  "$GEN" "$run/keys-only" 1 1 1 >/dev/null && mv "$run/keys-only/keys" "$gen/keys"
+  # The consumer first (it waits for the instances' subjects), then the writers and publishers.
+  PGTRAIL_LOG="${STEADY_LOG:-info,async_nats=warn}" \
+    "$PGTRAIL" tail --nats "$NATS_URL" "${instances[@]}" --key "$gen/keys/wrapping.key" --follow --json \
+    2>"$run/tail.log" | python3 -c '
+import datetime, sys, time
+want, utc, delays = int(sys.argv[1]), datetime.timezone.utc, []
+for line in sys.stdin:
+    i = line.find("\"startTime\":\"") + 13
+    at = datetime.datetime.fromisoformat(line[i:i + 26]).replace(tzinfo=utc).timestamp()
+    delays.append((time.time() - at) * 1000)
+    if len(delays) == want:
+        break
+delays.sort()
+pick = lambda q: delays[min(len(delays) - 1, int(q * len(delays)))]
+print(f"{len(delays)} {pick(0.5):.1f} {pick(0.99):.1f} {delays[-1]:.1f}" if delays else "0 0 0 0")
+' "$events" >"$run/lag" &
+  consumer_pid=$!
+  "$GEN" "$gen" "$n" "$per" "$BATCH" "$STEADY_RATE" >"$run/records" &
+  gen_pid=$!
+  for ((i = 0; i < n; i++)); do
+    for _ in $(seq 1 200); do compgen -G "$gen/sim-$i/journal/*.seg" >/dev/null && break; sleep 0.05; done
+  done
+  pubs=()
+  for ((i = 0; i < n; i++)); do
+    "$PGTRAIL" transport publish --nats "$NATS_URL" --journal "$gen/sim-$i/journal" --state "$run/sim-$i.state" \
+      2>"$run/pub-$i.log" &
+    pubs+=($!)
+  done
+  # The measuring end stops after the last event; the tail in front of it follows on.
+  while [ ! -s "$run/lag" ] && kill -0 "$consumer_pid" 2>/dev/null; do sleep 0.2; done
+  pkill -f -- "tail --nats $NATS_URL" 2>/dev/null || true
+  wait "$consumer_pid" 2>/dev/null || true
+  line=$(cat "$run/lag")
+  wait "$gen_pid"
+  for pid in "${pubs[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  stop_cluster
+  read -r got p50 p99 worst <<<"$line"
+  [ "$got" -eq "$events" ] || { echo "steady: the consumer read $got events of $events" >&2; cat "$run/tail.log" >&2; exit 1; }
+  echo "steady run $repeat: $STEADY_RATE events/s over $n instances for $STEADY_SECS s: consumer lag p50 $p50 ms, p99 $p99 ms, max $worst ms" >&2
+  STEADY+="$p50 $p99 $worst"$'\n'
+  [ -z "${STEADY_KEEP:-}" ] || cp "$run/tail.log" "$STEADY_KEEP.$repeat"
+  rm -rf "$run"
+done
+
 echo
 echo "transport: $TOTAL events per N in records of $BATCH, 3-node JetStream cluster (R3), medians of $REPEATS"
 printf '%-4s %14s %14s %15s %14s %16s %12s %14s %12s\n' N "pub records/s" "pub events/s" "consumer lag s" "consume ev/s" "end-to-end ev/s" "pub CPU s" "servers CPU s" "cons. CPU s"
@@ -149,3 +212,5 @@ for n in $SIZES; do
   col() { printf '%s' "${RESULTS[$n]}" | awk -v c="$1" 'NF {print $c}' | median; }
   printf '%-4s %14s %14s %15s %14s %16s %12s %14s %12s\n' "$n" "$(col 2)" "$(col 3)" "$(col 6)" "$(col 4)" "$(col 5)" "$(col 7)" "$(col 8)" "$(col 9)"
 done
+steady() { printf '%s' "$STEADY" | awk -v c="$1" 'NF {print $c}' | median; }
+echo "steady: $STEADY_RATE events/s over $STEADY_N instances for $STEADY_SECS s (records of $BATCH): consumer lag from record creation to the consumer's output, medians of $REPEATS: p50 $(steady 1) ms, p99 $(steady 2) ms, max $(steady 3) ms"
