@@ -16,6 +16,9 @@ fn said(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
+/// The HEC token of the Splunk receiver (tests/forward/hec_receiver.py).
+const HEC_TOKEN: &str = "3f1c2d4e-5a6b-4c7d-8e9f-0a1b2c3d4e5f";
+
 fn pgtrail(args: &[&str]) -> Output {
     Command::new(pgtrail_binary()).args(args).output().unwrap()
 }
@@ -748,6 +751,34 @@ fn a_named_consumer_keeps_its_cursor_in_the_stream_and_resumes_on_another_machin
         kept.sort();
         assert_eq!(kept, ["alerts.log", "archive.log"], "nothing kept on the consumer's machine");
     }
+
+    // A SIEM forwarder as a named consumer too (a Splunk HEC with indexer acknowledgements):
+    // run twice, every event is delivered once.
+    let received = dir.path().join("hec.jsonl");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/forward/hec_receiver.py");
+    let receiver =
+        PortPrinter::spawn(Command::new("python3").arg(script).arg(&received).args(["--token", HEC_TOKEN, "--ack"]));
+    let hec_url = format!("http://127.0.0.1:{}", receiver.port);
+    for _ in 0..2 {
+        let out = Command::new(pgtrail_binary())
+            .current_dir(&two)
+            .args(["forward", "--nats", &url, "--instance", "db-north-1", "--consumer", "splunk", "--key", &key])
+            .args(["--to", "splunk-hec", "--url", &hec_url, "--ack"])
+            .env("PGTRAIL_FORWARD_TOKEN", HEC_TOKEN)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", said(&out));
+    }
+    let delivered: Vec<String> = std::fs::read_to_string(&received)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["kind"] == "batch")
+        .flat_map(|l| l["events"].as_array().unwrap().clone())
+        .map(|e| e["fields"]["pgtrail_position"].as_str().unwrap().to_owned())
+        .collect();
+    let unique: std::collections::BTreeSet<&String> = delivered.iter().collect();
+    assert_eq!((delivered.len(), unique.len()), (local, local), "every event forwarded once over two runs");
 
     // The servers hold each consumer's cursor and its durable consumer's position. The
     // archive's cursor is the one an archive of the local journal ends with.
