@@ -84,8 +84,7 @@ pub fn run(
     if archiver.has_pending() {
         archiver.flush().map_err(ConsumerError::consumer)?;
         if let Some(file) = file {
-            file.save(&cursor)?;
-            reader.consumed(cursor.seq)?;
+            pgtrail_reader::save(&mut reader, file, &cursor)?;
         }
     }
     archiver.finish_progress();

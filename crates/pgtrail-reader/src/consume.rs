@@ -112,13 +112,7 @@ pub fn consume<S: RecordSource>(
 ) -> Result<Cursor, ConsumerError> {
     let resume_at = cursor.seq;
     let mut reached = resume_at == 0;
-    let save = |reader: &mut Reader<S>, cursor: &Cursor| -> Result<(), ReadError> {
-        if let Some(store) = store {
-            store.save(cursor)?;
-            reader.consumed(cursor.seq)?;
-        }
-        Ok(())
-    };
+    let save_at = |reader: &mut Reader<S>, cursor: &Cursor| store.map_or(Ok(()), |store| save(reader, store, cursor));
     loop {
         while let Some(opened) = reader.next_envelope()? {
             if opened.seq <= resume_at {
@@ -140,17 +134,28 @@ pub fn consume<S: RecordSource>(
             cursor.seq = opened.seq;
             cursor.hash = Some(opened.hash);
             if step == Step::Save {
-                save(reader, &cursor)?;
+                save_at(reader, &cursor)?;
             }
         }
         if reached && consumer.caught_up(&mut cursor)? == Step::Save {
-            save(reader, &cursor)?;
+            save_at(reader, &cursor)?;
         }
         if !follow.follow || stop() {
             return Ok(cursor);
         }
         std::thread::sleep(follow.poll);
     }
+}
+
+/// Saves `cursor` in `store`, then tells the reader's source that everything up to it is
+/// consumed (in that order: a source acknowledges only what a saved cursor covers).
+pub fn save<S: RecordSource>(
+    reader: &mut Reader<S>,
+    store: &dyn CursorStore,
+    cursor: &Cursor,
+) -> Result<(), ReadError> {
+    store.save(cursor)?;
+    reader.consumed(cursor.seq)
 }
 
 /// Runs `each` for every origin, on threads of its own when there are several (each

@@ -23,7 +23,7 @@ use pgtrail_envelope::{EnvelopeError, KeyRing, Opener};
 use pgtrail_event::{ActivityEvent, ActivityRecord};
 use pgtrail_journal::{Hash, JournalError, RecordKind};
 
-pub use consume::{Consumer, ConsumerError, Follow, Resume, Step, consume, each_origin};
+pub use consume::{Consumer, ConsumerError, Follow, Resume, Step, consume, each_origin, save};
 pub use cursor::{Cursor, CursorFile, CursorStore};
 pub use source::{JournalSource, Origin, RecordSource, RemoteSource};
 

@@ -61,6 +61,34 @@ enum Feed {
     Durable { name: String, messages: async_nats::jetstream::consumer::pull::Stream, pending: VecDeque<Delivered> },
 }
 
+impl Feed {
+    /// The consumer's next message (`None`: its stream ended).
+    async fn next(&mut self) -> Option<Result<async_nats::jetstream::Message, String>> {
+        match self {
+            Feed::Ordered(messages) => messages.next().await.map(|m| m.map_err(|e| e.to_string())),
+            Feed::Durable { messages, .. } => messages.next().await.map(|m| m.map_err(|e| e.to_string())),
+        }
+    }
+
+    /// Starts the consumer again after stream sequence `read_seq` (a durable one at its
+    /// oldest message not acknowledged).
+    async fn restart(
+        &mut self,
+        stream: &async_nats::jetstream::stream::Stream,
+        subject: &str,
+        read_seq: u64,
+    ) -> Result<(), TransportError> {
+        match self {
+            Feed::Ordered(messages) => *messages = ordered(stream, subject, read_seq + 1).await?,
+            Feed::Durable { name, messages, pending } => {
+                let start = pending.front().map_or(read_seq + 1, |held| held.stream_seq);
+                *messages = position(stream, name, subject, start).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A message of a durable consumer not acknowledged yet.
 struct Delivered {
     stream_seq: u64,
@@ -138,7 +166,7 @@ impl StreamSource {
                 if crate::is_not_found(&e) { TransportError::Missing(stream.to_owned()) } else { js(e) }
             })?;
             let feed = match durable {
-                None => Feed::Ordered(ordered(&stream, &subject, 0).await?),
+                None => Feed::Ordered(ordered(&stream, &subject, 1).await?),
                 Some(name) => {
                     let start = if from > 1 { acknowledged(&stream, name).await? } else { 0 };
                     let messages = position(&stream, name, &subject, start).await?;
@@ -390,15 +418,7 @@ async fn next_message(
 ) -> Result<async_nats::jetstream::Message, TransportError> {
     let deadline = tokio::time::Instant::now() + ARRIVAL;
     loop {
-        let next = match feed {
-            Feed::Ordered(messages) => {
-                tokio::time::timeout(STALL, messages.next()).await.map(|m| m.map(|m| m.map_err(|e| e.to_string())))
-            }
-            Feed::Durable { messages, .. } => {
-                tokio::time::timeout(STALL, messages.next()).await.map(|m| m.map(|m| m.map_err(|e| e.to_string())))
-            }
-        };
-        match next {
+        match tokio::time::timeout(STALL, feed.next()).await {
             Ok(Some(Ok(message))) => return Ok(message),
             Ok(Some(Err(e))) => {
                 tracing::debug!(subject = %subject, error = %e, "the stream's consumer failed")
@@ -414,35 +434,28 @@ async fn next_message(
                 ARRIVAL.as_secs()
             )));
         }
-        let restarted = match feed {
-            Feed::Ordered(messages) => ordered(stream, subject, read_seq).await.map(|m| *messages = m),
-            Feed::Durable { name, messages, pending } => {
-                let start = pending.front().map_or(read_seq + 1, |held| held.stream_seq);
-                position(stream, name, subject, start).await.map(|m| *messages = m)
-            }
-        };
-        match restarted {
-            Ok(()) => {}
-            Err(e) => {
-                tracing::debug!(subject = %subject, error = %e, "the stream's consumer cannot start yet");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
+        if let Err(e) = feed.restart(stream, subject, read_seq).await {
+            tracing::debug!(subject = %subject, error = %e, "the stream's consumer cannot start yet");
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 }
 
-/// An ordered consumer of `subject` from the message after stream sequence `after`.
+/// Delivery from stream sequence `start` (0 or 1: from the first message).
+fn starting_at(start: u64) -> DeliverPolicy {
+    if start <= 1 { DeliverPolicy::All } else { DeliverPolicy::ByStartSequence { start_sequence: start } }
+}
+
+/// An ordered consumer of `subject` from stream sequence `start` (see [`starting_at`]).
 async fn ordered(
     stream: &async_nats::jetstream::stream::Stream,
     subject: &str,
-    after: u64,
+    start: u64,
 ) -> Result<Ordered, TransportError> {
-    let deliver_policy =
-        if after == 0 { DeliverPolicy::All } else { DeliverPolicy::ByStartSequence { start_sequence: after + 1 } };
     let consumer = stream
         .create_consumer(OrderedConfig {
             filter_subject: subject.to_owned(),
-            deliver_policy,
+            deliver_policy: starting_at(start),
             ..OrderedConfig::default()
         })
         .await
@@ -479,14 +492,12 @@ async fn position(
             return Err(js(e));
         }
     }
-    let deliver_policy =
-        if start == 0 { DeliverPolicy::All } else { DeliverPolicy::ByStartSequence { start_sequence: start } };
     let consumer = stream
         .create_consumer(Config {
             durable_name: Some(name.to_owned()),
             description: Some(format!("pgtrail consumer of {subject}; its cursor is in the key-value bucket")),
             filter_subject: subject.to_owned(),
-            deliver_policy,
+            deliver_policy: starting_at(start),
             ack_policy: AckPolicy::All,
             // Messages are held until the consumer's output is durable (an archive file
             // rolled, a SIEM batch confirmed); a redelivery meanwhile is skipped.

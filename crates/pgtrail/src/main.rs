@@ -182,7 +182,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             set_aside_damaged_journal,
         ),
         Command::Tail { journal, source, key, follow, user, class, json, heartbeats, confirmations } => {
-            let origins = origins(journal, &source)?;
+            let origins = origins(journal, &source, None)?;
             let filter = tail::Filter { user, class, heartbeats, confirmations };
             let format = if json { tail::Format::Json } else { tail::Format::Table };
             runtime()?.block_on(async move {
@@ -231,7 +231,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 age: std::time::Duration::from_secs(roll_secs.max(1)),
             };
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let origins = consumer_origins(journal, &source, consumer.as_deref())?;
+            let origins = origins(journal, &source, consumer.as_deref())?;
             let several = origins.len() > 1;
             runtime()?.block_on(async move {
                 let stop = stop_on_signal();
@@ -347,7 +347,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 window: in_flight,
                 timeout: std::time::Duration::from_secs(timeout.max(1)),
             };
-            let origins = consumer_origins(journal, &source, consumer.as_deref())?;
+            let origins = origins(journal, &source, consumer.as_deref())?;
             let several = origins.len() > 1;
             runtime()?.block_on(async move {
                 let stop = stop_on_signal();
@@ -465,7 +465,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             destinations,
             metrics,
         }) => {
-            let mut origins = consumer_origins(journal, &source, consumer.as_deref())?;
+            let mut origins = origins(journal, &source, consumer.as_deref())?;
             if origins.len() > 1 {
                 let names: Vec<String> = origins.iter().map(pgtrail_reader::Origin::name).collect();
                 anyhow::bail!(
@@ -580,12 +580,9 @@ fn transports() -> pgtrail_capture::config::Transports {
     pgtrail_capture::config::Transports::default().with("nats", Arc::new(pgtrail_transport_nats::transport))
 }
 
-fn origins(journal: Option<PathBuf>, source: &StreamArgs) -> anyhow::Result<Vec<pgtrail_reader::Origin>> {
-    consumer_origins(journal, source, None)
-}
-
-/// As [`origins`], the stream's instances read through the named consumer when there is one.
-fn consumer_origins(
+/// Where to read: the journal, or the stream's instances (through the named consumer when
+/// there is one).
+fn origins(
     journal: Option<PathBuf>,
     source: &StreamArgs,
     consumer: Option<&str>,
@@ -667,7 +664,7 @@ fn export(
     };
     let (mut records, mut events) = (0, 0);
     // One origin after the other: the output keeps each instance's events together.
-    for origin in origins(journal, source)? {
+    for origin in origins(journal, source, None)? {
         let mut reader = pgtrail_reader::Reader::new(origin.open(1)?, keys::load_key_ring(key)?);
         let (r, e) = tail::export(&mut reader, format, &mut out, &mut progress)?;
         (records, events) = (records + r, events + e);
