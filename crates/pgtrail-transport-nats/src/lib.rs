@@ -25,7 +25,6 @@ pub use config::{NatsConfigError, NatsSection, NatsTransport, default_state, tra
 pub use cursor::KvCursor;
 
 pub use publish::{Position, PublishSettings, publish};
-pub use running::RunningPublisher;
 pub use source::{StreamOrigin, StreamSource, instances, origins, stream_instances, verify_instance};
 
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};

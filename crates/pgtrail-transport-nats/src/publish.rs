@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
-use pgtrail_journal::ship::{Durable, ShipStats};
+use pgtrail_journal::ship::{Backoff, Durable, ShipStats};
 use pgtrail_journal::{Hash, JournalReader, Record};
 use serde::{Deserialize, Serialize};
 
@@ -102,7 +102,7 @@ pub async fn publish(
     stats: Arc<ShipStats>,
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<(), TransportError> {
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new("JetStream");
     let instance = loop {
         if let Some(instance) = JournalReader::instance_of(journal).map_err(journal_error)? {
             break instance;
@@ -376,36 +376,4 @@ fn load_state(path: Option<&Path>) -> Result<Option<Position>, TransportError> {
 
 fn journal_error(e: pgtrail_journal::JournalError) -> TransportError {
     TransportError::Journal(e.to_string())
-}
-
-/// Retry pacing, and one log line when publishing fails and one when it recovers.
-#[derive(Debug, Default)]
-struct Backoff {
-    delay: Duration,
-    failing: bool,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-
-    fn failed(&mut self, why: &str) {
-        if !self.failing {
-            tracing::warn!(error = why, "publishing to JetStream failed: records wait in the local journal; retrying");
-        }
-        self.failing = true;
-        self.delay = (self.delay * 2).clamp(Self::FIRST, Self::MAX);
-    }
-
-    fn recovered(&mut self, instance: &str) {
-        if self.failing {
-            tracing::info!(instance, "publishing to JetStream again");
-        }
-        self.failing = false;
-        self.delay = Duration::ZERO;
-    }
-
-    async fn wait(&self) {
-        tokio::time::sleep(self.delay).await;
-    }
 }
