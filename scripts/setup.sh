@@ -5,7 +5,8 @@
 # schema with it), cargo-nextest, cargo-fuzz and s3s-fs (a real S3-compatible server), and the
 # official AWS Encryption SDK for Python, the Standard Webhooks library, aiosmtpd and DuckDB in
 # .venv-interop (test counterparts). Chromium (headless: the reports are printed to PDF in a test).
-# nats-server (the transport tests run a 3-node JetStream cluster of it).
+# nats-server (the transport tests run a 3-node JetStream cluster of it). Tansu, a
+# Kafka-protocol broker from crates.io (the Kafka transport's tests), built in the background.
 # pgAdmin 4 in .venv-pgadmin (the noise test browses a table with it). Node.js and the npm
 # package oidc-provider in tests/oidc (the OIDC login tests and quickstart --oidc). Safe to run again.
 set -euo pipefail
@@ -26,6 +27,26 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # Debian starts a cluster on port 5432 when the server package is installed; pgtrail's
 # tests start their own, so that one is not needed (and is left alone if it runs).
+
+# A real Kafka-protocol broker for the Kafka transport's tests: Tansu from crates.io, with its
+# SQLite store. Its build takes minutes, so it runs in the background while the rest is
+# installed (and while scripts/test.sh builds pgtrail); scripts/test.sh waits for it before
+# the tests. A debug build without debug info: quick to build, fast enough for the tests.
+mkdir -p "$(dirname "$0")/../target"
+TANSU_STATUS="$(cd "$(dirname "$0")/.." && pwd)/target/tansu-install.status"
+if ! command -v tansu >/dev/null; then
+  echo "setup: building tansu 0.6.0 in the background (log: target/tansu-install.log)"
+  rm -f "$TANSU_STATUS"
+  (
+    cd /tmp # not the repository: its .cargo/config.toml is pgtrail's own
+    status=0
+    CARGO_PROFILE_DEV_DEBUG=0 cargo install tansu --version 0.6.0 --locked --debug --features libsql \
+      >"${TANSU_STATUS%.status}.log" 2>&1 || status=$?
+    echo "$status" >"$TANSU_STATUS"
+  ) </dev/null &
+else
+  echo 0 >"$TANSU_STATUS"
+fi
 
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

@@ -17,6 +17,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --workspace --all-targets --locked
 echo "== tests"
+scripts/await-tansu.sh
 cargo nextest run --workspace --locked --no-fail-fast
 echo "== fuzz: wire decoder and pgAudit reader (${FUZZ_SECONDS}s in all)"
 scripts/fuzz.sh "$FUZZ_SECONDS"

@@ -13,6 +13,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+pub use kafka::KafkaBroker;
 pub use nats::NatsCluster;
 use pgtrail_capture::Capture;
 use pgtrail_capture::config::{CaptureConfig, FileConfig, Overrides};
@@ -22,6 +23,7 @@ use pgtrail_wire::{BackendMessage, Limits, PROTOCOL_V3, StartupMessage, decode_b
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod kafka;
 mod nats;
 
 /// The password every test role gets unless a test says otherwise.

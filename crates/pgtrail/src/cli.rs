@@ -70,7 +70,7 @@ pub(crate) enum Command {
     /// Print the events in a journal, oldest first (decrypting, checking the hash chain).
     Tail {
         /// Directory of the journal.
-        #[arg(long, value_name = "DIR", required_unless_present = "nats", conflicts_with = "nats")]
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["nats", "kafka"], conflicts_with_all = ["nats", "kafka"])]
         journal: Option<PathBuf>,
         #[command(flatten)]
         source: StreamArgs,
@@ -108,7 +108,7 @@ pub(crate) enum Command {
     /// Write every record of a journal to stdout or a file (decrypting, checking the chain).
     Export {
         /// The journal directory to read (the proxy's journal.dir).
-        #[arg(long, value_name = "DIR", required_unless_present = "nats", conflicts_with = "nats")]
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["nats", "kafka"], conflicts_with_all = ["nats", "kafka"])]
         journal: Option<PathBuf>,
         #[command(flatten)]
         source: StreamArgs,
@@ -130,10 +130,10 @@ pub(crate) enum Command {
     /// a hash-chained manifest (_manifest/). Without --follow it archives what the journal
     /// holds and exits; a restart resumes exactly where the last file ended.
     Archive {
-        /// The journal directory to archive (the proxy's journal.dir). With --nats instead,
+        /// The journal directory to archive (the proxy's journal.dir). With --nats or --kafka instead,
         /// every instance of the stream (or those named) is archived at once, each with its
         /// own cursor (--state FILE.<instance>).
-        #[arg(long, value_name = "DIR", required_unless_present = "nats", conflicts_with = "nats")]
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["nats", "kafka"], conflicts_with_all = ["nats", "kafka"])]
         journal: Option<PathBuf>,
         #[command(flatten)]
         source: StreamArgs,
@@ -210,10 +210,10 @@ pub(crate) enum Command {
     /// per POST (bearer token optional). Plain http:// or tcp:// only to loopback, or with
     /// --allow-plaintext.
     Forward {
-        /// The journal directory to read (the proxy's journal.dir). With --nats instead,
+        /// The journal directory to read (the proxy's journal.dir). With --nats or --kafka instead,
         /// every instance of the stream (or those named) is forwarded at once, each with its
         /// own cursor (--state FILE.<instance>).
-        #[arg(long, value_name = "DIR", required_unless_present = "nats", conflicts_with = "nats")]
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["nats", "kafka"], conflicts_with_all = ["nats", "kafka"])]
         journal: Option<PathBuf>,
         #[command(flatten)]
         source: StreamArgs,
@@ -299,7 +299,7 @@ pub(crate) enum Command {
     /// manifest entry a prune anchor pins. Exits 1 naming the first problem.
     Verify {
         /// The journal directory.
-        #[arg(long, value_name = "DIR", required_unless_present_any = ["archive", "nats"])]
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["archive", "nats", "kafka"])]
         journal: Option<PathBuf>,
         #[command(flatten)]
         source: StreamArgs,
@@ -448,14 +448,45 @@ pub(crate) struct StreamArgs {
     /// Read from the audit stream on these NATS servers (nats://HOST:PORT, comma-separated)
     /// instead of a journal directory. Each instance's chain and checkpoints are checked
     /// across the stream exactly as in a journal.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "kafka")]
     pub(crate) nats: Option<String>,
     /// The audit stream's name (with --nats).
     #[arg(long = "stream", value_name = "NAME", default_value = pgtrail_transport_nats::StreamSpec::NAME)]
     pub(crate) stream: String,
-    /// Only this instance (repeatable; with --nats). Default: every instance in the stream.
+    /// Only this instance (repeatable; with --nats or --kafka). Default: every instance in
+    /// the stream (every pgtrail.records.* topic on Kafka).
     #[arg(long, value_name = "NAME")]
     pub(crate) instance: Vec<String>,
+    /// Read from the instances' topics (pgtrail.records.<instance>) on these Kafka brokers
+    /// (HOST:PORT, comma-separated) instead of a journal directory; each topic is read from
+    /// its first message and its chain checked from the genesis. Plaintext only to brokers
+    /// on this host unless --kafka-tls or --kafka-allow-plaintext.
+    #[arg(long, value_name = "BROKERS")]
+    pub(crate) kafka: Option<String>,
+    /// Reach the Kafka brokers over TLS.
+    #[arg(long, requires = "kafka")]
+    pub(crate) kafka_tls: bool,
+    /// The CA certificates (PEM) that sign the Kafka brokers' certificates (default: the
+    /// system's).
+    #[arg(long, value_name = "FILE", requires = "kafka_tls")]
+    pub(crate) kafka_ca: Option<PathBuf>,
+    /// Allow plaintext to Kafka brokers on other hosts (a trusted network only).
+    #[arg(long, requires = "kafka")]
+    pub(crate) kafka_allow_plaintext: bool,
+}
+
+impl StreamArgs {
+    /// The Kafka brokers, with --kafka.
+    pub(crate) fn kafka_brokers(&self) -> anyhow::Result<Option<pgtrail_transport_kafka::Brokers>> {
+        let Some(list) = &self.kafka else { return Ok(None) };
+        let brokers = pgtrail_transport_kafka::Brokers::new(
+            list,
+            self.kafka_tls,
+            self.kafka_ca.clone(),
+            self.kafka_allow_plaintext,
+        )?;
+        Ok(Some(brokers))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -574,9 +605,9 @@ pub(crate) enum AlertsCommand {
     /// every event, and writes each alert (firing or resolved) as a JSON line. After a
     /// restart it resumes at its cursor without repeating alerts.
     Run {
-        /// The journal directory to read. With --nats instead: one instance of the stream
-        /// per process (--instance, needed when the stream holds several).
-        #[arg(long, value_name = "DIR", required_unless_present = "nats", conflicts_with = "nats")]
+        /// The journal directory to read. With --nats or --kafka instead: one instance
+        /// per process (--instance, needed when the stream or the brokers hold several).
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["nats", "kafka"], conflicts_with_all = ["nats", "kafka"])]
         journal: Option<PathBuf>,
         #[command(flatten)]
         source: StreamArgs,

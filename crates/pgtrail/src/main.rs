@@ -396,6 +396,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             if let Some(url) = &source.nats {
                 verify_stream(url, &source, &keys)?;
             }
+            if let Some(brokers) = source.kafka_brokers()? {
+                verify_topics(&brokers, &source.instance, &keys)?;
+            }
             if let Some(journal) = &journal {
                 verify(journal, &keys, witness.as_deref())?;
             }
@@ -577,7 +580,9 @@ fn run(command: Command) -> anyhow::Result<()> {
 /// (those named with --instance, or every one it holds).
 /// The transports a journal writer can publish with (`[transport.<kind>]`).
 fn transports() -> pgtrail_capture::config::Transports {
-    pgtrail_capture::config::Transports::default().with("nats", Arc::new(pgtrail_transport_nats::transport))
+    pgtrail_capture::config::Transports::default()
+        .with("nats", Arc::new(pgtrail_transport_nats::transport))
+        .with("kafka", Arc::new(pgtrail_transport_kafka::transport))
 }
 
 /// Where to read: the journal, or the stream's instances (through the named consumer when
@@ -587,11 +592,16 @@ fn origins(
     source: &StreamArgs,
     consumer: Option<&str>,
 ) -> anyhow::Result<Vec<pgtrail_reader::Origin>> {
-    match (journal, &source.nats) {
-        (Some(dir), _) => Ok(vec![dir.into()]),
-        (None, Some(url)) => Ok(pgtrail_transport_nats::origins(url, &source.stream, &source.instance, consumer)?),
-        (None, None) => anyhow::bail!("give --journal DIR, or --nats URL to read the audit stream"),
+    if let Some(dir) = journal {
+        return Ok(vec![dir.into()]);
     }
+    if let Some(url) = &source.nats {
+        return Ok(pgtrail_transport_nats::origins(url, &source.stream, &source.instance, consumer)?);
+    }
+    if let Some(brokers) = source.kafka_brokers()? {
+        return Ok(pgtrail_transport_kafka::origins(&brokers, &source.instance)?);
+    }
+    anyhow::bail!("give --journal DIR, --nats URL or --kafka BROKERS to read the audit trail")
 }
 
 /// Ok when every origin's run was; else the first error, naming its origin when there
@@ -625,6 +635,31 @@ fn verify_stream(url: &str, source: &StreamArgs, keys: &VerifierSet) -> anyhow::
     }
     if failed > 0 {
         anyhow::bail!("stream verification failed for {failed} instance(s)");
+    }
+    Ok(())
+}
+
+fn verify_topics(
+    brokers: &pgtrail_transport_kafka::Brokers,
+    named: &[String],
+    keys: &VerifierSet,
+) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for instance in pgtrail_transport_kafka::topic_instances(brokers, named)? {
+        match pgtrail_transport_kafka::verify_instance(brokers, &instance, keys) {
+            Ok(report) => println!(
+                "OK: instance {instance} on Kafka {brokers}: {} records ({} envelopes, {} checkpoints verified), last record {}, {} after the last checkpoint",
+                report.last_seq, report.envelopes, report.checkpoints, report.last_seq, report.uncovered
+            ),
+            Err(e @ pgtrail_transport_kafka::KafkaError::Foreign { .. }) => {
+                println!("FAILED: instance {instance} on Kafka {brokers}: {e}");
+                failed += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("topic verification failed for {failed} instance(s)");
     }
     Ok(())
 }
