@@ -13,6 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+mod outbox;
+
+pub use outbox::{RunSize, hex_hash, instance_once_written, load_position, next_run, record_at, save_position};
+
 /// The last record the local journal holds durably (what a transport may send).
 pub type Durable = Arc<dyn Fn() -> u64 + Send + Sync>;
 

@@ -667,3 +667,31 @@ pub fn report(archive: &Path, journal: &Path, keys: &Path, output: &Path, extra:
     args.extend_from_slice(extra);
     run_pgtrail(&args)
 }
+
+/// One sample (without labels) of the /metrics endpoint on 127.0.0.1:`port`. (The
+/// exposition format itself is checked with the official parser in tests/metrics.rs.)
+pub fn metric(port: u16, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint accepts");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = rest.strip_prefix("{}").unwrap_or(rest).strip_prefix(' ')?;
+            value.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} in {response}"))
+}
+
+/// Waits until `done`, polling every 100 ms; fails the test naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -151,32 +151,6 @@ fn last_record_in(text: &str) -> Option<u64> {
     text.split("last record ").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
-/// One sample of a proxy's /metrics.
-fn metric(port: u16, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint accepts");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-        .lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let value = rest.strip_prefix("{}").unwrap_or(rest).strip_prefix(' ')?;
-            value.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no {name} in {response}"))
-}
-
-fn wait_until(what: &str, limit: Duration, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn two_proxies_publish_to_kafka_through_a_broker_kill_and_every_record_arrives_once_in_order() {
     let mut broker = KafkaBroker::start();

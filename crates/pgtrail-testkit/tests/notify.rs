@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgtrail_testkit::*;
 use serde_json::Value;
@@ -35,14 +35,6 @@ fn requests(out: &Path) -> Vec<Value> {
 
 fn body(request: &Value) -> Value {
     serde_json::from_str(request["body"].as_str().unwrap()).expect("a JSON body")
-}
-
-fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

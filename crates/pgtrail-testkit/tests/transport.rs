@@ -310,33 +310,6 @@ fn init_stream(url: &str) {
     assert!(out.status.success(), "{}", said(&out));
 }
 
-/// One sample of the proxy's /metrics (the exposition format itself is checked with the
-/// official parser in tests/metrics.rs).
-fn metric(port: u16, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint accepts");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-        .lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let value = rest.strip_prefix("{}").unwrap_or(rest).strip_prefix(' ')?;
-            value.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no {name} in {response}"))
-}
-
-fn wait_until(what: &str, limit: Duration, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The local journal's events of `site` as JSON lines (control events included).
 fn local_jsonl(site: &Site) -> String {
     site.local_export("jsonl")

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
-use pgtrail_journal::ship::{Backoff, Durable, ShipStats};
+use pgtrail_journal::ship::{self, Backoff, Durable, ShipStats};
 use pgtrail_journal::{Hash, JournalReader, Record};
 use serde::{Deserialize, Serialize};
 
@@ -65,30 +65,10 @@ pub struct Position {
     /// The journal sequence of the last record published (0: none).
     pub record: u64,
     /// Its hash (hex), to tell a stream of another journal.
-    #[serde(with = "hex_hash")]
+    #[serde(with = "pgtrail_journal::ship::hex_hash")]
     pub hash: Option<Hash>,
     /// The stream sequence of the message holding it (0: none).
     pub stream_seq: u64,
-}
-
-mod hex_hash {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(hash: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
-        match hash {
-            Some(h) => s.serialize_some(&hex::encode(h)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
-        let text: Option<String> = Option::deserialize(d)?;
-        text.map(|t| {
-            let bytes = hex::decode(&t).map_err(serde::de::Error::custom)?;
-            bytes.try_into().map_err(|_| serde::de::Error::custom("a hash is 32 bytes"))
-        })
-        .transpose()
-    }
 }
 
 /// Publishes the journal in `journal` until `stop` says so. Transient failures (servers
@@ -103,14 +83,8 @@ pub async fn publish(
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<(), TransportError> {
     let mut backoff = Backoff::new("JetStream");
-    let instance = loop {
-        if let Some(instance) = JournalReader::instance_of(journal).map_err(journal_error)? {
-            break instance;
-        }
-        if stop() {
-            return Ok(());
-        }
-        tokio::time::sleep(settings.poll).await;
+    let Some(instance) = ship::instance_once_written(journal, settings.poll, stop).await.map_err(journal_error)? else {
+        return Ok(());
     };
     let client = loop {
         match crate::connect(&settings.url).await {
@@ -271,39 +245,17 @@ impl Publisher<'_> {
 
     /// The local journal's record `seq`.
     fn local_record(&self, seq: u64) -> Result<Record, TransportError> {
-        let mut reader = JournalReader::open(self.journal, seq).map_err(journal_error)?;
-        match reader.next_record().map_err(journal_error)? {
-            Some(record) if record.seq == seq => Ok(record),
-            _ => Err(TransportError::Diverged { subject: self.subject.clone(), record: seq }),
-        }
+        ship::record_at(self.journal, seq)
+            .map_err(journal_error)?
+            .ok_or_else(|| TransportError::Diverged { subject: self.subject.clone(), record: seq })
     }
 
     /// The next run of durable records after the position (empty when there are none).
     fn next_run(&mut self) -> Result<Vec<Record>, TransportError> {
-        let limit = self.durable.as_ref().map(|durable| durable());
+        let durable = self.durable.as_ref().map(|durable| durable());
         let reader = self.reader.as_mut().expect("synced before reading");
-        let mut run = Vec::new();
-        let mut bytes = 0;
-        while run.len() < self.settings.run_records {
-            let next = JournalReader::position(reader);
-            if limit.is_some_and(|limit| next > limit) {
-                break;
-            }
-            match reader.next_record().map_err(journal_error)? {
-                Some(record) => {
-                    bytes += record.payload.len() + 96;
-                    run.push(record);
-                    if bytes >= self.settings.run_bytes {
-                        break;
-                    }
-                }
-                None => break,
-            }
-        }
-        let head = limit.unwrap_or_else(|| run.last().map_or(self.position.record, |r| r.seq));
-        self.stats.journal_seq.fetch_max(head, Ordering::Relaxed);
-        self.stats.caught_up.store(run.is_empty(), Ordering::Relaxed);
-        Ok(run)
+        let size = ship::RunSize { records: self.settings.run_records, bytes: self.settings.run_bytes };
+        ship::next_run(reader, durable, size, self.position.record, &self.stats).map_err(journal_error)
     }
 
     /// Publishes one run; `Ok(false)` when the stream says it holds it already or expected
@@ -351,13 +303,8 @@ impl Publisher<'_> {
 
     fn save(&mut self) -> Result<(), Attempt> {
         let Some(path) = &self.settings.state else { return Ok(()) };
-        let text = serde_json::to_string(&self.position).expect("a position serializes");
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = std::path::PathBuf::from(tmp);
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| Attempt::Fatal(TransportError::State { path: path.clone(), message: e.to_string() }))?;
+        ship::save_position(path, &self.position)
+            .map_err(|message| Attempt::Fatal(TransportError::State { path: path.clone(), message }))?;
         self.saved = Some(self.position);
         Ok(())
     }
@@ -365,13 +312,7 @@ impl Publisher<'_> {
 
 fn load_state(path: Option<&Path>) -> Result<Option<Position>, TransportError> {
     let Some(path) = path else { return Ok(None) };
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| TransportError::State { path: path.to_path_buf(), message: e.to_string() }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(TransportError::State { path: path.to_path_buf(), message: e.to_string() }),
-    }
+    ship::load_position(path).map_err(|message| TransportError::State { path: path.to_path_buf(), message })
 }
 
 fn journal_error(e: pgtrail_journal::JournalError) -> TransportError {
