@@ -330,4 +330,31 @@ fn sync_delivery_can_wait_for_kafka_and_fail_closed_refuses_while_the_broker_is_
     assert!(streamed == site.local_events(), "the topic holds the journal's events, once, in order");
     let out = pgtrail(&["verify", "--kafka", &brokers, "--verify-key", &site.verify_key()]);
     assert!(out.status.success() && said(&out).contains("OK: instance db-south-1"), "{}", said(&out));
+
+    // The same journal published again by `transport publish`, to other brokers (a
+    // backfill): the same events there, and nothing more after a second run.
+    let other = KafkaBroker::start();
+    let journal = site.journal.to_str().unwrap();
+    let state = site.dir.join("backfill.state");
+    for _ in 0..2 {
+        let out = pgtrail(&[
+            "transport",
+            "publish",
+            "--kafka",
+            &other.brokers(),
+            "--replication",
+            "1",
+            "--in-flight",
+            "4",
+            "--run-records",
+            "3",
+            "--journal",
+            journal,
+            "--state",
+            state.to_str().unwrap(),
+            "--until-caught-up",
+        ]);
+        assert!(out.status.success() && said(&out).contains("the topic holds the journal"), "{}", said(&out));
+    }
+    assert!(site.topic_events(&other.brokers()) == site.local_events(), "the backfill holds the journal's events");
 }

@@ -523,14 +523,41 @@ pub(crate) enum TransportCommand {
     /// can neither skip nor reorder records. Resumes where the stream says it stands (checked
     /// against --state and the local journal); while JetStream is unreachable records wait
     /// in the journal and are sent once it is back. Runs until SIGTERM or Ctrl-C.
-    /// (The proxy and `pgtrail ingest` publish by themselves with [transport.nats].)
+    /// With --kafka instead: to the instance's topic pgtrail.records.<instance> (created if
+    /// missing) through an idempotent producer (acks=all, --in-flight messages at once),
+    /// resuming after the topic's last record.
+    /// (The proxy and `pgtrail ingest` publish by themselves with [transport.nats] or
+    /// [transport.kafka].)
     Publish {
         /// The journal directory to publish.
         #[arg(long, value_name = "DIR")]
         journal: PathBuf,
         /// The NATS servers: nats://HOST:PORT, comma-separated for several.
-        #[arg(long, value_name = "URL")]
-        nats: String,
+        #[arg(long, value_name = "URL", required_unless_present = "kafka", conflicts_with = "kafka")]
+        nats: Option<String>,
+        /// Publish to these Kafka brokers instead (HOST:PORT, comma-separated). Plaintext
+        /// only to brokers on this host unless --kafka-tls or --kafka-allow-plaintext.
+        #[arg(long, value_name = "BROKERS")]
+        kafka: Option<String>,
+        /// Reach the Kafka brokers over TLS.
+        #[arg(long, requires = "kafka")]
+        kafka_tls: bool,
+        /// The CA certificates (PEM) of the Kafka brokers (default: the system's).
+        #[arg(long, value_name = "FILE", requires = "kafka_tls")]
+        kafka_ca: Option<PathBuf>,
+        /// Allow plaintext to Kafka brokers on other hosts (a trusted network only).
+        #[arg(long, requires = "kafka")]
+        kafka_allow_plaintext: bool,
+        /// With --kafka: most messages awaiting the brokers' acknowledgement at once.
+        #[arg(long, value_name = "N", requires = "kafka",
+              default_value_t = pgtrail_transport_kafka::PublishSettings::IN_FLIGHT as u16,
+              value_parser = clap::value_parser!(u16).range(1..=1000))]
+        in_flight: u16,
+        /// With --kafka: the replication factor of the topic if it has to be created.
+        #[arg(long, value_name = "N", requires = "kafka",
+              default_value_t = pgtrail_transport_kafka::PublishSettings::REPLICATION,
+              value_parser = clap::value_parser!(i32).range(1..=32))]
+        replication: i32,
         /// The audit stream's name.
         #[arg(long, value_name = "NAME", default_value = pgtrail_transport_nats::StreamSpec::NAME)]
         stream: String,

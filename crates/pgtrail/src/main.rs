@@ -417,30 +417,48 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Transport(TransportCommand::Publish {
             journal,
             nats,
+            kafka,
+            kafka_tls,
+            kafka_ca,
+            kafka_allow_plaintext,
+            in_flight,
+            replication,
             stream,
             state,
             run_records,
             until_caught_up,
         }) => {
-            let settings = pgtrail_transport_nats::PublishSettings {
-                url: nats,
-                stream,
-                run_records: run_records.max(1),
-                run_bytes: pgtrail_transport_nats::PublishSettings::RUN_BYTES,
-                ack_timeout: pgtrail_transport_nats::PublishSettings::ACK_TIMEOUT,
-                state,
-                poll: pgtrail_transport_nats::PublishSettings::POLL,
-            };
             let stats = Arc::new(pgtrail_journal::ship::ShipStats::default());
+            let holder = if kafka.is_some() { "topic" } else { "stream" };
             runtime()?.block_on(async {
                 let signalled = stop_on_signal();
                 let stop = || {
                     signalled.load(Ordering::Relaxed) || (until_caught_up && stats.caught_up.load(Ordering::Relaxed))
                 };
-                pgtrail_transport_nats::publish(&journal, &settings, None, stats.clone(), &stop).await
+                if let Some(list) = kafka {
+                    let brokers =
+                        pgtrail_transport_kafka::Brokers::new(&list, kafka_tls, kafka_ca, kafka_allow_plaintext)?;
+                    let mut settings = pgtrail_transport_kafka::PublishSettings::new(brokers);
+                    (settings.run_records, settings.in_flight, settings.replication) =
+                        (run_records.max(1), usize::from(in_flight), replication);
+                    settings.state = state;
+                    pgtrail_transport_kafka::publish(&journal, &settings, None, stats.clone(), &stop).await?;
+                } else {
+                    let settings = pgtrail_transport_nats::PublishSettings {
+                        url: nats.expect("clap requires --nats or --kafka"),
+                        stream,
+                        run_records: run_records.max(1),
+                        run_bytes: pgtrail_transport_nats::PublishSettings::RUN_BYTES,
+                        ack_timeout: pgtrail_transport_nats::PublishSettings::ACK_TIMEOUT,
+                        state,
+                        poll: pgtrail_transport_nats::PublishSettings::POLL,
+                    };
+                    pgtrail_transport_nats::publish(&journal, &settings, None, stats.clone(), &stop).await?;
+                }
+                anyhow::Ok(())
             })?;
             eprintln!(
-                "published {} records in {} messages; the stream holds the journal up to record {}",
+                "published {} records in {} messages; the {holder} holds the journal up to record {}",
                 stats.records.load(Ordering::Relaxed),
                 stats.messages.load(Ordering::Relaxed),
                 stats.published_seq.load(Ordering::Relaxed)
