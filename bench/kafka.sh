@@ -60,7 +60,7 @@ start_broker() {
   port=$(free_port)
   mkdir -p "$dir/broker"
   (cd "$dir/broker" && exec tansu broker --listener-url "tcp://127.0.0.1:$port" \
-    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine sqlite://tansu.db 2>"$dir/broker.log") &
+    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine sqlite://tansu.db >"$dir/broker.log" 2>&1) &
   BROKER_PID=$!
   for _ in $(seq 1 300); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break

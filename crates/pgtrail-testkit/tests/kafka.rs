@@ -330,14 +330,26 @@ fn sync_delivery_can_wait_for_kafka_and_fail_closed_refuses_while_the_broker_is_
     assert!(streamed == site.local_events(), "the topic holds the journal's events, once, in order");
     let out = pgtrail(&["verify", "--kafka", &brokers, "--verify-key", &site.verify_key()]);
     assert!(out.status.success() && said(&out).contains("OK: instance db-south-1"), "{}", said(&out));
+}
 
-    // The same journal published again by `transport publish`, to other brokers (a
-    // backfill): the same events there, and nothing more after a second run.
-    let other = KafkaBroker::start();
-    let journal = site.journal.to_str().unwrap();
+/// `transport publish --until-caught-up` stopped once it had handed the journal's last run
+/// to the producer, while messages were still in flight: a backfill exited with most of the
+/// journal unacknowledged (the next run sent the rest).
+#[test]
+fn kafka_backfill_exited_before_its_messages_in_flight_were_acknowledged() {
+    let (broker, other) = (KafkaBroker::start(), KafkaBroker::start());
+    let dir = tempfile::tempdir().unwrap();
+    let mut site = Site::start(dir.path(), "db-backfill-1", &broker.brokers(), "");
+    site.pgbench_init();
+    let bench = site.pgbench(2).wait_with_output().unwrap();
+    assert!(bench.status.success(), "{}", said(&bench));
+    site.stop("proxy1.log");
+    let local = site.local_events();
+
+    // The journal again, to other brokers, in many small messages with many in flight.
     let state = site.dir.join("backfill.state");
-    for _ in 0..2 {
-        let out = pgtrail(&[
+    let backfill = || {
+        pgtrail(&[
             "transport",
             "publish",
             "--kafka",
@@ -345,16 +357,23 @@ fn sync_delivery_can_wait_for_kafka_and_fail_closed_refuses_while_the_broker_is_
             "--replication",
             "1",
             "--in-flight",
-            "4",
+            "16",
             "--run-records",
-            "3",
+            "2",
             "--journal",
-            journal,
+            site.journal.to_str().unwrap(),
             "--state",
             state.to_str().unwrap(),
             "--until-caught-up",
-        ]);
-        assert!(out.status.success() && said(&out).contains("the topic holds the journal"), "{}", said(&out));
-    }
-    assert!(site.topic_events(&other.brokers()) == site.local_events(), "the backfill holds the journal's events");
+        ])
+    };
+    let out = backfill();
+    assert!(out.status.success() && said(&out).contains("the topic holds the journal"), "{}", said(&out));
+    let last = site.last_record();
+    assert!(said(&out).contains(&format!("up to record {last}")), "every record acknowledged: {}", said(&out));
+    assert!(site.topic_events(&other.brokers()) == local, "the backfill holds the journal's events");
+    // A second run finds everything there and sends nothing.
+    let out = backfill();
+    assert!(said(&out).contains("published 0 records"), "{}", said(&out));
+    assert!(site.topic_events(&other.brokers()) == local);
 }

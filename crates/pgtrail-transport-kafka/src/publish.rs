@@ -144,6 +144,10 @@ pub async fn publish(
                 }
             }
         }
+        // Caught up means every record read is acknowledged, not only handed to the producer.
+        if !in_flight.is_empty() {
+            publisher.stats.caught_up.store(false, Ordering::Relaxed);
+        }
         if publisher.producer.is_none() {
             continue;
         }
