@@ -7,6 +7,7 @@
 #
 #   bench/kafka.sh                                   # 1M events per N, 3 repeats
 #   TOTAL=200000 REPEATS=1 SIZES="1" bench/kafka.sh
+#   RUN_RECORDS=1 TOTAL=200000 bench/kafka.sh        # one record per message, as when live
 #
 # Each instance's journal holds TOTAL/N statement events in DAS records of BATCH events,
 # written once per N by the transport benchmark's generator (fleet_journals). Per repeat
@@ -27,6 +28,7 @@ BATCH="${BATCH:-50}"
 REPEATS="${REPEATS:-3}"
 SIZES="${SIZES:-1 8}"
 IN_FLIGHT="${IN_FLIGHT:-1 16}"
+RUN_RECORDS="${RUN_RECORDS:-256}"
 . bench/lib.sh
 command -v tansu >/dev/null || { echo "run scripts/setup.sh first (tansu)" >&2; exit 1; }
 
@@ -94,7 +96,7 @@ for n in $SIZES; do
       t0=$(now)
       pubs=()
       for ((i = 0; i < n; i++)); do
-        with_cpu "$PGTRAIL" transport publish --kafka "$BROKERS" --replication 1 --in-flight "$k" \
+        with_cpu "$PGTRAIL" transport publish --kafka "$BROKERS" --replication 1 --in-flight "$k" --run-records "$RUN_RECORDS" \
           --journal "$gen/sim-$i/journal" --state "$run/sim-$i.state" --until-caught-up 2>"$run/pub-$i.log" &
         pubs+=($!)
       done
@@ -123,7 +125,7 @@ for n in $SIZES; do
 done
 
 echo
-echo "kafka transport: $TOTAL events per N in records of $BATCH, one Tansu broker (SQLite), medians of $REPEATS"
+echo "kafka transport: $TOTAL events per N in records of $BATCH, up to $RUN_RECORDS records per message, one Tansu broker (SQLite), medians of $REPEATS"
 printf '%-4s %10s %14s %14s %14s %12s %14s %12s\n' N in-flight "pub records/s" "pub events/s" "consume ev/s" "pub CPU s" "broker CPU s" "cons. CPU s"
 for n in $SIZES; do
   for k in $IN_FLIGHT; do

@@ -43,7 +43,7 @@ if ! command -v tansu >/dev/null; then
     CARGO_PROFILE_DEV_DEBUG=0 cargo install tansu --version 0.6.0 --locked --debug --features libsql \
       >"${TANSU_STATUS%.status}.log" 2>&1 || status=$?
     echo "$status" >"$TANSU_STATUS"
-  ) </dev/null &
+  ) </dev/null >/dev/null 2>&1 &
 else
   echo 0 >"$TANSU_STATUS"
 fi
