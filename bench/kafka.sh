@@ -47,16 +47,6 @@ stop_broker() {
 cleanup() { stop_broker; rm -rf "$work"; }
 trap cleanup EXIT
 
-cpu_of_pid() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-with_cpu() {
-  python3 -c 'import resource, subprocess, sys
-rc = subprocess.run(sys.argv[1:]).returncode
-r = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(f"{r.ru_utime + r.ru_stime:.2f}", file=sys.stderr)
-sys.exit(rc)' "$@"
-}
-now() { date +%s.%N; }
-
 start_broker() {
   local dir=$1 port
   port=$(free_port)

@@ -147,3 +147,15 @@ stop_proxies() {
   done
   stop_pgbouncer
 }
+
+# Seconds of CPU (user + system) a running process has used, from /proc.
+cpu_of_pid() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# Runs a command, then prints on standard error the CPU seconds it and its children used.
+with_cpu() {
+  python3 -c 'import resource, subprocess, sys
+rc = subprocess.run(sys.argv[1:]).returncode
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"{r.ru_utime + r.ru_stime:.2f}", file=sys.stderr)
+sys.exit(rc)' "$@"
+}
+now() { date +%s.%N; }
