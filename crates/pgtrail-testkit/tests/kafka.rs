@@ -377,3 +377,65 @@ fn kafka_backfill_exited_before_its_messages_in_flight_were_acknowledged() {
     assert!(said(&out).contains("published 0 records"), "{}", said(&out));
     assert!(site.topic_events(&other.brokers()) == local);
 }
+
+#[test]
+fn the_alert_consumer_keeps_alerting_from_kafka_through_a_broker_kill_and_a_restart_of_its_own() {
+    let mut broker = KafkaBroker::start();
+    let brokers = broker.brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let site = Site::start(dir.path(), "db-alert-1", &brokers, "");
+    assert_ok(&psql(&site.pg, &site.url(), &["-c", "SELECT 'first'"]));
+    wait_until("the instance's topic", Duration::from_secs(30), || {
+        pgtrail(&["verify", "--kafka", &brokers, "--instance", &site.instance, "--verify-key", &site.verify_key()])
+            .status
+            .success()
+    });
+    let (rules, alerts, cursor) =
+        (dir.path().join("rules.toml"), dir.path().join("alerts.jsonl"), dir.path().join("alerts.cursor"));
+    std::fs::write(&rules, "[[rule]]\nname = \"ddl\"\ncondition = 'class == \"DDL\"'\nseverity = \"high\"\n").unwrap();
+    // The consumer never sees the journal: it reads the topic, its cursor in a file.
+    let alert_consumer = |log: &str| {
+        KillOnDrop(
+            Command::new(pgtrail_binary())
+                .args(["alerts", "run", "--kafka", &brokers, "--instance", &site.instance, "--key"])
+                .arg(site.wrapping_key())
+                .arg("--rules")
+                .arg(&rules)
+                .arg("--state")
+                .arg(&cursor)
+                .arg("--output")
+                .arg(&alerts)
+                .args(["--gap-secs", "600"])
+                .stderr(std::fs::File::create(dir.path().join(log)).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let logs = || {
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+        format!("alerts1.log:\n{}\nalerts2.log:\n{}", read("alerts1.log"), read("alerts2.log"))
+    };
+    let mut alerting = alert_consumer("alerts1.log");
+    assert_ok(&psql(&site.pg, &site.url(), &["-c", "CREATE TABLE before_the_kill (id int)"]));
+    let first = wait_lines_or(&alerts, 1, logs);
+    assert_eq!(first[0]["event"]["commandText"], "CREATE TABLE before_the_kill (id int)");
+
+    // The broker dies while a DDL is run: the consumer waits, and alerts once it is back.
+    broker.kill();
+    assert_ok(&psql(&site.pg, &site.url(), &["-c", "CREATE TABLE during_the_outage (id int)"]));
+    broker.restart();
+    let second = wait_lines_or(&alerts, 2, logs);
+    assert_eq!(second[1]["event"]["commandText"], "CREATE TABLE during_the_outage (id int)");
+
+    // Stopped and started again, it resumes at its cursor: the next DDL alerts, none twice.
+    signal(&alerting.0, "-TERM");
+    assert!(alerting.0.wait().unwrap().success(), "{}", logs());
+    let mut alerting = alert_consumer("alerts2.log");
+    assert_ok(&psql(&site.pg, &site.url(), &["-c", "CREATE TABLE after_the_restart (id int)"]));
+    let third = wait_lines_or(&alerts, 3, logs);
+    assert_eq!(third[2]["event"]["commandText"], "CREATE TABLE after_the_restart (id int)");
+    signal(&alerting.0, "-TERM");
+    assert!(alerting.0.wait().unwrap().success(), "{}", logs());
+    let all = std::fs::read_to_string(&alerts).unwrap();
+    assert_eq!(all.lines().count(), 3, "one alert per DDL, none twice: {all}");
+}

@@ -453,31 +453,6 @@ fn sync_delivery_can_wait_for_the_stream_and_fail_closed_refuses_while_it_is_dow
     assert_eq!(streamed.lines().count(), site.local_events().len());
 }
 
-/// Lines of a JSON-lines file once it has at least `n` (waits up to 60 s).
-fn wait_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
-    wait_lines_or(path, n, String::new)
-}
-
-/// As [`wait_lines`], with `logs()` in the failure message.
-fn wait_lines_or(path: &Path, n: usize, logs: impl Fn() -> String) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        if lines.len() >= n {
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} lines in {}, {n} wanted: {text}\n{}",
-            lines.len(),
-            path.display(),
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn consumers_elsewhere_read_the_stream_and_the_alert_consumer_keeps_alerting_through_a_node_kill() {
     let mut cluster = NatsCluster::start(3);
