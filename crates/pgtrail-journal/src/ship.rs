@@ -15,7 +15,9 @@ use std::time::Duration;
 
 mod outbox;
 
-pub use outbox::{RunSize, hex_hash, instance_once_written, load_position, next_run, record_at, save_position};
+pub use outbox::{
+    Mismatch, RunSize, check_resume, hex_hash, instance_once_written, load_position, next_run, record_at, save_position,
+};
 
 /// The last record the local journal holds durably (what a transport may send).
 pub type Durable = Arc<dyn Fn() -> u64 + Send + Sync>;

@@ -229,21 +229,17 @@ impl Publisher<'_> {
                 Position { record: last.seq, hash: Some(last.hash), offset }
             }
         };
-        if let Some(saved) = self.saved
-            && saved.record > found.record
-        {
-            return Err(Attempt::Fatal(KafkaError::Lost {
-                topic: self.topic.clone(),
-                saved: saved.record,
-                found: found.record,
-            }));
-        }
-        if found.record > 0 {
-            let local = self.local_record(found.record).map_err(Attempt::Fatal)?;
-            if Some(local.hash) != found.hash {
-                return Err(Attempt::Fatal(KafkaError::Diverged { topic: self.topic.clone(), record: found.record }));
-            }
-        }
+        ship::check_resume(self.journal, self.saved.map(|saved| saved.record), found.record, found.hash).map_err(
+            |mismatch| {
+                Attempt::Fatal(match mismatch {
+                    ship::Mismatch::Lost { saved, found } => {
+                        KafkaError::Lost { topic: self.topic.clone(), saved, found }
+                    }
+                    ship::Mismatch::Diverged { record } => KafkaError::Diverged { topic: self.topic.clone(), record },
+                    ship::Mismatch::Journal(e) => journal_error(e),
+                })
+            },
+        )?;
         let reader =
             JournalReader::open(self.journal, found.record + 1).map_err(|e| Attempt::Fatal(journal_error(e)))?;
         let producer = self
@@ -289,13 +285,6 @@ impl Publisher<'_> {
             }
         }
         Ok(())
-    }
-
-    /// The local journal's record `seq`.
-    fn local_record(&self, seq: u64) -> Result<Record, KafkaError> {
-        ship::record_at(self.journal, seq)
-            .map_err(journal_error)?
-            .ok_or_else(|| KafkaError::Diverged { topic: self.topic.clone(), record: seq })
     }
 
     /// The next run of durable records (empty when there are none).

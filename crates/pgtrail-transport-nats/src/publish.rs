@@ -215,24 +215,19 @@ impl Publisher<'_> {
             }
             Err(e) => return Err(Attempt::Retry(format!("reading the last message of {}: {e}", self.subject))),
         };
-        if let Some(saved) = self.saved
-            && saved.record > found.record
-        {
-            return Err(Attempt::Fatal(TransportError::Lost {
-                subject: self.subject.clone(),
-                saved: saved.record,
-                found: found.record,
-            }));
-        }
-        if found.record > 0 {
-            let local = self.local_record(found.record).map_err(Attempt::Fatal)?;
-            if Some(local.hash) != found.hash {
-                return Err(Attempt::Fatal(TransportError::Diverged {
-                    subject: self.subject.clone(),
-                    record: found.record,
-                }));
-            }
-        }
+        ship::check_resume(self.journal, self.saved.map(|saved| saved.record), found.record, found.hash).map_err(
+            |mismatch| {
+                Attempt::Fatal(match mismatch {
+                    ship::Mismatch::Lost { saved, found } => {
+                        TransportError::Lost { subject: self.subject.clone(), saved, found }
+                    }
+                    ship::Mismatch::Diverged { record } => {
+                        TransportError::Diverged { subject: self.subject.clone(), record }
+                    }
+                    ship::Mismatch::Journal(e) => journal_error(e),
+                })
+            },
+        )?;
         let reader =
             JournalReader::open(self.journal, found.record + 1).map_err(|e| Attempt::Fatal(journal_error(e)))?;
         self.reader = Some(reader);
@@ -241,13 +236,6 @@ impl Publisher<'_> {
         self.stats.connected.store(true, Ordering::Relaxed);
         self.save()?;
         Ok(())
-    }
-
-    /// The local journal's record `seq`.
-    fn local_record(&self, seq: u64) -> Result<Record, TransportError> {
-        ship::record_at(self.journal, seq)
-            .map_err(journal_error)?
-            .ok_or_else(|| TransportError::Diverged { subject: self.subject.clone(), record: seq })
     }
 
     /// The next run of durable records after the position (empty when there are none).

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::ShipStats;
-use crate::{JournalError, JournalReader, Record};
+use crate::{Hash, JournalError, JournalReader, Record};
 
 /// How long a run of records sent as one message may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +73,33 @@ pub fn next_run(
 pub fn record_at(journal: &Path, seq: u64) -> Result<Option<Record>, JournalError> {
     let mut reader = JournalReader::open(journal, seq)?;
     Ok(reader.next_record()?.filter(|record| record.seq == seq))
+}
+
+/// Why publishing cannot go on after the broker's last record.
+#[derive(Debug)]
+pub enum Mismatch {
+    /// The broker holds records up to `found`, but this publisher was acknowledged up to
+    /// `saved`: the broker lost records.
+    Lost { saved: u64, found: u64 },
+    /// The broker's last record `record` is not this journal's record of that sequence.
+    Diverged { record: u64 },
+    /// The journal could not be read.
+    Journal(JournalError),
+}
+
+/// Checks where the broker says publishing stands (its last record `found`, with its hash)
+/// against the position this publisher saved (`saved`) and the journal itself, before
+/// publishing goes on after it.
+pub fn check_resume(journal: &Path, saved: Option<u64>, found: u64, found_hash: Option<Hash>) -> Result<(), Mismatch> {
+    if let Some(saved) = saved
+        && saved > found
+    {
+        return Err(Mismatch::Lost { saved, found });
+    }
+    if found > 0 && record_at(journal, found).map_err(Mismatch::Journal)?.map(|r| r.hash) != found_hash {
+        return Err(Mismatch::Diverged { record: found });
+    }
+    Ok(())
 }
 
 /// A publisher's saved position (`Ok(None)` when none was saved yet).
