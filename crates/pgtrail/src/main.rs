@@ -637,24 +637,14 @@ fn all_ok(origins: &[pgtrail_reader::Origin], results: Vec<anyhow::Result<()>>) 
 }
 
 fn verify_stream(url: &str, source: &StreamArgs, keys: &VerifierSet) -> anyhow::Result<()> {
-    let mut failed = 0;
-    for instance in pgtrail_transport_nats::stream_instances(url, &source.stream, &source.instance)? {
-        match pgtrail_transport_nats::verify_instance(url, &source.stream, &instance, keys) {
-            Ok(report) => println!(
-                "OK: instance {instance} in stream {}: {} records ({} envelopes, {} checkpoints verified), last record {}, {} after the last checkpoint",
-                source.stream, report.last_seq, report.envelopes, report.checkpoints, report.last_seq, report.uncovered
-            ),
-            Err(e @ pgtrail_transport_nats::TransportError::Foreign { .. }) => {
-                println!("FAILED: instance {instance} in stream {}: {e}", source.stream);
-                failed += 1;
-            }
-            Err(e) => return Err(e.into()),
+    let instances = pgtrail_transport_nats::stream_instances(url, &source.stream, &source.instance)?;
+    verify_instances(&format!("in stream {}", source.stream), instances, |instance| {
+        match pgtrail_transport_nats::verify_instance(url, &source.stream, instance, keys) {
+            Ok(report) => Ok(Ok(report)),
+            Err(e @ pgtrail_transport_nats::TransportError::Foreign { .. }) => Ok(Err(e.to_string())),
+            Err(e) => Err(e.into()),
         }
-    }
-    if failed > 0 {
-        anyhow::bail!("stream verification failed for {failed} instance(s)");
-    }
-    Ok(())
+    })
 }
 
 fn verify_topics(
@@ -662,22 +652,39 @@ fn verify_topics(
     named: &[String],
     keys: &VerifierSet,
 ) -> anyhow::Result<()> {
+    let instances = pgtrail_transport_kafka::topic_instances(brokers, named)?;
+    verify_instances(&format!("on Kafka {brokers}"), instances, |instance| {
+        match pgtrail_transport_kafka::verify_instance(brokers, instance, keys) {
+            Ok(report) => Ok(Ok(report)),
+            Err(e @ pgtrail_transport_kafka::KafkaError::Foreign { .. }) => Ok(Err(e.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    })
+}
+
+/// One OK or FAILED line per instance read from a broker (`place`: "in stream NAME", "on
+/// Kafka BROKERS"); an error when any failed. `verify` tells a chain that fails (`Ok(Err)`)
+/// from a broker that cannot be read (`Err`, which stops at once).
+fn verify_instances(
+    place: &str,
+    instances: Vec<String>,
+    verify: impl Fn(&str) -> anyhow::Result<Result<pgtrail_journal::VerifyReport, String>>,
+) -> anyhow::Result<()> {
     let mut failed = 0;
-    for instance in pgtrail_transport_kafka::topic_instances(brokers, named)? {
-        match pgtrail_transport_kafka::verify_instance(brokers, &instance, keys) {
+    for instance in instances {
+        match verify(&instance)? {
             Ok(report) => println!(
-                "OK: instance {instance} on Kafka {brokers}: {} records ({} envelopes, {} checkpoints verified), last record {}, {} after the last checkpoint",
+                "OK: instance {instance} {place}: {} records ({} envelopes, {} checkpoints verified), last record {}, {} after the last checkpoint",
                 report.last_seq, report.envelopes, report.checkpoints, report.last_seq, report.uncovered
             ),
-            Err(e @ pgtrail_transport_kafka::KafkaError::Foreign { .. }) => {
-                println!("FAILED: instance {instance} on Kafka {brokers}: {e}");
+            Err(e) => {
+                println!("FAILED: instance {instance} {place}: {e}");
                 failed += 1;
             }
-            Err(e) => return Err(e.into()),
         }
     }
     if failed > 0 {
-        anyhow::bail!("topic verification failed for {failed} instance(s)");
+        anyhow::bail!("verification failed for {failed} instance(s) {place}");
     }
     Ok(())
 }
